@@ -1,0 +1,123 @@
+"""The Python API: ``apply`` a recipe, ``load`` a result, ``prune`` your own model.
+
+Example:
+    >>> import compress
+    >>> result = compress.apply("recipes/quickstart.yaml", finetune={"epochs": 1})  # doctest: +SKIP
+    >>> result.ok, result.report["macs_reduction"]  # doctest: +SKIP
+    (True, 0.5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import InputError
+from compress.export import load_model
+from compress.pipeline import Result, run_recipe, run_schedule_
+from compress.pruning import count_macs_params
+from compress.recipe import (FinetuneSpec, PruningSpec, Recipe, ScheduleSpec, apply_overrides,
+                             load_recipe, parse_recipe)
+
+__all__ = ["apply", "load", "prune", "Result", "PruneResult"]
+
+
+def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
+          out_dir: str | os.PathLike[str] | None = None,
+          overrides: Sequence[str] = (), **sections: Any) -> Result:
+    """Run a recipe (a YAML path, a dict or a :class:`Recipe`) end to end.
+
+    ``overrides`` are ``a.b.c=value`` strings; keyword ``sections`` are merged into the recipe
+    (``finetune={"epochs": 1}``).
+
+    Example:
+        >>> result = apply("recipes/quickstart.yaml", out_dir="runs/q")  # doctest: +SKIP
+    """
+    section_overrides = {f"{sec}.{k}": v for sec, body in sections.items()
+                         for k, v in (body.items() if isinstance(body, dict) else [(None, body)])}
+    flat = {k.removesuffix(".None"): v for k, v in section_overrides.items()}
+    if isinstance(recipe, (str, os.PathLike)):
+        r = load_recipe(recipe, list(overrides))
+        if flat:
+            r = _reparse(r, flat)
+    elif isinstance(recipe, Recipe):
+        r = _reparse(recipe, flat, list(overrides)) if (flat or overrides) else recipe
+    elif isinstance(recipe, dict):
+        data = apply_overrides(apply_overrides(recipe, list(overrides)), flat)
+        r = parse_recipe(data, base_dir=Path.cwd())
+    else:
+        raise InputError(f"apply() takes a recipe path, dict or Recipe, not "
+                         f"{type(recipe).__name__}")
+    return run_recipe(r, Path(out_dir) if out_dir is not None else None)
+
+
+def _reparse(recipe: Recipe, flat: dict[str, Any], strings: Sequence[str] = ()) -> Recipe:
+    data = apply_overrides(apply_overrides(recipe.to_dict(), list(strings)), flat)
+    new = parse_recipe(data, base_dir=recipe.base_dir)
+    new.name = recipe.name if "name" not in flat else new.name
+    return new
+
+
+def load(run_dir: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild the compressed model of a run folder from safetensors + manifest (no pickle)."""
+    return load_model(run_dir)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    steps: list[dict[str, Any]]
+    macs_before: int
+    macs_after: int
+
+
+def prune(model: nn.Module, example_inputs: torch.Tensor, *,
+          ratio: float | None = None, target_macs: float | None = None,
+          importance: str = "l2", ignored: Sequence[str] = (), round_to: int | str = "auto",
+          scope: str = "local", schedule: str = "one-shot",
+          train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+          eval_fn: Callable[[nn.Module], dict[str, float] | float] | None = None,
+          finetune: dict[str, Any] | FinetuneSpec | None = None,
+          probe: torch.Tensor | None = None,
+          device: str | torch.device = "cpu") -> PruneResult:
+    """Prune your own ``model`` in place, with your own data and metric.
+
+    Every step is proven exact on ``probe`` (default: ``example_inputs``). ``eval_fn`` returns
+    a metric (float, or a dict with ``accuracy``) after each step.
+
+    Example:
+        >>> net = torchvision.models.resnet18(num_classes=10)  # doctest: +SKIP
+        >>> res = prune(net, torch.randn(1, 3, 64, 64), target_macs=0.5,
+        ...             train_loader=train, eval_fn=my_eval)  # doctest: +SKIP
+    """
+    try:
+        spec = PruningSpec(ratio=ratio, target={"macs": target_macs} if target_macs else None,
+                           importance=importance, ignored=list(ignored), round_to=round_to,
+                           scope=scope)
+        sched = ScheduleSpec(kind=schedule)
+        ft = finetune if isinstance(finetune, FinetuneSpec) else FinetuneSpec(
+            **(finetune or {"epochs": 0}))
+    except ValueError as err:
+        raise InputError(f"prune(): {err}") from None
+    dev = torch.device(device)
+    model.to(dev)
+    example = example_inputs.to(dev)
+
+    def metric(m: nn.Module) -> dict[str, float]:
+        if eval_fn is None:
+            return {}
+        value = eval_fn(m)
+        return dict(value) if isinstance(value, dict) else {"accuracy": float(value)}
+
+    before, _ = count_macs_params(model, example[:1])
+    steps = run_schedule_(model, example=example[:1],
+                          probe=(probe if probe is not None else example).to(dev),
+                          pruning=spec, schedule=sched, finetune=ft, train=train_loader,
+                          evaluate_fn=metric, device=dev)
+    return PruneResult(model, steps, before, steps[-1]["macs"])

@@ -1,0 +1,146 @@
+"""Dataset sources: one file per source, each registered in :data:`DATASETS`.
+
+A source is a class with ``fields`` (the ``data.*`` recipe keys it uses beyond the common
+ones), ``required`` (those it needs) and ``load(spec, resolve, train) -> RawData``. Subsets,
+resizing, augmentation, normalisation and the loaders are built here, once for all sources.
+
+Example:
+    >>> from compress.data import build_data
+    >>> from compress.recipe import DataSpec
+    >>> data = build_data(DataSpec(source="digits", eval_subset=100))
+    >>> data.num_classes, data.sample_shape, len(data.eval.dataset)
+    (10, (1, 8, 8), 100)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from compress.data.base import RawData, SeededShuffle, Transform, View, seeded_subset
+from compress.errors import InputError
+from compress.registry import Registry
+
+if TYPE_CHECKING:
+    from compress.recipe import DataSpec
+
+__all__ = ["DATASETS", "DataBundle", "DatasetSource", "RawData", "build_data", "check_data_spec"]
+
+
+class DatasetSource(Protocol):
+    fields: frozenset[str]
+    required: frozenset[str]
+
+    def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
+        ...
+
+
+DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
+
+# Keys every source accepts: they act on the raw datasets after loading.
+_COMMON = frozenset({"source", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
+                     "image_size", "augment", "crop_padding", "normalize", "num_workers"})
+
+# The train order must not replay the permutation that picked the train subset.
+_ORDER_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class DataBundle:
+    """The loaders a run uses, plus what the model and report need to know about the data."""
+
+    train: DataLoader | None
+    eval: DataLoader
+    num_classes: int
+    sample_shape: tuple[int, ...]
+    class_names: list[str]
+
+    def probe_batch(self, n: int) -> torch.Tensor:
+        """The first ``n`` eval inputs (all of them if fewer), transformed and stacked.
+
+        Eval data is never augmented, so every call returns the same tensor.
+        """
+        assert n > 0, "a probe batch needs at least one sample"
+        dataset = self.eval.dataset
+        count = min(n, len(dataset))  # type: ignore[arg-type]
+        return torch.stack([dataset[i][0] for i in range(count)])
+
+
+def _set_keys(spec: DataSpec) -> set[str]:
+    """Keys the user set to something other than their default (an explicit default is harmless)."""
+    fields = type(spec).model_fields
+    return {k for k in spec.model_fields_set
+            if getattr(spec, k) != fields[k].get_default(call_default_factory=True)}
+
+
+def check_data_spec(spec: DataSpec) -> None:
+    """Raise :class:`InputError` when ``spec`` sets keys its source does not use or misses some."""
+    source = DATASETS.get(spec.source)
+    allowed = source.fields | _COMMON
+    set_keys = _set_keys(spec)
+    unused = sorted(set_keys - allowed)
+    if unused:
+        raise InputError(f"data.{unused[0]} is not used by dataset source {spec.source!r}; "
+                         f"it accepts: {', '.join(sorted(allowed))}")
+    missing = sorted(k for k in source.required if getattr(spec, k) is None)
+    if missing:
+        raise InputError(f"dataset source {spec.source!r} needs data.{missing[0]}")
+    if "crop_padding" in set_keys and "random_crop" not in spec.augment:
+        raise InputError("data.crop_padding is only used by the random_crop augmentation; "
+                         "add random_crop to data.augment or remove data.crop_padding")
+
+
+def _check_channels(spec: DataSpec, channels: int) -> None:
+    if spec.normalize is not None and len(spec.normalize.mean) != channels:
+        raise InputError(f"data.normalize has {len(spec.normalize.mean)} channel(s) but the "
+                         f"images have {channels}; give one mean and one std per channel")
+
+
+def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: int = 0,
+               train: bool = True) -> DataBundle:
+    """Load the data a recipe describes and wrap it in loaders.
+
+    ``resolve`` turns recipe paths into real ones (``Recipe.resolve_path``); ``seed`` fixes the
+    subsets, the train order and the augmentations. With ``train=False`` the train split is not
+    loaded at all (evaluation-only runs) and ``DataBundle.train`` is None.
+    """
+    check_data_spec(spec)
+    raw = DATASETS.get(spec.source)().load(spec, resolve, train)
+    if len(raw.eval) == 0:  # type: ignore[arg-type]
+        raise InputError(f"the evaluation split of dataset source {spec.source!r} is empty")
+    _check_channels(spec, int(raw.eval[0][0].shape[0]))
+
+    mean = tuple(spec.normalize.mean) if spec.normalize else None
+    std = tuple(spec.normalize.std) if spec.normalize else None
+    common = dict(image_size=spec.image_size, crop_padding=spec.crop_padding, mean=mean, std=std)
+    # Pinned host memory only helps (and only works) when batches go to a CUDA device.
+    loader_args = dict(num_workers=spec.num_workers, pin_memory=torch.cuda.is_available(),
+                       drop_last=False)
+
+    eval_indices = seeded_subset(len(raw.eval), spec.eval_subset, seed,  # type: ignore[arg-type]
+                                 "eval_subset", "evaluation split")
+    eval_set = View(raw.eval, eval_indices, Transform(**common))  # type: ignore[arg-type]
+    eval_loader = DataLoader(eval_set, batch_size=spec.eval_batch_size, shuffle=False,
+                             **loader_args)  # type: ignore[arg-type]
+
+    train_loader = None
+    if train and raw.train is not None:
+        train_indices = seeded_subset(len(raw.train), spec.train_subset, seed,  # type: ignore[arg-type]
+                                      "train_subset", "training split")
+        train_set = View(raw.train, train_indices,
+                         Transform(augment=tuple(spec.augment), **common))  # type: ignore[arg-type]
+        sampler = SeededShuffle(len(train_set), seed + _ORDER_SEED_OFFSET)
+        train_loader = DataLoader(train_set, batch_size=spec.batch_size, sampler=sampler,
+                                  **loader_args)  # type: ignore[arg-type]
+
+    return DataBundle(train=train_loader, eval=eval_loader, num_classes=len(raw.class_names),
+                      sample_shape=tuple(eval_set[0][0].shape), class_names=list(raw.class_names))
+
+
+# Registering sources is a side effect of importing their modules.
+from compress.data import digits, imagefolder, torchvision_datasets  # noqa: E402,F401

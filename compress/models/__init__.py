@@ -1,0 +1,76 @@
+"""Model sources: one file per source, each registered in :data:`MODEL_SOURCES`.
+
+A source is a class with ``fields`` (the ``model.*`` recipe keys it uses), ``required`` (those it
+needs) and ``build(spec, resolve, pretrained)``. Checkpoints are loaded here, once for all
+sources, so every source accepts ``model.checkpoint``.
+
+Example:
+    >>> from compress.models import build_model
+    >>> from compress.recipe import ModelSpec
+    >>> net = build_model(ModelSpec(source="cifar_resnet", name="resnet20"))
+    >>> sum(p.numel() for p in net.parameters())
+    269722
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from torch import nn
+
+from compress.errors import InputError
+from compress.registry import Registry
+
+if TYPE_CHECKING:
+    from compress.recipe import ModelSpec
+
+__all__ = ["MODEL_SOURCES", "ModelSource", "build_model", "check_model_spec"]
+
+
+class ModelSource(Protocol):
+    fields: frozenset[str]
+    required: frozenset[str]
+
+    def build(self, spec: ModelSpec, resolve: Callable[[str], Path], pretrained: bool) -> nn.Module:
+        ...
+
+    def check(self, spec: ModelSpec) -> None:
+        """Cheap checks of the spec (names), without building anything."""
+
+
+MODEL_SOURCES: Registry[type[ModelSource]] = Registry("model source")
+
+_COMMON = frozenset({"source", "checkpoint", "kwargs"})
+
+
+def check_model_spec(spec: ModelSpec) -> None:
+    """Raise :class:`InputError` when ``spec`` sets keys its source does not use or misses some."""
+    source = MODEL_SOURCES.get(spec.source)
+    allowed = source.fields | _COMMON
+    set_keys = {k for k in spec.model_fields_set if getattr(spec, k) not in (None, {}, [])}
+    unused = sorted(set_keys - allowed)
+    if unused:
+        raise InputError(f"model.{unused[0]} is not used by model source {spec.source!r}; "
+                         f"it accepts: {', '.join(sorted(allowed))}")
+    missing = sorted(k for k in source.required if getattr(spec, k) is None)
+    if missing:
+        raise InputError(f"model source {spec.source!r} needs model.{missing[0]}")
+    source().check(spec)
+
+
+def build_model(spec: ModelSpec, *, resolve: Callable[[str], Path] = Path,
+                pretrained: bool = True) -> nn.Module:
+    """Build the model a recipe describes; with ``pretrained`` also load weights/checkpoint."""
+    from compress.models.checkpoint import load_checkpoint_
+
+    check_model_spec(spec)
+    model = MODEL_SOURCES.get(spec.source)().build(spec, resolve, pretrained)
+    if pretrained and spec.checkpoint:
+        load_checkpoint_(model, resolve(spec.checkpoint))
+    return model
+
+
+# Registering sources is a side effect of importing their modules.
+from compress.models import cifar_resnet, python_source, torchvision_source  # noqa: E402,F401

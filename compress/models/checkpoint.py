@@ -1,0 +1,80 @@
+"""Loading checkpoints without executing pickles."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import InputError
+
+__all__ = ["read_state_dict", "load_checkpoint_"]
+
+_TORCH_SUFFIXES = {".pt", ".pth", ".th", ".bin", ".ckpt"}
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True`` only).
+
+    Nested ``{'state_dict': ...}``/``{'model': ...}`` wrappers and ``module.`` prefixes from
+    DataParallel are unwrapped.
+    """
+    if not path.is_file():
+        raise InputError(f"checkpoint {str(path)!r} does not exist; fix model.checkpoint")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise InputError(f"checkpoint {str(path)!r} is not a readable safetensors file "
+                             f"({err})") from None
+    elif path.suffix in _TORCH_SUFFIXES:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise InputError(f"checkpoint {str(path)!r} holds objects other than tensors and "
+                             f"was refused (only weights_only loading is allowed): "
+                             f"{str(err).splitlines()[0]}") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            raise InputError(f"checkpoint {str(path)!r} could not be read ({err})") from None
+    else:
+        raise InputError(f"checkpoint {str(path)!r} has an unknown extension; use .safetensors "
+                         f"or one of {', '.join(sorted(_TORCH_SUFFIXES))}")
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"checkpoint {str(path)!r} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_checkpoint_(model: nn.Module, path: Path) -> None:
+    """Load ``path`` into ``model`` strictly; mismatches become one readable :class:`InputError`."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    # Checkpoints older than torch 0.4.1 have no BatchNorm step counters; they are unused in eval.
+    for k, v in own.items():
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = v.clone()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        details = []
+        if wrong:
+            details.append(f"{len(wrong)} shape mismatches (first: {wrong[0]})")
+        if missing:
+            details.append(f"{len(missing)} missing keys (first: {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+        raise InputError(f"checkpoint {str(path)!r} does not fit the model: "
+                         f"{'; '.join(details)}; check model.name/num_classes")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,73 @@
+"""A user's own architecture: ``package.module:factory`` or ``path/to/file.py:factory``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compress.errors import InputError
+from compress.models import MODEL_SOURCES
+
+__all__ = ["PythonSource", "import_factory"]
+
+
+def import_factory(ref: str, resolve: Callable[[str], Path] = Path) -> Callable[..., Any]:
+    """Import ``module:attr`` or ``file.py:attr`` (the file resolved with ``resolve``)."""
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise InputError(f"model.factory {ref!r} must look like 'package.module:function' or "
+                         f"'path/to/file.py:function'")
+    if target.endswith(".py"):
+        path = resolve(target).resolve()
+        if not path.is_file():
+            raise InputError(f"model.factory file {str(path)!r} does not exist")
+        mod_name = "compress_user_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise InputError(f"model.factory: cannot import {target!r} ({err})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise InputError(f"model.factory: {target!r} has no callable {attr!r}")
+    return fn
+
+
+@MODEL_SOURCES.register("python")
+class PythonSource:
+    fields = frozenset({"factory", "num_classes"})
+    required = frozenset({"factory"})
+
+    def check(self, spec: Any) -> None:
+        target, sep, attr = spec.factory.rpartition(":")
+        if not sep or not target or not attr:
+            raise InputError(f"model.factory {spec.factory!r} must look like "
+                             f"'package.module:function' or 'path/to/file.py:function'")
+
+    def build(self, spec: Any, resolve: Callable[[str], Path], pretrained: bool) -> nn.Module:
+        fn = import_factory(spec.factory, resolve)
+        kwargs = dict(spec.kwargs)
+        if spec.num_classes is not None:
+            kwargs["num_classes"] = spec.num_classes
+        try:
+            model = fn(**kwargs)
+        except TypeError as err:
+            raise InputError(f"model.factory {spec.factory!r} rejected its arguments: {err}") from None
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model.factory {spec.factory!r} returned {type(model).__name__}, "
+                             f"not a torch.nn.Module")
+        return model

@@ -1,0 +1,402 @@
+"""Structured pruning through torch-pruning's dependency graph, with a proof for every step.
+
+This is the only module that imports ``torch_pruning``. A pruning step:
+
+1. asks torch-pruning's pruner for the groups it wants to remove (nothing is removed yet);
+2. zeroes every group (producer rows, norm scales and shifts, consumer columns) and runs a fixed
+   probe batch: the reference output;
+3. removes the groups one at a time, running the probe after each removal; the output must stay
+   equal to the reference. The first group that breaks it is named in :class:`CheckFailed`.
+
+Zeroed entries all belong to channels that are removed, so zeroing in place costs no copy of the
+model. A dependency graph that wires channels wrongly (e.g. an unknown op treated as
+element-wise) makes the removed model compute something else, and the check catches it.
+
+Example:
+    >>> import torch
+    >>> from compress.models.cifar_resnet import cifar_resnet
+    >>> from compress.recipe import PruningSpec
+    >>> model = cifar_resnet("resnet20").eval()
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> pruner = StructuredPruner(model, x[:1], PruningSpec(ratio=0.5))
+    >>> record = pruner.step_(0.5, probe=x)
+    >>> record.max_abs_diff < 1e-4
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from compress.errors import CheckFailed, InputError
+from compress.recipe import PruningSpec
+from compress.registry import Registry
+
+__all__ = [
+    "IMPORTANCE",
+    "Criterion",
+    "StepRecord",
+    "StructuredPruner",
+    "count_macs_params",
+    "resolve_ignored",
+    "default_round_to",
+    "solve_ratio_for_macs",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """An importance criterion: a factory of torch-pruning importance objects."""
+
+    factory: Callable[[], Any]
+    needs_grad: bool = False
+    description: str = ""
+
+
+IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
+IMPORTANCE.register("l1")(Criterion(lambda: tp.importance.GroupMagnitudeImportance(p=1),
+                                    description="L1 norm of the group's weights"))
+IMPORTANCE.register("l2")(Criterion(lambda: tp.importance.GroupMagnitudeImportance(p=2),
+                                    description="L2 norm of the group's weights"))
+IMPORTANCE.register("taylor")(Criterion(lambda: tp.importance.GroupTaylorImportance(),
+                                        needs_grad=True,
+                                        description="first-order Taylor |w * dL/dw|"))
+IMPORTANCE.register("lamp")(Criterion(lambda: tp.importance.LAMPImportance(p=2),
+                                      description="layer-adaptive magnitude (LAMP)"))
+IMPORTANCE.register("fpgm")(Criterion(lambda: tp.importance.FPGMImportance(p=2),
+                                      description="geometric median (FPGM)"))
+IMPORTANCE.register("random")(Criterion(lambda: tp.importance.RandomImportance(),
+                                        description="random baseline"))
+
+
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """MACs for ``example_inputs`` (use batch 1) and the parameter count."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    model.train(was_training)
+    return int(macs), int(params)
+
+
+def default_round_to(model: nn.Module) -> int | None:
+    """8 for models with convolutions (SIMD conv kernels work in blocks of 8), else None."""
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return 8 if has_conv else None
+
+
+def resolve_ignored(model: nn.Module, patterns: Sequence[str]) -> dict[str, list[str]]:
+    """Map each ``ignored`` pattern to the module names it matches; no match is an error.
+
+    A pattern is an exact module name, or ``re:`` followed by a regular expression that must
+    match the whole name.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    matched: dict[str, list[str]] = {}
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            try:
+                rx = re.compile(pattern[3:])
+            except re.error as err:
+                raise InputError(f"pruning.ignored: {pattern!r} is not a valid regular "
+                                 f"expression ({err})") from None
+            hits = [n for n in names if rx.fullmatch(n)]
+        else:
+            hits = [n for n in names if n == pattern]
+        if not hits:
+            sample = ", ".join(names[:6])
+            raise InputError(f"pruning.ignored: {pattern!r} matches no module; module names "
+                             f"look like: {sample}, ...")
+        matched[pattern] = hits
+    return matched
+
+
+def _output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """Names of the layers whose outputs are the model's outputs (never pruned)."""
+    with torch.no_grad():
+        out = model(example_inputs)
+    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() > 0 else None
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and m.out_features == width:
+            last = name
+        elif isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == width:
+            last = name
+    return [last] if last is not None else []
+
+
+class _ChannelProtocolPruner(tp.pruner.function.BasePruningFunc):
+    """Lets torch-pruning prune any module that implements compress's channel protocol.
+
+    The protocol (see ``compress.models.cifar_resnet.ChannelMapShortcut``): ``in_channels``,
+    ``out_channels``, ``prune_in_channels_``, ``prune_out_channels_``, ``zero_out_channels_``.
+    In and out channels are independent (no intra-layer dependency).
+    """
+
+    TARGET_MODULES = None
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        layer.prune_out_channels_(idxs)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        layer.prune_in_channels_(idxs)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.in_channels
+
+
+def _protocol_types(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
+    needed = ("prune_in_channels_", "prune_out_channels_", "zero_out_channels_")
+    types = {type(m) for m in model.modules() if all(hasattr(m, a) for a in needed)}
+    return {t: _ChannelProtocolPruner() for t in types}
+
+
+@dataclass
+class StepRecord:
+    """What one pruning step did, and the proof that it is exact."""
+
+    target_ratio: float
+    groups: int
+    channels_removed: int
+    max_abs_diff: float
+    widths: dict[str, int] = field(default_factory=dict)
+
+
+def _zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
+    """Zero what ``dep`` will remove, so the zeroed model computes what the pruned one will."""
+    m = dep.target.module
+    if isinstance(m, nn.Parameter):
+        with torch.no_grad():
+            m.index_fill_(dep.target.pruning_dim, torch.as_tensor(idxs, device=m.device), 0.0)
+        return
+    if not isinstance(m, nn.Module):
+        return  # a functional op node: no weights of its own
+    idx = torch.as_tensor(idxs, dtype=torch.long)
+    with torch.no_grad():
+        if hasattr(m, "zero_out_channels_"):
+            if is_out:
+                m.zero_out_channels_(idxs)
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            out_dim, in_dim = (1, 0) if m.transposed else (0, 1)
+            if is_out:
+                if m.groups > 1 and m.transposed:
+                    return _unprovable(dep)
+                m.weight.index_fill_(out_dim, idx.to(m.weight.device), 0.0)
+                if m.bias is not None:
+                    m.bias.index_fill_(0, idx.to(m.bias.device), 0.0)
+            elif m.groups == 1:
+                m.weight.index_fill_(in_dim, idx.to(m.weight.device), 0.0)
+            # grouped/depthwise inputs: the producer channel is already zero
+        elif isinstance(m, nn.Linear):
+            dim = 0 if is_out else 1
+            m.weight.index_fill_(dim, idx.to(m.weight.device), 0.0)
+            if is_out and m.bias is not None:
+                m.bias.index_fill_(0, idx.to(m.bias.device), 0.0)
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+                            nn.modules.instancenorm._InstanceNorm)):
+            for p in (m.weight, m.bias):
+                if p is not None:
+                    p.index_fill_(-1 if isinstance(m, nn.LayerNorm) else 0,
+                                  idx.to(p.device), 0.0)
+        elif isinstance(m, nn.Embedding):
+            m.weight.index_fill_(1, idx.to(m.weight.device), 0.0)
+        elif isinstance(m, nn.PReLU) or not any(True for _ in m.parameters(recurse=False)):
+            return  # prelu(0) == 0; parameter-free modules pass zeros through
+        else:
+            _unprovable(dep)
+
+
+def _unprovable(dep: Any) -> None:
+    raise CheckFailed(f"cannot prove the pruning of {type(dep.target.module).__name__} "
+                      f"({dep.target.name}): compress does not know how to zero its channels; "
+                      f"add the layer to pruning.ignored")
+
+
+def _group_name(group: Any, dg: Any) -> str:
+    dep = group[0].dep
+    return dg._module2name.get(dep.target.module, str(dep.target.name))
+
+
+def _run(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    out = model(probe)
+    assert isinstance(out, torch.Tensor), "the probe output must be a tensor"
+    return out.detach().float()
+
+
+class StructuredPruner:
+    """Drives one torch-pruning pruner over a run's steps; each :meth:`step_` is proven exact.
+
+    ``cumulative_ratios`` are channel ratios of the ORIGINAL model after each step.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
+                 cumulative_ratios: Sequence[float] | None = None) -> None:
+        self.model = model
+        self.spec = spec
+        self.example_inputs = example_inputs
+        ratios = list(cumulative_ratios) if cumulative_ratios else [spec.ratio or 0.5]
+        assert all(0 <= r < 1 for r in ratios), ratios
+        self.criterion = IMPORTANCE.get(spec.importance)
+        was_training = model.training
+        model.eval()
+        ignored_names = sorted({n for hits in resolve_ignored(model, spec.ignored).values()
+                                for n in hits} | set(_output_layers(model, example_inputs)))
+        self.ignored_names = ignored_names
+        modules = dict(model.named_modules())
+        self.round_to = default_round_to(model) if spec.round_to == "auto" else spec.round_to
+        global_scope = spec.scope == "global"
+        self._pruner = tp.pruner.BasePruner(
+            model,
+            example_inputs,
+            importance=self.criterion.factory(),
+            pruning_ratio=ratios[-1],
+            iterative_steps=len(ratios),
+            iterative_pruning_ratio_scheduler=lambda _r, _n: [0.0, *ratios],
+            global_pruning=global_scope,
+            max_pruning_ratio=spec.max_layer_ratio if global_scope else 1.0,
+            ignored_layers=[modules[n] for n in ignored_names],
+            round_to=self.round_to,
+            customized_pruners=_protocol_types(model),
+        )
+        self._ratios = ratios
+        model.train(was_training)
+
+    @property
+    def steps_done(self) -> int:
+        return self._pruner.current_step
+
+    def widths(self) -> dict[str, int]:
+        """Output width of every prunable layer (conv/linear), by module name."""
+        out = {}
+        for name, m in self.model.named_modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                out[name] = m.out_channels
+            elif isinstance(m, nn.Linear):
+                out[name] = m.out_features
+        return out
+
+    def accumulate_gradients(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                             device: torch.device) -> None:
+        """Fill ``.grad`` for gradient-based criteria from a few training batches."""
+        was_training = self.model.training
+        self.model.eval()  # frozen BN statistics: gradients of the model being pruned
+        self.model.zero_grad(set_to_none=True)
+        n = 0
+        for x, y in batches:
+            loss = nn.functional.cross_entropy(self.model(x.to(device)), y.to(device))
+            loss.backward()
+            n += 1
+        if n == 0:
+            raise InputError(f"importance {self.spec.importance!r} needs training batches; "
+                             f"configure data with a training split")
+        self.model.train(was_training)
+
+    def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
+        """Prune to the next scheduled ratio in place and prove the result on ``probe``."""
+        assert self.steps_done < len(self._ratios), "more steps than scheduled"
+        assert abs(self._ratios[self.steps_done] - target_ratio) < 1e-12
+        was_training = self.model.training
+        self.model.eval()
+        dg = self._pruner.DG
+        with torch.no_grad():
+            groups = list(self._pruner.step(interactive=True))
+            removed = 0
+            for group in groups:
+                for dep, idxs in group:
+                    _zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
+                               dg.is_out_channel_pruning_fn(dep.handler))
+                removed += len(group[0].idxs)
+            reference = _run(self.model, probe) if self.spec.verify else None
+            max_diff = 0.0
+            for group in groups:
+                name = _group_name(group, dg)
+                group.prune()
+                if reference is None:
+                    continue
+                try:
+                    out = _run(self.model, probe)
+                except Exception as err:  # a mis-wired graph often breaks shapes
+                    raise CheckFailed(f"pruning group rooted at {name!r} broke the model: "
+                                      f"{type(err).__name__}: {err}") from err
+                diff = (out - reference).abs().max().item() if out.shape == reference.shape \
+                    else float("inf")
+                scale = max(1.0, reference.abs().max().item())
+                if not diff <= self.spec.verify_atol * scale:
+                    raise CheckFailed(
+                        f"equivalence check failed: removing the pruning group rooted at "
+                        f"{name!r} changed the probe output by {diff:.3g} (tolerance "
+                        f"{self.spec.verify_atol * scale:.3g}); the dependency graph wired its "
+                        f"channels wrongly, add the layer to pruning.ignored")
+                max_diff = max(max_diff, diff)
+        self.model.train(was_training)
+        self.model.zero_grad(set_to_none=True)
+        log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %.2e",
+                 self.steps_done, removed, len(groups), max_diff)
+        return StepRecord(target_ratio, len(groups), removed, max_diff, self.widths())
+
+
+def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
+                         macs_reduction: float, *, iterations: int = 12) -> tuple[float, float]:
+    """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
+
+    Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
+    reduction is a step function of the ratio; the closest achievable ratio is returned as
+    ``(ratio, achieved_reduction)``.
+    """
+    base_macs, _ = count_macs_params(model, example_inputs)
+    cache: dict[float, float] = {}
+
+    def reduction(r: float) -> float:
+        if r not in cache:
+            trial = copy.deepcopy(model).eval()
+            pruner = StructuredPruner(trial, example_inputs,
+                                      spec.model_copy(update={"verify": False}),
+                                      cumulative_ratios=[r])
+            with torch.no_grad():
+                for group in pruner._pruner.step(interactive=True):
+                    group.prune()
+            cache[r] = 1.0 - count_macs_params(trial, example_inputs)[0] / base_macs
+        return cache[r]
+
+    # Coarse scan first: with round_to, very high ratios can round a layer to zero width, which
+    # torch-pruning refuses, so the reduction is not monotone near 1. Bracket from below.
+    cache[0.0] = 0.0
+    lo, hi = 0.0, None
+    for r in [i / 20 for i in range(2, 20, 2)]:
+        if reduction(r) >= macs_reduction:
+            hi = r
+            break
+        lo = r
+    if hi is None:
+        best_seen = max(cache.values())
+        raise InputError(f"pruning.target.macs={macs_reduction} cannot be reached: at most "
+                         f"{best_seen:.1%} of the MACs can be removed with these settings; "
+                         f"lower the target, lower round_to or ignore fewer layers")
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if reduction(mid) < macs_reduction:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda r: abs(cache[r] - macs_reduction))
+    if best == 0.0:
+        best = hi
+    log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
+             100 * macs_reduction)
+    return best, cache[best]

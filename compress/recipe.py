@@ -1,0 +1,409 @@
+"""Recipes: the YAML a user writes, as validated pydantic models.
+
+Every section forbids unknown keys, and every error names the YAML path of the bad key.
+
+Example:
+    >>> from compress.recipe import parse_recipe
+    >>> r = parse_recipe({"version": 1, "model": {"source": "cifar_resnet", "name": "resnet20"},
+    ...                   "data": {"source": "digits"}, "pruning": {"ratio": 0.5}})
+    >>> r.schedule.kind, r.pruning.importance
+    ('one-shot', 'l2')
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compress.errors import InputError
+
+__all__ = [
+    "Recipe",
+    "ModelSpec",
+    "DataSpec",
+    "PruningSpec",
+    "ScheduleSpec",
+    "FinetuneSpec",
+    "ExportSpec",
+    "ReportSpec",
+    "GatesSpec",
+    "load_recipe",
+    "parse_recipe",
+    "apply_overrides",
+    "recipe_json_schema",
+]
+
+RECIPE_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    """Where the model comes from. Which fields a source uses is checked by the source."""
+
+    source: str = Field(description="Model source: torchvision, cifar_resnet or python.",
+                        examples=["cifar_resnet"])
+    name: str | None = Field(None, description="Architecture name (torchvision model name, or "
+                             "resnet20/32/44/56/110 for cifar_resnet).", examples=["resnet56"])
+    factory: str | None = Field(None, description="python source: 'package.module:function' or "
+                                "'path/to/file.py:function' returning an nn.Module.",
+                                examples=["my_models.nets:small_cnn"])
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the "
+                                   "factory or architecture constructor.")
+    num_classes: int | None = Field(None, gt=0, description="Number of output classes.")
+    weights: str | None = Field(None, description="torchvision pretrained weights name "
+                                "(downloads on first use), e.g. DEFAULT.", examples=["DEFAULT"])
+    checkpoint: str | None = Field(None, description="Local checkpoint: .safetensors, or "
+                                   ".pt/.pth/.th loaded with weights_only=True.",
+                                   examples=["../shared/models/resnet-cifar10/resnet56.th"])
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from compress.models import MODEL_SOURCES
+
+        MODEL_SOURCES.get(v)
+        return v
+
+
+class Normalize(_Section):
+    mean: list[float] = Field(min_length=1, description="Per-channel mean (0..1 pixel scale).")
+    std: list[float] = Field(min_length=1, description="Per-channel standard deviation.")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Normalize:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std must have the same number of channels")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class DataSpec(_Section):
+    """Training and evaluation data."""
+
+    source: str = Field(description="Dataset source: digits, imagefolder or torchvision.",
+                        examples=["imagefolder"])
+    name: str | None = Field(None, description="torchvision dataset class name.",
+                             examples=["CIFAR10"])
+    path: str | None = Field(None, description="imagefolder: a folder or .tar.gz of "
+                             "split/class/*.jpg; torchvision: the dataset root folder.")
+    download: bool = Field(False, description="torchvision: allow downloading the dataset.")
+    train_split: str = Field("train", description="Split used for fine-tuning.")
+    eval_split: str = Field("test", description="Split used for accuracy before and after.")
+    batch_size: int = Field(64, gt=0, description="Training batch size.")
+    eval_batch_size: int = Field(256, gt=0, description="Evaluation batch size.")
+    train_subset: int | None = Field(None, gt=0, description="Use a fixed random subset of this "
+                                     "many training samples (seeded).")
+    eval_subset: int | None = Field(None, gt=0, description="Evaluate on a fixed random subset "
+                                    "of this many samples (seeded).")
+    image_size: int | None = Field(None, gt=0, description="Resize images to this square size.")
+    augment: list[Literal["random_crop", "horizontal_flip"]] = Field(
+        default_factory=list, description="Training augmentations, applied in order.")
+    crop_padding: int = Field(4, ge=0, description="Padding for random_crop.")
+    normalize: Normalize | None = Field(None, description="Input normalisation.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    cache_dir: str | None = Field(None, description="Where archives are extracted "
+                                  "(default: $COMPRESS_CACHE or ~/.cache/compress).")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from compress.data import DATASETS
+
+        DATASETS.get(v)
+        return v
+
+
+class Target(_Section):
+    macs: float = Field(gt=0, lt=1, description="Fraction of MACs to remove (0.5 halves them).")
+
+
+class PruningSpec(_Section):
+    """What to prune and how much."""
+
+    kind: Literal["structured"] = Field("structured", description="Pruning kind.")
+    importance: str = Field("l2", description="Channel importance criterion.", examples=["l1"])
+    ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of channels to remove "
+                                "from each prunable group (local) or overall (global).")
+    target: Target | None = Field(None, description="Reach a resource target instead of a "
+                                  "ratio; the channel ratio is found by search.")
+    ignored: list[str] = Field(default_factory=list, description="Module names whose output "
+                               "channels are kept; 're:' prefixes a regular expression.",
+                               examples=[["linear", "re:layer\\d\\.\\d+\\.conv2"]])
+    round_to: int | Literal["auto"] = Field("auto", description="Keep channel counts multiples "
+                                            "of this; auto = 8 for models with convolutions.")
+    scope: Literal["local", "global"] = Field("local", description="Rank channels within each "
+                                              "layer (local) or across all layers (global).")
+    max_layer_ratio: float = Field(0.9, gt=0, le=1, description="Global scope: most any one "
+                                   "layer may lose.")
+    calibration_batches: int = Field(4, gt=0, description="Training batches used by "
+                                     "gradient-based criteria (taylor).")
+    verify: bool = Field(True, description="Prove each step: zeroed group == removed group on a "
+                         "probe batch. A mismatch fails the run.")
+    verify_atol: float = Field(1e-4, gt=0, description="Absolute tolerance of the proof.")
+    probe_batch: int = Field(8, gt=0, description="Samples in the probe batch.")
+
+    @field_validator("importance")
+    @classmethod
+    def _known_importance(cls, v: str) -> str:
+        from compress.pruning import IMPORTANCE
+
+        IMPORTANCE.get(v)
+        return v
+
+    @field_validator("round_to")
+    @classmethod
+    def _positive_round(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("round_to must be >= 1 or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _ratio_or_target(self) -> PruningSpec:
+        if (self.ratio is None) == (self.target is None):
+            raise ValueError("give exactly one of 'ratio' (e.g. 0.5) or 'target' "
+                             "(e.g. {macs: 0.5})")
+        return self
+
+
+class ScheduleSpec(_Section):
+    """How the pruning is spread over steps."""
+
+    kind: str = Field("one-shot", description="Pruning schedule.", examples=["one-shot"])
+
+    @field_validator("kind")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        from compress.schedules import SCHEDULES
+
+        SCHEDULES.get(v)
+        return v
+
+
+class FinetuneSpec(_Section):
+    """Fine-tuning after each pruning step."""
+
+    epochs: int = Field(1, ge=0, description="Epochs after each pruning step (0 = none).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer "
+                                  "steps per pruning step (a step budget).")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimizer.")
+    lr: float = Field(0.01, gt=0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay.")
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="LR schedule.")
+    amp: Literal["auto", "off", "bf16"] = Field("auto", description="Mixed precision: auto = "
+                                                "bf16 autocast on CUDA, off on CPU.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+
+
+class ExportSpec(_Section):
+    """Artifacts written after pruning."""
+
+    safetensors: bool = Field(True, description="Write model.safetensors + model.json manifest.")
+    onnx: bool = Field(True, description="Write model.onnx (dynamic batch axis).")
+    opset: int | None = Field(None, ge=13, description="ONNX opset (default: the exporter's).")
+    parity_atol: float = Field(1e-4, gt=0, description="Parity: absolute tolerance.")
+    parity_rtol: float = Field(1e-3, ge=0, description="Parity: relative tolerance.")
+    parity_batch: int = Field(4, gt=0, description="Samples compared in the parity check.")
+
+
+class ReportSpec(_Section):
+    """Speed measurement and report."""
+
+    latency: bool = Field(True, description="Measure latency of baseline and compressed.")
+    engines: list[Literal["onnxruntime", "torch"]] = Field(
+        default_factory=lambda: ["onnxruntime", "torch"], min_length=1,
+        description="Engines timed.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1,
+                                   description="Batch sizes timed.")
+    warmup: int = Field(3, ge=0, description="Untimed runs before timing each block.")
+    rounds: int = Field(7, gt=0, description="Interleaved A/B rounds.")
+    runs_per_round: int = Field(5, gt=0, description="Timed runs in each block.")
+    threads: int | None = Field(None, gt=0, description="Intra-op threads (default: all cores).")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b <= 0 for b in v):
+            raise ValueError("batch sizes must be positive")
+        return v
+
+
+class GatesSpec(_Section):
+    """Thresholds checked at the end; a failing gate exits 1."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Largest allowed top-1 "
+                                            "drop in absolute percentage points.")
+    min_speedup: float | None = Field(None, gt=0, description="Smallest allowed onnxruntime "
+                                      "speedup at the largest batch size.")
+    max_size_mb: float | None = Field(None, gt=0, description="Largest allowed ONNX file (MB).")
+    min_macs_reduction: float | None = Field(None, ge=0, lt=1, description="Smallest allowed "
+                                             "fraction of MACs removed.")
+
+
+class Recipe(_Section):
+    """A whole compression recipe."""
+
+    version: Literal[1] = Field(description="Recipe format version; always 1.")
+    name: str | None = Field(None, description="Run name (default: the recipe file's stem).")
+    model: ModelSpec
+    data: DataSpec
+    pruning: PruningSpec
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+    seed: int = Field(0, ge=0, description="Random seed for data order, subsets and probes.")
+    device: str = Field("auto", description="auto (CUDA when torch sees one), cpu, cuda or "
+                        "cuda:N.")
+    base_dir: str | None = Field(None, exclude=True, description="Folder that relative paths "
+                                 "are resolved against (set by the loader: the recipe's folder).")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("device must be one of auto, cpu, cuda, cuda:N")
+
+    def resolve_path(self, value: str | os.PathLike[str]) -> Path:
+        """Expand ``~``/``$VARS`` and resolve a relative path against the recipe's folder."""
+        p = Path(os.path.expandvars(os.path.expanduser(str(value))))
+        if not p.is_absolute() and self.base_dir is not None:
+            p = Path(self.base_dir) / p
+        return p
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data (JSON-safe), as stored in a run folder."""
+        return json.loads(self.model_dump_json())
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return [k for k in model.model_fields if k != "base_dir"]
+
+
+def _validation_message(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = _format_loc(loc)
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            parts.append(f"unknown key '{where}'; allowed keys here: {', '.join(allowed)}")
+        elif e["type"] == "missing":
+            parts.append(f"missing required key '{where}'")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"'{where}': {msg}{got_s}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_recipe(data: dict[str, Any], *, source: str = "recipe",
+                 base_dir: str | os.PathLike[str] | None = None) -> Recipe:
+    """Validate a recipe given as a dict; raise :class:`InputError` naming the bad keys."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: a recipe must be a mapping of sections, got "
+                         f"{type(data).__name__}")
+    if "base_dir" in data:
+        raise InputError(f"{source}: unknown key 'base_dir'")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise InputError(_validation_message(err, source)) from None
+    if base_dir is not None:
+        recipe.base_dir = str(Path(base_dir).resolve())
+    return recipe
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``a.b.c=value`` overrides applied (values parsed as YAML).
+
+    Example:
+        >>> apply_overrides({"finetune": {"epochs": 3}}, ["finetune.epochs=1"])
+        {'finetune': {'epochs': 1}}
+    """
+    out = copy.deepcopy(data)
+    items: list[tuple[str, Any]]
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise InputError(f"override {item!r} is not of the form a.b.c=value")
+            try:
+                items.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+            except yaml.YAMLError:
+                raise InputError(f"override {item!r}: the value is not valid YAML") from None
+    for key, value in items:
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"override {key!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_recipe(path: str | os.PathLike[str],
+                overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """Load, override and validate a YAML recipe; relative paths resolve against its folder.
+
+    Example:
+        >>> recipe = load_recipe("recipes/quickstart.yaml", ["finetune.epochs=1"])  # doctest: +SKIP
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"recipe file {str(p)!r} does not exist; pass the path of a YAML recipe")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"{p}: not valid YAML{where}; check indentation and quoting") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a UTF-8 text file") from None
+    if data is None:
+        raise InputError(f"{p}: the recipe is empty")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    recipe = parse_recipe(data, source=str(p), base_dir=p.parent)
+    if recipe.name is None:
+        recipe.name = p.stem
+    return recipe
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe (what ``compress schema`` prints)."""
+    schema = Recipe.model_json_schema()
+    schema["properties"].pop("base_dir", None)
+    return schema

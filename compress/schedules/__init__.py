@@ -1,0 +1,36 @@
+"""Pruning schedules: pure functions from the recipe to the per-step cumulative targets.
+
+Each schedule is one file registering a function ``(schedule_spec, final) -> list[float]``
+that returns the cumulative target after each step, as fractions of the ORIGINAL prunable
+amount; the last entry is ``final``.
+
+Example:
+    >>> from compress.recipe import ScheduleSpec
+    >>> plan_targets(ScheduleSpec(kind="one-shot"), 0.5)
+    [0.5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from compress.registry import Registry
+
+if TYPE_CHECKING:
+    from compress.recipe import ScheduleSpec
+
+__all__ = ["SCHEDULES", "plan_targets"]
+
+SCHEDULES: Registry[Callable[["ScheduleSpec", float], list[float]]] = Registry("schedule")
+
+
+def plan_targets(spec: ScheduleSpec, final: float) -> list[float]:
+    """Cumulative targets per step; checked to rise strictly and to end exactly at ``final``."""
+    targets = SCHEDULES.get(spec.kind)(spec, final)
+    assert targets and abs(targets[-1] - final) < 1e-9, targets
+    assert all(b > a for a, b in zip([0.0, *targets], targets)), targets
+    return targets
+
+
+from compress.schedules import one_shot  # noqa: E402,F401

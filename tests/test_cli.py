@@ -1,0 +1,126 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import compress
+from compress.cli import app
+from compress.export import onnx_session
+from tests.conftest import ROOT, tiny_recipe
+
+runner = CliRunner()
+
+
+def _write(tmp_path: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    tmp = tmp_path_factory.mktemp("apply")
+    recipe = _write(tmp, tiny_recipe(tmp, gates={"max_accuracy_drop": 100.0}))
+    result = runner.invoke(app, ["apply", str(recipe), "--out", str(tmp / "run")])
+    return tmp / "run", result
+
+
+def test_apply_end_to_end(tiny_run) -> None:
+    out, result = tiny_run
+    assert result.exit_code == 0, result.output
+    assert "top-1 accuracy" in result.output and "MACs" in result.output
+    for name in ("model.safetensors", "model.json", "model.onnx", "report.json", "report.md",
+                 "recipe.json", "baseline/model.onnx"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["status"] == "passed"
+    for block in ("baseline", "compressed"):
+        for key in ("accuracy", "params", "macs", "onnx_bytes", "latency_ms"):
+            assert report[block][key] is not None, (block, key)
+        assert set(report[block]["latency_ms"]) == {"onnxruntime", "torch"}
+        assert set(report[block]["latency_ms"]["onnxruntime"]["2"]) == {"median", "p90"}
+    assert report["compressed"]["macs"] < report["baseline"]["macs"]
+    assert len(report["steps"]) == 1 and report["steps"][0]["max_abs_diff"] < 1e-4
+    assert report["speedup"]["headline"] > 0
+    assert "# compress report: tiny" in (out / "report.md").read_text()
+
+
+def test_loaded_model_equals_onnx_output(tiny_run) -> None:
+    out, _ = tiny_run
+    model = compress.load(out)
+    x = torch.rand(7, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = onnx_session(out / "model.onnx").run(None, {"input": x.numpy()})[0]
+    assert abs(expected - got).max() < 1e-4
+
+
+def test_failing_gate_exits_1_and_marks_the_report(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, gates={"min_speedup": 1000.0}, report={"latency": True,
+                         "engines": ["onnxruntime"], "batch_sizes": [2], "rounds": 1,
+                         "runs_per_round": 1, "warmup": 0})
+    result = runner.invoke(app, ["apply", str(_write(tmp_path, recipe)), "--out",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "gate FAIL: speedup" in result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "gate_failed"
+    assert report["gates"][0]["name"] == "min_speedup" and not report["gates"][0]["passed"]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"pruning": {"ratio": 0.5, "bogus": 1}}, "unknown key 'pruning.bogus'"),
+    ({"finetune": {"epochs": "three"}}, "'finetune.epochs': Input should be a valid integer"),
+    ({"model": {"source": "cifar_resnet", "name": "resnet99"}}, "unknown cifar_resnet name"),
+    ({"model": {"source": "python", "factory": "missing_file.py:f"}}, "does not exist"),
+    ({"data": {"source": "imagefolder", "path": "no/such/folder"}}, "does not exist"),
+])
+def test_bad_input_exits_2_with_one_sentence(tmp_path: Path, change: dict, fragment: str) -> None:
+    recipe = tiny_recipe(tmp_path)
+    recipe.update(change)
+    path = _write(tmp_path, recipe)
+    for command in (["validate", str(path)], ["apply", str(path), "--out", str(tmp_path / "r")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert fragment in result.output
+        assert "Traceback" not in result.output
+
+
+def test_bad_input_from_a_real_shell_has_no_traceback(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"version": 1, "model": {"source": "nope"}})
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", "apply", str(path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and "unknown model source 'nope'" in proc.stderr
+
+
+def test_missing_recipe_and_override_errors(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    path = _write(tmp_path, tiny_recipe(tmp_path))
+    result = runner.invoke(app, ["validate", str(path), "--set", "pruning.ratio=2"])
+    assert result.exit_code == 2 and "'pruning.ratio'" in result.output
+    result = runner.invoke(app, ["validate", str(path), "--set", "finetune.epochs=2"])
+    assert result.exit_code == 0 and "valid" in result.output
+
+
+def test_schema_prints_json_schema() -> None:
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema["title"] == "Recipe" and "pruning" in schema["properties"]
+
+
+def test_python_api_apply_with_sections(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, report={"latency": False})
+    result = compress.apply(recipe, out_dir=tmp_path / "api", finetune={"epochs": 0},
+                            export={"onnx": False})
+    assert result.ok and (tmp_path / "api" / "model.safetensors").exists()
+    assert not (tmp_path / "api" / "model.onnx").exists()
+    assert result.report["steps"][0]["finetune_steps"] == 0

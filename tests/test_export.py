@@ -1,0 +1,103 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compress.errors import CheckFailed, InputError
+from compress.export import check_parity, export_model, load_model, onnx_session
+from compress.models.cifar_resnet import cifar_resnet
+from compress.pruning import StructuredPruner
+from compress.recipe import ExportSpec, ModelSpec, PruningSpec
+
+
+def _pruned_resnet20() -> nn.Module:
+    model = cifar_resnet("resnet20").eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    StructuredPruner(model, x[:1], PruningSpec(ratio=0.4)).step_(0.4, x)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, dict]:
+    out = tmp_path_factory.mktemp("export")
+    model = _pruned_resnet20()
+    probe = torch.randn(4, 3, 32, 32)
+    spec = ModelSpec(source="cifar_resnet", name="resnet20")
+    result = export_model(model, out, ExportSpec(), spec, probe)
+    return model, out, result
+
+
+def test_export_writes_artifacts_with_parity(exported) -> None:
+    _, out, result = exported
+    for name in ("model.safetensors", "model.json", "model.onnx"):
+        assert (out / name).is_file()
+    assert result["parity"]["safetensors"] <= 1e-6 and result["parity"]["onnx"] < 1e-3
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_load_rebuilds_the_shrunk_model_without_pickle(exported) -> None:
+    model, out, _ = exported
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["layers"]["conv1"]["out_channels"] == model.conv1.out_channels
+    assert "index_map" in manifest["layers"]["layer2.0.shortcut"]
+    loaded = load_model(out)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_loaded_model_matches_onnx(exported) -> None:
+    _, out, _ = exported
+    x = torch.randn(5, 3, 32, 32)
+    session = onnx_session(out / "model.onnx")
+    onnx_out = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        torch_out = load_model(out)(x)
+    check_parity(torch_out, onnx_out, what="onnx vs load", atol=1e-4, rtol=1e-3)
+    assert session.get_inputs()[0].shape[0] == "batch"
+
+
+class _DivergesInOnnx(nn.Module):
+    """Computes something else when exported: the parity check must catch it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        if torch.compiler.is_exporting():
+            y = y + 0.5
+        return y
+
+
+def test_parity_failure_fails_the_export(tmp_path: Path) -> None:
+    spec = ExportSpec(safetensors=False)
+    with pytest.raises(CheckFailed, match=r"ONNX \(batch 1\): parity check failed"):
+        export_model(_DivergesInOnnx(), tmp_path, spec, ModelSpec(source="python", factory="x:y"),
+                     torch.randn(4, 4))
+    assert not (tmp_path / "model.onnx").exists()  # nothing a pipeline could ship
+    assert (tmp_path / "model.onnx.failed-parity").exists()  # kept for inspection
+
+
+def test_check_parity_tolerance_and_shape() -> None:
+    ref = torch.ones(2, 3)
+    assert check_parity(ref, np.ones((2, 3), np.float32) + 1e-6, what="x", atol=1e-5, rtol=0) < 1e-5
+    with pytest.raises(CheckFailed, match="max \\|diff\\|"):
+        check_parity(ref, np.ones((2, 3), np.float32) + 1e-2, what="x", atol=1e-5, rtol=0)
+    with pytest.raises(CheckFailed, match="shape"):
+        check_parity(ref, np.ones((3, 2), np.float32), what="x", atol=1e-5, rtol=0)
+    with pytest.raises(CheckFailed):
+        check_parity(ref, np.full((2, 3), np.nan, np.float32), what="x", atol=1e-5, rtol=0)
+
+
+def test_load_rejects_a_folder_without_outputs(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"format": "other"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="not a compress manifest"):
+        load_model(tmp_path)
