@@ -180,15 +180,14 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
     """An onnxruntime session on CUDA when torch sees a GPU, else on the CPU."""
     import onnxruntime as ort
 
+    from compress.measure import ort_providers
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    providers = ["CPUExecutionProvider"]
-    # onnxruntime-gpu lists CUDA even without a GPU: ask torch instead.
-    if torch.cuda.is_available():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=ort_providers(device))
 
 
 def check_parity(expected: torch.Tensor, actual: np.ndarray | torch.Tensor, *, what: str,

@@ -31,6 +31,7 @@ from compress.evaluate import evaluate
 from compress.export import export_model, export_onnx
 from compress.finetune import finetune_
 from compress.gate import GateOutcome, evaluate_gates, gates_passed
+from compress.measure import Candidate, headline_speedup, measure_latency
 from compress.models import build_model
 from compress.pruning import (IMPORTANCE, StructuredPruner, count_macs_params,
                               solve_ratio_for_macs)
@@ -138,8 +139,6 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
     latency = None
     t = time.perf_counter()
     if recipe.report.latency:
-        from compress.measure import Candidate, measure_latency
-
         latency = measure_latency(Candidate(baseline_model, baseline_onnx),
                                   Candidate(model, Path(exported["onnx"]) if "onnx" in exported
                                             else None),
@@ -147,11 +146,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
                                   device=torch.device("cpu"))
     timing["measure_s"] = time.perf_counter() - t
     lat_b, lat_c, speed = latency_blocks(latency)
-    headline = None
-    for engine in ("onnxruntime", "torch"):
-        if speed.get(engine):
-            headline = speed[engine][max(speed[engine], key=int)]
-            break
+    headline = headline_speedup(latency) if latency else None
     final_eval = steps[-1] if steps else baseline_eval
     macs_red = 1 - steps[-1]["macs"] / base_macs
     report: dict[str, Any] = {
@@ -213,7 +208,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     if pruning.target is None:
         ratios = list(targets)
     else:
-        ratios = [solve_ratio_for_macs(model, example, pruning, t)[0] for t in targets]
+        ratios = [solve_ratio_for_macs(model, example, pruning, t,
+                                       tolerance=pruning.target.tolerance)[0] for t in targets]
     pruner = StructuredPruner(model, example, pruning, cumulative_ratios=ratios)
     steps: list[dict[str, Any]] = []
     for i, (target, ratio) in enumerate(zip(targets, ratios), start=1):

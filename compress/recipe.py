@@ -125,6 +125,9 @@ class DataSpec(_Section):
 
 class Target(_Section):
     macs: float = Field(gt=0, lt=1, description="Fraction of MACs to remove (0.5 halves them).")
+    tolerance: float = Field(0.02, ge=0, lt=1, description="How far below the target the "
+                             "closest reachable reduction may fall (channel rounding makes "
+                             "the reduction a step function); beyond it the run is refused.")
 
 
 class PruningSpec(_Section):

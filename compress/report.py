@@ -35,8 +35,6 @@ def latency_blocks(latency: dict[str, Any] | None) -> tuple[dict, dict, dict]:
     comp: dict[str, Any] = {}
     speed: dict[str, Any] = {}
     for engine, per_batch in ((latency or {}).get("engines") or {}).items():
-        if not isinstance(per_batch, dict) or "skipped" in per_batch:
-            continue
         for bs, row in per_batch.items():
             base.setdefault(engine, {})[bs] = {"median": row["baseline"]["median_ms"],
                                                "p90": row["baseline"]["p90_ms"]}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from compress.data.base import RawData, SeededShuffle, Transform, View, seeded_subset
 from compress.errors import InputError
@@ -67,7 +67,7 @@ class DataBundle:
         """
         assert n > 0, "a probe batch needs at least one sample"
         dataset = self.eval.dataset
-        count = min(n, len(dataset))  # type: ignore[arg-type]
+        count = min(n, _size(dataset))
         return torch.stack([dataset[i][0] for i in range(count)])
 
 
@@ -95,6 +95,10 @@ def check_data_spec(spec: DataSpec) -> None:
                          "add random_crop to data.augment or remove data.crop_padding")
 
 
+def _size(dataset: Dataset) -> int:
+    return len(dataset)  # type: ignore[arg-type]  # map-style datasets all have a length
+
+
 def _check_channels(spec: DataSpec, channels: int) -> None:
     if spec.normalize is not None and len(spec.normalize.mean) != channels:
         raise InputError(f"data.normalize has {len(spec.normalize.mean)} channel(s) but the "
@@ -111,7 +115,7 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
     """
     check_data_spec(spec)
     raw = DATASETS.get(spec.source)().load(spec, resolve, train)
-    if len(raw.eval) == 0:  # type: ignore[arg-type]
+    if _size(raw.eval) == 0:
         raise InputError(f"the evaluation split of dataset source {spec.source!r} is empty")
     _check_channels(spec, int(raw.eval[0][0].shape[0]))
 
@@ -122,15 +126,15 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
     loader_args = dict(num_workers=spec.num_workers, pin_memory=torch.cuda.is_available(),
                        drop_last=False)
 
-    eval_indices = seeded_subset(len(raw.eval), spec.eval_subset, seed,  # type: ignore[arg-type]
-                                 "eval_subset", "evaluation split")
+    eval_indices = seeded_subset(_size(raw.eval), spec.eval_subset, seed, "eval_subset",
+                                 "evaluation split")
     eval_set = View(raw.eval, eval_indices, Transform(**common))  # type: ignore[arg-type]
     eval_loader = DataLoader(eval_set, batch_size=spec.eval_batch_size, shuffle=False,
                              **loader_args)  # type: ignore[arg-type]
 
     train_loader = None
     if train and raw.train is not None:
-        train_indices = seeded_subset(len(raw.train), spec.train_subset, seed,  # type: ignore[arg-type]
+        train_indices = seeded_subset(_size(raw.train), spec.train_subset, seed,
                                       "train_subset", "training split")
         train_set = View(raw.train, train_indices,
                          Transform(augment=tuple(spec.augment), **common))  # type: ignore[arg-type]

@@ -126,7 +126,9 @@ class View(Dataset[Item]):
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.indices) if self.indices is not None else len(self.base)  # type: ignore[arg-type]
+        if self.indices is not None:
+            return len(self.indices)
+        return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int | tuple[int, int]) -> Item:
         generator = None

@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
 import os
 import shutil
@@ -109,15 +111,19 @@ def extract_archive(archive: Path, cache: Path) -> Path:
         if final.exists():  # no marker: not ours to trust
             shutil.rmtree(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache_dir should stay readable
     except OSError as err:
         raise InputError(f"cannot write the extraction cache {str(cache)!r} ({err}); set "
                          "data.cache_dir or $COMPRESS_CACHE to a writable folder") from err
     try:
         try:
             _safe_extract(archive, tmp / "files")
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
             raise InputError(f"data.path {str(archive)!r} is not a readable tar archive "
                              f"({err}); re-create it or extract it yourself") from err
+        except OSError as err:  # disk full, permissions: the cache's fault, not the archive's
+            raise InputError(f"cannot extract data.path into the cache {str(cache)!r} ({err}); "
+                             "free space or set data.cache_dir to another folder") from err
         (tmp / COMPLETE).write_text(f"{archive.resolve()}\n")
         try:
             os.rename(tmp, final)
@@ -162,23 +168,33 @@ def _list_images(folder: Path, classes: list[str], shown: str) -> tuple[list[Pat
     return files, labels
 
 
-def _decode(path: Path) -> torch.Tensor:
-    """One image file as a uint8 RGB tensor (3, H, W).
+@functools.cache
+def _fast_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchvision's libjpeg/libpng decoder, or None where this torchvision has none.
 
-    torchvision's decoder gives the same pixels as PIL for JPEG and PNG, three times faster;
-    PIL handles what it cannot (unusual formats and bit depths).
+    It gives the same pixels as PIL for JPEG and PNG, about twice as fast; torchvision 0.29
+    deprecates it, hence the fallback.
     """
-    from torchvision.io import ImageReadMode, decode_image  # imported here: slow to import
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+    except ImportError:
+        return None
+    return functools.partial(decode_image, mode=ImageReadMode.RGB)
 
+
+def _decode(path: Path) -> torch.Tensor:
+    """One image file as a uint8 RGB tensor (3, H, W); PIL handles what torchvision cannot."""
+    decoder = _fast_decoder()
     try:
         data = path.read_bytes()
-        if data:
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                 mode=ImageReadMode.RGB)
-            if image.dtype == torch.uint8:
+        if decoder is not None and data:
+            image = decoder(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            if image.dtype == torch.uint8:  # 16-bit PNGs come back as uint16
                 return image
     except (RuntimeError, ValueError):
         pass
+    except OSError as err:
+        raise InputError(f"data.path: cannot read image {str(path)!r} ({err})") from err
     try:
         with Image.open(path) as pil:
             return torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
@@ -223,6 +239,9 @@ def _load_split(files: list[Path], labels: list[int], cache: Path, split: str) -
         st = path.stat()
         listing.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
     cached = cache / f"decoded-{_stem(Path(split))}-{listing.hexdigest()[:16]}.pt"
+    lazy_marker = cached.with_suffix(".lazy")  # sizes differ: do not try to stack them again
+    if lazy_marker.is_file():
+        return LazyImages(files, labels)
     if cached.is_file():
         try:
             saved = torch.load(cached, weights_only=True)
@@ -231,16 +250,19 @@ def _load_split(files: list[Path], labels: list[int], cache: Path, split: str) -
         except Exception:  # a damaged cache file is rebuilt, never trusted
             pass
     images = _decode_all(files)
-    if images is None:
-        return LazyImages(files, labels)
     tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": images, "labels": torch.tensor(labels)}, tmp)
-        os.replace(tmp, cached)
+        if images is None:
+            lazy_marker.touch()
+        else:  # written under a temporary name, so a crash never leaves a truncated file
+            torch.save({"images": images, "labels": torch.tensor(labels)}, tmp)
+            os.replace(tmp, cached)
     except OSError as err:  # the cache is an optimisation: work without it
         tmp.unlink(missing_ok=True)
         warnings.warn(f"could not cache decoded images in {cache} ({err})", stacklevel=2)
+    if images is None:
+        return LazyImages(files, labels)
     return TensorImages(images, labels)
 
 
@@ -271,11 +293,12 @@ class ImageFolderSource:
         if train or (root / spec.train_split).is_dir():
             train_classes = _class_dirs(root, spec.train_split, "train_split", shown)
             if train_classes != classes:
-                a, b = sorted(set(train_classes) - set(classes)), sorted(set(classes) - set(train_classes))
+                t, e = set(train_classes), set(classes)
                 raise InputError(f"data.path {shown!r}: splits '{spec.train_split}' and "
                                  f"'{spec.eval_split}' have different class folders (only in "
-                                 f"{spec.train_split}: {a or 'none'}; only in {spec.eval_split}: "
-                                 f"{b or 'none'}); both need the same classes")
+                                 f"{spec.train_split}: {sorted(t - e) or 'none'}; only in "
+                                 f"{spec.eval_split}: {sorted(e - t) or 'none'}); both need the "
+                                 "same classes")
         if not classes:
             raise InputError(f"data.path {shown!r}: split folder '{spec.eval_split}' has no class "
                              f"folders; expected {spec.eval_split}/<class>/*.jpg")

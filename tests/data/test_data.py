@@ -54,7 +54,8 @@ def write_fake_mnist(root: Path, n_train: int = 12, n_test: int = 6) -> Path:
         labels = (np.arange(n) % 10).astype(np.uint8)
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
             struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes())
     return root
 
 
@@ -163,13 +164,34 @@ def test_unsafe_archives_are_rejected(kind: str, tmp_path: Path) -> None:
     assert not (tmp_path / "evil.png").exists()
 
 
-def test_mixed_sizes_decode_lazily_and_resize(tmp_path: Path) -> None:
+def test_mixed_sizes_decode_lazily_and_resize(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     folder = make_folder(tmp_path / "in", sizes=[(8, 8), (12, 10)])
-    data = build_data(DataSpec(source="imagefolder", path=str(folder), image_size=6,
-                               batch_size=6))
+    spec = DataSpec(source="imagefolder", path=str(folder), image_size=6, batch_size=6)
+    data = build_data(spec)
     assert isinstance(data.eval.dataset.base, LazyImages)
     assert data.sample_shape == (3, 6, 6)
     assert next(iter(data.train))[0].shape == (6, 3, 6, 6)
+    monkeypatch.setattr(imagefolder, "_decode_all", None)  # remembered: not tried again
+    assert isinstance(build_data(spec).eval.dataset.base, LazyImages)
+
+
+def test_pil_fallback_gives_the_same_pixels(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_folder(tmp_path / "in")
+    fast = build_data(DataSpec(source="imagefolder", path=str(folder),
+                               cache_dir=str(tmp_path / "c1")))
+    monkeypatch.setattr(imagefolder, "_fast_decoder", lambda: None)
+    pil = build_data(DataSpec(source="imagefolder", path=str(folder),
+                              cache_dir=str(tmp_path / "c2")))
+    assert torch.equal(fast.probe_batch(6), pil.probe_batch(6))
+
+
+def test_undecodable_image_names_the_file(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "in")
+    (folder / "test" / "cat" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(InputError, match="cannot decode image .*broken.jpg"):
+        build_data(DataSpec(source="imagefolder", path=str(folder)))
 
 
 def test_imagefolder_tolerates_a_wrapping_folder_and_eval_only(tmp_path: Path) -> None:
@@ -226,6 +248,11 @@ def _not_archive(tmp_path: Path) -> dict[str, Any]:
     return {"source": "imagefolder", "path": str(tmp_path / "notes.txt")}
 
 
+def _garbage(tmp_path: Path) -> Path:
+    (tmp_path / "bad.tar.gz").write_bytes(b"\x1f\x8b garbage, not gzip")
+    return tmp_path / "bad.tar.gz"
+
+
 BAD = {
     "missing path": (lambda t: {"source": "imagefolder", "path": str(t / "nope")},
                      "data.path .* does not exist"),
@@ -235,6 +262,8 @@ BAD = {
                                  "eval_split": "val"}, "no 'val' split folder"),
     "different classes": (_other_classes, r"different class folders \(only in train: \['cow'\]"),
     "not an archive": (_not_archive, "not a .tar.gz"),
+    "corrupt archive": (lambda t: {"source": "imagefolder", "path": str(_garbage(t)),
+                                   "cache_dir": str(t / "cache")}, "not a readable tar archive"),
     "unused key": (lambda t: {"source": "digits", "path": "x"},
                    "data.path is not used by dataset source 'digits'"),
     "padding without crop": (lambda t: {"source": "digits", "crop_padding": 2},
