@@ -20,7 +20,8 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.export import load_model
-from compress.pipeline import Result, run_recipe, run_schedule_
+from compress.loop import run_schedule_
+from compress.pipeline import Result, run_recipe
 from compress.pruning import count_macs_params
 from compress.recipe import (FinetuneSpec, PruningSpec, Recipe, ScheduleSpec, apply_overrides,
                              load_recipe, parse_recipe)
@@ -116,8 +117,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
         return dict(value) if isinstance(value, dict) else {"accuracy": float(value)}
 
     before, _ = count_macs_params(model, example[:1])
-    steps = run_schedule_(model, example=example[:1],
-                          probe=(probe if probe is not None else example).to(dev),
-                          pruning=spec, schedule=sched, finetune=ft, train=train_loader,
-                          evaluate_fn=metric, device=dev)
+    steps, pruner = run_schedule_(model, example=example[:1],
+                                  probe=(probe if probe is not None else example).to(dev),
+                                  pruning=spec, schedule=sched, finetune=ft,
+                                  train=train_loader, evaluate_fn=metric, device=dev)
+    pruner.finalize_()
     return PruneResult(model, steps, before, steps[-1]["macs"])

@@ -30,7 +30,7 @@ from torch import nn
 from compress.errors import CheckFailed, InputError
 from compress.recipe import ExportSpec, ModelSpec
 
-__all__ = ["export_model", "save_safetensors", "export_onnx", "load_model", "onnx_session",
+__all__ = ["export_model", "save_safetensors", "plain_state_dict", "export_onnx", "load_model", "onnx_session",
            "check_parity", "MANIFEST_FORMAT"]
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,28 @@ def _layer_attrs(module: nn.Module) -> dict[str, Any] | None:
     return None
 
 
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with pruning masks folded in (``w_orig * w_mask`` saved as ``w``)."""
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
+            base = key[: -len("_orig")]
+            out[base] = value * state[base + "_mask"]
+        else:
+            out[key] = value
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
 def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
                      sample_shape: tuple[int, ...]) -> tuple[Path, Path]:
     """Write ``model.safetensors`` and the ``model.json`` manifest atomically."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = plain_state_dict(model)
     weights = out_dir / "model.safetensors"
     tmp = _atomic_path(weights)
     save_file(state, str(tmp), metadata={"format": MANIFEST_FORMAT})

@@ -3,9 +3,25 @@
 A fresh optimizer and LR schedule every call (the model's shapes changed since the last one).
 bf16 autocast on CUDA when ``amp`` allows; a rich progress bar only on a terminal.
 
+Two budgets. Without ``finetune.patience`` a fixed one: ``epochs``, capped by ``max_steps``.
+With it, up to ``max_epochs`` (and ``max_steps``), evaluating the validation data every
+``eval_every`` optimizer steps (default: each epoch) and stopping once ``patience`` evaluations
+in a row did not improve the monitored metric; the weights of the best evaluation are then put
+back. Evaluation 0 is the model as it came in (just pruned), so a fine-tune that only hurts
+restores the pruned weights. ``lr_schedule: cosine`` spans the whole max budget in both modes,
+so a patience run that stops early ends at a still-high learning rate (``constant`` avoids that).
+
+With ``finetune.distill`` the loss mixes cross-entropy with the KL divergence to a frozen
+teacher (the unpruned model): see :func:`distillation_loss`.
+
 Example:
     >>> from compress.recipe import FinetuneSpec
     >>> stats = finetune_(model, bundle.train, FinetuneSpec(epochs=1), device)  # doctest: +SKIP
+    >>> spec = FinetuneSpec(patience=[20, 5], max_epochs=30)
+    >>> stats = finetune_(model, bundle.train, spec, device, step=2,
+    ...                   val_loader=bundle.val, teacher=baseline)  # doctest: +SKIP
+    >>> stats.best_evaluation, stats.stopped_early, stats.restored  # doctest: +SKIP
+    (4, True, True)
 """
 
 from __future__ import annotations
@@ -14,28 +30,42 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sized
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sized
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from compress.errors import InputError
+from compress.evaluate import evaluate
+from compress.patience import MONITORS, BestWeights, Patience
 from compress.recipe import FinetuneSpec
 
-__all__ = ["FinetuneStats", "finetune_", "build_optimizer"]
+__all__ = ["FinetuneStats", "ValidateFn", "finetune_", "build_optimizer", "distillation_loss"]
 
 log = logging.getLogger(__name__)
+
+# Evaluates a model on validation data; returns at least the key the monitor reads
+# ("accuracy" in percent or "loss"), like compress.evaluate.evaluate.
+ValidateFn = Callable[[nn.Module], Mapping[str, float]]
 
 
 @dataclass
 class FinetuneStats:
-    epochs: float
+    """What one fine-tune did. The patience fields keep their defaults in fixed-budget mode."""
+
+    epochs: float  # fractional epochs actually trained
     steps: int
     samples: int
-    seconds: float
-    final_loss: float | None
+    seconds: float  # wall time, validation included
+    final_loss: float | None  # training loss of the last optimizer step
+    evaluations: list[float] = field(default_factory=list)  # monitored metric, [0] = untrained
+    best: float | None = None
+    best_evaluation: int | None = None  # index into evaluations
+    stopped_early: bool = False  # patience ran out before the max budget did
+    restored: bool = False  # the best evaluation's weights were loaded back
 
 
 def build_optimizer(model: nn.Module, spec: FinetuneSpec) -> torch.optim.Optimizer:
@@ -52,6 +82,29 @@ def build_optimizer(model: nn.Module, spec: FinetuneSpec) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=spec.lr)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *,
+                      alpha: float, temperature: float,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+    """``(1 - alpha) * CE(student, target) + alpha * T^2 * KL(p_teacher || p_student)``.
+
+    Both distributions are softmaxes at temperature ``T``; the KL is summed over classes and
+    averaged over the batch. ``T^2`` keeps the soft term's gradients on the scale of the hard
+    term's as ``T`` grows (Hinton et al., 2015).
+
+    Example:
+        >>> s = torch.tensor([[2.0, 0.0]]); y = torch.tensor([0])
+        >>> float(distillation_loss(s, s, y, alpha=1.0, temperature=4.0))  # same logits: no KL
+        0.0
+    """
+    ce = F.cross_entropy(student, target, label_smoothing=label_smoothing)
+    t = temperature
+    # float32: a KL of two nearly equal bf16 distributions is mostly rounding error.
+    kl = F.kl_div(F.log_softmax(student.float() / t, dim=1),
+                  F.log_softmax(teacher.float() / t, dim=1),
+                  reduction="batchmean", log_target=True)
+    return (1 - alpha) * ce + alpha * t * t * kl
+
+
 def _autocast(device: torch.device, spec: FinetuneSpec) -> torch.autocast:
     enabled = device.type == "cuda" and spec.amp in ("auto", "bf16")
     if spec.amp == "bf16" and device.type != "cuda":
@@ -59,33 +112,146 @@ def _autocast(device: torch.device, spec: FinetuneSpec) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec,
-              device: torch.device, *, description: str = "fine-tune") -> FinetuneStats:
-    """Train ``model`` in place for ``spec.epochs`` (capped by ``spec.max_steps``)."""
-    if spec.epochs == 0 or spec.max_steps == 0:
+def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
+              *, step: int = 1, val_loader: DataLoader | None = None,
+              teacher: nn.Module | None = None, validate_fn: ValidateFn | None = None,
+              description: str = "fine-tune") -> FinetuneStats:
+    """Train ``model`` in place after pruning step ``step`` (1-based; picks the patience).
+
+    Fixed budget without ``spec.patience``; otherwise early stopping on ``val_loader`` (or on
+    ``validate_fn(model)``, which replaces the default ``evaluate(model, val_loader, device)``),
+    ending with the best evaluation's weights. ``teacher`` is used only with ``spec.distill``;
+    it is put in eval mode for the call and never updated.
+    """
+    assert step >= 1, "pruning steps are 1-based"
+    patience = spec.patience_for(step)
+    if spec.distill is not None and teacher is None:
+        raise InputError("finetune.distill needs a teacher model (the unpruned model); pass "
+                         "teacher= or remove finetune.distill")
+    if patience is not None and val_loader is None and validate_fn is None:
+        raise InputError("finetune.patience monitors validation data: set data.val_subset "
+                         "(samples held out of the training split)")
+    budget_epochs = spec.epochs if patience is None else spec.max_epochs
+    if budget_epochs == 0 or spec.max_steps == 0:
         return FinetuneStats(0.0, 0, 0, 0.0, None)
     steps_per_epoch = len(loader) if isinstance(loader, Sized) else None
     assert steps_per_epoch, "training loader is empty"
-    total = steps_per_epoch * spec.epochs
+    total = steps_per_epoch * budget_epochs
     if spec.max_steps is not None:
         total = min(total, spec.max_steps)
+
+    distill = spec.distill if teacher is not None else None
+    assert teacher is not model, "the teacher must be a separate (unpruned) model"
+    ce = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        if distill is None:
+            return ce(logits, y)
+        assert teacher is not None
+        with torch.no_grad():
+            soft = teacher(x)
+        return distillation_loss(logits, soft, y, alpha=distill.alpha,
+                                 temperature=distill.temperature,
+                                 label_smoothing=spec.label_smoothing)
+
+    start = time.perf_counter()  # seconds include the validation passes
+    monitor = None
+    if patience is not None:
+        if validate_fn is None:
+            assert val_loader is not None
+            validate_fn = lambda m: evaluate(m, val_loader, device)  # noqa: E731
+        monitor = _Monitor(spec, patience, validate_fn,
+                           spec.eval_every or steps_per_epoch, total)
+        monitor.evaluate(model)  # evaluation 0: the model as pruned
+
+    # The teacher's BatchNorm statistics must not follow the student's batches.
+    teacher_mode = None
+    if distill is not None and teacher is not None:
+        teacher_mode = teacher.training
+        teacher.eval()
+    try:
+        steps, samples, last_loss = _train(model, loader, spec, device, total, loss_of,
+                                           monitor, description)
+    finally:
+        if teacher is not None and teacher_mode is not None:
+            teacher.train(teacher_mode)
+    seconds = time.perf_counter() - start
+    stats = FinetuneStats(steps / steps_per_epoch, steps, samples, seconds, last_loss)
+    log.info("%s: %d steps, %d samples, %.1fs, last loss %s", description, steps, samples,
+             seconds, f"{last_loss:.4f}" if last_loss is not None else "n/a")
+    if monitor is not None:
+        monitor.finish(model, stats, stopped_early=steps < total, description=description)
+    model.eval()
+    return stats
+
+
+class _Monitor:
+    """The validation schedule, stopping rule and best weights of one patience-mode fine-tune."""
+
+    def __init__(self, spec: FinetuneSpec, patience: int, validate: ValidateFn, every: int,
+                 total: int) -> None:
+        self.key, mode = MONITORS[spec.monitor]
+        self.name = spec.monitor
+        self.rule = Patience(patience, mode, spec.min_delta)
+        self.validate = validate
+        self.every, self.total = every, total
+        self.best = BestWeights()
+
+    def due(self, step: int) -> bool:
+        # The end of the budget is always evaluated, so the last steps can still win.
+        return step % self.every == 0 or step == self.total
+
+    def evaluate(self, model: nn.Module) -> bool:
+        """Validate once, keep the weights if they are the best; True when patience ran out."""
+        result = self.validate(model)
+        model.train()  # a validate_fn may leave eval mode behind
+        assert self.key in result, f"validation result lacks {self.key!r} for {self.name}"
+        if self.rule.update(result[self.key]):
+            self.best.save(model)
+        log.debug("evaluation %d: %s %.4f (best %s at evaluation %s)",
+                  len(self.rule.history) - 1, self.name, result[self.key], self.rule.best,
+                  self.rule.best_index)
+        return self.rule.should_stop
+
+    def finish(self, model: nn.Module, stats: FinetuneStats, *, stopped_early: bool,
+               description: str) -> None:
+        rule = self.rule
+        last = len(rule.history) - 1
+        stats.evaluations = list(rule.history)
+        stats.best, stats.best_evaluation = rule.best, rule.best_index
+        stats.stopped_early = stopped_early
+        if rule.best_index is None:  # every evaluation was NaN: nothing better to go back to
+            log.warning("%s: %s was never a number; keeping the last weights", description,
+                        self.name)
+        elif rule.best_index != last:
+            self.best.load_into(model)
+            stats.restored = True
+        log.info("%s: %s best %.4f at evaluation %s of %d%s%s", description, self.name,
+                 rule.best if rule.best is not None else float("nan"), rule.best_index, last,
+                 ", stopped early" if stopped_early else "",
+                 ", best weights restored" if stats.restored else "")
+
+
+def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
+           total: int, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+           monitor: _Monitor | None, description: str) -> tuple[int, int, float | None]:
+    """The optimizer loop: (steps, samples, last loss). Stops at ``total`` or when told to."""
     optimizer = build_optimizer(model, spec)
     if spec.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
     model.train()
-    step, samples, last_loss = 0, 0, None
-    start = time.perf_counter()
+    step, samples, last_loss, stop = 0, 0, None, False
     progress = _progress(total, description)
     try:
-        while step < total:
+        while step < total and not stop:
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with _autocast(device, spec):
-                    loss = loss_fn(model(x), y)
+                    loss = loss_of(x, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if spec.grad_clip is not None:
@@ -94,21 +260,19 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec,
                 sched.step()
                 step += 1
                 samples += y.numel()
-                if step % 20 == 0 or step == total:
+                if monitor is not None and monitor.due(step):
+                    stop = monitor.evaluate(model)
+                if step % 20 == 0 or step == total or stop:
                     last_loss = loss.item()
                     if progress is not None:
                         progress[0].update(progress[1], completed=step,
                                            description=f"{description} loss {last_loss:.3f}")
-                if step >= total:
+                if step >= total or stop:
                     break
     finally:
         if progress is not None:
             progress[0].stop()
-    seconds = time.perf_counter() - start
-    log.info("%s: %d steps, %d samples, %.1fs, last loss %s", description, step, samples,
-             seconds, f"{last_loss:.4f}" if last_loss is not None else "n/a")
-    model.eval()
-    return FinetuneStats(step / steps_per_epoch, step, samples, seconds, last_loss)
+    return step, samples, last_loss
 
 
 def _progress(total: int, description: str):  # type: ignore[no-untyped-def]

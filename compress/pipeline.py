@@ -10,13 +10,9 @@ Example:
 from __future__ import annotations
 
 import copy
-import datetime as _dt
-import itertools
 import json
 import logging
-import platform
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +24,16 @@ from compress.context import RunContext
 from compress.data import DataBundle, build_data
 from compress.errors import InputError
 from compress.evaluate import evaluate
-from compress.export import export_model, export_onnx
-from compress.finetune import finetune_
+from compress.export import export_model, export_onnx, save_safetensors
 from compress.gate import GateOutcome, evaluate_gates, gates_passed
-from compress.measure import Candidate, headline_speedup, measure_latency
+from compress.loop import run_schedule_
+from compress.measure import Candidate, measure_latency
 from compress.models import build_model
-from compress.pruning import (IMPORTANCE, StructuredPruner, count_macs_params,
-                              solve_ratio_for_macs)
-from compress.recipe import FinetuneSpec, PruningSpec, Recipe, ScheduleSpec
-from compress.report import SCHEMA_VERSION, latency_blocks, write_report, write_text_atomic
-from compress.schedules import plan_targets
+from compress.pruning import count_macs_params
+from compress.recipe import ModelSpec, Recipe
+from compress.report import build_report, write_report, write_text_atomic
 
-__all__ = ["Result", "run_recipe", "run_schedule_", "default_out_dir"]
+__all__ = ["Result", "run_recipe", "default_out_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +55,7 @@ def default_out_dir(recipe: Recipe) -> Path:
     return Path("runs") / (recipe.name or "run")
 
 
-def _resolved_model_spec(recipe: Recipe) -> Any:
+def _resolved_model_spec(recipe: Recipe) -> ModelSpec:
     """The model spec with file paths made absolute, as stored in the manifest."""
     spec = recipe.model
     if spec.factory and ".py:" in spec.factory:
@@ -81,12 +75,14 @@ def _check_outputs(model: nn.Module, bundle: DataBundle, probe: torch.Tensor) ->
                          f"{bundle.num_classes}; set model.num_classes: {bundle.num_classes}")
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
-    import onnxruntime
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "device": str(device),
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy with pruning masks folded in, for per-step exports mid-run."""
+    clone = copy.deepcopy(model).cpu().eval()
+    for module in clone.modules():
+        for name in [k[: -len("_orig")] for k, _ in module.named_parameters(recurse=False)
+                     if k.endswith("_orig")]:
+            torch.nn.utils.prune.remove(module, name)
+    return clone
 
 
 def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
@@ -104,8 +100,9 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
     model = build_model(recipe.model, resolve=recipe.resolve_path)
     probe = bundle.probe_batch(max(recipe.pruning.probe_batch, recipe.export.parity_batch))
     _check_outputs(model, bundle, probe)
-    example = probe[:1]
+    example = probe[:1].to(ctx.device)
     model.to(ctx.device)
+    model_spec = _resolved_model_spec(recipe)
 
     def timed_eval(m: nn.Module) -> dict[str, float]:
         t = time.perf_counter()
@@ -114,7 +111,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
         return res
 
     baseline_eval = timed_eval(model)
-    base_macs, base_params = count_macs_params(model, example.to(ctx.device))
+    base_macs, base_params = count_macs_params(model, example)
     log.info("baseline: top-1 %.2f%%, %d MACs, %d params", baseline_eval["accuracy"],
              base_macs, base_params)
     baseline_model = copy.deepcopy(model).cpu().eval()
@@ -124,113 +121,49 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
         baseline_onnx = export_onnx(baseline_model, ctx.out_dir / "baseline" / "model.onnx",
                                     probe[:2], recipe.export.opset)
     timing["baseline_export_s"] = time.perf_counter() - t
+    teacher = None
+    if recipe.finetune.distill is not None:
+        teacher = copy.deepcopy(baseline_model).to(ctx.device).eval().requires_grad_(False)
+
+    def on_step(step: int, m: nn.Module, row: dict[str, Any]) -> None:
+        step_dir = ctx.out_dir / "steps" / f"{step:02d}"
+        if recipe.export.steps == "all":
+            plain = _plain_copy(m)
+            row["export"] = export_model(plain, step_dir, recipe.export, model_spec, probe)
+        else:
+            save_safetensors(m, step_dir, model_spec, tuple(probe.shape[1:]))
+        row["checkpoint"] = str(step_dir)
 
     t = time.perf_counter()
-    steps = run_schedule_(model, example=example.to(ctx.device), probe=probe.to(ctx.device),
-                          pruning=recipe.pruning, schedule=recipe.schedule,
-                          finetune=recipe.finetune, train=bundle.train, evaluate_fn=timed_eval,
-                          device=ctx.device)
+    steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
+                                  pruning=recipe.pruning, schedule=recipe.schedule,
+                                  finetune=recipe.finetune, train=bundle.train,
+                                  evaluate_fn=timed_eval, device=ctx.device, val=bundle.val,
+                                  teacher=teacher, on_step=on_step)
     timing["schedule_s"] = time.perf_counter() - t
+    pruner.finalize_()
     t = time.perf_counter()
     model = model.cpu().eval()
-    exported = export_model(model, ctx.out_dir, recipe.export, _resolved_model_spec(recipe), probe)
+    exported = export_model(model, ctx.out_dir, recipe.export, model_spec, probe)
     timing["export_s"] = time.perf_counter() - t
 
     latency = None
     t = time.perf_counter()
     if recipe.report.latency:
+        compressed_onnx = Path(exported["onnx"]) if "onnx" in exported else None
         latency = measure_latency(Candidate(baseline_model, baseline_onnx),
-                                  Candidate(model, Path(exported["onnx"]) if "onnx" in exported
-                                            else None),
+                                  Candidate(model, compressed_onnx),
                                   sample_shape=tuple(probe.shape[1:]), spec=recipe.report,
-                                  device=torch.device("cpu"))
+                                  device=torch.device("cpu"), seed=recipe.seed)
     timing["measure_s"] = time.perf_counter() - t
-    lat_b, lat_c, speed = latency_blocks(latency)
-    headline = headline_speedup(latency) if latency else None
-    final_eval = steps[-1] if steps else baseline_eval
-    macs_red = 1 - steps[-1]["macs"] / base_macs
-    report: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "name": recipe.name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "status": "passed",
-        "recipe": recipe.to_dict(),
-        "baseline": {"accuracy": baseline_eval["accuracy"], "loss": baseline_eval["loss"],
-                     "eval_samples": baseline_eval["samples"], "macs": base_macs,
-                     "params": base_params,
-                     "onnx_bytes": baseline_onnx.stat().st_size if baseline_onnx else None,
-                     "latency_ms": lat_b},
-        "compressed": {"accuracy": final_eval["accuracy"], "loss": final_eval["loss"],
-                       "macs": steps[-1]["macs"], "params": steps[-1]["params"],
-                       "onnx_bytes": exported.get("onnx_bytes"),
-                       "safetensors_bytes": exported.get("safetensors_bytes"),
-                       "latency_ms": lat_c},
-        "accuracy_drop": {"points": baseline_eval["accuracy"] - final_eval["accuracy"],
-                          "relative_percent": 100 * (baseline_eval["accuracy"]
-                                                     - final_eval["accuracy"])
-                          / max(baseline_eval["accuracy"], 1e-9)},
-        "macs_reduction": macs_red,
-        "params_reduction": 1 - steps[-1]["params"] / base_params,
-        "speedup": {**speed, "headline": headline},
-        "speedup_per_macs_reduction": (headline / (base_macs / steps[-1]["macs"])
-                                       if headline else None),
-        "steps": steps,
-        "parity": exported["parity"],
-        "latency": latency,
-        "environment": (latency or {}).get("environment") or _environment(ctx.device),
-        "timing": {**timing, "total_s": time.perf_counter() - t0},
-        "outputs": {k: v for k, v in exported.items() if k in ("safetensors", "onnx",
-                                                               "manifest")},
-    }
+    timing["total_s"] = time.perf_counter() - t0
+    baseline = {**baseline_eval, "macs": base_macs, "params": base_params,
+                "onnx_bytes": baseline_onnx.stat().st_size if baseline_onnx else None}
+    report = build_report(recipe, baseline=baseline, steps=steps, exported=exported,
+                          latency=latency, timing=timing, model=model)
     gates = evaluate_gates(report, recipe.gates)
     report["gates"] = [g.to_dict() for g in gates]
     report["status"] = "passed" if gates_passed(gates) else "gate_failed"
     write_report(report, ctx.out_dir)
     log.info("wrote %s", ctx.out_dir)
     return Result(ctx.out_dir, report, gates)
-
-
-def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tensor,
-                  pruning: PruningSpec, schedule: ScheduleSpec, finetune: FinetuneSpec,
-                  train: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
-                  evaluate_fn: Callable[[nn.Module], dict[str, float]],
-                  device: torch.device) -> list[dict[str, Any]]:
-    """Prune ``model`` in place step by step (each step proven), fine-tuning and evaluating
-    after each; return one row per step."""
-    base_macs, _ = count_macs_params(model, example)
-    criterion = IMPORTANCE.get(pruning.importance)
-    if criterion.needs_grad and train is None:
-        raise InputError(f"importance {pruning.importance!r} needs gradients; provide "
-                         f"training data")
-    final = pruning.target.macs if pruning.target else pruning.ratio
-    assert final is not None
-    targets = plan_targets(schedule, final)
-    if pruning.target is None:
-        ratios = list(targets)
-    else:
-        ratios = [solve_ratio_for_macs(model, example, pruning, t,
-                                       tolerance=pruning.target.tolerance)[0] for t in targets]
-    pruner = StructuredPruner(model, example, pruning, cumulative_ratios=ratios)
-    steps: list[dict[str, Any]] = []
-    for i, (target, ratio) in enumerate(zip(targets, ratios), start=1):
-        if criterion.needs_grad:
-            assert train is not None
-            pruner.accumulate_gradients(itertools.islice(train, pruning.calibration_batches),
-                                        device)
-        record = pruner.step_(ratio, probe)
-        stats = finetune_(model, train, finetune, device,
-                          description=f"step {i}/{len(targets)} fine-tune") \
-            if train is not None else None
-        step_eval = evaluate_fn(model)
-        macs, params = count_macs_params(model, example)
-        steps.append({"step": i, "target": target, "channel_ratio": ratio,
-                      "macs": macs, "params": params, "macs_reduction": 1 - macs / base_macs,
-                      "accuracy": step_eval.get("accuracy"), "loss": step_eval.get("loss"),
-                      "finetune_epochs": stats.epochs if stats else 0.0,
-                      "finetune_steps": stats.steps if stats else 0,
-                      "finetune_s": stats.seconds if stats else 0.0,
-                      "groups": record.groups, "channels_removed": record.channels_removed,
-                      "max_abs_diff": record.max_abs_diff, "widths": record.widths})
-        log.info("step %d/%d: target %.3f, MACs -%.1f%%, top-1 %s", i, len(targets), target,
-                 100 * (1 - macs / base_macs), step_eval.get("accuracy"))
-    return steps

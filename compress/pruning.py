@@ -30,7 +30,7 @@ import copy
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.errors import CheckFailed, InputError
+from compress.pruners import PRUNING_KINDS, StepRecord
 from compress.recipe import PruningSpec
 from compress.registry import Registry
 
@@ -61,6 +62,7 @@ class Criterion:
 
     factory: Callable[[], Any]
     needs_grad: bool = False
+    per_sample: bool = False  # needs squared per-sample gradients (Hessian diagonal estimate)
     description: str = ""
 
 
@@ -72,6 +74,10 @@ IMPORTANCE.register("l2")(Criterion(lambda: tp.importance.GroupMagnitudeImportan
 IMPORTANCE.register("taylor")(Criterion(lambda: tp.importance.GroupTaylorImportance(),
                                         needs_grad=True,
                                         description="first-order Taylor |w * dL/dw|"))
+IMPORTANCE.register("hessian")(Criterion(lambda: tp.importance.GroupHessianImportance(),
+                                         needs_grad=True, per_sample=True,
+                                         description="optimal brain damage: diagonal Hessian "
+                                                     "from squared per-sample gradients"))
 IMPORTANCE.register("lamp")(Criterion(lambda: tp.importance.LAMPImportance(p=2),
                                       description="layer-adaptive magnitude (LAMP)"))
 IMPORTANCE.register("fpgm")(Criterion(lambda: tp.importance.FPGMImportance(p=2),
@@ -167,17 +173,6 @@ def _protocol_types(model: nn.Module) -> dict[type, tp.pruner.function.BasePruni
     return {t: _ChannelProtocolPruner() for t in types}
 
 
-@dataclass
-class StepRecord:
-    """What one pruning step did, and the proof that it is exact."""
-
-    target_ratio: float
-    groups: int
-    channels_removed: int
-    max_abs_diff: float
-    widths: dict[str, int] = field(default_factory=dict)
-
-
 def _zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
     """Zero what ``dep`` will remove, so the zeroed model computes what the pruned one will."""
     m = dep.target.module
@@ -239,6 +234,7 @@ def _run(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
     return out.detach().float()
 
 
+@PRUNING_KINDS.register("structured")
 class StructuredPruner:
     """Drives one torch-pruning pruner over a run's steps; each :meth:`step_` is proven exact.
 
@@ -298,14 +294,37 @@ class StructuredPruner:
         self.model.eval()  # frozen BN statistics: gradients of the model being pruned
         self.model.zero_grad(set_to_none=True)
         n = 0
+        squares: dict[nn.Parameter, torch.Tensor] = {}
         for x, y in batches:
+            if self.criterion.per_sample:
+                n += self._accumulate_squares(x.to(device), y.to(device), squares)
+                continue
             loss = nn.functional.cross_entropy(self.model(x.to(device)), y.to(device))
             loss.backward()
             n += 1
+        if self.criterion.per_sample and n:
+            # torch-pruning's own accumulate_grad keys by parameter but tests by name, so it
+            # keeps only the last sample; fill its accumulators directly instead.
+            imp = self._pruner.importance
+            imp.zero_grad()
+            imp._accu_grad = squares
+            imp._counter = {p: n for p in squares}
         if n == 0:
             raise InputError(f"importance {self.spec.importance!r} needs training batches; "
                              f"configure data with a training split")
         self.model.train(was_training)
+
+    def _accumulate_squares(self, x: torch.Tensor, y: torch.Tensor,
+                            squares: dict[nn.Parameter, torch.Tensor]) -> int:
+        losses = nn.functional.cross_entropy(self.model(x), y, reduction="none")
+        for i, loss in enumerate(losses):
+            self.model.zero_grad(set_to_none=True)
+            loss.backward(retain_graph=i < len(losses) - 1)
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    g2 = p.grad.detach().pow(2)
+                    squares[p] = squares[p] + g2 if p in squares else g2
+        return len(losses)
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         """Prune to the next scheduled ratio in place and prove the result on ``probe``."""
@@ -348,7 +367,11 @@ class StructuredPruner:
         self.model.zero_grad(set_to_none=True)
         log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %.2e",
                  self.steps_done, removed, len(groups), max_diff)
-        return StepRecord(target_ratio, len(groups), removed, max_diff, self.widths())
+        return StepRecord(target_ratio, len(groups), removed, "channels", max_diff,
+                          self.widths())
+
+    def finalize_(self) -> None:
+        """Nothing to do: removed channels are gone physically."""
 
 
 def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
@@ -401,7 +424,10 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
             lo = mid
         else:
             hi = mid
-    best = min((r for r in cache if r > 0), key=lambda r: abs(cache[r] - macs_reduction))
+    # Closest reachable reduction, but never more than `tolerance` short of the target.
+    allowed = [r for r in cache if r > 0 and cache[r] >= macs_reduction - tolerance]
+    assert allowed, cache
+    best = min(allowed, key=lambda r: abs(cache[r] - macs_reduction))
     log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
              100 * macs_reduction)
     return best, cache[best]

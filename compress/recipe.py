@@ -30,6 +30,7 @@ __all__ = [
     "PruningSpec",
     "ScheduleSpec",
     "FinetuneSpec",
+    "Distill",
     "ExportSpec",
     "ReportSpec",
     "GatesSpec",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 RECIPE_VERSION = 1
+UNSTRUCTURED_CRITERIA = ("l1", "l2", "random")  # magnitude (l1 == l2 ranking) and a baseline
 
 
 class _Section(BaseModel):
@@ -105,6 +107,9 @@ class DataSpec(_Section):
                                      "many training samples (seeded).")
     eval_subset: int | None = Field(None, gt=0, description="Evaluate on a fixed random subset "
                                     "of this many samples (seeded).")
+    val_subset: int | None = Field(None, gt=0, description="Hold this many training samples "
+                                   "out of training (seeded) as the validation data that "
+                                   "patience-based fine-tuning monitors.")
     image_size: int | None = Field(None, gt=0, description="Resize images to this square size.")
     augment: list[Literal["random_crop", "horizontal_flip"]] = Field(
         default_factory=list, description="Training augmentations, applied in order.")
@@ -133,7 +138,10 @@ class Target(_Section):
 class PruningSpec(_Section):
     """What to prune and how much."""
 
-    kind: Literal["structured"] = Field("structured", description="Pruning kind.")
+    kind: Literal["structured", "unstructured", "n:m"] = Field(
+        "structured", description="structured removes channels (dense speedup); unstructured "
+        "zeroes single weights (smaller compressed file, no dense speedup); n:m keeps n of "
+        "every m consecutive input weights (e.g. 2:4).")
     importance: str = Field("l2", description="Channel importance criterion.", examples=["l1"])
     ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of channels to remove "
                                 "from each prunable group (local) or overall (global).")
@@ -144,8 +152,14 @@ class PruningSpec(_Section):
                                examples=[["linear", "re:layer\\d\\.\\d+\\.conv2"]])
     round_to: int | Literal["auto"] = Field("auto", description="Keep channel counts multiples "
                                             "of this; auto = 8 for models with convolutions.")
-    scope: Literal["local", "global"] = Field("local", description="Rank channels within each "
-                                              "layer (local) or across all layers (global).")
+    scope: Literal["local", "global"] = Field("local", description="Rank channels (or "
+                                              "weights) within each layer (local) or across "
+                                              "all layers (global).")
+    n: int = Field(2, gt=0, description="n:m kind: weights kept in each block.")
+    m: int = Field(4, gt=1, description="n:m kind: block size along the input dimension.")
+    prune_biases: bool = Field(False, description="unstructured: also prune biases.")
+    prune_norms: bool = Field(False, description="unstructured: also prune normalisation "
+                              "weights.")
     max_layer_ratio: float = Field(0.9, gt=0, le=1, description="Global scope: most any one "
                                    "layer may lose.")
     calibration_batches: int = Field(4, gt=0, description="Training batches used by "
@@ -172,16 +186,50 @@ class PruningSpec(_Section):
 
     @model_validator(mode="after")
     def _ratio_or_target(self) -> PruningSpec:
+        if self.kind == "n:m":
+            if self.n >= self.m:
+                raise ValueError(f"n:m pruning needs n < m (got {self.n}:{self.m})")
+            if self.ratio is not None or self.target is not None:
+                raise ValueError("n:m pruning fixes the sparsity at 1 - n/m; remove "
+                                 "'ratio'/'target'")
+            return self
         if (self.ratio is None) == (self.target is None):
             raise ValueError("give exactly one of 'ratio' (e.g. 0.5) or 'target' "
                              "(e.g. {macs: 0.5})")
+        if self.kind == "unstructured":
+            if self.target is not None:
+                raise ValueError("unstructured pruning does not reduce dense MACs; give "
+                                 "'ratio' (the weight sparsity) instead of 'target'")
+            if self.importance not in UNSTRUCTURED_CRITERIA:
+                raise ValueError(f"unstructured pruning supports importance "
+                                 f"{', '.join(UNSTRUCTURED_CRITERIA)} (got {self.importance!r})")
         return self
+
+    def final_target(self) -> float:
+        """The cumulative target the schedule must reach (MACs fraction, ratio or 1 - n/m)."""
+        if self.kind == "n:m":
+            return 1.0 - self.n / self.m
+        value = self.target.macs if self.target is not None else self.ratio
+        assert value is not None
+        return value
 
 
 class ScheduleSpec(_Section):
     """How the pruning is spread over steps."""
 
-    kind: str = Field("one-shot", description="Pruning schedule.", examples=["one-shot"])
+    kind: str = Field("one-shot", description="Pruning schedule: one-shot, iterative or "
+                      "hybrid.", examples=["iterative"])
+    steps: int | None = Field(None, ge=1, description="iterative: number of steps; hybrid: "
+                              "number of steps after the first.", examples=[5])
+    step_rule: Literal["constant", "geometric"] = Field(
+        "geometric", description="iterative: constant removes p/n of the original per step; "
+        "geometric removes the same fraction s of what remains per step.")
+    step_rate: float | None = Field(None, gt=0, lt=1, description="Instead of steps: the "
+                                    "geometric per-step rate s; the last step is trimmed to "
+                                    "land exactly on the target.", examples=[0.1])
+    first_step: float | None = Field(None, gt=0, lt=1, description="hybrid: the cumulative "
+                                     "target of the first (one-shot) step, about 60-80 % of "
+                                     "the final target.", examples=[0.6])
 
     @field_validator("kind")
     @classmethod
@@ -190,6 +238,12 @@ class ScheduleSpec(_Section):
 
         SCHEDULES.get(v)
         return v
+
+
+class Distill(_Section):
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term; the "
+                         "task loss gets 1 - alpha.")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KL term.")
 
 
 class FinetuneSpec(_Section):
@@ -207,6 +261,39 @@ class FinetuneSpec(_Section):
                                                 "bf16 autocast on CUDA, off on CPU.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    patience: int | list[int] | None = Field(
+        None, description="Patience-based fine-tuning: stop a step's fine-tune when the "
+        "monitored metric has not improved by more than min_delta for this many evaluations, "
+        "then restore the step's best weights. A list gives one value per step, the last "
+        "repeating. Unset: a fixed budget of 'epochs'.", examples=[[20, 5]])
+    monitor: Literal["val_accuracy", "val_loss"] = Field(
+        "val_accuracy", description="Patience: metric on the validation data (val_accuracy "
+        "is maximised, val_loss minimised).")
+    min_delta: float = Field(0.0, ge=0, description="Patience: smallest change that counts as "
+                             "an improvement (accuracy in points, or loss).")
+    max_epochs: int = Field(20, gt=0, description="Patience: most epochs per step.")
+    eval_every: int | None = Field(None, gt=0, description="Patience: optimizer steps between "
+                                   "validation evaluations (default: once per epoch).")
+    distill: Distill | None = Field(None, description="Knowledge distillation from the "
+                                    "unpruned model (off unless set).")
+
+    @field_validator("patience")
+    @classmethod
+    def _patience_positive(cls, v: int | list[int] | None) -> int | list[int] | None:
+        values = v if isinstance(v, list) else [v] if v is not None else []
+        if isinstance(v, list) and not v:
+            raise ValueError("patience list must not be empty")
+        if any(p < 1 for p in values):
+            raise ValueError("patience values must be >= 1")
+        return v
+
+    def patience_for(self, step: int) -> int | None:
+        """Patience of 1-based ``step``: a list's last value repeats."""
+        if self.patience is None:
+            return None
+        if isinstance(self.patience, int):
+            return self.patience
+        return self.patience[min(step, len(self.patience)) - 1]
 
 
 class ExportSpec(_Section):
@@ -218,6 +305,8 @@ class ExportSpec(_Section):
     parity_atol: float = Field(1e-4, gt=0, description="Parity: absolute tolerance.")
     parity_rtol: float = Field(1e-3, ge=0, description="Parity: relative tolerance.")
     parity_batch: int = Field(4, gt=0, description="Samples compared in the parity check.")
+    steps: Literal["last", "all"] = Field("last", description="Export the last step only, or "
+                                          "every step of an iterative run (steps/NN/).")
 
 
 class ReportSpec(_Section):
@@ -279,6 +368,15 @@ class Recipe(_Section):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError("device must be one of auto, cpu, cuda, cuda:N")
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Recipe:
+        if self.finetune.patience is not None and self.data.val_subset is None:
+            raise ValueError("finetune.patience monitors validation data: set data.val_subset "
+                             "(samples held out of the training split)")
+        if self.pruning.kind == "n:m" and self.schedule.kind != "one-shot":
+            raise ValueError("n:m pruning has a fixed pattern: use schedule.kind: one-shot")
+        return self
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:
         """Expand ``~``/``$VARS`` and resolve a relative path against the recipe's folder."""

@@ -9,13 +9,21 @@ Example:
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import platform
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SCHEMA_VERSION", "write_report", "render_markdown", "latency_blocks", "write_text_atomic"]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from compress.recipe import Recipe
+
+__all__ = ["SCHEMA_VERSION", "build_report", "write_report", "render_markdown", "latency_blocks",
+           "write_text_atomic"]
 
 SCHEMA_VERSION = 1
 
@@ -42,6 +50,71 @@ def latency_blocks(latency: dict[str, Any] | None) -> tuple[dict, dict, dict]:
                                                "p90": row["compressed"]["p90_ms"]}
             speed.setdefault(engine, {})[bs] = row["speedup"]
     return base, comp, speed
+
+
+def _environment() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or
+            platform.machine(), "threads": torch.get_num_threads()}
+
+
+def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[str, Any]],
+                 exported: dict[str, Any], latency: dict[str, Any] | None,
+                 timing: dict[str, float], model: nn.Module) -> dict[str, Any]:
+    """Assemble ``report.json``'s content (status and gates are added by the caller)."""
+    from compress.measure import headline_speedup
+    from compress.sparsity import compressed_size, weight_sparsity
+
+    last = steps[-1]
+    lat_b, lat_c, speed = latency_blocks(latency)
+    headline = headline_speedup(latency) if latency else None
+    macs_ratio = baseline["macs"] / last["macs"]
+    sparsity = weight_sparsity(model)
+    compressed: dict[str, Any] = {
+        "accuracy": last["accuracy"], "loss": last["loss"], "macs": last["macs"],
+        "params": last["params"], "onnx_bytes": exported.get("onnx_bytes"),
+        "safetensors_bytes": exported.get("safetensors_bytes"), "latency_ms": lat_c,
+        "weight_sparsity": sparsity["overall"], "layer_sparsity": sparsity["layers"]}
+    if exported.get("safetensors"):
+        compressed["safetensors_compressed_bytes"] = compressed_size(Path(exported["safetensors"]))
+    acc_b, acc_c = baseline["accuracy"], last["accuracy"]
+    notes = []
+    if recipe.pruning.kind != "structured":
+        shown = f"{headline:.2f}x" if headline else "not measured"
+        notes.append(f"{recipe.pruning.kind} sparsity zeroes weights but keeps dense shapes: "
+                     f"dense ONNX/torch latency does not improve from it (measured speedup "
+                     f"{shown}); the gain is the compressed file size.")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": recipe.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "status": "passed",
+        "kind": recipe.pruning.kind,
+        "schedule": recipe.schedule.kind,
+        "recipe": recipe.to_dict(),
+        "baseline": {"accuracy": acc_b, "loss": baseline["loss"],
+                     "eval_samples": baseline["samples"], "macs": baseline["macs"],
+                     "params": baseline["params"], "onnx_bytes": baseline["onnx_bytes"],
+                     "latency_ms": lat_b},
+        "compressed": compressed,
+        "accuracy_drop": {"points": acc_b - acc_c,
+                          "relative_percent": 100 * (acc_b - acc_c) / max(acc_b, 1e-9)},
+        "macs_reduction": last["macs_reduction"],
+        "params_reduction": last["params_reduction"],
+        "speedup": {**speed, "headline": headline},
+        "speedup_per_macs_reduction": headline / macs_ratio if headline else None,
+        "finetune_epochs_total": sum(s["finetune_epochs"] for s in steps),
+        "steps": steps,
+        "parity": exported["parity"],
+        "notes": notes,
+        "latency": latency,
+        "environment": (latency or {}).get("environment") or _environment(),
+        "timing": timing,
+        "outputs": {k: v for k, v in exported.items() if k in ("safetensors", "onnx", "manifest")},
+    }
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
@@ -101,15 +174,27 @@ def render_markdown(report: dict[str, Any]) -> str:
     steps = report.get("steps") or []
     if steps:
         lines += ["## Pruning steps", "",
-                  "| step | target | channel ratio | MACs | params | accuracy (%) | "
+                  "| step | target | ratio | MACs | params | accuracy (%) | "
                   "fine-tune epochs | proof max diff |", "|---|---|---|---|---|---|---|---|"]
         for s in steps:
             lines.append(f"| {s['step']} | {_fmt(s.get('target'), '.3f')} | "
-                         f"{_fmt(s.get('channel_ratio'), '.3f')} | {_human(s.get('macs'))} | "
+                         f"{_fmt(s.get('ratio'), '.3f')} | {_human(s.get('macs'))} | "
                          f"{_human(s.get('params'))} | {_fmt(s.get('accuracy'), '.2f')} | "
                          f"{_fmt(s.get('finetune_epochs'), '.2f')} | "
                          f"{_fmt(s.get('max_abs_diff'), '.1e')} |")
         lines.append("")
+    total = report.get("finetune_epochs_total")
+    if steps and total is not None:
+        lines += [f"Fine-tuning budget: {total:.2f} epochs in total over {len(steps)} step(s).",
+                  ""]
+    notes = report.get("notes") or []
+    if notes:
+        lines += [f"> {n}" for n in notes] + [""]
+    sparsity = (report.get("compressed") or {}).get("weight_sparsity")
+    if sparsity:
+        size = (report.get("compressed") or {}).get("safetensors_compressed_bytes") or {}
+        gz = f", gzip {_human(size.get('gzip_bytes'))}B" if size.get("gzip_bytes") else ""
+        lines += [f"Weight sparsity: {sparsity:.1%} of conv/linear weights are zero{gz}.", ""]
     parity = report.get("parity") or {}
     if parity:
         lines += ["## Export parity", ""]

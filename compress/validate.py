@@ -12,12 +12,14 @@ from compress.data import check_data_spec
 from compress.errors import InputError
 from compress.models import check_model_spec
 from compress.recipe import Recipe
+from compress.schedules import plan_targets
 
 __all__ = ["check_recipe"]
 
 
 def check_recipe(recipe: Recipe) -> Recipe:
     """Raise :class:`InputError` for keys a source does not use and for missing files."""
+    plan_targets(recipe.schedule, recipe.pruning.final_target())
     check_model_spec(recipe.model)
     check_data_spec(recipe.data)
     if recipe.model.checkpoint:

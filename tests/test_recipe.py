@@ -35,7 +35,7 @@ def test_defaults() -> None:
     ({"pruning__importance": "magic"}, "unknown importance criterion 'magic'; available: "),
     ({"model__source": "hub"}, "unknown model source 'hub'; available: cifar_resnet, python"),
     ({"data__source": "imagenet"}, "unknown dataset 'imagenet'; available: digits"),
-    ({"schedule__kind": "sometimes"}, "unknown schedule 'sometimes'; available: one-shot"),
+    ({"schedule__kind": "sometimes"}, "unknown schedule 'sometimes'; available: hybrid, iterative, one-shot"),
     ({"pruning__target": {"macs": 0.5}}, "give exactly one of 'ratio'"),
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda, cuda:N"),
     ({"version": 2}, "'version': Input should be 1"),

@@ -7,9 +7,11 @@ resizing, augmentation, normalisation and the loaders are built here, once for a
 Example:
     >>> from compress.data import build_data
     >>> from compress.recipe import DataSpec
-    >>> data = build_data(DataSpec(source="digits", eval_subset=100))
+    >>> data = build_data(DataSpec(source="digits", eval_subset=100, val_subset=200))
     >>> data.num_classes, data.sample_shape, len(data.eval.dataset)
     (10, (1, 8, 8), 100)
+    >>> len(data.train.dataset), len(data.val.dataset)  # 1437 training samples, 200 held out
+    (1237, 200)
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from compress.data.base import RawData, SeededShuffle, Transform, View, seeded_subset
+from compress.data.base import (RawData, SeededShuffle, Transform, View, seeded_holdout,
+                                seeded_subset)
 from compress.errors import InputError
 from compress.registry import Registry
 
@@ -44,21 +47,29 @@ DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
 
 # Keys every source accepts: they act on the raw datasets after loading.
 _COMMON = frozenset({"source", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
-                     "image_size", "augment", "crop_padding", "normalize", "num_workers"})
+                     "val_subset", "image_size", "augment", "crop_padding", "normalize",
+                     "num_workers"})
 
 # The train order must not replay the permutation that picked the train subset.
 _ORDER_SEED_OFFSET = 1_000_003
+# Nor may the validation hold-out replay it (both permute the training split).
+_VAL_SEED_OFFSET = 2_000_003
 
 
 @dataclass
 class DataBundle:
-    """The loaders a run uses, plus what the model and report need to know about the data."""
+    """The loaders a run uses, plus what the model and report need to know about the data.
+
+    ``val`` holds ``data.val_subset`` samples of the training split out of ``train`` (None when
+    unset): transformed like eval data, in a fixed order, for patience-based fine-tuning.
+    """
 
     train: DataLoader | None
     eval: DataLoader
     num_classes: int
     sample_shape: tuple[int, ...]
     class_names: list[str]
+    val: DataLoader | None = None
 
     def probe_batch(self, n: int) -> torch.Tensor:
         """The first ``n`` eval inputs (all of them if fewer), transformed and stacked.
@@ -111,7 +122,10 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
 
     ``resolve`` turns recipe paths into real ones (``Recipe.resolve_path``); ``seed`` fixes the
     subsets, the train order and the augmentations. With ``train=False`` the train split is not
-    loaded at all (evaluation-only runs) and ``DataBundle.train`` is None.
+    loaded at all (evaluation-only runs) and ``DataBundle.train`` and ``DataBundle.val`` are None.
+
+    ``data.val_subset`` is held out of the training split first and ``data.train_subset`` then
+    picks from what remains, so validation and training samples never overlap.
     """
     check_data_spec(spec)
     raw = DATASETS.get(spec.source)().load(spec, resolve, train)
@@ -132,10 +146,24 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
     eval_loader = DataLoader(eval_set, batch_size=spec.eval_batch_size, shuffle=False,
                              **loader_args)  # type: ignore[arg-type]
 
-    train_loader = None
+    train_loader = val_loader = None
     if train and raw.train is not None:
-        train_indices = seeded_subset(_size(raw.train), spec.train_subset, seed,
-                                      "train_subset", "training split")
+        n_train = _size(raw.train)
+        pool: list[int] | None = None  # None: the whole training split
+        if spec.val_subset is not None:
+            val_indices, pool = seeded_holdout(n_train, spec.val_subset, seed + _VAL_SEED_OFFSET,
+                                               "val_subset", "training split")
+            # Validation data measures the model, so it is transformed like eval data.
+            val_set = View(raw.train, val_indices, Transform(**common))  # type: ignore[arg-type]
+            val_loader = DataLoader(val_set, batch_size=spec.eval_batch_size, shuffle=False,
+                                    **loader_args)  # type: ignore[arg-type]
+        if pool is None:
+            train_indices = seeded_subset(n_train, spec.train_subset, seed, "train_subset",
+                                          "training split")
+        else:
+            picked = seeded_subset(len(pool), spec.train_subset, seed, "train_subset",
+                                   "training split left after data.val_subset")
+            train_indices = pool if picked is None else [pool[i] for i in picked]
         train_set = View(raw.train, train_indices,
                          Transform(augment=tuple(spec.augment), **common))  # type: ignore[arg-type]
         sampler = SeededShuffle(len(train_set), seed + _ORDER_SEED_OFFSET)
@@ -143,7 +171,8 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
                                   **loader_args)  # type: ignore[arg-type]
 
     return DataBundle(train=train_loader, eval=eval_loader, num_classes=len(raw.class_names),
-                      sample_shape=tuple(eval_set[0][0].shape), class_names=list(raw.class_names))
+                      sample_shape=tuple(eval_set[0][0].shape), class_names=list(raw.class_names),
+                      val=val_loader)
 
 
 # Registering sources is a side effect of importing their modules.

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, Sampler
 from compress.errors import InputError
 
 __all__ = ["RawData", "TensorImages", "Transform", "View", "SeededShuffle", "seeded_subset",
-           "pil_to_float"]
+           "seeded_holdout", "pil_to_float"]
 
 Item = tuple[torch.Tensor, int]
 
@@ -168,3 +168,22 @@ def seeded_subset(n: int, size: int | None, seed: int, key: str, what: str) -> l
                          f"lower data.{key} or remove it")
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(n, generator=generator)[:size].tolist())
+
+
+def seeded_holdout(n: int, size: int, seed: int, key: str,
+                   what: str) -> tuple[list[int], list[int]]:
+    """Split ``range(n)`` into a seeded random held-out part of ``size`` and the sorted rest.
+
+    At least one sample must remain, since the rest is what a run trains on.
+
+    Example:
+        >>> held, rest = seeded_holdout(10, 3, seed=0, key="val_subset", what="training split")
+        >>> len(held), len(rest), sorted(held + rest) == list(range(10))
+        (3, 7, True)
+    """
+    if size >= n:
+        raise InputError(f"data.{key} is {size} but the {what} has only {n} samples and at "
+                         f"least one must remain for training; lower data.{key}")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).tolist()
+    return sorted(order[:size]), sorted(order[size:])

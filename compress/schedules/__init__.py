@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from compress.errors import InputError
 from compress.registry import Registry
 
 if TYPE_CHECKING:
     from compress.recipe import ScheduleSpec
 
-__all__ = ["SCHEDULES", "plan_targets"]
+__all__ = ["SCHEDULES", "plan_targets", "step_increments"]
 
 SCHEDULES: Registry[Callable[["ScheduleSpec", float], list[float]]] = Registry("schedule")
 
@@ -28,9 +29,21 @@ SCHEDULES: Registry[Callable[["ScheduleSpec", float], list[float]]] = Registry("
 def plan_targets(spec: ScheduleSpec, final: float) -> list[float]:
     """Cumulative targets per step; checked to rise strictly and to end exactly at ``final``."""
     targets = SCHEDULES.get(spec.kind)(spec, final)
+    if spec.kind == "one-shot" and (spec.steps or spec.step_rate or spec.first_step):
+        raise InputError("schedule.kind 'one-shot' takes no steps, step_rate or first_step")
     assert targets and abs(targets[-1] - final) < 1e-9, targets
     assert all(b > a for a, b in zip([0.0, *targets], targets)), targets
     return targets
 
 
-from compress.schedules import one_shot  # noqa: E402,F401
+def step_increments(targets: list[float]) -> list[float]:
+    """What each step removes, as fractions of the original: the differences of ``targets``.
+
+    Example:
+        >>> step_increments([0.6, 0.88])
+        [0.6, 0.28]
+    """
+    return [round(b - a, 12) for a, b in zip([0.0, *targets], targets)]
+
+
+from compress.schedules import hybrid, iterative, one_shot  # noqa: E402,F401

@@ -223,6 +223,32 @@ def test_eval_is_never_augmented() -> None:
     assert not torch.equal(xp, xa)  # same order (same seed), so only augmentation differs
 
 
+def test_val_subset_is_held_out_before_train_subset() -> None:
+    spec = DataSpec(source="digits", val_subset=100, train_subset=200, eval_batch_size=32)
+    data = build_data(spec, seed=3)
+    val, train = data.val.dataset.indices, data.train.dataset.indices
+    assert len(val) == 100 and len(train) == 200 and not set(val) & set(train)
+    assert data.val.batch_size == 32 and len(data.eval.dataset) == 360  # eval untouched
+    whole = build_data(DataSpec(source="digits", val_subset=100), seed=3)
+    assert whole.val.dataset.indices == val  # train_subset picks after the hold-out
+    assert sorted(whole.val.dataset.indices + whole.train.dataset.indices) == list(range(1437))
+    assert build_data(DataSpec(source="digits")).val is None
+    assert build_data(DataSpec(source="digits", val_subset=100), train=False).val is None
+
+
+def test_val_subset_is_seeded_fixed_in_order_and_never_augmented() -> None:
+    spec = DataSpec(source="digits", val_subset=64, eval_batch_size=16)
+    augmented = spec.model_copy(update={"augment": ["random_crop", "horizontal_flip"],
+                                        "crop_padding": 2})
+    a, b, c = build_data(spec, seed=7), build_data(augmented, seed=7), build_data(spec, seed=8)
+    assert a.val.dataset.indices == b.val.dataset.indices != c.val.dataset.indices
+    first, again, aug = (torch.cat([x for x, _ in d.val]) for d in (a, a, b))
+    assert torch.equal(first, again) and torch.equal(first, aug)  # no shuffle, no augmentation
+    raw = a.train.dataset.base  # the training split, untransformed
+    assert torch.equal(first[0], raw[a.val.dataset.indices[0]][0])
+    assert not torch.equal(next(iter(a.train))[0], next(iter(b.train))[0])  # train still is
+
+
 def test_normalize_and_resize_are_applied() -> None:
     data = build_data(DataSpec(source="digits", image_size=16,
                                normalize={"mean": [0.5], "std": [0.25]}))
@@ -270,6 +296,13 @@ BAD = {
                              "crop_padding is only used by the random_crop"),
     "subset too large": (lambda t: {"source": "digits", "train_subset": 5000},
                          "data.train_subset is 5000 but the training split has only 1437"),
+    "val subset too large": (lambda t: {"source": "digits", "val_subset": 1437},
+                             "data.val_subset is 1437 but the training split has only 1437 "
+                             "samples and at least one must remain"),
+    "train subset after val": (lambda t: {"source": "digits", "val_subset": 100,
+                                          "train_subset": 1400},
+                               "data.train_subset is 1400 but the training split left after "
+                               "data.val_subset has only 1337"),
     "normalize channels": (lambda t: {"source": "digits",
                                       "normalize": {"mean": [0.5] * 3, "std": [0.2] * 3}},
                            r"data.normalize has 3 channel\(s\) but the images have 1"),
