@@ -13,11 +13,11 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from compress.errors import InputError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "check_entry_fields"]
 
 T = TypeVar("T")
 
@@ -59,3 +59,22 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def check_entry_fields(spec: Any, *, section: str, kind: str, accepts: frozenset[str],
+                       required: frozenset[str]) -> None:
+    """Reject keys of a recipe section that its registered entry does not use, or misses.
+
+    ``spec`` is a pydantic section whose ``source`` names the entry; a key counts as set when
+    the user set it to something other than its default.
+    """
+    fields = type(spec).model_fields
+    set_keys = {k for k in spec.model_fields_set
+                if getattr(spec, k) != fields[k].get_default(call_default_factory=True)}
+    unused = sorted(set_keys - accepts)
+    if unused:
+        raise InputError(f"{section}.{unused[0]} is not used by {kind} {spec.source!r}; "
+                         f"it accepts: {', '.join(sorted(accepts))}")
+    missing = sorted(k for k in required if getattr(spec, k) is None)
+    if missing:
+        raise InputError(f"{kind} {spec.source!r} needs {section}.{missing[0]}")

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from compress.data.base import (RawData, SeededShuffle, Transform, View, seeded_holdout,
                                 seeded_subset)
 from compress.errors import InputError
-from compress.registry import Registry
+from compress.registry import Registry, check_entry_fields
 
 if TYPE_CHECKING:
     from compress.recipe import DataSpec
@@ -82,26 +82,13 @@ class DataBundle:
         return torch.stack([dataset[i][0] for i in range(count)])
 
 
-def _set_keys(spec: DataSpec) -> set[str]:
-    """Keys the user set to something other than their default (an explicit default is harmless)."""
-    fields = type(spec).model_fields
-    return {k for k in spec.model_fields_set
-            if getattr(spec, k) != fields[k].get_default(call_default_factory=True)}
-
-
 def check_data_spec(spec: DataSpec) -> None:
     """Raise :class:`InputError` when ``spec`` sets keys its source does not use or misses some."""
     source = DATASETS.get(spec.source)
-    allowed = source.fields | _COMMON
-    set_keys = _set_keys(spec)
-    unused = sorted(set_keys - allowed)
-    if unused:
-        raise InputError(f"data.{unused[0]} is not used by dataset source {spec.source!r}; "
-                         f"it accepts: {', '.join(sorted(allowed))}")
-    missing = sorted(k for k in source.required if getattr(spec, k) is None)
-    if missing:
-        raise InputError(f"dataset source {spec.source!r} needs data.{missing[0]}")
-    if "crop_padding" in set_keys and "random_crop" not in spec.augment:
+    check_entry_fields(spec, section="data", kind="dataset source",
+                       accepts=source.fields | _COMMON, required=source.required)
+    padding_set = spec.crop_padding != type(spec).model_fields["crop_padding"].default
+    if padding_set and "random_crop" not in spec.augment:
         raise InputError("data.crop_padding is only used by the random_crop augmentation; "
                          "add random_crop to data.augment or remove data.crop_padding")
 

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from torch import nn
 
-from compress.errors import InputError
-from compress.registry import Registry
+from compress.registry import Registry, check_entry_fields
 
 if TYPE_CHECKING:
     from compress.recipe import ModelSpec
@@ -48,15 +47,8 @@ _COMMON = frozenset({"source", "checkpoint", "kwargs"})
 def check_model_spec(spec: ModelSpec) -> None:
     """Raise :class:`InputError` when ``spec`` sets keys its source does not use or misses some."""
     source = MODEL_SOURCES.get(spec.source)
-    allowed = source.fields | _COMMON
-    set_keys = {k for k in spec.model_fields_set if getattr(spec, k) not in (None, {}, [])}
-    unused = sorted(set_keys - allowed)
-    if unused:
-        raise InputError(f"model.{unused[0]} is not used by model source {spec.source!r}; "
-                         f"it accepts: {', '.join(sorted(allowed))}")
-    missing = sorted(k for k in source.required if getattr(spec, k) is None)
-    if missing:
-        raise InputError(f"model source {spec.source!r} needs model.{missing[0]}")
+    check_entry_fields(spec, section="model", kind="model source",
+                       accepts=source.fields | _COMMON, required=source.required)
     source().check(spec)
 
 
