@@ -81,7 +81,7 @@ class PruneResult:
 def prune(model: nn.Module, example_inputs: torch.Tensor, *,
           ratio: float | None = None, target_macs: float | None = None,
           importance: str = "l2", ignored: Sequence[str] = (), round_to: int | str = "auto",
-          scope: str = "local", schedule: str = "one-shot",
+          scope: str = "local", schedule: str | dict[str, Any] = "one-shot",
           train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
           eval_fn: Callable[[nn.Module], dict[str, float] | float] | None = None,
           finetune: dict[str, Any] | FinetuneSpec | None = None,
@@ -90,7 +90,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
     """Prune your own ``model`` in place, with your own data and metric.
 
     Every step is proven exact on ``probe`` (default: ``example_inputs``). ``eval_fn`` returns
-    a metric (float, or a dict with ``accuracy``) after each step.
+    a metric (float, or a dict with ``accuracy``) after each step. ``schedule`` is a kind
+    (``"one-shot"``) or a dict like the recipe's section
+    (``{"kind": "iterative", "steps": 3}``).
 
     Example:
         >>> net = torchvision.models.resnet18(num_classes=10)  # doctest: +SKIP
@@ -101,7 +103,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
         spec = PruningSpec(ratio=ratio, target={"macs": target_macs} if target_macs else None,
                            importance=importance, ignored=list(ignored), round_to=round_to,
                            scope=scope)
-        sched = ScheduleSpec(kind=schedule)
+        sched = ScheduleSpec(kind=schedule) if isinstance(schedule, str) \
+            else ScheduleSpec(**schedule)
         ft = finetune if isinstance(finetune, FinetuneSpec) else FinetuneSpec(
             **(finetune or {"epochs": 0}))
     except ValueError as err:
