@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test test-slow clean
+.PHONY: install browser quickstart test test-slow clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-quickstart: install
-	$(BIN)/compress apply recipes/quickstart.yaml
+# Debian's chromium for the test that opens report.html in a real browser (skips without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } \
+	  || echo "chromium is not installed: the browser test will be skipped"
 
-test: install
+quickstart: install
+	$(BIN)/compress apply recipes/quickstart.yaml --overwrite
+
+test: install browser
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install

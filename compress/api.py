@@ -30,8 +30,8 @@ __all__ = ["apply", "load", "prune", "Result", "PruneResult"]
 
 
 def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
-          out_dir: str | os.PathLike[str] | None = None,
-          overrides: Sequence[str] = (), **sections: Any) -> Result:
+          out_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
+          resume: bool = False, overrides: Sequence[str] = (), **sections: Any) -> Result:
     """Run a recipe (a YAML path, a dict or a :class:`Recipe`) end to end.
 
     ``overrides`` are ``a.b.c=value`` strings; keyword ``sections`` are merged into the recipe
@@ -55,7 +55,8 @@ def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
     else:
         raise InputError(f"apply() takes a recipe path, dict or Recipe, not "
                          f"{type(recipe).__name__}")
-    return run_recipe(r, Path(out_dir) if out_dir is not None else None)
+    return run_recipe(r, Path(out_dir) if out_dir is not None else None, overwrite=overwrite,
+                      resume=resume)
 
 
 def _reparse(recipe: Recipe, flat: dict[str, Any], strings: Sequence[str] = ()) -> Recipe:
@@ -65,9 +66,12 @@ def _reparse(recipe: Recipe, flat: dict[str, Any], strings: Sequence[str] = ()) 
     return new
 
 
-def load(run_dir: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild the compressed model of a run folder from safetensors + manifest (no pickle)."""
-    return load_model(run_dir)
+def load(run_dir: str | os.PathLike[str], *, force: bool = False) -> nn.Module:
+    """Rebuild the compressed model of a run folder from safetensors + manifest (no pickle).
+
+    An unfinished run folder (status not ``done``) is refused unless ``force``.
+    """
+    return load_model(run_dir, force=force)
 
 
 @dataclass

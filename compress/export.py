@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed, InputError
+from compress.fsutil import temp_path_for, write_text_atomic
 from compress.recipe import ExportSpec, ModelSpec
 
-__all__ = ["export_model", "save_safetensors", "plain_state_dict", "export_onnx", "load_model", "onnx_session",
+__all__ = ["export_model", "save_safetensors", "plain_state_dict", "onnx_size", "export_onnx", "load_model", "onnx_session",
            "check_parity", "MANIFEST_FORMAT"]
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,6 @@ _WIDTH_ATTRS: list[tuple[type, tuple[str, ...]]] = [
     (nn.Embedding, ("num_embeddings", "embedding_dim")),
     (nn.PReLU, ("num_parameters",)),
 ]
-
-
-def _atomic_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def _layer_attrs(module: nn.Module) -> dict[str, Any] | None:
@@ -88,7 +83,7 @@ def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
     out_dir.mkdir(parents=True, exist_ok=True)
     state = plain_state_dict(model)
     weights = out_dir / "model.safetensors"
-    tmp = _atomic_path(weights)
+    tmp = temp_path_for(weights)
     save_file(state, str(tmp), metadata={"format": MANIFEST_FORMAT})
     tmp.replace(weights)
     spec = model_spec.model_dump(exclude={"checkpoint", "weights"})
@@ -97,14 +92,15 @@ def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
     manifest = {"format": MANIFEST_FORMAT, "model": spec, "layers": layers,
                 "input": {"shape": list(sample_shape), "dtype": "float32"}}
     path = out_dir / "model.json"
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(manifest, indent=2))
     return weights, path
 
 
-def load_model(run_dir: str | os.PathLike[str]) -> nn.Module:
+def load_model(run_dir: str | os.PathLike[str], *, force: bool = False) -> nn.Module:
     """Rebuild a shrunk model from ``model.json`` + ``model.safetensors`` (no pickle).
+
+    A run folder whose ``status.json`` does not say ``done`` (a crashed, killed or failed run)
+    is refused unless ``force``.
 
     Example:
         >>> model = load_model("runs/quickstart")  # doctest: +SKIP
@@ -115,6 +111,15 @@ def load_model(run_dir: str | os.PathLike[str]) -> nn.Module:
     from compress.models import build_model
 
     run_dir = Path(run_dir)
+    status_path = run_dir / "status.json"
+    if status_path.is_file() and not force:
+        try:
+            state = json.loads(status_path.read_text(encoding="utf-8")).get("state")
+        except json.JSONDecodeError:
+            state = "unreadable"
+        if state != "done":
+            raise InputError(f"{str(run_dir)!r} holds an unfinished run (status {state!r}); "
+                             f"finish it with 'compress apply --resume' or load with force=True")
     manifest_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
     for p in (manifest_path, weights_path):
         if not p.is_file():
@@ -161,15 +166,29 @@ def _reshape_(module: nn.Module, name: str, attrs: dict[str, Any],
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor,
                 opset: int | None = None) -> Path:
-    """Export with the dynamo exporter, a dynamic batch axis, and ``onnx.checker``."""
+    """Export with the dynamo exporter, a dynamic batch axis, and ``onnx.checker``.
+
+    The file is built in a staging folder beside ``path`` and moved into place whole; models
+    over ~1.8 GB keep their weights in ``<name>.data`` next to it (the protobuf limit is 2 GB).
+    """
+    staged = stage_onnx(model, path.parent, path.name, example, opset)
+    return commit_onnx(staged, path)
+
+
+def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
+               opset: int | None = None) -> Path:
+    """Export into a fresh hidden staging folder inside ``folder``; return the staged file."""
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = temp_path_for(folder / name)
+    stage.mkdir()
+    staged = stage / name
     model = model.eval()
-    tmp = _atomic_path(path)
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
     batch = torch.export.Dim("batch", min=1)
     kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": ({0: batch},),
-                              "input_names": ["input"], "output_names": ["output"]}
+                              "input_names": ["input"], "output_names": ["output"],
+                              "external_data": big}
     if opset is not None:
         kwargs["opset_version"] = opset
     # The exporter logs progress through warnings and prints; keep the library quiet.
@@ -177,17 +196,31 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor,
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
-            torch.onnx.export(model, (example.cpu(),), str(tmp), verbose=False, **kwargs)
+            torch.onnx.export(model, (example.cpu(),), str(staged), verbose=False, **kwargs)
+            onnx.checker.check_model(str(staged))
+        except onnx.checker.ValidationError as err:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise CheckFailed(f"exported ONNX model is invalid: {err}") from err
         except Exception as err:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(stage, ignore_errors=True)
             raise CheckFailed(f"ONNX export failed: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}") from err
-    try:
-        onnx.checker.check_model(str(tmp))
-    except onnx.checker.ValidationError as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckFailed(f"exported ONNX model is invalid: {err}") from err
-    tmp.replace(path)
+    return staged
+
+
+def onnx_size(path: Path) -> int:
+    """Bytes of an ONNX model, its external weight file included."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def commit_onnx(staged: Path, path: Path) -> Path:
+    """Move a staged export (and its external data, if any) to ``path``; data first."""
+    for extra in sorted(staged.parent.iterdir()):
+        if extra != staged:
+            extra.replace(path.parent / extra.name)
+    staged.replace(path)
+    staged.parent.rmdir()
     return path
 
 
@@ -237,16 +270,16 @@ def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: 
     if spec.safetensors:
         weights, manifest = save_safetensors(model, out_dir, model_spec, tuple(probe.shape[1:]))
         with torch.no_grad():
-            reloaded = load_model(out_dir)(probe)
+            reloaded = load_model(out_dir, force=True)(probe)
         result["parity"]["safetensors"] = check_parity(
             reference, reloaded, what="reloaded safetensors model", atol=1e-6, rtol=1e-6)
         result["safetensors"] = str(weights)
         result["safetensors_bytes"] = weights.stat().st_size
         result["manifest"] = str(manifest)
     if spec.onnx:
-        # Exported under a name no pipeline picks up; renamed to model.onnx only once proven.
-        unverified = export_onnx(model, out_dir / "model.onnx.unverified", probe, spec.opset)
-        session = onnx_session(unverified)
+        # Staged where no pipeline looks; moved to model.onnx only once proven.
+        staged = stage_onnx(model, out_dir, "model.onnx", probe, spec.opset)
+        session = onnx_session(staged)
         worst = 0.0
         try:
             # Two batch sizes: the parity also proves the batch axis is really dynamic.
@@ -255,12 +288,12 @@ def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: 
                 worst = max(worst, check_parity(reference[:n], out, what=f"ONNX (batch {n})",
                                                 atol=spec.parity_atol, rtol=spec.parity_rtol))
         except CheckFailed:
-            unverified.replace(out_dir / "model.onnx.failed-parity")
             (out_dir / "model.onnx").unlink(missing_ok=True)
+            commit_onnx(staged, out_dir / "model.onnx.failed-parity")
             raise
-        path = unverified.replace(out_dir / "model.onnx")
+        path = commit_onnx(staged, out_dir / "model.onnx")
         result["parity"]["onnx"] = worst
         result["onnx"] = str(path)
-        result["onnx_bytes"] = path.stat().st_size
+        result["onnx_bytes"] = onnx_size(path)
     log.info("exported to %s; parity %s", out_dir, result["parity"])
     return result

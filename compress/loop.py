@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,11 +28,22 @@ from compress.pruning import IMPORTANCE, count_macs_params, solve_ratio_for_macs
 from compress.recipe import FinetuneSpec, PruningSpec, ScheduleSpec
 from compress.schedules import plan_targets
 
-__all__ = ["run_schedule_", "StepCallback"]
+__all__ = ["run_schedule_", "StepCallback", "ResumePoint"]
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, nn.Module, dict[str, Any]], None]
+StepCallback = Callable[[int, nn.Module, dict[str, Any], Pruner], None]
+
+
+@dataclass
+class ResumePoint:
+    """Where an interrupted run stopped: after ``step``, with everything needed to go on."""
+
+    step: int
+    pruner_state: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    rows: list[dict[str, Any]]
+    restore_rng: Callable[[], None]
 
 
 def _channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,
@@ -50,11 +62,14 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   device: torch.device,
                   val: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                   teacher: nn.Module | None = None,
-                  on_step: StepCallback | None = None) -> tuple[list[dict[str, Any]], Pruner]:
+                  on_step: StepCallback | None = None,
+                  resume: ResumePoint | None = None) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
     Returns one row per step and the pruner (call its ``finalize_`` before export).
-    ``on_step(step, model, row)`` runs after each step (checkpoints, per-step export).
+    ``on_step(step, model, row, pruner)`` runs after each step (checkpoints, per-step export).
+    With ``resume``, the finished steps are replayed (not recomputed) and the run goes on from
+    the next one.
     """
     base_macs, base_params = count_macs_params(model, example)
     if pruning.kind == "structured" and IMPORTANCE.get(pruning.importance).needs_grad \
@@ -66,7 +81,19 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     pruner = build_pruner(model, example, pruning, ratios)
     needs_grad = pruning.kind == "structured" and IMPORTANCE.get(pruning.importance).needs_grad
     rows: list[dict[str, Any]] = []
+    done = 0
+    if resume is not None:
+        if not hasattr(pruner, "restore_"):
+            raise InputError(f"resuming is supported for structured pruning only, not "
+                             f"{pruning.kind!r}; start over with --overwrite")
+        pruner.restore_(resume.pruner_state)
+        model.load_state_dict(resume.model_state, strict=True)
+        rows, done = list(resume.rows), resume.step
+        resume.restore_rng()
+        log.info("resumed after step %d of %d", done, len(targets))
     for i, (target, ratio) in enumerate(zip(targets, ratios), start=1):
+        if i <= done:
+            continue
         if needs_grad:
             assert train is not None
             pruner.accumulate_gradients(itertools.islice(train, pruning.calibration_batches),
@@ -84,7 +111,7 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                  100 * row["macs_reduction"],
                  "n/a" if metrics.get("accuracy") is None else f"{metrics['accuracy']:.2f}%")
         if on_step is not None:
-            on_step(i, model, row)
+            on_step(i, model, row, pruner)
     return rows, pruner
 
 

@@ -9,10 +9,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +26,19 @@ from torch import nn
 
 from compress.context import RunContext
 from compress.data import DataBundle, build_data
-from compress.errors import InputError
+from compress.errors import CompressError, InputError
 from compress.evaluate import evaluate
-from compress.export import export_model, export_onnx, save_safetensors
+from compress.export import export_model, export_onnx, onnx_size, save_safetensors
 from compress.gate import GateOutcome, evaluate_gates, gates_passed
-from compress.loop import run_schedule_
+from compress.loop import ResumePoint, run_schedule_
 from compress.measure import Candidate, measure_latency
 from compress.models import build_model
 from compress.pruning import count_macs_params
 from compress.recipe import ModelSpec, Recipe
-from compress.report import build_report, write_report, write_text_atomic
+from compress.fsutil import write_text_atomic
+from compress.report import build_report, write_report
+from compress.runstate import (last_finished_step, prepare_run_dir, recipe_digest,
+                               restore_rng_state, rng_state, write_status)
 
 __all__ = ["Result", "run_recipe", "default_out_dir"]
 
@@ -85,17 +92,80 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
+def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool = False,
+               resume: bool = False) -> Result:
     """Run ``recipe``; outputs go to ``out_dir`` (default ``runs/<recipe name>``).
+
+    A finished run folder is never overwritten unless ``overwrite``; an unfinished one (crash,
+    kill, Ctrl-C) continues from its last finished step with ``resume``. ``status.json`` in the
+    folder says ``done`` only once every artifact is written.
 
     Raises :class:`InputError` for bad input and :class:`CheckFailed` when a proof (pruning
     equivalence, export parity) fails. Failing gates do not raise: see ``Result.ok``.
     """
+    run_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
+    recipe_dict = recipe.to_dict()
+    resuming = prepare_run_dir(run_dir, recipe_dict, overwrite=overwrite, resume=resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        write_text_atomic(run_dir / "recipe.json", json.dumps(recipe_dict, indent=2))
+    write_status(run_dir, "running", recipe_sha256=recipe_digest(recipe_dict))
+    try:
+        with _stop_on_sigterm():
+            result = _run(recipe, run_dir, resuming)
+    except KeyboardInterrupt:
+        write_status(run_dir, "interrupted", "interrupted by a signal; continue with --resume",
+                     last_finished_step=last_finished_step(run_dir))
+        raise
+    except CompressError as err:
+        write_status(run_dir, "failed", str(err), last_finished_step=last_finished_step(run_dir))
+        raise
+    except Exception as err:
+        write_status(run_dir, "failed", f"{type(err).__name__}: {err}",
+                     last_finished_step=last_finished_step(run_dir))
+        raise
+    write_status(run_dir, "done", None, report_status=result.report["status"],
+                 recipe_sha256=recipe_digest(recipe_dict))
+    return result
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the run like Ctrl-C does (between Python operations, status written)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resume_point(run_dir: Path, sampler_generator: torch.Generator | None) -> ResumePoint:
+    from safetensors.torch import load_file
+
+    step = last_finished_step(run_dir)
+    if step == 0:
+        raise InputError(f"nothing to resume in {str(run_dir)!r}: no pruning step finished; "
+                         f"start over with --overwrite")
+    step_dir = run_dir / "steps" / f"{step:02d}"
+    state = json.loads((step_dir / "state.json").read_text(encoding="utf-8"))
+    rng = load_file(str(step_dir / "rng.safetensors"))
+    return ResumePoint(step=step, pruner_state=state["pruner"],
+                       model_state=load_file(str(step_dir / "model.safetensors")),
+                       rows=state["rows"],
+                       restore_rng=lambda: restore_rng_state(rng, sampler_generator))
+
+
+def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     t0 = time.perf_counter()
     timing: dict[str, float] = {"eval_s": 0.0}
-    ctx = RunContext.create(recipe, Path(out_dir) if out_dir else default_out_dir(recipe))
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(ctx.out_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+    ctx = RunContext.create(recipe, run_dir)
     bundle = build_data(recipe.data, resolve=recipe.resolve_path, seed=recipe.seed)
     model = build_model(recipe.model, resolve=recipe.resolve_path)
     probe = bundle.probe_batch(max(recipe.pruning.probe_batch, recipe.export.parity_batch))
@@ -125,21 +195,34 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
     if recipe.finetune.distill is not None:
         teacher = copy.deepcopy(baseline_model).to(ctx.device).eval().requires_grad_(False)
 
-    def on_step(step: int, m: nn.Module, row: dict[str, Any]) -> None:
+    sampler_generator = getattr(getattr(bundle.train, "sampler", None), "generator", None)
+    resume = _resume_point(ctx.out_dir, sampler_generator) if resuming else None
+    rows_so_far: list[dict[str, Any]] = list(resume.rows) if resume else []
+
+    def on_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Any) -> None:
+        from safetensors.torch import save_file
+
         step_dir = ctx.out_dir / "steps" / f"{step:02d}"
+        (step_dir / "state.json").unlink(missing_ok=True)
         if recipe.export.steps == "all":
             plain = _plain_copy(m)
             row["export"] = export_model(plain, step_dir, recipe.export, model_spec, probe)
         else:
             save_safetensors(m, step_dir, model_spec, tuple(probe.shape[1:]))
         row["checkpoint"] = str(step_dir)
+        rows_so_far.append(row)
+        if hasattr(pruner, "get_state"):
+            save_file(rng_state(sampler_generator), str(step_dir / "rng.safetensors"))
+            state = {"step": step, "pruner": pruner.get_state(), "rows": rows_so_far}
+            # Written last: a step folder without state.json is never resumed from.
+            write_text_atomic(step_dir / "state.json", json.dumps(state))
 
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
                                   pruning=recipe.pruning, schedule=recipe.schedule,
                                   finetune=recipe.finetune, train=bundle.train,
                                   evaluate_fn=timed_eval, device=ctx.device, val=bundle.val,
-                                  teacher=teacher, on_step=on_step)
+                                  teacher=teacher, on_step=on_step, resume=resume)
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
     t = time.perf_counter()
@@ -158,7 +241,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None) -> Result:
     timing["measure_s"] = time.perf_counter() - t
     timing["total_s"] = time.perf_counter() - t0
     baseline = {**baseline_eval, "macs": base_macs, "params": base_params,
-                "onnx_bytes": baseline_onnx.stat().st_size if baseline_onnx else None}
+                "onnx_bytes": onnx_size(baseline_onnx) if baseline_onnx else None}
     report = build_report(recipe, baseline=baseline, steps=steps, exported=exported,
                           latency=latency, timing=timing, model=model)
     gates = evaluate_gates(report, recipe.gates)

@@ -51,6 +51,7 @@ __all__ = [
     "resolve_ignored",
     "default_round_to",
     "solve_ratio_for_macs",
+    "list_groups",
 ]
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,7 @@ class StructuredPruner:
             customized_pruners=_protocol_types(model),
         )
         self._ratios = ratios
+        self.history: list[list[list[Any]]] = []  # per step: [root name, is_out, indices]
         model.train(was_training)
 
     @property
@@ -343,8 +345,11 @@ class StructuredPruner:
                 removed += len(group[0].idxs)
             reference = _run(self.model, probe) if self.spec.verify else None
             max_diff = 0.0
+            history = []
             for group in groups:
                 name = _group_name(group, dg)
+                history.append([name, bool(dg.is_out_channel_pruning_fn(group[0].dep.handler)),
+                                [int(i) for i in tp._helpers.to_plain_idxs(group[0].idxs)]])
                 group.prune()
                 if reference is None:
                     continue
@@ -363,6 +368,7 @@ class StructuredPruner:
                         f"{self.spec.verify_atol * scale:.3g}); the dependency graph wired its "
                         f"channels wrongly, add the layer to pruning.ignored")
                 max_diff = max(max_diff, diff)
+        self.history.append(history)
         self.model.train(was_training)
         self.model.zero_grad(set_to_none=True)
         log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %.2e",
@@ -372,6 +378,31 @@ class StructuredPruner:
 
     def finalize_(self) -> None:
         """Nothing to do: removed channels are gone physically."""
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-safe state from which :meth:`restore_` rebuilds this pruner after a crash."""
+        return {"kind": "structured", "steps_done": self.steps_done, "history": self.history,
+                "scope_initial": dict(self._pruner._scope_initial_channels)}
+
+    def restore_(self, state: dict[str, Any]) -> None:
+        """Replay the recorded steps on the freshly built (unpruned) model.
+
+        The model's architecture then matches the checkpoint of the last finished step, and the
+        pruner continues with the same schedule state as the interrupted run.
+        """
+        assert self.steps_done == 0 and state["kind"] == "structured"
+        dg = self._pruner.DG
+        modules = dict(self.model.named_modules())
+        with torch.no_grad():
+            for step in state["history"]:
+                for name, is_out, idxs in step:
+                    module = modules[name]
+                    fn_owner = dg.get_pruner_of_module(module)
+                    fn = fn_owner.prune_out_channels if is_out else fn_owner.prune_in_channels
+                    dg.get_pruning_group(module, fn, idxs).prune(record_history=False)
+        self._pruner.current_step = state["steps_done"]
+        self._pruner._scope_initial_channels.update(state["scope_initial"])
+        self.history = [list(h) for h in state["history"]]
 
 
 def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
@@ -431,3 +462,26 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
              100 * macs_reduction)
     return best, cache[best]
+
+
+def list_groups(model: nn.Module, example_inputs: torch.Tensor,
+                spec: PruningSpec) -> list[dict[str, Any]]:
+    """The prunable channel groups: root layer, channel count and coupled layers.
+
+    Nothing is pruned; the model is only traced.
+    """
+    probe_spec = spec.model_copy(update={"ratio": 0.5, "target": None, "verify": False})
+    pruner = StructuredPruner(model, example_inputs, probe_spec, cumulative_ratios=[0.5])
+    dg = pruner._pruner.DG
+    out = []
+    for group in dg.get_all_groups(ignored_layers=pruner._pruner.ignored_layers,
+                                   root_module_types=pruner._pruner.root_module_types):
+        members = []
+        for dep, _ in group:
+            name = dg._module2name.get(dep.target.module)
+            if name is not None:
+                side = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
+                members.append(f"{name} ({side})")
+        out.append({"root": _group_name(group, dg), "channels": len(group[0].idxs),
+                    "members": sorted(set(members))})
+    return out

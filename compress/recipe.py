@@ -59,8 +59,10 @@ class ModelSpec(_Section):
                                 "'path/to/file.py:function' returning an nn.Module.",
                                 examples=["my_models.nets:small_cnn"])
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the "
-                                   "factory or architecture constructor.")
-    num_classes: int | None = Field(None, gt=0, description="Number of output classes.")
+                                   "factory or architecture constructor.",
+                                   examples=[{"width": 32}])
+    num_classes: int | None = Field(None, gt=0, description="Number of output classes.",
+                                    examples=[10])
     weights: str | None = Field(None, description="torchvision pretrained weights name "
                                 "(downloads on first use), e.g. DEFAULT.", examples=["DEFAULT"])
     checkpoint: str | None = Field(None, description="Local checkpoint: .safetensors, or "
@@ -77,8 +79,10 @@ class ModelSpec(_Section):
 
 
 class Normalize(_Section):
-    mean: list[float] = Field(min_length=1, description="Per-channel mean (0..1 pixel scale).")
-    std: list[float] = Field(min_length=1, description="Per-channel standard deviation.")
+    mean: list[float] = Field(min_length=1, description="Per-channel mean (0..1 pixel scale).",
+                              examples=[[0.485, 0.456, 0.406]])
+    std: list[float] = Field(min_length=1, description="Per-channel standard deviation "
+                             "(0..1 pixel scale), one per mean.", examples=[[0.229, 0.224, 0.225]])
 
     @model_validator(mode="after")
     def _same_length(self) -> Normalize:
@@ -97,27 +101,39 @@ class DataSpec(_Section):
     name: str | None = Field(None, description="torchvision dataset class name.",
                              examples=["CIFAR10"])
     path: str | None = Field(None, description="imagefolder: a folder or .tar.gz of "
-                             "split/class/*.jpg; torchvision: the dataset root folder.")
-    download: bool = Field(False, description="torchvision: allow downloading the dataset.")
-    train_split: str = Field("train", description="Split used for fine-tuning.")
-    eval_split: str = Field("test", description="Split used for accuracy before and after.")
-    batch_size: int = Field(64, gt=0, description="Training batch size.")
-    eval_batch_size: int = Field(256, gt=0, description="Evaluation batch size.")
+                             "split/class/*.jpg; torchvision: the dataset root folder.",
+                             examples=["data/cifar10-jpg.tar.gz"])
+    download: bool = Field(False, description="torchvision: allow downloading the dataset "
+                           "into data.path.", examples=[True])
+    train_split: str = Field("train", description="imagefolder: split folder used for "
+                             "fine-tuning.", examples=["train"])
+    eval_split: str = Field("test", description="imagefolder: split folder used for accuracy "
+                            "before and after.", examples=["val"])
+    batch_size: int = Field(64, gt=0, description="Training batch size.", examples=[128])
+    eval_batch_size: int = Field(256, gt=0, description="Evaluation batch size.",
+                                 examples=[500])
     train_subset: int | None = Field(None, gt=0, description="Use a fixed random subset of this "
-                                     "many training samples (seeded).")
+                                     "many training samples (seeded).", examples=[5000])
     eval_subset: int | None = Field(None, gt=0, description="Evaluate on a fixed random subset "
-                                    "of this many samples (seeded).")
+                                    "of this many samples (seeded).", examples=[2000])
     val_subset: int | None = Field(None, gt=0, description="Hold this many training samples "
                                    "out of training (seeded) as the validation data that "
-                                   "patience-based fine-tuning monitors.")
-    image_size: int | None = Field(None, gt=0, description="Resize images to this square size.")
+                                   "patience-based fine-tuning monitors.", examples=[1000])
+    image_size: int | None = Field(None, gt=0, description="Resize images to this square size.",
+                                   examples=[224])
     augment: list[Literal["random_crop", "horizontal_flip"]] = Field(
-        default_factory=list, description="Training augmentations, applied in order.")
-    crop_padding: int = Field(4, ge=0, description="Padding for random_crop.")
-    normalize: Normalize | None = Field(None, description="Input normalisation.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+        default_factory=list, description="Training augmentations, applied in order.",
+        examples=[["random_crop", "horizontal_flip"]])
+    crop_padding: int = Field(4, ge=0, description="Padding (pixels) for random_crop.",
+                              examples=[1])
+    normalize: Normalize | None = Field(None, description="Input normalisation: per-channel "
+                                        "mean and std, applied after scaling pixels to 0..1.",
+                                        examples=[{"mean": [0.485, 0.456, 0.406],
+                                                   "std": [0.229, 0.224, 0.225]}])
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.", examples=[4])
     cache_dir: str | None = Field(None, description="Where archives are extracted "
-                                  "(default: $COMPRESS_CACHE or ~/.cache/compress).")
+                                  "(default: $COMPRESS_CACHE or ~/.cache/compress).",
+                                  examples=["/scratch/compress-cache"])
 
     @field_validator("source")
     @classmethod
@@ -129,10 +145,12 @@ class DataSpec(_Section):
 
 
 class Target(_Section):
-    macs: float = Field(gt=0, lt=1, description="Fraction of MACs to remove (0.5 halves them).")
+    macs: float = Field(gt=0, lt=1, description="Fraction of MACs to remove (0.5 halves them).",
+                        examples=[0.5])
     tolerance: float = Field(0.02, ge=0, lt=1, description="How far below the target the "
                              "closest reachable reduction may fall (channel rounding makes "
-                             "the reduction a step function); beyond it the run is refused.")
+                             "the reduction a step function); beyond it the run is refused.",
+                             examples=[0.01])
 
 
 class PruningSpec(_Section):
@@ -141,33 +159,41 @@ class PruningSpec(_Section):
     kind: Literal["structured", "unstructured", "n:m"] = Field(
         "structured", description="structured removes channels (dense speedup); unstructured "
         "zeroes single weights (smaller compressed file, no dense speedup); n:m keeps n of "
-        "every m consecutive input weights (e.g. 2:4).")
-    importance: str = Field("l2", description="Channel importance criterion.", examples=["l1"])
-    ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of channels to remove "
-                                "from each prunable group (local) or overall (global).")
+        "every m consecutive input weights (e.g. 2:4).", examples=["structured"])
+    importance: str = Field("l2", description="Importance criterion that ranks channels "
+                            "(structured) or weights (unstructured: l1, l2, random).",
+                            examples=["l2", "taylor"])
+    ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of channels (weights "
+                                "for unstructured) to remove from each prunable group (local) "
+                                "or overall (global).", examples=[0.5])
     target: Target | None = Field(None, description="Reach a resource target instead of a "
-                                  "ratio; the channel ratio is found by search.")
+                                  "ratio; the channel ratio is found by search.",
+                                  examples=[{"macs": 0.5}])
     ignored: list[str] = Field(default_factory=list, description="Module names whose output "
                                "channels are kept; 're:' prefixes a regular expression.",
                                examples=[["linear", "re:layer\\d\\.\\d+\\.conv2"]])
     round_to: int | Literal["auto"] = Field("auto", description="Keep channel counts multiples "
-                                            "of this; auto = 8 for models with convolutions.")
+                                            "of this; auto = 8 for models with convolutions.",
+                                            examples=[8, "auto"])
     scope: Literal["local", "global"] = Field("local", description="Rank channels (or "
                                               "weights) within each layer (local) or across "
-                                              "all layers (global).")
-    n: int = Field(2, gt=0, description="n:m kind: weights kept in each block.")
-    m: int = Field(4, gt=1, description="n:m kind: block size along the input dimension.")
-    prune_biases: bool = Field(False, description="unstructured: also prune biases.")
+                                              "all layers (global).", examples=["global"])
+    n: int = Field(2, gt=0, description="n:m kind: weights kept in each block.", examples=[2])
+    m: int = Field(4, gt=1, description="n:m kind: block size along the input dimension.",
+                   examples=[4])
+    prune_biases: bool = Field(False, description="unstructured: also prune biases.",
+                               examples=[True])
     prune_norms: bool = Field(False, description="unstructured: also prune normalisation "
-                              "weights.")
+                              "weights.", examples=[True])
     max_layer_ratio: float = Field(0.9, gt=0, le=1, description="Global scope: most any one "
-                                   "layer may lose.")
+                                   "layer may lose.", examples=[0.8])
     calibration_batches: int = Field(4, gt=0, description="Training batches used by "
-                                     "gradient-based criteria (taylor).")
+                                     "gradient-based criteria (taylor, hessian).", examples=[8])
     verify: bool = Field(True, description="Prove each step: zeroed group == removed group on a "
-                         "probe batch. A mismatch fails the run.")
-    verify_atol: float = Field(1e-4, gt=0, description="Absolute tolerance of the proof.")
-    probe_batch: int = Field(8, gt=0, description="Samples in the probe batch.")
+                         "probe batch. A mismatch fails the run.", examples=[True])
+    verify_atol: float = Field(1e-4, gt=0, description="Absolute tolerance of the proof.",
+                               examples=[0.001])
+    probe_batch: int = Field(8, gt=0, description="Samples in the probe batch.", examples=[16])
 
     @field_validator("importance")
     @classmethod
@@ -223,7 +249,8 @@ class ScheduleSpec(_Section):
                               "number of steps after the first.", examples=[5])
     step_rule: Literal["constant", "geometric"] = Field(
         "geometric", description="iterative: constant removes p/n of the original per step; "
-        "geometric removes the same fraction s of what remains per step.")
+        "geometric removes the same fraction s of what remains per step.",
+        examples=["geometric"])
     step_rate: float | None = Field(None, gt=0, lt=1, description="Instead of steps: the "
                                     "geometric per-step rate s; the last step is trimmed to "
                                     "land exactly on the target.", examples=[0.1])
@@ -242,25 +269,33 @@ class ScheduleSpec(_Section):
 
 class Distill(_Section):
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term; the "
-                         "task loss gets 1 - alpha.")
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KL term.")
+                         "task loss gets 1 - alpha.", examples=[0.5])
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KL term.",
+                               examples=[4.0])
 
 
 class FinetuneSpec(_Section):
     """Fine-tuning after each pruning step."""
 
-    epochs: int = Field(1, ge=0, description="Epochs after each pruning step (0 = none).")
+    epochs: int = Field(1, ge=0, description="Fixed budget: epochs after each pruning step "
+                        "(0 = none); unused with patience.", examples=[3])
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer "
-                                  "steps per pruning step (a step budget).")
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimizer.")
-    lr: float = Field(0.01, gt=0, description="Peak learning rate.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
-    weight_decay: float = Field(5e-4, ge=0, description="Weight decay.")
-    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="LR schedule.")
+                                  "steps per pruning step (a step budget).", examples=[500])
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimizer.",
+                                               examples=["sgd"])
+    lr: float = Field(0.01, gt=0, description="Peak learning rate.", examples=[0.01])
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.", examples=[0.9])
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay.", examples=[0.0001])
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="LR schedule "
+                                                       "over each step's budget.",
+                                                       examples=["constant"])
     amp: Literal["auto", "off", "bf16"] = Field("auto", description="Mixed precision: auto = "
-                                                "bf16 autocast on CUDA, off on CPU.")
-    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm.")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+                                                "bf16 autocast on CUDA, off on CPU.",
+                                                examples=["bf16"])
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm.",
+                                    examples=[1.0])
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.",
+                                   examples=[0.1])
     patience: int | list[int] | None = Field(
         None, description="Patience-based fine-tuning: stop a step's fine-tune when the "
         "monitored metric has not improved by more than min_delta for this many evaluations, "
@@ -268,14 +303,17 @@ class FinetuneSpec(_Section):
         "repeating. Unset: a fixed budget of 'epochs'.", examples=[[20, 5]])
     monitor: Literal["val_accuracy", "val_loss"] = Field(
         "val_accuracy", description="Patience: metric on the validation data (val_accuracy "
-        "is maximised, val_loss minimised).")
+        "is maximised, val_loss minimised).", examples=["val_accuracy"])
     min_delta: float = Field(0.0, ge=0, description="Patience: smallest change that counts as "
-                             "an improvement (accuracy in points, or loss).")
-    max_epochs: int = Field(20, gt=0, description="Patience: most epochs per step.")
+                             "an improvement (accuracy in points, or loss).", examples=[0.1])
+    max_epochs: int = Field(20, gt=0, description="Patience: most epochs per step.",
+                            examples=[20])
     eval_every: int | None = Field(None, gt=0, description="Patience: optimizer steps between "
-                                   "validation evaluations (default: once per epoch).")
+                                   "validation evaluations (default: once per epoch).",
+                                   examples=[100])
     distill: Distill | None = Field(None, description="Knowledge distillation from the "
-                                    "unpruned model (off unless set).")
+                                    "unpruned model (off unless set).",
+                                    examples=[{"alpha": 0.5, "temperature": 4.0}])
 
     @field_validator("patience")
     @classmethod
@@ -299,29 +337,40 @@ class FinetuneSpec(_Section):
 class ExportSpec(_Section):
     """Artifacts written after pruning."""
 
-    safetensors: bool = Field(True, description="Write model.safetensors + model.json manifest.")
-    onnx: bool = Field(True, description="Write model.onnx (dynamic batch axis).")
-    opset: int | None = Field(None, ge=13, description="ONNX opset (default: the exporter's).")
-    parity_atol: float = Field(1e-4, gt=0, description="Parity: absolute tolerance.")
-    parity_rtol: float = Field(1e-3, ge=0, description="Parity: relative tolerance.")
-    parity_batch: int = Field(4, gt=0, description="Samples compared in the parity check.")
+    safetensors: bool = Field(True, description="Write model.safetensors + model.json manifest.",
+                              examples=[True])
+    onnx: bool = Field(True, description="Write model.onnx (dynamic batch axis), after "
+                       "onnxruntime matched torch on real inputs.", examples=[True])
+    opset: int | None = Field(None, ge=13, description="ONNX opset (default: the exporter's).",
+                              examples=[17])
+    parity_atol: float = Field(1e-4, gt=0, description="Parity: absolute tolerance.",
+                               examples=[0.0001])
+    parity_rtol: float = Field(1e-3, ge=0, description="Parity: relative tolerance.",
+                               examples=[0.001])
+    parity_batch: int = Field(4, gt=0, description="Samples compared in the parity check.",
+                              examples=[8])
     steps: Literal["last", "all"] = Field("last", description="Export the last step only, or "
-                                          "every step of an iterative run (steps/NN/).")
+                                          "every step of an iterative run (steps/NN/).",
+                                          examples=["last"])
 
 
 class ReportSpec(_Section):
     """Speed measurement and report."""
 
-    latency: bool = Field(True, description="Measure latency of baseline and compressed.")
+    latency: bool = Field(True, description="Measure latency of baseline and compressed.",
+                          examples=[True])
     engines: list[Literal["onnxruntime", "torch"]] = Field(
         default_factory=lambda: ["onnxruntime", "torch"], min_length=1,
-        description="Engines timed.")
+        description="Engines timed.", examples=[["onnxruntime"]])
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1,
-                                   description="Batch sizes timed.")
-    warmup: int = Field(3, ge=0, description="Untimed runs before timing each block.")
-    rounds: int = Field(7, gt=0, description="Interleaved A/B rounds.")
-    runs_per_round: int = Field(5, gt=0, description="Timed runs in each block.")
-    threads: int | None = Field(None, gt=0, description="Intra-op threads (default: all cores).")
+                                   description="Batch sizes timed.", examples=[[1, 64]])
+    warmup: int = Field(3, ge=0, description="Untimed runs before timing each block.",
+                        examples=[3])
+    rounds: int = Field(7, gt=0, description="Interleaved A/B rounds; the median is "
+                        "reported.", examples=[7])
+    runs_per_round: int = Field(5, gt=0, description="Timed runs in each block.", examples=[5])
+    threads: int | None = Field(None, gt=0, description="Intra-op threads (default: all cores).",
+                                examples=[4])
 
     @field_validator("batch_sizes")
     @classmethod
@@ -335,30 +384,46 @@ class GatesSpec(_Section):
     """Thresholds checked at the end; a failing gate exits 1."""
 
     max_accuracy_drop: float | None = Field(None, ge=0, description="Largest allowed top-1 "
-                                            "drop in absolute percentage points.")
+                                            "drop in absolute percentage points.",
+                                            examples=[2.0])
+    max_accuracy_drop_relative: float | None = Field(None, ge=0, le=100, description="Largest "
+                                                     "allowed top-1 drop as a percentage of the "
+                                                     "baseline accuracy (1.0 = 1 %).",
+                                                     examples=[1.0])
     min_speedup: float | None = Field(None, gt=0, description="Smallest allowed onnxruntime "
-                                      "speedup at the largest batch size.")
-    max_size_mb: float | None = Field(None, gt=0, description="Largest allowed ONNX file (MB).")
+                                      "speedup at the largest batch size.", examples=[1.5])
+    max_size_mb: float | None = Field(None, gt=0, description="Largest allowed ONNX file (MB).",
+                                      examples=[25.0])
     min_macs_reduction: float | None = Field(None, ge=0, lt=1, description="Smallest allowed "
-                                             "fraction of MACs removed.")
+                                             "fraction of MACs removed.", examples=[0.45])
 
 
 class Recipe(_Section):
     """A whole compression recipe."""
 
-    version: Literal[1] = Field(description="Recipe format version; always 1.")
-    name: str | None = Field(None, description="Run name (default: the recipe file's stem).")
-    model: ModelSpec
-    data: DataSpec
-    pruning: PruningSpec
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
-    export: ExportSpec = Field(default_factory=ExportSpec)
-    report: ReportSpec = Field(default_factory=ReportSpec)
-    gates: GatesSpec = Field(default_factory=GatesSpec)
-    seed: int = Field(0, ge=0, description="Random seed for data order, subsets and probes.")
+    version: Literal[1] = Field(description="Recipe format version; always 1.", examples=[1])
+    name: str | None = Field(None, description="Run name (default: the recipe file's stem).",
+                             examples=["resnet56-half-macs"])
+    model: ModelSpec = Field(description="Where the model comes from.",
+                             examples=[{"source": "cifar_resnet", "name": "resnet56"}])
+    data: DataSpec = Field(description="Training and evaluation data.",
+                           examples=[{"source": "digits"}])
+    pruning: PruningSpec = Field(description="What to prune and how much.",
+                                 examples=[{"target": {"macs": 0.5}}])
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="How the pruning "
+                                   "is spread over steps.", examples=[{"kind": "one-shot"}])
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec, description="Fine-tuning "
+                                   "after each pruning step.", examples=[{"epochs": 3}])
+    export: ExportSpec = Field(default_factory=ExportSpec, description="Artifacts written "
+                               "after pruning.", examples=[{"onnx": True}])
+    report: ReportSpec = Field(default_factory=ReportSpec, description="Speed measurement and "
+                               "report.", examples=[{"batch_sizes": [1, 64]}])
+    gates: GatesSpec = Field(default_factory=GatesSpec, description="Thresholds checked at the "
+                             "end; a failing gate exits 1.", examples=[{"max_accuracy_drop": 2.0}])
+    seed: int = Field(0, ge=0, description="Random seed for data order, subsets and probes.",
+                      examples=[0])
     device: str = Field("auto", description="auto (CUDA when torch sees one), cpu, cuda or "
-                        "cuda:N.")
+                        "cuda:N.", examples=["auto", "cuda:0"])
     base_dir: str | None = Field(None, exclude=True, description="Folder that relative paths "
                                  "are resolved against (set by the loader: the recipe's folder).")
 

@@ -1,4 +1,5 @@
-"""Run reports: ``report.json`` (stable keys, ``schema_version``) and ``report.md`` for humans.
+"""Run reports: ``report.json`` (stable keys, ``schema_version``), ``report.md`` and a
+self-contained ``report.html`` for humans.
 
 Example:
     >>> md = render_markdown({"name": "demo", "status": "passed", "baseline": {"accuracy": 90.0},
@@ -13,28 +14,21 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from compress.fsutil import write_text_atomic
 
 if TYPE_CHECKING:
     from torch import nn
 
     from compress.recipe import Recipe
 
-__all__ = ["SCHEMA_VERSION", "build_report", "write_report", "render_markdown", "latency_blocks",
-           "write_text_atomic"]
+__all__ = ["SCHEMA_VERSION", "REPORT_FORMATS", "build_report", "write_report", "render_markdown",
+           "render_report", "gates_markdown", "load_report", "latency_blocks"]
 
 SCHEMA_VERSION = 1
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    Path(tmp).replace(path)
+REPORT_FORMATS = ("md", "html", "json")
 
 
 def latency_blocks(latency: dict[str, Any] | None) -> tuple[dict, dict, dict]:
@@ -50,6 +44,57 @@ def latency_blocks(latency: dict[str, Any] | None) -> tuple[dict, dict, dict]:
                                                "p90": row["compressed"]["p90_ms"]}
             speed.setdefault(engine, {})[bs] = row["speedup"]
     return base, comp, speed
+
+
+def load_report(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
+    """Read a ``report.json`` (or the run folder holding one); return it and the file's path.
+
+    Raises :class:`InputError` when the file is missing, is not JSON, or is not a report that
+    ``compress apply`` wrote (``schema_version``).
+
+    Example:
+        >>> report, path = load_report("runs/quickstart")  # doctest: +SKIP
+        >>> path.name, report["schema_version"]  # doctest: +SKIP
+        ('report.json', 1)
+    """
+    from compress.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; pass a report.json or the run folder that "
+                         f"'compress apply' wrote")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is not valid JSON ({err}); pass the report.json that "
+                         f"'compress apply' wrote") from None
+    version = report.get("schema_version") if isinstance(report, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"{path} is not a compress report (no integer 'schema_version'); pass "
+                         f"the report.json that 'compress apply' wrote")
+    if version > SCHEMA_VERSION:
+        raise InputError(f"{path} has schema_version {version}, newer than this compress reads "
+                         f"({SCHEMA_VERSION}); upgrade compress")
+    return report, path
+
+
+def _baseline_widths(onnx_path: Path, layers: dict[str, Any]) -> dict[str, int]:
+    """Output widths of the unpruned layers, read from the baseline ONNX's weight shapes.
+
+    The exporter keeps parameter names (``<layer>.weight``, output channels first); layers
+    it renamed or folded are simply left out. Only the graph is read, not the weight data.
+    """
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception:  # a best-effort annotation: an unreadable file just means no widths
+        return {}
+    dims = {init.name: list(init.dims) for init in graph.initializer}
+    return {name: int(dims[f"{name}.weight"][0]) for name in layers
+            if dims.get(f"{name}.weight")}
 
 
 def _environment() -> dict[str, Any]:
@@ -87,6 +132,13 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
         notes.append(f"{recipe.pruning.kind} sparsity zeroes weights but keeps dense shapes: "
                      f"dense ONNX/torch latency does not improve from it (measured speedup "
                      f"{shown}); the gain is the compressed file size.")
+    widths: dict[str, int] = {}
+    folder = next((Path(exported[k]).parent for k in ("onnx", "safetensors") if exported.get(k)),
+                  None)
+    # pipeline writes the unpruned model to <out>/baseline/model.onnx for latency runs.
+    if recipe.pruning.kind == "structured" and folder and last.get("layers"):
+        base_onnx = folder / "baseline" / "model.onnx"
+        widths = _baseline_widths(base_onnx, last["layers"]) if base_onnx.is_file() else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "name": recipe.name,
@@ -108,6 +160,7 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
         "speedup_per_macs_reduction": headline / macs_ratio if headline else None,
         "finetune_epochs_total": sum(s["finetune_epochs"] for s in steps),
         "steps": steps,
+        **({"baseline_widths": widths} if widths else {}),
         "parity": exported["parity"],
         "notes": notes,
         "latency": latency,
@@ -117,12 +170,54 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     }
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` atomically; return their paths."""
-    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    write_text_atomic(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
-    write_text_atomic(md_path, render_markdown(report))
-    return json_path, md_path
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path, Path]:
+    """Write ``report.json``, ``report.md`` and ``report.html`` atomically; return their paths."""
+    json_path, md_path, html_path = (out_dir / f"report.{ext}" for ext in ("json", "md", "html"))
+    write_text_atomic(json_path, render_report(report, "json"))
+    write_text_atomic(md_path, render_report(report, "md"))
+    write_text_atomic(html_path, render_report(report, "html"))
+    return json_path, md_path, html_path
+
+
+def render_report(report: dict[str, Any], fmt: str) -> str:
+    """The report as text in one of :data:`REPORT_FORMATS`: md, html or json (pretty).
+
+    Example:
+        >>> render_report({"schema_version": 1}, "json").splitlines()[1]
+        '  "schema_version": 1'
+    """
+    if fmt == "json":
+        return json.dumps(report, indent=2, sort_keys=False) + "\n"
+    if fmt == "md":
+        return render_markdown(report)
+    if fmt == "html":
+        from compress.report_html import render_html
+
+        return render_html(report)
+    from compress.errors import InputError
+
+    raise InputError(f"unknown report format {fmt!r}; allowed formats: {', '.join(REPORT_FORMATS)}")
+
+
+def gates_markdown(gates: list[dict[str, Any]], *, title: str | None = None) -> str:
+    """A Markdown table of gate outcomes (``GateOutcome.to_dict()``), e.g. for a step summary.
+
+    Example:
+        >>> print(gates_markdown([{"name": "min_speedup", "passed": True, "measured": 1.8,
+        ...                        "threshold": 1.5, "comparison": ">="}]))
+        | gate | measured | threshold | result |
+        |---|---|---|---|
+        | speedup | 1.80x | >= 1.5 | ✅ pass |
+    """
+    from compress.gate import gate_cells
+
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| gate | measured | threshold | result |", "|---|---|---|---|"]
+    for g in gates:
+        label, measured, threshold = (c.replace("|", "\\|") for c in gate_cells(g))
+        verdict = "✅ pass" if g.get("passed") else "❌ FAIL"
+        lines.append(f"| {label} | {measured} | {threshold} | {verdict} |")
+    return "\n".join(lines)
 
 
 def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
@@ -202,9 +297,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
     gates = report.get("gates") or []
     if gates:
-        lines += ["## Gates", ""]
-        lines += [f"- {'PASS' if g['passed'] else 'FAIL'} {g['message']}" for g in gates]
-        lines.append("")
+        lines += ["## Gates", "", gates_markdown(gates), ""]
     env = report.get("environment") or {}
     if env:
         lines += ["## Environment", ""]

@@ -124,3 +124,56 @@ def test_python_api_apply_with_sections(tmp_path: Path) -> None:
     assert result.ok and (tmp_path / "api" / "model.safetensors").exists()
     assert not (tmp_path / "api" / "model.onnx").exists()
     assert result.report["steps"][0]["finetune_steps"] == 0
+
+
+def test_init_writes_a_recipe_that_validates(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", "--model", "python:" + str(ROOT / "examples/quickstart/"
+                                 "digits_cnn.py") + ":digits_cnn", "--data", "digits",
+                                 "--target-macs", "0.85"])
+    assert result.exit_code == 0, result.output
+    assert "hybrid" in result.output and "arXiv 2508.13836" in result.output
+    path = tmp_path / "starter.yaml"
+    path.write_text(result.output)
+    assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
+    bad = runner.invoke(app, ["init", "--model", "nowhere:x", "--data", "digits"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_list_shows_every_registry() -> None:
+    from compress.docs import list_registries
+
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    for entries in list_registries().values():
+        for name, _ in entries:
+            assert name in result.output
+
+
+def test_inspect_predicts_steps_and_sensitivity(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, schedule={"kind": "iterative", "steps": 2},
+                         pruning={"ratio": 0.5, "round_to": 1, "ignored": ["15"]})
+    path = _write(tmp_path, recipe)
+    plot = tmp_path / "sens.png"
+    result = runner.invoke(app, ["inspect", str(path), "--sensitivity", "--samples", "64",
+                                 "--plot", str(plot), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["ignored"] == {"15": ["15"]}
+    assert len(info["steps"]) == 2 and info["steps"][1]["macs"] < info["steps"][0]["macs"]
+    assert {g["root"] for g in info["groups"]} and "15" not in {g["root"] for g in info["groups"]}
+    assert len(info["sensitivity"]) == len(info["groups"]) and plot.stat().st_size > 1000
+    human = runner.invoke(app, ["inspect", str(path)])
+    assert human.exit_code == 0 and "pruning groups" in human.output
+    recipe["pruning"]["ignored"] = ["no_such_layer"]
+    bad = runner.invoke(app, ["inspect", str(_write(tmp_path, recipe))])
+    assert bad.exit_code == 2 and "matches no module" in bad.output
+
+
+def test_apply_refuses_a_finished_folder_unless_overwrite(tmp_path: Path) -> None:
+    path = _write(tmp_path, tiny_recipe(tmp_path, report={"latency": False},
+                                        export={"onnx": False}))
+    out = str(tmp_path / "run")
+    assert runner.invoke(app, ["apply", str(path), "--out", out]).exit_code == 0
+    again = runner.invoke(app, ["apply", str(path), "--out", out])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(app, ["apply", str(path), "--out", out, "--overwrite"]).exit_code == 0

@@ -1,0 +1,210 @@
+"""Report rendering (md, json, html), ``compress report``, ``compress compare``, and the HTML
+page in a real headless browser when chromium is installed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from compress.cli import app
+from compress.compare import COMPARE_ROWS, compare_reports, compare_runs
+from compress.report import _baseline_widths, render_report, write_report
+from compress.report_html import markdown_to_html
+from tests.test_gate import make_report, write_run
+
+runner = CliRunner()
+_IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+_PLOT_BLUE = np.array([31, 119, 180])  # matplotlib's C0, the "compressed" colour
+
+
+def _external_urls(page: str) -> list[str]:
+    """Every src/href attribute or CSS url() that would leave the file."""
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", page, flags=re.I)
+    refs += re.findall(r"url\(\s*['\"]?([^'\")]+)", page, flags=re.I)
+    return [r for r in refs if not r.startswith(("data:", "#"))]
+
+
+def _iterative_unstructured() -> dict[str, Any]:
+    report = make_report(name="sparse", kind="unstructured", schedule="iterative")
+    report.pop("baseline_widths")
+    report["steps"] = [
+        {**report["steps"][0], "step": i + 1, "target": t, "macs_reduction": 0.0,
+         "accuracy": 99.4 - i * 0.2, "layers": {"0": t, "3": t, "7": t}}
+        for i, t in enumerate((0.26, 0.46, 0.6))]
+    report["finetune_epochs_total"] = 9.0
+    return report
+
+
+def _old_format() -> dict[str, Any]:
+    """A report from before ``kind``/``schedule`` were top-level and ``layers`` was ``widths``."""
+    report = make_report(name="old")
+    for key in ("kind", "schedule", "finetune_epochs_total", "baseline_widths"):
+        report.pop(key)
+    report["steps"][0]["widths"] = report["steps"][0].pop("layers")
+    return report
+
+
+def test_markdown_and_json_render() -> None:
+    report = make_report()
+    md = render_report(report, "md")
+    assert md.startswith("# compress report: quickstart\n")
+    assert "| top-1 accuracy (%) | 99.44 | 99.17 | -0.27 points |" in md
+    assert "| accuracy drop | 0.27 points | <= 2.0 | ✅ pass |" in md
+    assert json.loads(render_report(report, "json")) == report
+
+
+@pytest.mark.parametrize("report", [make_report(), _iterative_unstructured(), _old_format(),
+                                    make_report(steps=[], speedup={"headline": None},
+                                                baseline={"accuracy": 90.0, "macs": 1})],
+                         ids=["structured", "unstructured", "old-format", "no-data"])
+def test_html_is_self_contained_with_three_plots(report: dict[str, Any]) -> None:
+    page = render_report(report, "html")
+    pngs = _IMG.findall(page)
+    assert len(pngs) == 3
+    assert all(base64.b64decode(p).startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    assert _external_urls(page) == []
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "<h2>Plots</h2>" in page and "<table>" in page
+
+
+def test_html_tables_and_escaping() -> None:
+    page = render_report(make_report(name="<script>alert(1)</script>"), "html")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<th>gate</th><th>measured</th><th>threshold</th><th>result</th>" in page
+    assert '<td>accuracy drop</td><td>0.27 points</td><td>&lt;= 2.0</td>' \
+           '<td><span class="pass">PASS</span></td>' in page
+    html = markdown_to_html("## H\n\n- a **b**\n- `c`\n\n> note\n\ntext | with pipe\n"
+                            "| x \\| y | z |\n|---|---|\n| 1 | 2 |")
+    assert "<h2>H</h2>" in html and "<li>a <strong>b</strong></li>" in html
+    assert "<li><code>c</code></li>" in html and "<blockquote><p>note</p></blockquote>" in html
+    assert "<p>text | with pipe</p>" in html and "<th>x | y</th><th>z</th>" in html
+
+
+def test_write_report_writes_json_md_and_html(tmp_path: Path) -> None:
+    paths = write_report(make_report(), tmp_path / "run")
+    assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
+    assert all(p.is_file() for p in paths)
+    assert len(_IMG.findall(paths[2].read_text())) == 3
+
+
+def test_baseline_widths_from_the_baseline_onnx(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    inits = [helper.make_tensor("conv.weight", TensorProto.FLOAT, [16, 3, 1, 1], [0.0] * 48),
+             helper.make_tensor("head.weight", TensorProto.FLOAT, [4, 16], [0.0] * 64)]
+    graph = helper.make_graph([], "g", [], [], initializer=inits)
+    onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
+    layers = {"conv": 8, "head": 4, "folded": 2}
+    assert _baseline_widths(tmp_path / "model.onnx", layers) == {"conv": 16, "head": 4}
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    assert _baseline_widths(tmp_path / "broken.onnx", layers) == {}
+
+
+def test_report_command_formats(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", make_report())
+    md = runner.invoke(app, ["report", str(run)])
+    assert md.exit_code == 0 and md.stdout.startswith("# compress report: quickstart")
+    js = runner.invoke(app, ["report", str(run / "report.json"), "--format", "json"])
+    assert js.exit_code == 0 and json.loads(js.stdout)["name"] == "quickstart"
+    html = runner.invoke(app, ["report", str(run), "--format", "html"])
+    assert html.exit_code == 0 and html.stdout.strip() == f"wrote {run / 'report.html'}"
+    assert len(_IMG.findall((run / "report.html").read_text())) == 3
+    out = tmp_path / "elsewhere" / "r.md"
+    assert runner.invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
+    assert out.read_text().startswith("# compress report")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--format", "pdf"], "unknown report format 'pdf'; allowed formats: md, html, json"),
+    (["--format", "md"], "does not exist"),
+])
+def test_report_command_bad_input(tmp_path: Path, args: list[str], fragment: str) -> None:
+    target = write_run(tmp_path / "run", make_report()) if "pdf" in args else tmp_path / "no"
+    result = runner.invoke(app, ["report", str(target), *args])
+    assert result.exit_code == 2 and fragment in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_compare_rows() -> None:
+    table = compare_reports([("a", make_report()), ("b", _iterative_unstructured()),
+                             ("c", _old_format())])
+    assert table.columns == ["a", "b", "c"]
+    rows = dict(table.rows)
+    assert [label for label, _ in table.rows] == [label for label, _ in COMPARE_ROWS]
+    assert rows["top-1 accuracy before (%)"] == ["99.44", "99.44", "99.44"]
+    assert rows["accuracy drop"][0] == "0.27 points (0.27 %)"
+    assert rows["MACs reduction"][0] == "53.4%"
+    assert rows["speedup (onnxruntime, largest batch)"][0] == "1.83x"
+    assert rows["speedup ÷ MACs reduction"][0] == "0.85"
+    assert rows["fine-tune epochs (total)"] == ["3.00", "9.00", "3.00"]  # old: summed steps
+    assert rows["schedule"] == ["one-shot (1 step)", "iterative (3 steps)", "one-shot (1 step)"]
+    assert rows["kind"] == ["structured", "unstructured", "structured"]
+
+
+def test_compare_command(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", make_report())
+    b = write_run(tmp_path / "b", _iterative_unstructured())
+    result = runner.invoke(app, ["compare", str(a), str(b / "report.json")])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "quickstart" in line)
+    assert "sparse" in header
+    for label, _ in COMPARE_ROWS:
+        assert label in result.stdout
+    same = write_run(tmp_path / "c", make_report())  # same name as a: columns become paths
+    assert compare_runs([a, same]).columns == [str(a), str(same)]
+    bad = runner.invoke(app, ["compare", str(a), str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "does not exist" in bad.stderr
+
+
+# -- a real browser -------------------------------------------------------------------------
+
+_CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Our page has no scripts: any console message (errors are logged as "CONSOLE") or uncaught
+# exception means something in it ran or failed.
+_CONSOLE = re.compile(r"CONSOLE|Uncaught")
+
+
+def _screenshot(page: Path, out: Path) -> str:
+    proc = subprocess.run(
+        [_CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={out.parent / ('profile-' + out.stem)}",
+         f"--screenshot={out}", "--window-size=1200,2400", "--enable-logging=stderr", "--v=0",
+         page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stderr
+
+
+@pytest.mark.skipif(_CHROMIUM is None, reason="chromium is not installed (Debian: apt-get "
+                    "install chromium); the headless-browser check of report.html needs it")
+def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
+    # First show the log scan sees page errors in this chromium, so a clean log means clean.
+    broken = tmp_path / "broken.html"
+    broken.write_text("<!DOCTYPE html><p>x</p><script>notDefined()</script>")
+    log = _screenshot(broken, tmp_path / "broken.png")
+    assert _CONSOLE.search(log), "chromium logged no console line for a broken page"
+
+    page = write_run(tmp_path / "run", make_report())
+    write_report(json.loads((page / "report.json").read_text()), page)
+    png = tmp_path / "report.png"
+    log = _screenshot(page / "report.html", png)
+    assert [line for line in log.splitlines() if _CONSOLE.search(line)] == []
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1200, 2400)
+    pixels = np.asarray(image).astype(int)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # not a blank page
+    # The plots decoded and are on screen: many pixels of the plots' bar/line colour.
+    blue = (np.abs(pixels - _PLOT_BLUE).sum(axis=-1) < 40).sum()
+    assert blue > 20_000, blue

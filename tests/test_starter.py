@@ -1,0 +1,197 @@
+"""`compress init`'s starter recipes: valid by construction, regime chosen as the paper advises."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.errors import InputError
+from compress.starter import choose_regime, is_transformer, render_starter_recipe
+
+# One spec per registered source; test_every_source_has_a_spec keeps the lists complete.
+MODELS = {"torchvision": "torchvision:resnet18", "cifar_resnet": "cifar_resnet:resnet56",
+          "python": "python:my_models.nets:small_cnn"}
+EXTRA_MODELS = ["python:models/net.py:build", "torchvision:vit_b_16"]
+DATA = {"imagefolder": "imagefolder:./data", "torchvision": "torchvision:CIFAR10",
+        "digits": "digits"}
+EXTRA_DATA = ["torchvision:MNIST", "torchvision:CIFAR100"]
+TARGETS = [0.3, 0.5, 0.85, 0.95]
+
+
+def _check(text: str):
+    from compress.data import check_data_spec
+    from compress.models import check_model_spec
+    from compress.recipe import parse_recipe
+    from compress.schedules import plan_targets
+
+    recipe = parse_recipe(yaml.safe_load(text), source="starter")
+    targets = plan_targets(recipe.schedule, recipe.pruning.final_target())
+    check_model_spec(recipe.model)
+    check_data_spec(recipe.data)
+    return recipe, targets
+
+
+def _comment_above(text: str, line: str) -> str:
+    """The comment block right above ``line`` (the first line equal to it)."""
+    lines = text.splitlines()
+    i = lines.index(line)
+    block = []
+    while i > 0 and lines[i - 1].lstrip().startswith("#"):
+        i -= 1
+        block.insert(0, lines[i].lstrip()[1:].strip())
+    return " ".join(block)
+
+
+def test_every_source_has_a_spec() -> None:
+    from compress.data import DATASETS
+    from compress.models import MODEL_SOURCES
+
+    assert sorted(MODELS) == MODEL_SOURCES.names()
+    assert sorted(DATA) == DATASETS.names()
+
+
+@pytest.mark.parametrize("model, data", list(itertools.product(
+    [*MODELS.values(), *EXTRA_MODELS], [*DATA.values(), *EXTRA_DATA])))
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("by", ["macs", "sparsity"])
+def test_starter_is_valid_for_the_grid(model: str, data: str, target: float, by: str) -> None:
+    kwargs = {"target_macs": target} if by == "macs" else {"target_sparsity": target}
+    text = render_starter_recipe(model, data, **kwargs)
+    recipe, targets = _check(text)
+    assert targets[-1] == pytest.approx(target)
+    assert (recipe.finetune.patience is not None) == (recipe.schedule.kind != "one-shot")
+    assert recipe.gates.max_accuracy_drop is not None
+    assert recipe.gates.min_macs_reduction is not None
+    assert recipe.pruning.importance == "l2" and recipe.pruning.round_to == "auto"
+    why = _comment_above(text, "schedule:")
+    assert why.startswith(recipe.schedule.kind.capitalize() + ", because"), why
+    assert f"{target * 100:g} %" in why
+
+
+@pytest.mark.parametrize("target, kind", [(0.3, "one-shot"), (0.5, "one-shot"),
+                                          (0.79, "one-shot"), (0.8, "hybrid"),
+                                          (0.85, "hybrid"), (0.9, "hybrid"),
+                                          (0.91, "iterative"), (0.95, "iterative")])
+def test_regime_follows_the_paper(target: float, kind: str) -> None:
+    regime = choose_regime(target)
+    assert regime.kind == kind
+    recipe, _ = _check(render_starter_recipe("cifar_resnet:resnet56", "digits",
+                                             target_macs=target))
+    assert recipe.schedule.kind == kind
+    if kind == "hybrid":
+        assert recipe.schedule.first_step == pytest.approx(0.7 * target)
+        assert recipe.schedule.step_rate == 0.02
+        assert recipe.finetune.patience == [20, 2] and recipe.data.val_subset
+    if kind == "iterative":
+        assert recipe.schedule.step_rate == 0.02 and recipe.schedule.step_rule == "geometric"
+    if kind == "one-shot":
+        assert recipe.finetune.patience is None and recipe.finetune.epochs > 0
+
+
+def test_regime_comments_explain_the_choice() -> None:
+    one = render_starter_recipe("cifar_resnet:resnet56", "digits", target_macs=0.5)
+    assert "below ~80 %" in _comment_above(one, "schedule:")
+    hybrid = render_starter_recipe("cifar_resnet:resnet56", "digits", target_macs=0.85)
+    assert "between ~80 % and ~90 %" in _comment_above(hybrid, "schedule:")
+    assert "0.7 x the target" in _comment_above(hybrid, "  first_step: 0.595")
+    assert "~2 % above" in _comment_above(hybrid, "  step_rate: 0.02")
+    assert "Patience-based" in _comment_above(hybrid, "  patience: [20, 2]")
+    it = render_starter_recipe("cifar_resnet:resnet56", "digits", target_macs=0.95)
+    assert "above ~90 %" in _comment_above(it, "schedule:")
+    assert "arXiv 2508.13836" in _comment_above(it, "schedule:")
+
+
+@pytest.mark.parametrize("model, hint, expected", [
+    ("torchvision:vit_b_16", None, True), ("torchvision:swin_t", None, True),
+    ("python:hf.models:bert_base", None, True), ("python:llm.py:tiny_llama", None, True),
+    ("torchvision:resnet50", None, False), ("torchvision:resnet50", "transformer", True),
+    ("torchvision:vit_b_16", "cnn", False),
+])
+def test_transformers_prune_iteratively(model: str, hint: str | None, expected: bool) -> None:
+    assert is_transformer(model.partition(":")[2], hint) is expected
+    text = render_starter_recipe(model, "imagefolder:./data", target_macs=0.3,
+                                 architecture_hint=hint)
+    recipe, targets = _check(text)
+    assert (recipe.schedule.kind == "iterative") is expected
+    if expected:
+        assert recipe.schedule.step_rate == 0.1 and len(targets) > 1
+        assert recipe.finetune.optimizer == "adamw"
+        assert "transformer" in _comment_above(text, "schedule:")
+
+
+def test_data_sources_fill_their_keys() -> None:
+    tv, _ = _check(render_starter_recipe("cifar_resnet:resnet56", "torchvision:CIFAR10"))
+    assert (tv.data.name, tv.data.path, tv.data.download) == ("CIFAR10", "./data", False)
+    assert tv.data.normalize is not None and "horizontal_flip" in tv.data.augment
+    text = render_starter_recipe("cifar_resnet:resnet56", "torchvision:CIFAR10")
+    assert "download" in _comment_above(text, "  download: false")
+    mnist, _ = _check(render_starter_recipe("python:nets:lenet", "torchvision:MNIST"))
+    assert mnist.data.normalize is None and mnist.data.augment == ["random_crop"]
+    folder, _ = _check(render_starter_recipe("torchvision:resnet50", "imagefolder:./data"))
+    assert folder.data.path == "./data" and folder.data.image_size == 224
+    assert folder.model.weights == "DEFAULT"
+    c100, _ = _check(render_starter_recipe("torchvision:resnet50", "torchvision:CIFAR100"))
+    assert c100.model.num_classes == 100 and c100.model.weights is None
+    digits, _ = _check(render_starter_recipe("cifar_resnet:resnet20", "digits"))
+    assert digits.data.source == "digits" and digits.data.normalize is None
+
+
+def test_defaults_and_target_kinds() -> None:
+    by_default, _ = _check(render_starter_recipe("cifar_resnet:resnet56", "digits"))
+    assert by_default.pruning.target is not None and by_default.pruning.target.macs == 0.5
+    by_ratio, _ = _check(render_starter_recipe("cifar_resnet:resnet56", "digits",
+                                               target_sparsity=0.5))
+    assert by_ratio.pruning.ratio == 0.5 and by_ratio.pruning.target is None
+    assert by_default.gates.min_macs_reduction == pytest.approx(0.48)
+
+
+def test_output_is_deterministic_and_loads_from_a_file(tmp_path: Path) -> None:
+    from compress.recipe import load_recipe
+
+    text = render_starter_recipe("python:models/net.py:build", "imagefolder:./data",
+                                 target_macs=0.85)
+    assert text == render_starter_recipe("python:models/net.py:build", "imagefolder:./data",
+                                         target_macs=0.85)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    recipe = load_recipe(path)
+    assert recipe.model.factory == "models/net.py:build" and recipe.name == "build-macs85"
+
+
+def test_every_key_line_is_commented_or_plain_yaml() -> None:
+    text = render_starter_recipe("torchvision:resnet50", "imagefolder:./data", target_macs=0.85)
+    assert text.startswith("# Starter recipe, written by\n#   compress init --model "
+                           "torchvision:resnet50 --data imagefolder:./data --target-macs 0.85\n")
+    for line in text.splitlines():
+        assert len(line) <= 100 and not line.endswith(" ")
+    for section in ("schedule", "pruning", "gates", "export", "finetune"):
+        assert _comment_above(text, f"{section}:"), section
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"model": "hub:resnet50"}, "unknown model source 'hub' in 'hub:resnet50'; available: "
+                                "cifar_resnet, python, torchvision"),
+    ({"model": "resnet50"}, "unknown model source 'resnet50'"),
+    ({"model": "torchvision:"}, "names no model"),
+    ({"model": "torchvision:resnet5000"}, "unknown torchvision model 'resnet5000'"),
+    ({"model": "cifar_resnet:resnet18"}, "unknown cifar_resnet name 'resnet18'"),
+    ({"model": "python:pkg.mod"}, "must look like 'package.module:function'"),
+    ({"data": "imagenet:/data"}, "unknown data source 'imagenet' in 'imagenet:/data'; "
+                                 "available: digits, imagefolder, torchvision"),
+    ({"data": "imagefolder"}, "needs a path: imagefolder:PATH"),
+    ({"data": "digits:x"}, "takes no argument"),
+    ({"data": "torchvision:ImageNet"}, "torchvision dataset 'ImageNet' is not supported; "
+                                       "supported: MNIST"),
+    ({"target_macs": 0.5, "target_sparsity": 0.5}, "not both"),
+    ({"target_macs": 1.5}, "target_macs must be a fraction between 0 and 1"),
+    ({"target_sparsity": 0.0}, "target_sparsity must be a fraction between 0 and 1"),
+    ({"architecture_hint": "rnn"}, "unknown architecture 'rnn'; allowed: cnn, transformer"),
+])
+def test_bad_input_is_one_clear_sentence(kwargs: dict, fragment: str) -> None:
+    args = {"model": "cifar_resnet:resnet56", "data": "digits", **kwargs}
+    with pytest.raises(InputError) as info:
+        render_starter_recipe(**args)
+    assert fragment in str(info.value)
