@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.report import load_report
+from compress.report import human_count, load_report
 
 __all__ = ["Comparison", "COMPARE_ROWS", "compare_reports", "compare_runs"]
 
@@ -39,16 +39,6 @@ def _num(value: Any) -> float | None:
 def _f(value: Any, spec: str, suffix: str = "") -> str:
     v = _num(value)
     return "n/a" if v is None else f"{v:{spec}}{suffix}"
-
-
-def _human(value: Any) -> str:
-    v = _num(value)
-    if v is None:
-        return "n/a"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= div:
-            return f"{v / div:.2f}{unit}"
-    return f"{v:.0f}"
 
 
 def _drop(r: dict[str, Any]) -> str:
@@ -83,9 +73,9 @@ COMPARE_ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("top-1 accuracy after (%)", lambda r: _f(r.get("compressed", {}).get("accuracy"), ".2f")),
     ("accuracy drop", _drop),
     ("MACs reduction", lambda r: _f(r.get("macs_reduction"), ".1%")),
-    ("parameters", lambda r: f"{_human(r.get('baseline', {}).get('params'))} -> "
-                             f"{_human(r.get('compressed', {}).get('params'))}"),
-    ("ONNX size (bytes)", lambda r: _human(r.get("compressed", {}).get("onnx_bytes"))),
+    ("parameters", lambda r: f"{human_count(r.get('baseline', {}).get('params'))} -> "
+                             f"{human_count(r.get('compressed', {}).get('params'))}"),
+    ("ONNX size (bytes)", lambda r: human_count(r.get("compressed", {}).get("onnx_bytes"))),
     ("speedup (onnxruntime, largest batch)",
      lambda r: _f((r.get("speedup") or {}).get("headline"), ".2f", "x")),
     ("speedup ÷ MACs reduction", lambda r: _f(r.get("speedup_per_macs_reduction"), ".2f")),

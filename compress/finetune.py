@@ -14,6 +14,13 @@ so a patience run that stops early ends at a still-high learning rate (``constan
 With ``finetune.distill`` the loss mixes cross-entropy with the KL divergence to a frozen
 teacher (the unpruned model): see :func:`distillation_loss`.
 
+Divergence (see :mod:`compress.divergence`): a non-finite training loss (checked every step),
+non-finite weights at the end of a fixed budget, or with patience a validation metric that
+collapses against evaluation 0. The first one rolls the model back to the step's best weights
+so far (evaluation 0, or the weights as they came in), multiplies the learning rate by
+``divergence_lr_factor`` and restarts with a fresh optimizer and schedule for the remaining
+budget; a second one raises :class:`~compress.errors.CheckFailed`.
+
 Example:
     >>> from compress.recipe import FinetuneSpec
     >>> stats = finetune_(model, bundle.train, FinetuneSpec(epochs=1), device)  # doctest: +SKIP
@@ -22,6 +29,8 @@ Example:
     ...                   val_loader=bundle.val, teacher=baseline)  # doctest: +SKIP
     >>> stats.best_evaluation, stats.stopped_early, stats.restored  # doctest: +SKIP
     (4, True, True)
+    >>> stats.divergences, stats.lr_final  # doctest: +SKIP
+    (0, 0.01)
 """
 
 from __future__ import annotations
@@ -32,13 +41,16 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compress.errors import InputError
+from compress.divergence import (Divergence, diverged_twice, loss_divergence, metric_collapse,
+                                 weights_finite)
+from compress.errors import CheckFailed, InputError
 from compress.evaluate import evaluate
 from compress.patience import MONITORS, BestWeights, Patience
 from compress.recipe import FinetuneSpec
@@ -54,22 +66,33 @@ ValidateFn = Callable[[nn.Module], Mapping[str, float]]
 
 @dataclass
 class FinetuneStats:
-    """What one fine-tune did. The patience fields keep their defaults in fixed-budget mode."""
+    """What one fine-tune did. The patience fields keep their defaults in fixed-budget mode.
+
+    ``epochs``, ``steps`` and ``samples`` count every optimizer step taken, including those a
+    divergence rolled back (the budget they used is gone).
+    """
 
     epochs: float  # fractional epochs actually trained
     steps: int
     samples: int
     seconds: float  # wall time, validation included
     final_loss: float | None  # training loss of the last optimizer step
+    lr_final: float  # peak learning rate of the last attempt: finetune.lr, or lowered once
     evaluations: list[float] = field(default_factory=list)  # monitored metric, [0] = untrained
     best: float | None = None
     best_evaluation: int | None = None  # index into evaluations
     stopped_early: bool = False  # patience ran out before the max budget did
     restored: bool = False  # the best evaluation's weights were loaded back
+    divergences: int = 0  # rollbacks to a lower learning rate (0 or 1; a second one raises)
 
 
-def build_optimizer(model: nn.Module, spec: FinetuneSpec) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW; no weight decay on biases and norm parameters."""
+def build_optimizer(model: nn.Module, spec: FinetuneSpec, *,
+                    lr: float | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) or AdamW; no weight decay on biases and norm parameters.
+
+    ``lr`` replaces ``spec.lr`` (the lowered rate after a divergence).
+    """
+    lr = spec.lr if lr is None else lr
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -77,9 +100,9 @@ def build_optimizer(model: nn.Module, spec: FinetuneSpec) -> torch.optim.Optimiz
     groups = [{"params": decay, "weight_decay": spec.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
+        return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum,
                                nesterov=spec.momentum > 0)
-    return torch.optim.AdamW(groups, lr=spec.lr)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *,
@@ -121,7 +144,8 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     Fixed budget without ``spec.patience``; otherwise early stopping on ``val_loader`` (or on
     ``validate_fn(model)``, which replaces the default ``evaluate(model, val_loader, device)``),
     ending with the best evaluation's weights. ``teacher`` is used only with ``spec.distill``;
-    it is put in eval mode for the call and never updated.
+    it is put in eval mode for the call and never updated. Raises :class:`CheckFailed` when
+    the fine-tune diverges twice (the model is rolled back first).
     """
     assert step >= 1, "pruning steps are 1-based"
     patience = spec.patience_for(step)
@@ -133,7 +157,7 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
                          "(samples held out of the training split)")
     budget_epochs = spec.epochs if patience is None else spec.max_epochs
     if budget_epochs == 0 or spec.max_steps == 0:
-        return FinetuneStats(0.0, 0, 0, 0.0, None)
+        return FinetuneStats(0.0, 0, 0, 0.0, None, spec.lr)
     steps_per_epoch = len(loader) if isinstance(loader, Sized) else None
     assert steps_per_epoch, "training loader is empty"
     total = steps_per_epoch * budget_epochs
@@ -164,6 +188,12 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
         monitor = _Monitor(spec, patience, validate_fn,
                            spec.eval_every or steps_per_epoch, total)
         monitor.evaluate(model)  # evaluation 0: the model as pruned
+    # What a divergence rolls back to while no evaluation is kept: the weights as they came in
+    # (the monitor keeps evaluation 0's copy when it is a number; no second copy then).
+    initial = None
+    if monitor is None or monitor.best.state is None:
+        initial = BestWeights()
+        initial.save(model)
 
     # The teacher's BatchNorm statistics must not follow the student's batches.
     teacher_mode = None
@@ -171,13 +201,14 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
         teacher_mode = teacher.training
         teacher.eval()
     try:
-        steps, samples, last_loss = _train(model, loader, spec, device, total, loss_of,
-                                           monitor, description)
+        steps, samples, last_loss, divergences, lr = _fit(
+            model, loader, spec, device, total, loss_of, monitor, initial, step, description)
     finally:
         if teacher is not None and teacher_mode is not None:
             teacher.train(teacher_mode)
     seconds = time.perf_counter() - start
-    stats = FinetuneStats(steps / steps_per_epoch, steps, samples, seconds, last_loss)
+    stats = FinetuneStats(steps / steps_per_epoch, steps, samples, seconds, last_loss, lr,
+                          divergences=divergences)
     log.info("%s: %d steps, %d samples, %.1fs, last loss %s", description, steps, samples,
              seconds, f"{last_loss:.4f}" if last_loss is not None else "n/a")
     if monitor is not None:
@@ -196,6 +227,7 @@ class _Monitor:
         self.rule = Patience(patience, mode, spec.min_delta)
         self.validate = validate
         self.every, self.total = every, total
+        self.drop, self.factor = spec.collapse_drop, spec.collapse_factor
         self.best = BestWeights()
 
     def due(self, step: int) -> bool:
@@ -213,6 +245,12 @@ class _Monitor:
                   len(self.rule.history) - 1, self.name, result[self.key], self.rule.best,
                   self.rule.best_index)
         return self.rule.should_stop
+
+    def collapse(self) -> str | None:
+        """Why the last evaluation is a collapse against evaluation 0, or None."""
+        history = self.rule.history
+        return metric_collapse(history[-1], history[0], mode=self.rule.mode, name=self.name,
+                               drop=self.drop, factor=self.factor)
 
     def finish(self, model: nn.Module, stats: FinetuneStats, *, stopped_early: bool,
                description: str) -> None:
@@ -233,46 +271,94 @@ class _Monitor:
                  ", best weights restored" if stats.restored else "")
 
 
-def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
-           total: int, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-           monitor: _Monitor | None, description: str) -> tuple[int, int, float | None]:
-    """The optimizer loop: (steps, samples, last loss). Stops at ``total`` or when told to."""
-    optimizer = build_optimizer(model, spec)
-    if spec.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    model.train()
-    step, samples, last_loss, stop = 0, 0, None, False
+def _fit(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
+         total: int, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+         monitor: _Monitor | None, initial: BestWeights | None, pruning_step: int,
+         description: str) -> tuple[int, int, float | None, int, float]:
+    """Train, restarting once after a divergence: (steps, samples, last loss, divergences, lr)."""
+    lr, step, samples, last_loss = spec.lr, 0, 0, None
+    first: Divergence | None = None
     progress = _progress(total, description)
     try:
-        while step < total and not stop:
-            for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with _autocast(device, spec):
-                    loss = loss_of(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if spec.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-                optimizer.step()
-                sched.step()
-                step += 1
-                samples += y.numel()
-                if monitor is not None and monitor.due(step):
-                    stop = monitor.evaluate(model)
-                if step % 20 == 0 or step == total or stop:
-                    last_loss = loss.item()
-                    if progress is not None:
-                        progress[0].update(progress[1], completed=step,
-                                           description=f"{description} loss {last_loss:.3f}")
-                if step >= total or stop:
-                    break
+        while True:
+            step, done, loss, diverged = _train(model, loader, spec, device, lr, step, total,
+                                                loss_of, monitor, progress, description)
+            samples += done
+            last_loss = loss if loss is not None else last_loss
+            if diverged is None:
+                return step, samples, last_loss, int(first is not None), lr
+            if monitor is not None and monitor.best.state is not None:
+                monitor.best.load_into(model)
+                where = f"evaluation {monitor.rule.best_index}'s weights"
+            else:
+                assert initial is not None
+                initial.load_into(model)
+                where = "the weights as pruned"
+            if first is not None:
+                raise CheckFailed(diverged_twice(pruning_step, first, diverged, lr))
+            first, lr = diverged, lr * spec.divergence_lr_factor
+            log.warning("%s: %s at optimizer step %d; rolled back to %s, restarting the "
+                        "remaining %d steps at learning rate %g", description, diverged.reason,
+                        diverged.step, where, total - step, lr)
+            if monitor is not None:
+                monitor.rule.stale = 0  # the restart gets its full patience
+            if step >= total:
+                return step, samples, last_loss, 1, lr
     finally:
         if progress is not None:
             progress[0].stop()
-    return step, samples, last_loss
+
+
+def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
+           lr: float, start: int, total: int,
+           loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+           monitor: _Monitor | None, progress: Any, description: str
+           ) -> tuple[int, int, float | None, Divergence | None]:
+    """One attempt from optimizer step ``start`` to ``total``, with a fresh optimizer and
+    schedule: (step reached, samples, last loss, divergence or None)."""
+    optimizer = build_optimizer(model, spec, lr=lr)
+    span = total - start  # a restart's schedule spans what is left of the budget
+    if spec.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, span) / span)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    model.train()
+    step, samples, last_loss, stop = start, 0, None, False
+    while step < total and not stop:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, spec):
+                loss = loss_of(x, y)
+            reason = loss_divergence(loss)  # before backward: a NaN step is never applied
+            if reason is not None:
+                return step, samples, last_loss, Divergence(reason, step - start + 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if spec.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            optimizer.step()
+            sched.step()
+            step += 1
+            samples += y.numel()
+            if monitor is not None and monitor.due(step):
+                stop = monitor.evaluate(model)
+                reason = monitor.collapse()
+                if reason is not None:
+                    return step, samples, last_loss, Divergence(reason, step - start)
+            if step % 20 == 0 or step == total or stop:
+                last_loss = loss.item()
+                if progress is not None:
+                    progress[0].update(progress[1], completed=step,
+                                       description=f"{description} loss {last_loss:.3f}")
+            if step >= total or stop:
+                break
+    # A finite loss can still give non-finite gradients; after the last step no loss would
+    # show it. With patience the final evaluation does (and the best weights come back).
+    if monitor is None and step > start and not weights_finite(model):
+        return step, samples, last_loss, Divergence("the weights became non-finite",
+                                                    step - start)
+    return step, samples, last_loss, None
 
 
 def _progress(total: int, description: str):  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 from pathlib import Path
@@ -44,6 +45,12 @@ RECIPE_VERSION = 1
 UNSTRUCTURED_CRITERIA = ("l1", "l2", "random")  # magnitude (l1 == l2 ranking) and a baseline
 
 
+def _registered(module: str, registry: str, name: str) -> str:
+    """Check ``name`` against a registry; imported lazily (registries import torch)."""
+    getattr(importlib.import_module(module), registry).get(name)
+    return name
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -72,10 +79,7 @@ class ModelSpec(_Section):
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
-        from compress.models import MODEL_SOURCES
-
-        MODEL_SOURCES.get(v)
-        return v
+        return _registered("compress.models", "MODEL_SOURCES", v)
 
 
 class Normalize(_Section):
@@ -138,10 +142,7 @@ class DataSpec(_Section):
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
-        from compress.data import DATASETS
-
-        DATASETS.get(v)
-        return v
+        return _registered("compress.data", "DATASETS", v)
 
 
 class Target(_Section):
@@ -198,10 +199,7 @@ class PruningSpec(_Section):
     @field_validator("importance")
     @classmethod
     def _known_importance(cls, v: str) -> str:
-        from compress.pruning import IMPORTANCE
-
-        IMPORTANCE.get(v)
-        return v
+        return _registered("compress.pruning", "IMPORTANCE", v)
 
     @field_validator("round_to")
     @classmethod
@@ -261,10 +259,7 @@ class ScheduleSpec(_Section):
     @field_validator("kind")
     @classmethod
     def _known_schedule(cls, v: str) -> str:
-        from compress.schedules import SCHEDULES
-
-        SCHEDULES.get(v)
-        return v
+        return _registered("compress.schedules", "SCHEDULES", v)
 
 
 class Distill(_Section):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from compress.recipe import Recipe
 
 __all__ = ["SCHEMA_VERSION", "REPORT_FORMATS", "build_report", "write_report", "render_markdown",
-           "render_report", "gates_markdown", "load_report", "latency_blocks"]
+           "render_report", "gates_markdown", "load_report", "latency_blocks", "human_count"]
 
 SCHEMA_VERSION = 1
 REPORT_FORMATS = ("md", "html", "json")
@@ -228,8 +228,9 @@ def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
     return str(value)
 
 
-def _human(n: Any) -> str:
-    if not isinstance(n, (int, float)):
+def human_count(n: Any) -> str:
+    """``1234567`` -> ``'1.23M'``; anything that is not a number -> ``'n/a'``."""
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
         return "n/a"
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
@@ -252,7 +253,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                        ("onnx_bytes", "ONNX size (bytes)")):
         vb, vc = b.get(key), c.get(key)
         ratio = f"{vb / vc:.2f}x smaller" if isinstance(vb, (int, float)) and vc else "n/a"
-        lines.append(f"| {label} | {_human(vb)} | {_human(vc)} | {ratio} |")
+        lines.append(f"| {label} | {human_count(vb)} | {human_count(vc)} | {ratio} |")
     speed = report.get("speedup") or {}
     for engine in ("onnxruntime", "torch"):
         for bs, ratio in (speed.get(engine) or {}).items():
@@ -273,8 +274,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "fine-tune epochs | proof max diff |", "|---|---|---|---|---|---|---|---|"]
         for s in steps:
             lines.append(f"| {s['step']} | {_fmt(s.get('target'), '.3f')} | "
-                         f"{_fmt(s.get('ratio'), '.3f')} | {_human(s.get('macs'))} | "
-                         f"{_human(s.get('params'))} | {_fmt(s.get('accuracy'), '.2f')} | "
+                         f"{_fmt(s.get('ratio'), '.3f')} | {human_count(s.get('macs'))} | "
+                         f"{human_count(s.get('params'))} | {_fmt(s.get('accuracy'), '.2f')} | "
                          f"{_fmt(s.get('finetune_epochs'), '.2f')} | "
                          f"{_fmt(s.get('max_abs_diff'), '.1e')} |")
         lines.append("")
@@ -288,7 +289,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     sparsity = (report.get("compressed") or {}).get("weight_sparsity")
     if sparsity:
         size = (report.get("compressed") or {}).get("safetensors_compressed_bytes") or {}
-        gz = f", gzip {_human(size.get('gzip_bytes'))}B" if size.get("gzip_bytes") else ""
+        gz = f", gzip {human_count(size.get('gzip_bytes'))}B" if size.get("gzip_bytes") else ""
         lines += [f"Weight sparsity: {sparsity:.1%} of conv/linear weights are zero{gz}.", ""]
     parity = report.get("parity") or {}
     if parity:
