@@ -9,7 +9,7 @@ Example:
     >>> loss_divergence(torch.tensor(float("nan")))
     'loss became nan'
     >>> metric_collapse(41.0, 80.0, mode="max", name="val_accuracy", drop=30.0, factor=10.0)
-    'val_accuracy fell to 41.00 from 80.00 at evaluation 0'
+    "val_accuracy fell to 41.00, 39.00 points below evaluation 0's 80.00"
     >>> metric_collapse(75.0, 80.0, mode="max", name="val_accuracy", drop=30.0, factor=10.0)
 """
 
@@ -80,16 +80,18 @@ def metric_collapse(value: float, reference: float, *, mode: Literal["max", "min
 
     Example:
         >>> metric_collapse(12.0, 1.0, mode="min", name="val_loss", drop=30.0, factor=10.0)
-        'val_loss rose to 12 from 1 at evaluation 0'
+        "val_loss rose to 12, more than 10x evaluation 0's 1"
     """
     if not math.isfinite(reference):
         return None
     if not math.isfinite(value):
         return f"{name} became {value}"
     if mode == "max" and value < reference - drop:
-        return f"{name} fell to {value:.2f} from {reference:.2f} at evaluation 0"
+        return (f"{name} fell to {value:.2f}, {reference - value:.2f} points below evaluation "
+                f"0's {reference:.2f}")
     if mode == "min" and value > factor * reference:
-        return f"{name} rose to {value:.4g} from {reference:.4g} at evaluation 0"
+        return (f"{name} rose to {value:.4g}, more than {factor:g}x evaluation 0's "
+                f"{reference:.4g}")
     return None
 
 

@@ -39,7 +39,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sized
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,21 +48,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compress.divergence import (Divergence, diverged_twice, loss_divergence, metric_collapse,
-                                 weights_finite)
+from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
 from compress.errors import CheckFailed, InputError
 from compress.evaluate import evaluate
-from compress.patience import MONITORS, BestWeights, Patience
+from compress.patience import BestWeights, Monitor, ValidateFn
 from compress.recipe import FinetuneSpec
 
 __all__ = ["FinetuneStats", "ValidateFn", "finetune_", "build_optimizer", "distillation_loss"]
 
 log = logging.getLogger(__name__)
-
-# Evaluates a model on validation data; returns at least the key the monitor reads
-# ("accuracy" in percent or "loss"), like compress.evaluate.evaluate.
-ValidateFn = Callable[[nn.Module], Mapping[str, float]]
-
 
 @dataclass
 class FinetuneStats:
@@ -185,8 +179,8 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
         if validate_fn is None:
             assert val_loader is not None
             validate_fn = lambda m: evaluate(m, val_loader, device)  # noqa: E731
-        monitor = _Monitor(spec, patience, validate_fn,
-                           spec.eval_every or steps_per_epoch, total)
+        monitor = Monitor(spec, patience, validate_fn, spec.eval_every or steps_per_epoch,
+                          total)
         monitor.evaluate(model)  # evaluation 0: the model as pruned
     # What a divergence rolls back to while no evaluation is kept: the weights as they came in
     # (the monitor keeps evaluation 0's copy when it is a number; no second copy then).
@@ -217,63 +211,9 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     return stats
 
 
-class _Monitor:
-    """The validation schedule, stopping rule and best weights of one patience-mode fine-tune."""
-
-    def __init__(self, spec: FinetuneSpec, patience: int, validate: ValidateFn, every: int,
-                 total: int) -> None:
-        self.key, mode = MONITORS[spec.monitor]
-        self.name = spec.monitor
-        self.rule = Patience(patience, mode, spec.min_delta)
-        self.validate = validate
-        self.every, self.total = every, total
-        self.drop, self.factor = spec.collapse_drop, spec.collapse_factor
-        self.best = BestWeights()
-
-    def due(self, step: int) -> bool:
-        # The end of the budget is always evaluated, so the last steps can still win.
-        return step % self.every == 0 or step == self.total
-
-    def evaluate(self, model: nn.Module) -> bool:
-        """Validate once, keep the weights if they are the best; True when patience ran out."""
-        result = self.validate(model)
-        model.train()  # a validate_fn may leave eval mode behind
-        assert self.key in result, f"validation result lacks {self.key!r} for {self.name}"
-        if self.rule.update(result[self.key]):
-            self.best.save(model)
-        log.debug("evaluation %d: %s %.4f (best %s at evaluation %s)",
-                  len(self.rule.history) - 1, self.name, result[self.key], self.rule.best,
-                  self.rule.best_index)
-        return self.rule.should_stop
-
-    def collapse(self) -> str | None:
-        """Why the last evaluation is a collapse against evaluation 0, or None."""
-        history = self.rule.history
-        return metric_collapse(history[-1], history[0], mode=self.rule.mode, name=self.name,
-                               drop=self.drop, factor=self.factor)
-
-    def finish(self, model: nn.Module, stats: FinetuneStats, *, stopped_early: bool,
-               description: str) -> None:
-        rule = self.rule
-        last = len(rule.history) - 1
-        stats.evaluations = list(rule.history)
-        stats.best, stats.best_evaluation = rule.best, rule.best_index
-        stats.stopped_early = stopped_early
-        if rule.best_index is None:  # every evaluation was NaN: nothing better to go back to
-            log.warning("%s: %s was never a number; keeping the last weights", description,
-                        self.name)
-        elif rule.best_index != last:
-            self.best.load_into(model)
-            stats.restored = True
-        log.info("%s: %s best %.4f at evaluation %s of %d%s%s", description, self.name,
-                 rule.best if rule.best is not None else float("nan"), rule.best_index, last,
-                 ", stopped early" if stopped_early else "",
-                 ", best weights restored" if stats.restored else "")
-
-
 def _fit(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
          total: int, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-         monitor: _Monitor | None, initial: BestWeights | None, pruning_step: int,
+         monitor: Monitor | None, initial: BestWeights | None, pruning_step: int,
          description: str) -> tuple[int, int, float | None, int, float]:
     """Train, restarting once after a divergence: (steps, samples, last loss, divergences, lr)."""
     lr, step, samples, last_loss = spec.lr, 0, 0, None
@@ -293,7 +233,7 @@ def _fit(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch
             else:
                 assert initial is not None
                 initial.load_into(model)
-                where = "the weights as pruned"
+                where = "the weights the fine-tune started from"
             if first is not None:
                 raise CheckFailed(diverged_twice(pruning_step, first, diverged, lr))
             first, lr = diverged, lr * spec.divergence_lr_factor
@@ -312,7 +252,7 @@ def _fit(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch
 def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
            lr: float, start: int, total: int,
            loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-           monitor: _Monitor | None, progress: Any, description: str
+           monitor: Monitor | None, progress: Any, description: str
            ) -> tuple[int, int, float | None, Divergence | None]:
     """One attempt from optimizer step ``start`` to ``total``, with a fresh optimizer and
     schedule: (step reached, samples, last loss, divergence or None)."""

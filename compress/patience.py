@@ -1,7 +1,8 @@
 """Early stopping for patience-based fine-tuning: the stopping rule and the best weights.
 
 :class:`Patience` is a pure object fed one monitored value per evaluation; :class:`BestWeights`
-keeps a CPU copy of the model's state at the best evaluation so it can be put back.
+keeps a CPU copy of the model's state at the best evaluation so it can be put back;
+:class:`Monitor` ties them to a validation function and schedule for :mod:`compress.finetune`.
 
 Example:
     >>> p = Patience(2, mode="max", min_delta=0.5)
@@ -11,13 +12,27 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["Patience", "BestWeights", "MONITORS"]
+from compress.divergence import metric_collapse
+from compress.recipe import FinetuneSpec
+
+if TYPE_CHECKING:  # only for annotations: compress.finetune imports this module
+    from compress.finetune import FinetuneStats
+
+__all__ = ["Patience", "BestWeights", "Monitor", "ValidateFn", "MONITORS"]
+
+log = logging.getLogger(__name__)
+
+# Evaluates a model on validation data; returns at least the key the monitor reads
+# ("accuracy" in percent or "loss"), like compress.evaluate.evaluate.
+ValidateFn = Callable[[nn.Module], Mapping[str, float]]
 
 # recipe ``finetune.monitor`` -> (key of compress.evaluate.evaluate's result, better direction)
 MONITORS: dict[str, tuple[str, Literal["max", "min"]]] = {
@@ -96,3 +111,67 @@ class BestWeights:
     def load_into(self, model: nn.Module) -> None:
         assert self.state is not None, "no weights were saved"
         model.load_state_dict(self.state)
+
+
+class Monitor:
+    """The validation schedule, stopping rule and best weights of one patience-mode fine-tune.
+
+    Evaluation 0 is the model before training; :meth:`due` says which optimizer steps are
+    followed by an evaluation (every ``every``, and always the last of ``total``).
+
+    Example:
+        >>> from compress.recipe import FinetuneSpec
+        >>> m = Monitor(FinetuneSpec(patience=1), 1, lambda _: {"accuracy": 50.0}, 4, 10)
+        >>> m.evaluate(nn.Linear(1, 1)), [s for s in range(1, 11) if m.due(s)]
+        (False, [4, 8, 10])
+    """
+
+    def __init__(self, spec: FinetuneSpec, patience: int, validate: ValidateFn, every: int,
+                 total: int) -> None:
+        self.key, mode = MONITORS[spec.monitor]
+        self.name = spec.monitor
+        self.rule = Patience(patience, mode, spec.min_delta)
+        self.validate = validate
+        self.every, self.total = every, total
+        self.drop, self.factor = spec.collapse_drop, spec.collapse_factor
+        self.best = BestWeights()
+
+    def due(self, step: int) -> bool:
+        # The end of the budget is always evaluated, so the last steps can still win.
+        return step % self.every == 0 or step == self.total
+
+    def evaluate(self, model: nn.Module) -> bool:
+        """Validate once, keep the weights if they are the best; True when patience ran out."""
+        result = self.validate(model)
+        model.train()  # a validate_fn may leave eval mode behind
+        assert self.key in result, f"validation result lacks {self.key!r} for {self.name}"
+        if self.rule.update(result[self.key]):
+            self.best.save(model)
+        log.debug("evaluation %d: %s %.4f (best %s at evaluation %s)",
+                  len(self.rule.history) - 1, self.name, result[self.key], self.rule.best,
+                  self.rule.best_index)
+        return self.rule.should_stop
+
+    def collapse(self) -> str | None:
+        """Why the last evaluation is a collapse against evaluation 0, or None."""
+        history = self.rule.history
+        return metric_collapse(history[-1], history[0], mode=self.rule.mode, name=self.name,
+                               drop=self.drop, factor=self.factor)
+
+    def finish(self, model: nn.Module, stats: FinetuneStats, *, stopped_early: bool,
+               description: str) -> None:
+        rule = self.rule
+        last = len(rule.history) - 1
+        stats.evaluations = list(rule.history)
+        stats.best, stats.best_evaluation = rule.best, rule.best_index
+        stats.stopped_early = stopped_early
+        if rule.best_index is None:  # every evaluation was NaN: nothing better to go back to
+            log.warning("%s: %s was never a number; keeping the last weights", description,
+                        self.name)
+        elif rule.best_index != last:
+            self.best.load_into(model)
+            stats.restored = True
+        log.info("%s: %s best %.4f at evaluation %s of %d%s%s", description, self.name,
+                 rule.best if rule.best is not None else float("nan"), rule.best_index, last,
+                 ", stopped early" if stopped_early else "",
+                 ", best weights restored" if stats.restored else "")

@@ -306,6 +306,19 @@ class FinetuneSpec(_Section):
     eval_every: int | None = Field(None, gt=0, description="Patience: optimizer steps between "
                                    "validation evaluations (default: once per epoch).",
                                    examples=[100])
+    divergence_lr_factor: float = Field(
+        0.1, gt=0, lt=1, description="After a divergence (a non-finite training loss, or with "
+        "patience a collapse of the monitored metric), the step's fine-tune is rolled back to "
+        "its best weights so far and restarted once with the learning rate multiplied by this; "
+        "a second divergence fails the run.", examples=[0.1])
+    collapse_drop: float = Field(30.0, gt=0, description="Patience with val_accuracy: a "
+                                 "validation accuracy more than this many points below the "
+                                 "just-pruned model's (evaluation 0) is a divergence.",
+                                 examples=[20.0])
+    collapse_factor: float = Field(10.0, gt=1, description="Patience with val_loss: a "
+                                   "validation loss more than this many times the just-pruned "
+                                   "model's (evaluation 0), or not a number, is a divergence.",
+                                   examples=[5.0])
     distill: Distill | None = Field(None, description="Knowledge distillation from the "
                                     "unpruned model (off unless set).",
                                     examples=[{"alpha": 0.5, "temperature": 4.0}])
@@ -440,6 +453,9 @@ class Recipe(_Section):
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:
         """Expand ``~``/``$VARS`` and resolve a relative path against the recipe's folder."""
+        if "\x00" in str(value):  # os.path.expanduser would raise ValueError on it
+            raise InputError(f"the recipe path {str(value)!r} contains a NUL character; "
+                             f"remove it")
         p = Path(os.path.expandvars(os.path.expanduser(str(value))))
         if not p.is_absolute() and self.base_dir is not None:
             p = Path(self.base_dir) / p
@@ -451,7 +467,10 @@ class Recipe(_Section):
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    # A key may hold a newline or other control characters: escape them, the message is one line.
+    parts = (str(p) if str(p).isprintable() else str(p).encode("unicode_escape").decode("ascii")
+             for p in loc)
+    return ".".join(parts) or "(top level)"
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -8,30 +8,85 @@ Example:
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 from compress.data import check_data_spec
 from compress.errors import InputError
 from compress.models import check_model_spec
+from compress.models.checkpoint import _TORCH_SUFFIXES as TORCH_SUFFIXES
 from compress.recipe import Recipe
-from compress.schedules import plan_targets
+from compress.schedules import SCHEDULES, plan_targets
 
-__all__ = ["check_recipe"]
+__all__ = ["check_recipe", "MAX_STEPS"]
+
+# Every pruning step is followed by a fine-tune; far more steps than this is a typo.
+MAX_STEPS = 1000
 
 
 def check_recipe(recipe: Recipe) -> Recipe:
     """Raise :class:`InputError` for keys a source does not use and for missing files."""
-    plan_targets(recipe.schedule, recipe.pruning.final_target())
+    _check_schedule(recipe)
     check_model_spec(recipe.model)
     check_data_spec(recipe.data)
     if recipe.model.checkpoint:
         path = recipe.resolve_path(recipe.model.checkpoint)
-        if not path.is_file():
-            raise InputError(f"model.checkpoint {str(path)!r} does not exist")
+        kind = _kind(path, "model.checkpoint")
+        if kind == "missing":
+            raise InputError(f"checkpoint {str(path)!r} does not exist; fix model.checkpoint")
+        if kind != "file":
+            raise InputError(f"checkpoint {str(path)!r} is a {kind}, not a file; point "
+                             f"model.checkpoint at a .safetensors or .pt file")
+        if path.suffix != ".safetensors" and path.suffix not in TORCH_SUFFIXES:
+            raise InputError(f"checkpoint {str(path)!r} has an unknown extension; use "
+                             f".safetensors or one of {', '.join(sorted(TORCH_SUFFIXES))}")
     if recipe.model.factory and ".py:" in recipe.model.factory:
         path = recipe.resolve_path(recipe.model.factory.rpartition(":")[0])
-        if not path.is_file():
+        if _kind(path, "model.factory") != "file":
             raise InputError(f"model.factory file {str(path)!r} does not exist")
     if recipe.data.path and not recipe.data.download:
         path = recipe.resolve_path(recipe.data.path)
-        if not path.exists():
+        if _kind(path, "data.path") == "missing":
             raise InputError(f"data.path {str(path)!r} does not exist")
     return recipe
+
+
+def _kind(path: Path, key: str) -> str:
+    """``file``, ``folder``, ``special file`` or ``missing``; an unusable path is an InputError."""
+    try:
+        if path.is_file():
+            return "file"
+        if path.is_dir():
+            return "folder"
+        return "special file" if path.exists() else "missing"
+    except OSError as err:  # a name too long, a folder we may not enter
+        raise InputError(f"{key} {str(path)!r} cannot be checked "
+                         f"({err.strerror or err}); fix {key}") from None
+
+
+def _check_schedule(recipe: Recipe) -> None:
+    """Plan the schedule, refusing plans too long to run or with steps that prune nothing."""
+    spec, final = recipe.schedule, recipe.pruning.final_target()
+    if spec.steps is not None and spec.steps > MAX_STEPS:
+        raise InputError(f"schedule.steps is {spec.steps}, more than the {MAX_STEPS} pruning "
+                         f"steps supported (each one is followed by a fine-tune)")
+    if spec.step_rate is not None and 1.0 - spec.step_rate == 1.0:
+        raise InputError(f"schedule.step_rate {spec.step_rate:g} is too small: 1 - step_rate "
+                         f"rounds to 1, so no step would prune anything; raise "
+                         f"schedule.step_rate")
+    if spec.step_rate is not None and 0.0 < final < 1.0:
+        start = spec.first_step if spec.kind == "hybrid" and spec.first_step else 0.0
+        if start < final:
+            # The formula of schedules.iterative.rate_targets, before it builds the list.
+            needed = math.log((1 - final) / (1 - start)) / math.log(1 - spec.step_rate)
+            if needed > MAX_STEPS:
+                raise InputError(f"schedule.step_rate {spec.step_rate:g} needs about "
+                                 f"{needed:.3g} steps to reach the target {final:g}, more than "
+                                 f"the {MAX_STEPS} supported; raise schedule.step_rate")
+    targets = SCHEDULES.get(spec.kind)(spec, final)
+    for i, (before, after) in enumerate(zip([0.0, *targets], targets), start=1):
+        if not after > before:
+            raise InputError(f"schedule: step {i} of {len(targets)} would prune nothing (the "
+                             f"cumulative target stays at {before:.3g} of a final {final:.3g}); "
+                             f"use fewer steps or a larger pruning target")
+    plan_targets(spec, final)

@@ -1,8 +1,10 @@
-"""compress.finetune and compress.patience: budgets, early stopping, restoring, distillation."""
+"""compress.finetune and compress.patience: budgets, early stopping, restoring, distillation,
+divergence (rollback, one restart at a lower learning rate, then CheckFailed)."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -12,9 +14,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from compress.errors import InputError
+from pydantic import ValidationError
+
+from compress.errors import CheckFailed, InputError
 from compress.evaluate import evaluate
-from compress.finetune import distillation_loss, finetune_
+from compress.finetune import build_optimizer, distillation_loss, finetune_
 from compress.patience import Patience
 from compress.recipe import FinetuneSpec
 from tests.conftest import tiny_cnn
@@ -265,3 +269,159 @@ def test_distill_needs_a_teacher_and_a_teacher_alone_is_ignored() -> None:
     finetune_(with_teacher, image_loader(), spec(max_steps=2), CPU, teacher=Unused())
     assert same_state(state(plain), state(with_teacher))
 
+
+# ---- divergence ------------------------------------------------------------------------------
+
+class Faulty(nn.Module):
+    """tiny_cnn whose training forward passes number ``nan_at`` (1-based; ``"all"``: every one)
+    return NaN logits. ``seen`` holds the inner weights each training pass started from."""
+
+    def __init__(self, nan_at: set[int] | str = frozenset()) -> None:
+        super().__init__()
+        self.net, self.nan_at = tiny_cnn(), nan_at
+        self.seen: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.net(x)
+        self.seen.append(state(self.net))  # before the pass moves the BatchNorm statistics
+        out = self.net(x)
+        if self.nan_at == "all" or len(self.seen) in self.nan_at:
+            return out * NAN
+        return out
+
+
+def test_nan_loss_rolls_back_to_the_start_and_restarts_once_at_a_lower_lr(
+        caplog: pytest.LogCaptureFixture) -> None:
+    model = Faulty(nan_at={5})  # 4 optimizer steps done, the 5th loss is NaN
+    start = state(model.net)
+    s = spec(epochs=3, lr_schedule="cosine", momentum=0.9)  # 12 steps; both stateful
+    with caplog.at_level(logging.WARNING, logger="compress.finetune"):
+        stats = finetune_(model, image_loader(), s, CPU, step=3)
+    assert same_state(model.seen[5], start)  # the restart began exactly at the start weights
+    assert (stats.divergences, stats.steps, stats.samples) == (1, 12, 12 * 16)
+    assert stats.lr_final == pytest.approx(0.01) and math.isfinite(stats.final_loss)
+    assert "loss became nan at optimizer step 5" in caplog.text
+    assert "restarting the remaining 8 steps at learning rate 0.01" in caplog.text
+    # The restart == a fresh fine-tune of the remaining 8 steps at lr * 0.1 from the start:
+    # a new optimizer (no momentum) and a cosine schedule over those 8 steps only.
+    reference = tiny_cnn()
+    finetune_(reference, image_loader(), spec(epochs=3, max_steps=8, lr=0.01,
+                                              lr_schedule="cosine", momentum=0.9), CPU)
+    assert same_state(state(model.net), state(reference))
+
+
+def test_a_second_divergence_fails_naming_the_step_and_the_lr() -> None:
+    model = Faulty(nan_at="all")
+    start = state(model.net)
+    message = (r"fine-tuning after pruning step 2 diverged twice \(loss became nan at optimizer "
+               r"step 1, again at step 1 after lowering the learning rate to 0\.01\); lower "
+               r"finetune\.lr or set finetune\.grad_clip")
+    with pytest.raises(CheckFailed, match=message):
+        finetune_(model, image_loader(), spec(epochs=2), CPU, step=2)
+    assert same_state(state(model.net), start)  # rolled back before failing
+    assert len(model.seen) == 2
+
+
+def test_non_finite_weights_after_the_last_step_roll_back() -> None:
+    model = tiny_cnn()
+    start = state(model)
+    backward = []
+
+    def poison(grad: torch.Tensor) -> torch.Tensor:  # a finite loss, a NaN gradient at step 4
+        backward.append(1)
+        return grad * NAN if len(backward) == 4 else grad
+
+    model.head.weight.register_hook(poison)
+    stats = finetune_(model, image_loader(), spec(max_steps=4), CPU)
+    assert stats.divergences == 1 and stats.steps == 4  # nothing left to restart with
+    assert same_state(state(model), start)
+
+
+def test_nan_loss_with_patience_rolls_back_to_the_best_evaluation() -> None:
+    model = Faulty(nan_at={6})
+    validate, seen = scripted([50, 60, 55, 58, 65])
+    s = spec(patience=3, eval_every=2, max_epochs=2)  # 8 steps: evaluations at 2, 4, then
+    stats = finetune_(model, image_loader(), s, CPU, validate_fn=validate)  # NaN at 6
+    assert [k.removeprefix("net.") for k in seen[1]] == list(model.seen[6])
+    assert all(torch.equal(seen[1]["net." + k], v) for k, v in model.seen[6].items())
+    assert stats.evaluations == [50, 60, 55, 58, 65] and stats.best_evaluation == 4
+    assert (stats.divergences, stats.steps, stats.restored) == (1, 8, False)
+    assert stats.lr_final == pytest.approx(0.01)
+
+
+def test_accuracy_collapse_rolls_back_and_patience_starts_over() -> None:
+    model = Faulty()
+    validate, seen = scripted([80, 85, 40, 82, 84])  # 40 < 80 - 30 at evaluation 2
+    s = spec(patience=2, eval_every=2, max_epochs=3)  # 12 steps
+    stats = finetune_(model, image_loader(), s, CPU, validate_fn=validate)
+    assert all(torch.equal(seen[1]["net." + k], v) for k, v in model.seen[4].items())
+    assert stats.divergences == 1 and stats.lr_final == pytest.approx(0.01)
+    # Two stale evaluations after the restart stop it; 40 does not count against the patience
+    # (with it, 82 would have been the second stale one).
+    assert stats.evaluations == [80, 85, 40, 82, 84] and stats.steps == 8
+    assert stats.stopped_early and stats.restored and stats.best_evaluation == 1
+    assert all(torch.equal(seen[1][k], v) for k, v in state(model).items())
+
+
+@pytest.mark.parametrize(("values", "reason"), [
+    ([1.0, 0.9, 12.0, 0.8], "val_loss rose to 12, more than 10x evaluation 0's 1"),
+    ([1.0, NAN, 0.8, 0.7], "val_loss became nan"),
+])
+def test_val_loss_collapse_is_a_rise_or_a_non_number(values: list[float], reason: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    validate, _ = scripted(values, key="loss")
+    s = spec(patience=5, monitor="val_loss", eval_every=4, max_epochs=len(values) - 1)
+    with caplog.at_level(logging.WARNING, logger="compress.finetune"):
+        stats = finetune_(Faulty(), image_loader(), s, CPU, validate_fn=validate)
+    assert stats.divergences == 1 and stats.evaluations == values and reason in caplog.text
+
+
+def test_collapsing_twice_fails() -> None:
+    validate, _ = scripted([80.0, 45.0, 10.0], key="accuracy")
+    s = spec(patience=5, eval_every=2, max_epochs=3, collapse_drop=20.0)
+    message = (r"diverged twice \(val_accuracy fell to 45\.00, 35\.00 points below evaluation "
+               r"0's 80\.00 at optimizer step 2, val_accuracy fell to 10\.00.* at step 2 after "
+               r"lowering the learning rate to 0\.01\)")
+    with pytest.raises(CheckFailed, match=message):
+        finetune_(Faulty(), image_loader(), s, CPU, validate_fn=validate)
+
+
+def test_small_drops_are_not_a_collapse_and_a_broken_start_has_nothing_to_lose() -> None:
+    validate, _ = scripted([80.0, 50.5, 60.0], key="accuracy")  # 29.5 points below: allowed
+    stats = finetune_(Faulty(), image_loader(), spec(patience=5, max_epochs=2), CPU,
+                      validate_fn=validate)
+    assert stats.divergences == 0 and stats.best_evaluation == 0 and stats.restored
+    validate, _ = scripted([NAN, NAN, 2.0], key="loss")  # the pruned model was already NaN
+    stats = finetune_(Faulty(), image_loader(), spec(patience=5, max_epochs=2,
+                                                     monitor="val_loss"), CPU,
+                      validate_fn=validate)
+    assert stats.divergences == 0 and stats.best_evaluation == 2
+
+
+def test_without_divergence_training_is_a_plain_loop() -> None:
+    s = FinetuneSpec(epochs=2, max_steps=6, lr=0.05)  # cosine, momentum, weight decay: defaults
+    model, reference = tiny_cnn(), tiny_cnn()
+    stats = finetune_(model, image_loader(), s, CPU)
+    assert stats.divergences == 0 and stats.lr_final == 0.05
+    optimizer = build_optimizer(reference, s)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, 6) / 6)))
+    reference.train()
+    batches = [b for _ in range(2) for b in image_loader()][:6]
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(reference(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    assert same_state(state(model), state(reference))
+    assert stats.final_loss == loss.item()
+
+
+@pytest.mark.parametrize("bad", [{"divergence_lr_factor": 1.0}, {"divergence_lr_factor": 0.0},
+                                 {"collapse_drop": 0.0}, {"collapse_factor": 1.0}])
+def test_divergence_settings_are_validated(bad: dict[str, float]) -> None:
+    with pytest.raises(ValidationError):
+        FinetuneSpec(**bad)
+    assert FinetuneSpec(divergence_lr_factor=0.5, collapse_drop=5, collapse_factor=2)

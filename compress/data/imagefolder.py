@@ -275,13 +275,18 @@ class ImageFolderSource:
         path = resolve(spec.path)
         shown = str(spec.path)
         cache = cache_root(resolve(spec.cache_dir) if spec.cache_dir else None)
-        if path.is_file():
+        try:
+            is_file, is_dir = path.is_file(), path.is_dir()
+        except OSError as err:  # a name too long, a folder we may not enter
+            raise InputError(f"data.path {shown!r} cannot be checked ({err.strerror or err}); "
+                             "fix data.path") from None
+        if is_file:
             if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
                 raise InputError(f"data.path {shown!r} is a file but not a .tar.gz, .tgz or .tar "
                                  "archive; point it at a folder or an archive of split/class/*.jpg")
             work = extract_archive(path, cache)
             top = work / "files"
-        elif path.is_dir():
+        elif is_dir:
             work = cache / f"{_stem(path)}-{_digest(path.resolve())}"
             top = path
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -15,13 +16,27 @@ __all__ = ["read_state_dict", "load_checkpoint_"]
 _TORCH_SUFFIXES = {".pt", ".pth", ".th", ".bin", ".ckpt"}
 
 
+def _one_line(text: str) -> str:
+    """The first line of a library's error text, without terminal colour codes."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if ln.strip()]
+    return lines[0].rstrip(".") if lines else ""
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True`` only).
 
     Nested ``{'state_dict': ...}``/``{'model': ...}`` wrappers and ``module.`` prefixes from
     DataParallel are unwrapped.
     """
-    if not path.is_file():
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except OSError as err:  # a name too long, a folder we may not enter
+        raise InputError(f"model.checkpoint {str(path)!r} cannot be checked "
+                         f"({err.strerror or err}); fix model.checkpoint") from None
+    if is_dir:
+        raise InputError(f"checkpoint {str(path)!r} is a folder, not a file; point "
+                         f"model.checkpoint at a .safetensors or .pt file")
+    if not is_file:
         raise InputError(f"checkpoint {str(path)!r} does not exist; fix model.checkpoint")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -31,16 +46,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise InputError(f"checkpoint {str(path)!r} is not a readable safetensors file "
-                             f"({err})") from None
+                             f"({_one_line(str(err))})") from None
     elif path.suffix in _TORCH_SUFFIXES:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            raise InputError(f"checkpoint {str(path)!r} holds objects other than tensors and "
-                             f"was refused (only weights_only loading is allowed): "
-                             f"{str(err).splitlines()[0]}") from None
+            # torch's text is several paragraphs (with terminal colours) suggesting
+            # weights_only=False; name only what was refused.
+            text = str(err)
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            if found:
+                raise InputError(f"checkpoint {str(path)!r} holds objects other than tensors "
+                                 f"({found.group(1)}) and was refused, since unpickling them "
+                                 f"could run code; re-save it as a state dict of tensors or as "
+                                 f".safetensors") from None
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+            reason = _one_line(detail.group(1) if detail else text)
+            raise InputError(f"checkpoint {str(path)!r} is not a torch checkpoint of tensors "
+                             f"and was refused by weights_only loading ({reason}); re-save it "
+                             f"with torch.save(model.state_dict(), ...) or as "
+                             f".safetensors") from None
         except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise InputError(f"checkpoint {str(path)!r} could not be read ({err})") from None
+            raise InputError(f"checkpoint {str(path)!r} could not be read "
+                             f"({_one_line(str(err)) or type(err).__name__})") from None
     else:
         raise InputError(f"checkpoint {str(path)!r} has an unknown extension; use .safetensors "
                          f"or one of {', '.join(sorted(_TORCH_SUFFIXES))}")

@@ -26,7 +26,12 @@ def import_factory(ref: str, resolve: Callable[[str], Path] = Path) -> Callable[
                          f"'path/to/file.py:function'")
     if target.endswith(".py"):
         path = resolve(target).resolve()
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as err:  # a name too long, a folder we may not enter
+            raise InputError(f"model.factory {str(path)!r} cannot be checked "
+                             f"({err.strerror or err}); fix model.factory") from None
+        if not is_file:
             raise InputError(f"model.factory file {str(path)!r} does not exist")
         mod_name = "compress_user_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
         module = sys.modules.get(mod_name)
