@@ -130,9 +130,11 @@ def inspect(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
                                         "--sensitivity."),
             plot: Path | None = typer.Option(None, "--plot", help="Write the sensitivity plot "
                                              "(PNG)."),
-            json_out: bool = typer.Option(False, "--json", help="Print the result as JSON.")
-            ) -> None:
+            json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+            verbose: bool = typer.Option(False, "--verbose", "-v"),
+            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Dry run: groups, matched patterns and predicted widths/params/MACs per step."""
+    _setup_logging(verbose, quiet)
     from compress.inspection import inspect_recipe, plot_sensitivity
     from compress.recipe import load_recipe
 

@@ -39,6 +39,7 @@ from compress.fsutil import write_text_atomic
 from compress.report import build_report, write_report
 from compress.runstate import (last_finished_step, prepare_run_dir, recipe_digest,
                                restore_rng_state, rng_state, write_status)
+from compress.validate import check_recipe
 
 __all__ = ["Result", "run_recipe", "default_out_dir"]
 
@@ -103,10 +104,15 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
     Raises :class:`InputError` for bad input and :class:`CheckFailed` when a proof (pruning
     equivalence, export parity) fails. Failing gates do not raise: see ``Result.ok``.
     """
+    check_recipe(recipe)  # everything `compress validate` catches fails before any output
     run_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
     recipe_dict = recipe.to_dict()
     resuming = prepare_run_dir(run_dir, recipe_dict, overwrite=overwrite, resume=resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out {str(run_dir)!r} cannot be created ({err.strerror}); choose "
+                         f"another --out") from None
     if not resuming:
         write_text_atomic(run_dir / "recipe.json", json.dumps(recipe_dict, indent=2))
     write_status(run_dir, "running", recipe_sha256=recipe_digest(recipe_dict))

@@ -500,7 +500,8 @@ def _validation_message(err: ValidationError, source: str) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            parts.append(f"'{where}': {msg}{got_s}")
+            # A check across sections (no location) names its keys itself.
+            parts.append(f"'{where}': {msg}{got_s}" if loc else f"{msg}{got_s}")
     return f"{source}: " + "; ".join(parts)
 
 

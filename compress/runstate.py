@@ -72,6 +72,11 @@ def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bo
     """Check that ``run_dir`` may be used; return True when an earlier run is to be resumed."""
     if overwrite and resume:
         raise InputError("choose one of --overwrite (start over) and --resume (continue)")
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == run_dir else f"is inside {str(parent)!r}, a file"
+            raise InputError(f"--out {str(run_dir)!r} {where}, not a folder; choose another "
+                             f"--out")
     if not run_dir.exists() or not any(run_dir.iterdir()):
         if resume:
             raise InputError(f"nothing to resume in {str(run_dir)!r}: the folder is empty or "

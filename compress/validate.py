@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from compress.data import check_data_spec
@@ -29,6 +30,13 @@ def check_recipe(recipe: Recipe) -> Recipe:
     _check_schedule(recipe)
     check_model_spec(recipe.model)
     check_data_spec(recipe.data)
+    for pattern in recipe.pruning.ignored:  # whether they match is known once the model is built
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as err:
+                raise InputError(f"pruning.ignored: {pattern!r} is not a valid regular "
+                                 f"expression ({err})") from None
     if recipe.model.checkpoint:
         path = recipe.resolve_path(recipe.model.checkpoint)
         kind = _kind(path, "model.checkpoint")

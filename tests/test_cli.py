@@ -157,7 +157,7 @@ def test_inspect_predicts_steps_and_sensitivity(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", str(path), "--sensitivity", "--samples", "64",
                                  "--plot", str(plot), "--json"])
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)  # logs go to stderr
     assert info["ignored"] == {"15": ["15"]}
     assert len(info["steps"]) == 2 and info["steps"][1]["macs"] < info["steps"][0]["macs"]
     assert {g["root"] for g in info["groups"]} and "15" not in {g["root"] for g in info["groups"]}

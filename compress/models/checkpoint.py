@@ -66,9 +66,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                              f"and was refused by weights_only loading ({reason}); re-save it "
                              f"with torch.save(model.state_dict(), ...) or as "
                              f".safetensors") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001  arbitrary bytes fail anywhere in the unpickler
+            reason = _one_line(str(err))
             raise InputError(f"checkpoint {str(path)!r} could not be read "
-                             f"({_one_line(str(err)) or type(err).__name__})") from None
+                             f"({type(err).__name__}{': ' + reason if reason else ''}); check "
+                             f"that it is a torch.save file") from None
     else:
         raise InputError(f"checkpoint {str(path)!r} has an unknown extension; use .safetensors "
                          f"or one of {', '.join(sorted(_TORCH_SUFFIXES))}")
