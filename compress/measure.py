@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import platform
 import statistics
@@ -258,6 +259,22 @@ def _quiet_timing(threads: int) -> Iterator[None]:
             gc.enable()
 
 
+def _runs_per_block(runs: Any, spec: ReportSpec, cap: int = 200) -> int:
+    """Enough timed calls per block that the slower model's block lasts ``min_block_ms``.
+
+    Calibrated with the real clock (an injected test timer only scripts the timed calls).
+    """
+    if spec.min_block_ms <= 0:
+        return spec.runs_per_round
+    slowest = 0.0
+    for run in runs:
+        start = time.perf_counter()
+        run()
+        slowest = max(slowest, time.perf_counter() - start)
+    needed = math.ceil(spec.min_block_ms / 1000 / max(slowest, 1e-9))
+    return int(min(cap, max(spec.runs_per_round, needed)))
+
+
 def measure_latency(baseline: Candidate, compressed: Candidate, *,
                     sample_shape: tuple[int, ...], spec: ReportSpec, device: torch.device,
                     seed: int = 0, timer: Timer = time.perf_counter) -> dict[str, Any]:
@@ -278,7 +295,8 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
     result: dict[str, Any] = {
         "threads": threads, "engines": {}, "skipped": {},
         "protocol": {"warmup": spec.warmup, "rounds": spec.rounds,
-                     "runs_per_round": spec.runs_per_round, "batch_sizes": list(spec.batch_sizes),
+                     "runs_per_round": spec.runs_per_round, "min_block_ms": spec.min_block_ms,
+                     "batch_sizes": list(spec.batch_sizes),
                      "sample_shape": list(sample_shape), "seed": seed}}
     providers: list[str] | None = None
     with _quiet_timing(threads):
@@ -305,8 +323,9 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                 with torch.inference_mode():
                     for run in runs.values():
                         run()  # first call allocates shape-dependent buffers; never timed
+                    per_block = _runs_per_block(runs.values(), spec)
                     timings = time_ab(runs["baseline"], runs["compressed"], warmup=spec.warmup,
-                                      rounds=spec.rounds, runs_per_round=spec.runs_per_round,
+                                      rounds=spec.rounds, runs_per_round=per_block,
                                       timer=timer)
                 row = per_batch[str(batch)] = summarize_ab(timings, batch)
                 logger.info("%s batch %d: %.3f ms -> %.3f ms, speedup %.2fx", engine, batch,

@@ -377,6 +377,10 @@ class ReportSpec(_Section):
     rounds: int = Field(7, gt=0, description="Interleaved A/B rounds; the median is "
                         "reported.", examples=[7])
     runs_per_round: int = Field(5, gt=0, description="Timed runs in each block.", examples=[5])
+    min_block_ms: float = Field(50.0, ge=0, description="Each timed block runs at least this "
+                                "long: runs_per_round is raised for fast models, so short "
+                                "latencies are not lost in timer and scheduler noise (0 = "
+                                "exactly runs_per_round).", examples=[50.0])
     threads: int | None = Field(None, gt=0, description="Intra-op threads (default: all cores).",
                                 examples=[4])
 

@@ -53,7 +53,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Candidate, Candidate
 
 
 def _spec(**kw: object) -> ReportSpec:
-    base = {"batch_sizes": [1, 4], "warmup": 1, "rounds": 3, "runs_per_round": 2, "threads": 1}
+    base = {"batch_sizes": [1, 4], "warmup": 1, "rounds": 3, "runs_per_round": 2, "threads": 1,
+            "min_block_ms": 0.0}
     return ReportSpec(**{**base, **kw})
 
 
@@ -231,3 +232,13 @@ def test_bad_candidates_raise_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="fixed batch size 2"):
         measure_latency(c, c, sample_shape=SAMPLE, spec=_spec(engines=["onnxruntime"]),
                         device=CPU)
+
+
+def test_fast_models_get_longer_blocks() -> None:
+    net = _net(4)
+    spec = _spec(engines=["torch"], batch_sizes=[1], rounds=2, runs_per_round=2,
+                 min_block_ms=20.0)
+    result = measure_latency(Candidate(net), Candidate(net), sample_shape=SAMPLE, spec=spec,
+                             device=CPU)
+    runs = result["engines"]["torch"]["1"]["baseline"]["runs"]
+    assert runs > 2 * 2  # a sub-millisecond model is timed more than runs_per_round per block
