@@ -35,7 +35,10 @@ def test_export_writes_artifacts_with_parity(exported) -> None:
     for name in ("model.safetensors", "model.json", "model.onnx"):
         assert (out / name).is_file()
     assert result["parity"]["safetensors"] <= 1e-6 and result["parity"]["onnx"] < 1e-3
-    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+    assert not list(out.glob(".*"))  # atomic writes and the ONNX staging leave nothing behind
+    # the weights live inside model.onnx (no external file pointing at a temp name)
+    assert result["onnx_bytes"] > 0.8 * result["safetensors_bytes"]
+    assert not list(out.glob("*.data"))
 
 
 def test_load_rebuilds_the_shrunk_model_without_pickle(exported) -> None:
