@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from compress.recipe import ReportSpec
 
 __all__ = ["Candidate", "ABTimings", "count_params", "measure_latency", "time_ab", "summarize_ab",
-           "session_options", "ort_providers", "latency_summary", "headline_speedup"]
+           "session_options", "ort_providers", "latency_summary", "headline_speedup",
+           "environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _environment(threads: int, device: torch.device, providers: list[str] | None) -> dict:
+def environment(threads: int, device: torch.device,
+                providers: list[str] | None = None) -> dict:
+    """Where a measurement ran: CPU, cores, threads, versions, device, ORT providers."""
     import onnxruntime as ort
 
     return {"cpu": _cpu_name(), "logical_cores": os.cpu_count(), "threads": threads,
@@ -332,7 +335,7 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                             row["baseline"]["median_ms"], row["compressed"]["median_ms"],
                             row["speedup"])
             result["engines"][engine] = per_batch
-    result["environment"] = _environment(threads, device, providers)
+    result["environment"] = environment(threads, device, providers)
     return result
 
 

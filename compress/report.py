@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,17 +32,17 @@ REPORT_FORMATS = ("md", "html", "json")
 
 def latency_blocks(latency: dict[str, Any] | None) -> tuple[dict, dict, dict]:
     """Split a measurement into per-model ``latency_ms`` blocks and a ``speedup`` block."""
+    from compress.measure import latency_summary
+
     base: dict[str, Any] = {}
     comp: dict[str, Any] = {}
-    speed: dict[str, Any] = {}
     for engine, per_batch in ((latency or {}).get("engines") or {}).items():
         for bs, row in per_batch.items():
             base.setdefault(engine, {})[bs] = {"median": row["baseline"]["median_ms"],
                                                "p90": row["baseline"]["p90_ms"]}
             comp.setdefault(engine, {})[bs] = {"median": row["compressed"]["median_ms"],
                                                "p90": row["compressed"]["p90_ms"]}
-            speed.setdefault(engine, {})[bs] = row["speedup"]
-    return base, comp, speed
+    return base, comp, latency_summary(latency or {})
 
 
 def load_report(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
@@ -97,20 +96,13 @@ def _baseline_widths(onnx_path: Path, layers: dict[str, Any]) -> dict[str, int]:
             if dims.get(f"{name}.weight")}
 
 
-def _environment() -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or
-            platform.machine(), "threads": torch.get_num_threads()}
-
-
 def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[str, Any]],
                  exported: dict[str, Any], latency: dict[str, Any] | None,
                  timing: dict[str, float], model: nn.Module) -> dict[str, Any]:
     """Assemble ``report.json``'s content (status and gates are added by the caller)."""
-    from compress.measure import headline_speedup
+    import torch
+
+    from compress.measure import environment, headline_speedup
     from compress.sparsity import compressed_size, weight_sparsity
 
     last = steps[-1]
@@ -164,7 +156,8 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
         "parity": exported["parity"],
         "notes": notes,
         "latency": latency,
-        "environment": (latency or {}).get("environment") or _environment(),
+        "environment": (latency or {}).get("environment")
+        or environment(torch.get_num_threads(), torch.device("cpu")),
         "timing": timing,
         "outputs": {k: v for k, v in exported.items() if k in ("safetensors", "onnx", "manifest")},
     }
