@@ -72,7 +72,17 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             out[base] = value * state[base + "_mask"]
         else:
             out[key] = value
-    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+    # Tied weights (e.g. embeddings shared with the LM head) share storage, which
+    # safetensors refuses: later names get their own copy.
+    seen: set[int] = set()
+    plain: dict[str, torch.Tensor] = {}
+    for key, value in out.items():
+        tensor = value.detach().cpu().contiguous()
+        if tensor.numel() and tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        plain[key] = tensor
+    return plain
 
 
 def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
@@ -185,10 +195,13 @@ def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
     staged = stage / name
     model = model.eval()
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
-    batch = torch.export.Dim("batch", min=1)
-    kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": ({0: batch},),
-                              "input_names": ["input"], "output_names": ["output"],
-                              "external_data": big}
+    # Models may declare more dynamic axes (transformers: the sequence) and their input name.
+    dims = getattr(model, "dynamic_dims", {0: "batch"})
+    dynamic = {axis: torch.export.Dim(label, min=1 if axis == 0 else 2)
+               for axis, label in dims.items()}
+    kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": (dynamic,),
+                              "input_names": [getattr(model, "input_name", "input")],
+                              "output_names": ["output"], "external_data": big}
     if opset is not None:
         kwargs["opset_version"] = opset
     # The exporter logs progress through warnings and prints; keep the library quiet.
@@ -282,10 +295,17 @@ def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: 
         session = onnx_session(staged)
         worst = 0.0
         try:
-            # Two batch sizes: the parity also proves the batch axis is really dynamic.
+            # Two batch sizes (and two lengths for sequences) prove the axes really dynamic.
             for n in sorted({1, len(probe)}):
                 out = session.run(None, {session.get_inputs()[0].name: probe[:n].numpy()})[0]
                 worst = max(worst, check_parity(reference[:n], out, what=f"ONNX (batch {n})",
+                                                atol=spec.parity_atol, rtol=spec.parity_rtol))
+            if 1 in getattr(model, "dynamic_dims", {}) and probe.shape[1] > 4:
+                short = probe[:, : probe.shape[1] // 2]
+                with torch.no_grad():
+                    expected = model(short)
+                out = session.run(None, {session.get_inputs()[0].name: short.numpy()})[0]
+                worst = max(worst, check_parity(expected, out, what="ONNX (half length)",
                                                 atol=spec.parity_atol, rtol=spec.parity_rtol))
         except CheckFailed:
             (out_dir / "model.onnx").unlink(missing_ok=True)

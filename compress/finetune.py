@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 
 from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
 from compress.errors import CheckFailed, InputError
-from compress.evaluate import evaluate
+from compress.evaluate import evaluate, task_loss
 from compress.patience import BestWeights, Monitor, ValidateFn
 from compress.recipe import FinetuneSpec
 
@@ -113,11 +113,11 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
         >>> float(distillation_loss(s, s, y, alpha=1.0, temperature=4.0))  # same logits: no KL
         0.0
     """
-    ce = F.cross_entropy(student, target, label_smoothing=label_smoothing)
+    ce = task_loss(student, target, label_smoothing=label_smoothing)
     t = temperature
     # float32: a KL of two nearly equal bf16 distributions is mostly rounding error.
-    kl = F.kl_div(F.log_softmax(student.float() / t, dim=1),
-                  F.log_softmax(teacher.float() / t, dim=1),
+    kl = F.kl_div(F.log_softmax(student.float() / t, dim=-1),
+                  F.log_softmax(teacher.float() / t, dim=-1),
                   reduction="batchmean", log_target=True)
     return (1 - alpha) * ce + alpha * t * t * kl
 
@@ -160,12 +160,10 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
 
     distill = spec.distill if teacher is not None else None
     assert teacher is not model, "the teacher must be a separate (unpruned) model"
-    ce = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
-
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x)
         if distill is None:
-            return ce(logits, y)
+            return task_loss(logits, y, label_smoothing=spec.label_smoothing)
         assert teacher is not None
         with torch.no_grad():
             soft = teacher(x)

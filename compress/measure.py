@@ -210,14 +210,15 @@ def environment(threads: int, device: torch.device,
 
 
 def _ort_session(name: str, path: Path, threads: int, device: torch.device,
-                 sample_shape: tuple[int, ...]) -> ort.InferenceSession:
+                 sample_shape: tuple[int, ...], tokens: bool = False) -> ort.InferenceSession:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
                                 providers=ort_providers(device))
     inputs = sess.get_inputs()
-    if len(inputs) != 1 or inputs[0].type != "tensor(float)":
-        raise InputError(f"the {name} ONNX model must have one float32 input, got "
+    expected = "tensor(int64)" if tokens else "tensor(float)"
+    if len(inputs) != 1 or inputs[0].type != expected:
+        raise InputError(f"the {name} ONNX model must have one {expected[7:-1]} input, got "
                          f"{[(i.name, i.type) for i in inputs]}")
     if len(inputs[0].shape) != 1 + len(sample_shape):
         raise InputError(f"the {name} ONNX input has shape {inputs[0].shape}, which does not "
@@ -280,8 +281,12 @@ def _runs_per_block(runs: Any, spec: ReportSpec, cap: int = 200) -> int:
 
 def measure_latency(baseline: Candidate, compressed: Candidate, *,
                     sample_shape: tuple[int, ...], spec: ReportSpec, device: torch.device,
-                    seed: int = 0, timer: Timer = time.perf_counter) -> dict[str, Any]:
+                    seed: int = 0, timer: Timer = time.perf_counter,
+                    vocab_size: int | None = None) -> dict[str, Any]:
     """Time both candidates per engine and batch size; a JSON-safe result (see module doc).
+
+    Inputs are random floats of ``(batch, *sample_shape)``, or random token ids below
+    ``vocab_size`` (id 0, usually padding, excluded) when it is given.
 
     ``result["engines"][engine][str(batch)]`` holds ``baseline``/``compressed`` stats
     (``median_ms``, ``p90_ms``, ``throughput``, ``runs``) and ``speedup`` (median of per-round
@@ -311,13 +316,17 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                     logger.info("skipping onnxruntime: %s", result["skipped"][engine])
                     continue
                 # One session per model, built once: session start-up is not inference time.
-                sessions = {n: _ort_session(n, Path(c.onnx_path), threads, device, sample_shape)
+                sessions = {n: _ort_session(n, Path(c.onnx_path), threads, device, sample_shape,
+                                            tokens=vocab_size is not None)
                             for n, c in cands.items()}
                 providers = sessions["baseline"].get_providers()
             per_batch: dict[str, Any] = {}
             for batch in spec.batch_sizes:
                 gen = torch.Generator().manual_seed(seed)
-                x = torch.randn((batch, *sample_shape), generator=gen, dtype=torch.float32)
+                if vocab_size is None:
+                    x = torch.randn((batch, *sample_shape), generator=gen, dtype=torch.float32)
+                else:
+                    x = torch.randint(1, vocab_size, (batch, *sample_shape), generator=gen)
                 if engine == "onnxruntime":
                     runs = {n: _ort_runner(n, sessions[n], x) for n in cands}
                 else:

@@ -26,14 +26,18 @@ from torch import nn
 
 from compress.context import RunContext
 from compress.data import DataBundle, build_data
+from compress.data.text import with_default_tokenizer
 from compress.errors import CompressError, InputError
 from compress.evaluate import evaluate
+from compress.export_hf import save_hf_
+from compress.finetune import finetune_
 from compress.export import export_model, export_onnx, onnx_size, save_safetensors
 from compress.gate import GateOutcome, evaluate_gates, gates_passed
 from compress.loop import ResumePoint, run_schedule_
 from compress.measure import Candidate, measure_latency
 from compress.models import build_model
 from compress.pruning import count_macs_params
+from compress.transformer_pruning import is_transformer
 from compress.recipe import ModelSpec, Recipe
 from compress.fsutil import write_text_atomic
 from compress.report import build_report, write_report
@@ -75,6 +79,8 @@ def _resolved_model_spec(recipe: Recipe) -> ModelSpec:
 def _check_outputs(model: nn.Module, bundle: DataBundle, probe: torch.Tensor) -> None:
     with torch.no_grad():
         out = model.eval()(probe[:1])
+    if isinstance(out, torch.Tensor) and out.dim() == 3 and not bundle.class_names:
+        return  # language model: (batch, length, vocab) logits against token targets
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise InputError(f"the model must return class logits of shape (batch, classes); it "
                          f"returned {getattr(out, 'shape', type(out).__name__)}")
@@ -172,12 +178,17 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     t0 = time.perf_counter()
     timing: dict[str, float] = {"eval_s": 0.0}
     ctx = RunContext.create(recipe, run_dir)
-    bundle = build_data(recipe.data, resolve=recipe.resolve_path, seed=recipe.seed)
+    bundle = build_data(with_default_tokenizer(recipe), resolve=recipe.resolve_path,
+                        seed=recipe.seed)
     model = build_model(recipe.model, resolve=recipe.resolve_path)
     probe = bundle.probe_batch(max(recipe.pruning.probe_batch, recipe.export.parity_batch))
     _check_outputs(model, bundle, probe)
     example = probe[:1].to(ctx.device)
     model.to(ctx.device)
+    if recipe.model.head != "pretrained":
+        t = time.perf_counter()
+        _train_head_(model, bundle, recipe, ctx.device)
+        timing["head_s"] = time.perf_counter() - t
     model_spec = _resolved_model_spec(recipe)
 
     def timed_eval(m: nn.Module) -> dict[str, float]:
@@ -234,6 +245,8 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     t = time.perf_counter()
     model = model.cpu().eval()
     exported = export_model(model, ctx.out_dir, recipe.export, model_spec, probe)
+    if is_transformer(model) and recipe.export.safetensors:
+        exported["hf"] = save_hf_(model, ctx.out_dir, probe[: recipe.export.parity_batch])
     timing["export_s"] = time.perf_counter() - t
 
     latency = None
@@ -242,8 +255,10 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
         compressed_onnx = Path(exported["onnx"]) if "onnx" in exported else None
         latency = measure_latency(Candidate(baseline_model, baseline_onnx),
                                   Candidate(model, compressed_onnx),
-                                  sample_shape=tuple(probe.shape[1:]), spec=recipe.report,
-                                  device=torch.device("cpu"), seed=recipe.seed)
+                                  sample_shape=tuple(recipe.report.sample_shape
+                                                     or probe.shape[1:]), spec=recipe.report,
+                                  device=torch.device("cpu"), seed=recipe.seed,
+                                  vocab_size=_vocab_size(model))
     timing["measure_s"] = time.perf_counter() - t
     timing["total_s"] = time.perf_counter() - t0
     baseline = {**baseline_eval, "macs": base_macs, "params": base_params,
@@ -256,3 +271,35 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     write_report(report, ctx.out_dir)
     log.info("wrote %s", ctx.out_dir)
     return Result(ctx.out_dir, report, gates)
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    """Token-id models are timed on random ids below this; None for float inputs."""
+    if getattr(model, "input_name", None) == "input_ids":
+        return int(model.hf.config.vocab_size)
+    return None
+
+
+def _train_head_(model: nn.Module, bundle: DataBundle, recipe: Recipe,
+                 device: torch.device) -> None:
+    """Train the parameters the checkpoint lacked (a new classification head), body frozen;
+    with ``model.head: finetune`` the body trains too."""
+    new = set(getattr(model, "new_parameters", []))
+    if recipe.model.head == "finetune":
+        new |= {name for name, _ in model.named_parameters()}
+    elif not new:
+        raise InputError("model.head: train found no newly initialised parameters: the "
+                         "checkpoint already has a head; use model.head: pretrained")
+    if bundle.train is None:
+        raise InputError("model.head: train needs training data")
+    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in new)
+    spec = recipe.finetune.model_copy(update={"epochs": recipe.model.head_epochs,
+                                              "patience": None, "distill": None,
+                                              "max_steps": None})
+    try:
+        finetune_(model, bundle.train, spec, device, description="train head")
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(frozen[name])

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from compress.errors import CheckFailed
 from compress.registry import Registry
 
 if TYPE_CHECKING:
     from compress.recipe import PruningSpec
 
-__all__ = ["Pruner", "StepRecord", "PRUNING_KINDS", "build_pruner"]
+__all__ = ["Pruner", "StepRecord", "PRUNING_KINDS", "build_pruner", "prove_removals_"]
 
 
 @dataclass
@@ -65,3 +66,50 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSp
 
     return PRUNING_KINDS.get(spec.kind)(model, example_inputs, spec,
                                         cumulative_ratios=cumulative_ratios)
+
+
+def _run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    out = model(probe)
+    assert isinstance(out, torch.Tensor), "the probe output must be a tensor"
+    return out.detach().float()
+
+
+def prove_removals_(model: nn.Module, probe: torch.Tensor,
+                    removals: Iterable[tuple[str, Callable[[], None]]], *, verify: bool,
+                    atol: float) -> float:
+    """Apply each ``(group name, remove)`` in turn and prove the output did not change.
+
+    Call it once every group is zeroed: the zeroed model's output on ``probe`` is the
+    reference, and each removal must reproduce it (a removal that breaks the forward pass or
+    moves the output past ``atol``, scaled by the output's magnitude, raises
+    :class:`CheckFailed` naming the group). Returns the largest difference seen.
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> prove_removals_(lin, torch.ones(1, 2), [("noop", lambda: None)], verify=True,
+        ...                 atol=1e-6)
+        0.0
+    """
+    with torch.no_grad():
+        reference = _run_probe(model, probe) if verify else None
+        scale = max(1.0, reference.abs().max().item()) if reference is not None else 1.0
+        max_diff = 0.0
+        for name, remove in removals:
+            remove()
+            if reference is None:
+                continue
+            try:
+                out = _run_probe(model, probe)
+            except Exception as err:  # a mis-wired graph often breaks shapes
+                raise CheckFailed(f"pruning group rooted at {name!r} broke the model: "
+                                  f"{type(err).__name__}: {err}") from err
+            diff = (out - reference).abs().max().item() if out.shape == reference.shape \
+                else float("inf")
+            if not diff <= atol * scale:
+                raise CheckFailed(
+                    f"equivalence check failed: removing the pruning group rooted at {name!r} "
+                    f"changed the probe output by {diff:.3g} (tolerance {atol * scale:.3g}); "
+                    f"the dependency graph wired its channels wrongly, add the layer to "
+                    f"pruning.ignored")
+            max_diff = max(max_diff, diff)
+    return max_diff

@@ -38,7 +38,8 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.errors import CheckFailed, InputError
-from compress.pruners import PRUNING_KINDS, StepRecord
+from compress.evaluate import task_loss
+from compress.pruners import PRUNING_KINDS, StepRecord, prove_removals_
 from compress.recipe import PruningSpec
 from compress.registry import Registry
 
@@ -47,6 +48,7 @@ __all__ = [
     "Criterion",
     "StepRecord",
     "StructuredPruner",
+    "build_structured",
     "count_macs_params",
     "resolve_ignored",
     "default_round_to",
@@ -88,7 +90,13 @@ IMPORTANCE.register("random")(Criterion(lambda: tp.importance.RandomImportance()
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """MACs for ``example_inputs`` (use batch 1) and the parameter count."""
+    """MACs for ``example_inputs`` (use batch 1) and the parameter count.
+
+    A model with its own ``count_macs`` (transformers: attention matmuls included) counts
+    itself; the rest goes through torch-pruning's counter.
+    """
+    if hasattr(model, "count_macs"):
+        return int(model.count_macs(example_inputs)), sum(p.numel() for p in model.parameters())
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -229,13 +237,20 @@ def _group_name(group: Any, dg: Any) -> str:
     return dg._module2name.get(dep.target.module, str(dep.target.name))
 
 
-def _run(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
-    out = model(probe)
-    assert isinstance(out, torch.Tensor), "the probe output must be a tensor"
-    return out.detach().float()
-
-
 @PRUNING_KINDS.register("structured")
+def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
+                     cumulative_ratios: Sequence[float] | None = None) -> Any:
+    """Heads and FFN neurons for transformers models, torch-pruning's graph for the rest."""
+    from compress.transformer_pruning import TransformerPruner, is_transformer
+
+    if is_transformer(model):
+        return TransformerPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
+    if spec.heads is not None or spec.ffn is not None:
+        raise InputError("pruning.heads and pruning.ffn apply to transformers models only; "
+                         "remove them")
+    return StructuredPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
+
+
 class StructuredPruner:
     """Drives one torch-pruning pruner over a run's steps; each :meth:`step_` is proven exact.
 
@@ -301,7 +316,7 @@ class StructuredPruner:
             if self.criterion.per_sample:
                 n += self._accumulate_squares(x.to(device), y.to(device), squares)
                 continue
-            loss = nn.functional.cross_entropy(self.model(x.to(device)), y.to(device))
+            loss = task_loss(self.model(x.to(device)), y.to(device))
             loss.backward()
             n += 1
         if self.criterion.per_sample and n:
@@ -318,7 +333,7 @@ class StructuredPruner:
 
     def _accumulate_squares(self, x: torch.Tensor, y: torch.Tensor,
                             squares: dict[nn.Parameter, torch.Tensor]) -> int:
-        losses = nn.functional.cross_entropy(self.model(x), y, reduction="none")
+        losses = task_loss(self.model(x), y, reduction="none")
         for i, loss in enumerate(losses):
             self.model.zero_grad(set_to_none=True)
             loss.backward(retain_graph=i < len(losses) - 1)
@@ -343,31 +358,19 @@ class StructuredPruner:
                     _zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
                                dg.is_out_channel_pruning_fn(dep.handler))
                 removed += len(group[0].idxs)
-            reference = _run(self.model, probe) if self.spec.verify else None
-            max_diff = 0.0
-            history = []
-            for group in groups:
+            history: list[list[Any]] = []
+
+            def removal(group: Any) -> tuple[str, Callable[[], None]]:
                 name = _group_name(group, dg)
-                history.append([name, bool(dg.is_out_channel_pruning_fn(group[0].dep.handler)),
-                                [int(i) for i in tp._helpers.to_plain_idxs(group[0].idxs)]])
-                group.prune()
-                if reference is None:
-                    continue
-                try:
-                    out = _run(self.model, probe)
-                except Exception as err:  # a mis-wired graph often breaks shapes
-                    raise CheckFailed(f"pruning group rooted at {name!r} broke the model: "
-                                      f"{type(err).__name__}: {err}") from err
-                diff = (out - reference).abs().max().item() if out.shape == reference.shape \
-                    else float("inf")
-                scale = max(1.0, reference.abs().max().item())
-                if not diff <= self.spec.verify_atol * scale:
-                    raise CheckFailed(
-                        f"equivalence check failed: removing the pruning group rooted at "
-                        f"{name!r} changed the probe output by {diff:.3g} (tolerance "
-                        f"{self.spec.verify_atol * scale:.3g}); the dependency graph wired its "
-                        f"channels wrongly, add the layer to pruning.ignored")
-                max_diff = max(max_diff, diff)
+
+                def remove() -> None:
+                    history.append([name, bool(dg.is_out_channel_pruning_fn(group[0].dep.handler)),
+                                    [int(i) for i in tp._helpers.to_plain_idxs(group[0].idxs)]])
+                    group.prune()
+                return name, remove
+
+            max_diff = prove_removals_(self.model, probe, [removal(g) for g in groups],
+                                       verify=self.spec.verify, atol=self.spec.verify_atol)
         self.history.append(history)
         self.model.train(was_training)
         self.model.zero_grad(set_to_none=True)
@@ -421,12 +424,10 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     def reduction(r: float) -> float:
         if r not in cache:
             trial = copy.deepcopy(model).eval()
-            pruner = StructuredPruner(trial, example_inputs,
+            pruner = build_structured(trial, example_inputs,
                                       spec.model_copy(update={"verify": False}),
                                       cumulative_ratios=[r])
-            with torch.no_grad():
-                for group in pruner._pruner.step(interactive=True):
-                    group.prune()
+            pruner.step_(r, example_inputs)
             cache[r] = 1.0 - count_macs_params(trial, example_inputs)[0] / base_macs
         return cache[r]
 

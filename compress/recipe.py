@@ -58,10 +58,13 @@ class _Section(BaseModel):
 class ModelSpec(_Section):
     """Where the model comes from. Which fields a source uses is checked by the source."""
 
-    source: str = Field(description="Model source: torchvision, cifar_resnet or python.",
+    source: str = Field(description="Model source: torchvision, cifar_resnet, python or "
+                        "huggingface.",
                         examples=["cifar_resnet"])
     name: str | None = Field(None, description="Architecture name (torchvision model name, or "
-                             "resnet20/32/44/56/110 for cifar_resnet).", examples=["resnet56"])
+                             "resnet20/32/44/56/110 for cifar_resnet); huggingface: a model "
+                             "folder, a hub id, or 'module:function' returning a folder.",
+                             examples=["resnet56"])
     factory: str | None = Field(None, description="python source: 'package.module:function' or "
                                 "'path/to/file.py:function' returning an nn.Module.",
                                 examples=["my_models.nets:small_cnn"])
@@ -75,6 +78,22 @@ class ModelSpec(_Section):
     checkpoint: str | None = Field(None, description="Local checkpoint: .safetensors, or "
                                    ".pt/.pth/.th loaded with weights_only=True.",
                                    examples=["../shared/models/resnet-cifar10/resnet56.th"])
+    task: str | None = Field(None, description="huggingface: sequence-classification, "
+                             "feature-extraction, causal-lm or image-classification.",
+                             examples=["sequence-classification"])
+    trust_remote_code: bool = Field(False, description="huggingface: run the model repository's "
+                                    "own Python code (only for sources you trust).",
+                                    examples=[False])
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="huggingface: dtype the weights are loaded in.",
+        examples=["bfloat16"])
+    head: Literal["pretrained", "train", "finetune"] = Field(
+        "pretrained", description="huggingface classification, for models shipped without a "
+        "classification head: before the baseline is measured, 'train' trains the new head "
+        "(body frozen) and 'finetune' trains the new head and the body together, on the "
+        "training data with the finetune settings.", examples=["finetune"])
+    head_epochs: int = Field(1, gt=0, description="huggingface with head train/finetune: "
+                             "epochs of that training.", examples=[2])
 
     @field_validator("source")
     @classmethod
@@ -135,6 +154,15 @@ class DataSpec(_Section):
                                         examples=[{"mean": [0.485, 0.456, 0.406],
                                                    "std": [0.229, 0.224, 0.225]}])
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.", examples=[4])
+    text_column: str | None = Field(None, description="text: column holding the text "
+                                    "(default: 'sentence' or 'text', whichever exists).",
+                                    examples=["sentence"])
+    label_column: str = Field("label", description="text: column holding the integer label.",
+                              examples=["label"])
+    max_length: int = Field(128, gt=1, description="text: tokens per sample (padded or cut); "
+                            "text_lm: tokens per block.", examples=[128])
+    tokenizer: str | None = Field(None, description="text, text_lm: tokenizer folder or hub id "
+                                  "(default: the huggingface model's).", examples=["./my-model"])
     cache_dir: str | None = Field(None, description="Where archives are extracted "
                                   "(default: $COMPRESS_CACHE or ~/.cache/compress).",
                                   examples=["/scratch/compress-cache"])
@@ -195,6 +223,13 @@ class PruningSpec(_Section):
     verify_atol: float = Field(1e-4, gt=0, description="Absolute tolerance of the proof.",
                                examples=[0.001])
     probe_batch: int = Field(8, gt=0, description="Samples in the probe batch.", examples=[16])
+    heads: float | None = Field(None, ge=0, lt=1, description="Transformers: fraction of "
+                                "attention heads removed by the end of the schedule (default: "
+                                "ratio; 0 keeps all heads). Needs ratio, not target.",
+                                examples=[0.5])
+    ffn: float | None = Field(None, ge=0, lt=1, description="Transformers: fraction of FFN "
+                              "neurons removed by the end of the schedule (default: ratio).",
+                              examples=[0.5])
 
     @field_validator("importance")
     @classmethod
@@ -220,6 +255,10 @@ class PruningSpec(_Section):
         if (self.ratio is None) == (self.target is None):
             raise ValueError("give exactly one of 'ratio' (e.g. 0.5) or 'target' "
                              "(e.g. {macs: 0.5})")
+        if (self.heads is not None or self.ffn is not None) and (
+                self.kind != "structured" or self.ratio is None):
+            raise ValueError("'heads' and 'ffn' need kind: structured with 'ratio' (they scale "
+                             "with the schedule like the ratio does)")
         if self.kind == "unstructured":
             if self.target is not None:
                 raise ValueError("unstructured pruning does not reduce dense MACs; give "
@@ -381,6 +420,10 @@ class ReportSpec(_Section):
                                 "long: runs_per_round is raised for fast models, so short "
                                 "latencies are not lost in timer and scheduler noise (0 = "
                                 "exactly runs_per_round).", examples=[50.0])
+    sample_shape: list[int] | None = Field(None, min_length=1, description="Input shape "
+                                           "(without batch) timed for latency; default: the "
+                                           "data's. For sequence models: [tokens].",
+                                           examples=[[128]])
     threads: int | None = Field(None, gt=0, description="Intra-op threads (default: all cores).",
                                 examples=[4])
 

@@ -119,6 +119,12 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
         compressed["safetensors_compressed_bytes"] = compressed_size(Path(exported["safetensors"]))
     acc_b, acc_c = baseline["accuracy"], last["accuracy"]
     notes = []
+    for key in ("perplexity",):
+        if baseline.get(key) is not None:
+            compressed[key] = last.get(key)
+    hf = exported.get("hf")
+    if hf and not hf.get("saved"):
+        notes.append(f"no stock transformers folder (hf/) was written: {hf['reason']}.")
     if recipe.pruning.kind != "structured":
         shown = f"{headline:.2f}x" if headline else "not measured"
         notes.append(f"{recipe.pruning.kind} sparsity zeroes weights but keeps dense shapes: "
@@ -140,6 +146,8 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
         "schedule": recipe.schedule.kind,
         "recipe": recipe.to_dict(),
         "baseline": {"accuracy": acc_b, "loss": baseline["loss"],
+                     **({"perplexity": baseline["perplexity"]} if "perplexity" in baseline
+                        else {}),
                      "eval_samples": baseline["samples"], "macs": baseline["macs"],
                      "params": baseline["params"], "onnx_bytes": baseline["onnx_bytes"],
                      "latency_ms": lat_b},
@@ -159,7 +167,9 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
         "environment": (latency or {}).get("environment")
         or environment(torch.get_num_threads(), torch.device("cpu")),
         "timing": timing,
-        "outputs": {k: v for k, v in exported.items() if k in ("safetensors", "onnx", "manifest")},
+        "outputs": {**{k: v for k, v in exported.items()
+                       if k in ("safetensors", "onnx", "manifest")},
+                    **({"hf": hf["path"]} if hf and hf.get("saved") else {})},
     }
 
 
@@ -242,6 +252,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     drop = None if acc_b is None or acc_c is None else acc_b - acc_c
     lines.append(f"| top-1 accuracy (%) | {_fmt(acc_b, '.2f')} | {_fmt(acc_c, '.2f')} | "
                  f"{_fmt(None if drop is None else -drop, '+.2f')} points |")
+    if b.get("perplexity") is not None:
+        lines.append(f"| perplexity | {_fmt(b.get('perplexity'), '.2f')} | "
+                     f"{_fmt(c.get('perplexity'), '.2f')} | |")
     for key, label in (("macs", "MACs"), ("params", "parameters"),
                        ("onnx_bytes", "ONNX size (bytes)")):
         vb, vc = b.get(key), c.get(key)

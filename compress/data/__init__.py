@@ -163,4 +163,4 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
 
 
 # Registering sources is a side effect of importing their modules.
-from compress.data import digits, imagefolder, torchvision_datasets  # noqa: E402,F401
+from compress.data import digits, imagefolder, text, torchvision_datasets  # noqa: E402,F401

@@ -137,7 +137,7 @@ class View(Dataset[Item]):
             if self.transform.augment:
                 generator = torch.Generator().manual_seed(seed)
         x, y = self.base[self.indices[index] if self.indices is not None else index]
-        return self.transform(x, generator), int(y)
+        return self.transform(x, generator), (y if isinstance(y, torch.Tensor) else int(y))
 
 
 class SeededShuffle(Sampler[tuple[int, int]]):

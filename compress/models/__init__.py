@@ -65,4 +65,5 @@ def build_model(spec: ModelSpec, *, resolve: Callable[[str], Path] = Path,
 
 
 # Registering sources is a side effect of importing their modules.
-from compress.models import cifar_resnet, python_source, torchvision_source  # noqa: E402,F401
+from compress.models import (cifar_resnet, huggingface, python_source,  # noqa: E402,F401
+                             torchvision_source)

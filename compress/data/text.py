@@ -1,0 +1,159 @@
+"""Text data for transformers models: classification files and language-modelling text.
+
+``text``: ``data.path`` is a folder holding ``<split>.tsv``/``.csv``/``.json``/``.jsonl``
+(split names from ``data.train_split`` / ``data.eval_split``), read with the ``datasets``
+library; each row gives a text and an integer label. Texts are tokenised once, padded with
+the tokenizer's pad id and cut to ``data.max_length`` tokens.
+
+``text_lm``: ``data.path`` is a folder holding ``<split>.txt``; the text is tokenised and cut
+into blocks of ``data.max_length`` tokens (no padding), each its own next-token target.
+
+The tokenizer is ``data.tokenizer``, by default the huggingface model's (see
+:func:`with_default_tokenizer`).
+
+Example:
+    >>> spec = DataSpec(source="text", path="../shared/data/sst2", eval_split="dev",
+    ...                 tokenizer="./minilm")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset
+
+from compress.data import DATASETS
+from compress.data.base import RawData
+from compress.errors import InputError
+
+if TYPE_CHECKING:
+    from compress.recipe import DataSpec, Recipe
+
+__all__ = ["TextClassification", "TextLM", "TokenRows", "with_default_tokenizer"]
+
+_FORMATS = {".tsv": ("csv", {"delimiter": "\t"}), ".csv": ("csv", {}), ".json": ("json", {}),
+            ".jsonl": ("json", {})}
+
+
+class TokenRows(Dataset):
+    """Token id rows ``(N, L)`` with one target each: a class id, or a row of token ids."""
+
+    def __init__(self, ids: torch.Tensor, targets: torch.Tensor) -> None:
+        assert ids.dim() == 2 and len(ids) == len(targets), "one target per row of ids"
+        self.ids, self.targets = ids, targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        target = self.targets[index]
+        return self.ids[index], (int(target) if target.dim() == 0 else target)
+
+
+def with_default_tokenizer(recipe: Recipe) -> DataSpec:
+    """The data spec, with ``tokenizer`` defaulting to a huggingface model's ``name``."""
+    spec = recipe.data
+    if spec.source in ("text", "text_lm") and spec.tokenizer is None:
+        if recipe.model.source != "huggingface" or recipe.model.name is None:
+            raise InputError(f"data.source {spec.source} needs data.tokenizer (or a "
+                             f"huggingface model, whose tokenizer is used)")
+        return spec.model_copy(update={"tokenizer": recipe.model.name})
+    return spec
+
+
+def _tokenizer(spec: DataSpec, resolve: Callable[[str], Path]) -> Any:
+    from transformers import AutoTokenizer
+
+    from compress.models.huggingface import resolve_hf_name
+
+    if spec.tokenizer is None:
+        raise InputError(f"data.source {spec.source} needs data.tokenizer")
+    name = resolve_hf_name(spec.tokenizer, resolve)
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot load tokenizer {spec.tokenizer!r}: "
+                         f"{str(err).splitlines()[0]}") from None
+
+
+def _split_file(folder: Path, split: str, suffixes: tuple[str, ...]) -> Path:
+    if not folder.is_dir():
+        raise InputError(f"data.path {str(folder)!r} is not a folder")
+    for suffix in suffixes:
+        candidate = folder / f"{split}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"data.path {str(folder)!r} has no {split}{{{','.join(suffixes)}}} file; "
+                     f"set data.train_split / data.eval_split to the file names")
+
+
+def _prepare(spec: DataSpec, resolve: Callable[[str], Path], train: bool,
+             suffixes: tuple[str, ...]) -> tuple[Any, dict[str, Path]]:
+    """The tokenizer and the file of each role (``eval``, and ``train`` when training)."""
+    folder = resolve(spec.path)
+    splits = {"eval": spec.eval_split, **({"train": spec.train_split} if train else {})}
+    files = {role: _split_file(folder, split, suffixes) for role, split in splits.items()}
+    return _tokenizer(spec, resolve), files
+
+
+@DATASETS.register("text")
+class TextClassification:
+    fields = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
+                        "max_length", "tokenizer"})
+    required = frozenset({"path"})
+
+    def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
+        import datasets
+
+        tokenizer, files = _prepare(spec, resolve, train, tuple(_FORMATS))
+        out: dict[str, TokenRows] = {}
+        labels: set[int] = set()
+        for role, path in files.items():
+            fmt, extra = _FORMATS[path.suffix]
+            try:
+                table = datasets.load_dataset(fmt, data_files={"rows": str(path)}, split="rows",
+                                              **extra)
+            except Exception as err:  # datasets raises many types for unreadable files
+                raise InputError(f"cannot read {str(path)!r}: {type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''}") from None
+            text_col = spec.text_column or next(
+                (c for c in ("sentence", "text") if c in table.column_names), None)
+            for col, key in ((text_col, "text_column"), (spec.label_column, "label_column")):
+                if col is None or col not in table.column_names:
+                    raise InputError(f"{str(path)!r} has no column {col!r} for data.{key}; "
+                                     f"columns: {', '.join(table.column_names)}")
+            if len(table) == 0:
+                raise InputError(f"{str(path)!r} has no rows")
+            y = torch.as_tensor(table[spec.label_column])
+            if y.is_floating_point() or y.min() < 0:
+                raise InputError(f"data.label_column {spec.label_column!r} must hold integer "
+                                 f"class ids 0, 1, ...")
+            enc = tokenizer([str(t) for t in table[text_col]], padding="max_length",
+                            truncation=True, max_length=spec.max_length, return_tensors="pt")
+            out[role] = TokenRows(enc["input_ids"], y.long())
+            labels |= set(y.tolist())
+        n_classes = max(labels) + 1
+        return RawData(train=out.get("train"), eval=out["eval"],
+                       class_names=[str(i) for i in range(n_classes)])
+
+
+@DATASETS.register("text_lm")
+class TextLM:
+    fields = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})
+    required = frozenset({"path"})
+
+    def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
+        tokenizer, files = _prepare(spec, resolve, train, (".txt",))
+        out: dict[str, TokenRows] = {}
+        for role, path in files.items():
+            ids = tokenizer(path.read_text(encoding="utf-8"), return_tensors="pt")["input_ids"][0]
+            n = len(ids) // spec.max_length
+            if n == 0:
+                raise InputError(f"{str(path)!r} holds {len(ids)} tokens, fewer than one block "
+                                 f"of data.max_length={spec.max_length}")
+            blocks = ids[: n * spec.max_length].view(n, spec.max_length)
+            out[role] = TokenRows(blocks, blocks.clone())
+        return RawData(train=out.get("train"), eval=out["eval"], class_names=[])

