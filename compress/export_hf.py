@@ -49,8 +49,8 @@ def _processor(source: str | None) -> Any:
     return None
 
 
-def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: float = 1e-5) -> \
-        dict[str, Any]:
+def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: float = 1e-5,
+             max_shard_size: str = "2GB") -> dict[str, Any]:
     """Write ``out_dir/hf`` when the config can express the model; prove the stock reload.
 
     Returns ``{"saved": bool, "path"?: str, "parity"?: float, "reason"?: str}``. Raises
@@ -69,7 +69,7 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
         return {"saved": False, "reason": reason}
     target = out_dir / HF_FOLDER
     stage = temp_path_for(target)
-    hf.save_pretrained(str(stage), safe_serialization=True)
+    hf.save_pretrained(str(stage), max_shard_size=max_shard_size)
     processor = _processor(model.source_path)
     if processor is not None:
         processor.save_pretrained(str(stage))

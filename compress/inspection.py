@@ -27,6 +27,7 @@ from compress.data import build_data
 from compress.evaluate import evaluate
 from compress.models import build_model
 from compress.pruners import build_pruner
+from compress.data.text import with_default_tokenizer
 from compress.pruning import (count_macs_params, list_groups, resolve_ignored,
                               solve_ratio_for_macs)
 from compress.recipe import Recipe
@@ -43,8 +44,8 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
                    eval_samples: int = 512) -> dict[str, Any]:
     """Groups, pattern matches and predicted per-step widths/params/MACs (no training)."""
     check_recipe(recipe)
-    bundle = build_data(recipe.data, resolve=recipe.resolve_path, seed=recipe.seed,
-                        train=False)
+    bundle = build_data(with_default_tokenizer(recipe), resolve=recipe.resolve_path,
+                        seed=recipe.seed, train=False)
     model = build_model(recipe.model, resolve=recipe.resolve_path).eval()
     example = bundle.probe_batch(1)
     macs, params = count_macs_params(model, example)
@@ -86,6 +87,12 @@ def sensitivity_scan(model: nn.Module, example: torch.Tensor, recipe: Recipe,
                      samples: list[tuple[torch.Tensor, torch.Tensor]],
                      ratios: Sequence[float]) -> list[dict[str, Any]]:
     """Prune each group alone at each ratio; accuracy drop in points on ``samples``."""
+    from compress.errors import InputError
+    from compress.transformer_pruning import is_transformer
+
+    if is_transformer(model):
+        raise InputError("--sensitivity is not available for transformers models yet; "
+                         "'compress inspect' without it lists their head and FFN groups")
     x = torch.stack([s[0] for s in samples])
     y = torch.stack([s[1] for s in samples])
     batches = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(y), 256)]

@@ -471,6 +471,10 @@ def list_groups(model: nn.Module, example_inputs: torch.Tensor,
 
     Nothing is pruned; the model is only traced.
     """
+    from compress.transformer_pruning import is_transformer, list_transformer_groups
+
+    if is_transformer(model):
+        return list_transformer_groups(model)
     probe_spec = spec.model_copy(update={"ratio": 0.5, "target": None, "verify": False})
     pruner = StructuredPruner(model, example_inputs, probe_spec, cumulative_ratios=[0.5])
     dg = pruner._pruner.DG

@@ -32,7 +32,7 @@ from compress.models.hf_layout import (Block, blocks, keep_in_, keep_out_, out_w
 from compress.pruners import StepRecord, prove_removals_
 from compress.recipe import PruningSpec
 
-__all__ = ["TransformerPruner", "TRANSFORMER_CRITERIA", "is_transformer"]
+__all__ = ["TransformerPruner", "TRANSFORMER_CRITERIA", "is_transformer", "list_transformer_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,21 @@ TRANSFORMER_CRITERIA = ("l1", "l2", "taylor", "random")
 def is_transformer(model: nn.Module) -> bool:
     """Whether ``model`` is compress's wrapper around a transformers model with a layout."""
     return getattr(model, "layout", None) is not None and hasattr(model, "hf")
+
+
+def list_transformer_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """The prunable groups: each block's query heads and its FFN neurons, with their layers."""
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for b in blocks(model.hf, model.layout):
+        q_side = b.qkv[:1] if model.layout.gqa else b.qkv
+        out.append({"root": f"block {b.index} heads", "channels": b.heads,
+                    "members": sorted([f"{names[m]} (out)" for m in q_side]
+                                      + [f"{names[b.out]} (in)"])})
+        out.append({"root": f"block {b.index} ffn", "channels": b.ffn,
+                    "members": sorted([f"{names[m]} (out)" for m in b.ffn_in]
+                                      + [f"{names[b.ffn_out]} (in)"])})
+    return out
 
 
 def _head_rows(block: Block, heads: Sequence[int]) -> torch.Tensor:

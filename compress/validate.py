@@ -19,7 +19,7 @@ from compress.models.checkpoint import _TORCH_SUFFIXES as TORCH_SUFFIXES
 from compress.recipe import Recipe
 from compress.schedules import SCHEDULES, plan_targets
 
-__all__ = ["check_recipe", "MAX_STEPS"]
+__all__ = ["check_recipe", "recipe_notes", "MAX_STEPS"]
 
 # Every pruning step is followed by a fine-tune; far more steps than this is a typo.
 MAX_STEPS = 1000
@@ -98,3 +98,39 @@ def _check_schedule(recipe: Recipe) -> None:
                              f"cumulative target stays at {before:.3g} of a final {final:.3g}); "
                              f"use fewer steps or a larger pruning target")
     plan_targets(spec, final)
+
+
+def recipe_notes(recipe: Recipe) -> list[str]:
+    """What a valid recipe will do that its author may not expect (printed by validate).
+
+    For transformers models: whether the pruned model stays loadable by stock
+    ``from_pretrained`` (``hf/``), judged from the local ``config.json`` without loading
+    weights. Hub ids are not fetched here.
+    """
+    if recipe.model.source != "huggingface" or recipe.pruning.kind != "structured":
+        return []
+    from transformers import AutoConfig
+
+    from compress.models.hf_layout import LAYOUTS
+    from compress.models.huggingface import resolve_hf_name
+
+    path = Path(resolve_hf_name(recipe.model.name or "", recipe.resolve_path))
+    if not (path / "config.json").is_file():
+        return []
+    config = AutoConfig.from_pretrained(str(path))
+    if config.model_type not in LAYOUTS:
+        return [f"{config.model_type} has no head/FFN layout in compress (supported: "
+                f"{', '.join(LAYOUTS.names())}); torch-pruning's generic graph will be used"]
+    layout, pruning = LAYOUTS.get(config.model_type), recipe.pruning
+    notes = []
+    heads = pruning.heads if pruning.heads is not None else 1.0
+    if heads > 0 and not layout.head_dim_in_config:
+        notes.append(f"{config.model_type} configs derive the head size from hidden_size / "
+                     f"num_attention_heads, so with heads pruned no stock from_pretrained "
+                     f"folder (hf/) is written; compress.load rebuilds the model. Set "
+                     f"pruning.heads: 0 to prune FFN neurons only and keep hf/")
+    if pruning.scope == "global":
+        notes.append("scope: global gives blocks different widths, which a transformers "
+                     "config cannot express: no hf/ folder is written; compress.load rebuilds "
+                     "the model")
+    return notes

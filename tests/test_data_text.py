@@ -117,3 +117,22 @@ def test_tiny_llama_language_model_reports_perplexity(tmp_path: Path) -> None:
     assert "perplexity" in (tmp_path / "run" / "report.md").read_text()
     config = json.loads((tmp_path / "run" / "hf" / "config.json").read_text())
     assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 2)
+
+
+def test_validate_notes_and_inspect_for_transformers(sst_like: Path, tmp_path: Path) -> None:
+    from compress.inspection import inspect_recipe
+    from compress.validate import recipe_notes
+
+    model_dir, task = save_tiny("bert", tmp_path / "bert")
+    data = {"task": task, "source": "text", "path": str(sst_like), "eval_split": "dev",
+            "max_length": 16, "model": {"num_classes": 3}}
+    recipe = parse_recipe(_recipe(model_dir, dict(data), tmp_path), base_dir=tmp_path)
+    assert any("no stock from_pretrained folder" in n for n in recipe_notes(recipe))
+    ffn_only = parse_recipe(_recipe(model_dir, dict(data), tmp_path, heads=0.0),
+                            base_dir=tmp_path)
+    assert recipe_notes(ffn_only) == []
+    info = inspect_recipe(recipe)
+    roots = [g["root"] for g in info["groups"]]
+    assert roots == ["block 0 heads", "block 0 ffn", "block 1 heads", "block 1 ffn"]
+    assert info["steps"][0]["layers"]["block0.heads"] == 2
+    assert info["steps"][0]["macs_reduction"] > 0.3

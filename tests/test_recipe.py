@@ -33,7 +33,7 @@ def test_defaults() -> None:
     ({"finetune__epochs": "many"}, "'finetune.epochs': Input should be a valid integer"),
     ({"finetune__optimizer": "lion"}, "'finetune.optimizer': Input should be 'sgd' or 'adamw'"),
     ({"pruning__importance": "magic"}, "unknown importance criterion 'magic'; available: "),
-    ({"model__source": "hub"}, "unknown model source 'hub'; available: cifar_resnet, python"),
+    ({"model__source": "hub"}, "unknown model source 'hub'; available: cifar_resnet, huggingface, python"),
     ({"data__source": "imagenet"}, "unknown dataset 'imagenet'; available: digits"),
     ({"schedule__kind": "sometimes"}, "unknown schedule 'sometimes'; available: hybrid, iterative, one-shot"),
     ({"pruning__target": {"macs": 0.5}}, "give exactly one of 'ratio'"),

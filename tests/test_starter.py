@@ -180,7 +180,7 @@ def test_every_key_line_is_commented_or_plain_yaml() -> None:
     ({"model": "cifar_resnet:resnet18"}, "unknown cifar_resnet name 'resnet18'"),
     ({"model": "python:pkg.mod"}, "must look like 'package.module:function'"),
     ({"data": "imagenet:/data"}, "unknown data source 'imagenet' in 'imagenet:/data'; "
-                                 "available: digits, imagefolder, torchvision"),
+                                 "available: digits, imagefolder, text, text_lm, torchvision"),
     ({"data": "imagefolder"}, "needs a path: imagefolder:PATH"),
     ({"data": "digits:x"}, "takes no argument"),
     ({"data": "torchvision:ImageNet"}, "torchvision dataset 'ImageNet' is not supported; "

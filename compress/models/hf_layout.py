@@ -199,9 +199,18 @@ def rewrite_config_(config: Any, layout: Layout, all_blocks: Sequence[Block]) ->
         problems.append(f"{config.model_type} configs derive the head size from hidden_size / "
                         f"num_attention_heads, so {n_heads} heads of size {head_dim} cannot be "
                         f"expressed")
-    if not problems:
-        if layout.head_dim_in_config:
-            config.head_dim = head_dim
-        config.num_attention_heads = n_heads
-        setattr(config, layout.ffn_config_key, next(iter(ffn)))
+    if problems:
+        return problems
+    updates = {"num_attention_heads": n_heads, layout.ffn_config_key: next(iter(ffn)),
+               **({"head_dim": head_dim} if layout.head_dim_in_config else {})}
+    # The config class's own validators decide (e.g. Llama's asks hidden_size % heads == 0
+    # even though it reads head_dim): what it refuses, from_pretrained would refuse too.
+    try:
+        type(config).from_dict({**config.to_dict(), **updates})
+    except Exception as err:  # validators raise ValueError or hub-specific errors
+        cause = getattr(err, "__cause__", None) or err
+        return [f"the {config.model_type} config class refuses {n_heads} heads / FFN "
+                f"{updates[layout.ffn_config_key]}: {str(cause).splitlines()[0]}"]
+    for key, value in updates.items():
+        setattr(config, key, value)
     return problems
