@@ -21,6 +21,10 @@ so far (evaluation 0, or the weights as they came in), multiplies the learning r
 ``divergence_lr_factor`` and restarts with a fresh optimizer and schedule for the remaining
 budget; a second one raises :class:`~compress.errors.CheckFailed`.
 
+Checkpoints (see :mod:`compress.checkpoint`): given a ``checkpoint``, the fine-tune saves its
+exact position every ``checkpoint_every`` passes over the data and when a signal stops it, and
+continues a saved position to the result an uninterrupted fine-tune would have had.
+
 Example:
     >>> from compress.recipe import FinetuneSpec
     >>> stats = finetune_(model, bundle.train, FinetuneSpec(epochs=1), device)  # doctest: +SKIP
@@ -35,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -48,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compress.checkpoint import FinetuneCheckpoint, Position, Snapshot
 from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
 from compress.errors import CheckFailed, InputError
 from compress.evaluate import evaluate
@@ -132,7 +138,8 @@ def _autocast(device: torch.device, spec: FinetuneSpec) -> torch.autocast:
 def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
               *, step: int = 1, val_loader: DataLoader | None = None,
               teacher: nn.Module | None = None, validate_fn: ValidateFn | None = None,
-              description: str = "fine-tune") -> FinetuneStats:
+              description: str = "fine-tune",
+              checkpoint: FinetuneCheckpoint | None = None) -> FinetuneStats:
     """Train ``model`` in place after pruning step ``step`` (1-based; picks the patience).
 
     Fixed budget without ``spec.patience``; otherwise early stopping on ``val_loader`` (or on
@@ -140,6 +147,11 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     ending with the best evaluation's weights. ``teacher`` is used only with ``spec.distill``;
     it is put in eval mode for the call and never updated. Raises :class:`CheckFailed` when
     the fine-tune diverges twice (the model is rolled back first).
+
+    With ``checkpoint`` the fine-tune saves snapshots as it goes, continues
+    ``checkpoint.resume`` when set (the model must hold that snapshot's weights), and a
+    SIGINT/SIGTERM (see :func:`compress.runstate.stop_on_signals`) stops it after the current
+    batch with a snapshot saved, raising :class:`KeyboardInterrupt`.
     """
     assert step >= 1, "pruning steps are 1-based"
     patience = spec.patience_for(step)
@@ -173,7 +185,9 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
                                  temperature=distill.temperature,
                                  label_smoothing=spec.label_smoothing)
 
-    start = time.perf_counter()  # seconds include the validation passes
+    snapshot = checkpoint.resume if checkpoint is not None else None
+    # seconds include the validation passes, and the time before an interruption
+    start = time.perf_counter() - (snapshot.position.seconds if snapshot else 0.0)
     monitor = None
     if patience is not None:
         if validate_fn is None:
@@ -181,11 +195,18 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
             validate_fn = lambda m: evaluate(m, val_loader, device)  # noqa: E731
         monitor = Monitor(spec, patience, validate_fn, spec.eval_every or steps_per_epoch,
                           total)
-        monitor.evaluate(model)  # evaluation 0: the model as pruned
+        if snapshot is None:
+            monitor.evaluate(model)  # evaluation 0: the model as pruned
+        else:
+            assert snapshot.monitor is not None, "the snapshot is not of a patience fine-tune"
+            monitor.restore(snapshot.monitor, snapshot.best)
     # What a divergence rolls back to while no evaluation is kept: the weights as they came in
     # (the monitor keeps evaluation 0's copy when it is a number; no second copy then).
     initial = None
-    if monitor is None or monitor.best.state is None:
+    if snapshot is not None and snapshot.initial is not None:
+        initial = BestWeights()
+        initial.state = snapshot.initial
+    elif snapshot is None and (monitor is None or monitor.best.state is None):
         initial = BestWeights()
         initial.save(model)
 
@@ -194,114 +215,154 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     if distill is not None and teacher is not None:
         teacher_mode = teacher.training
         teacher.eval()
+    fit = _Fit(model, loader, spec, device, total, loss_of, monitor, initial, step,
+               description, checkpoint, start)
     try:
-        steps, samples, last_loss, divergences, lr = _fit(
-            model, loader, spec, device, total, loss_of, monitor, initial, step, description)
+        pos = _fit(fit, snapshot)
     finally:
         if teacher is not None and teacher_mode is not None:
             teacher.train(teacher_mode)
     seconds = time.perf_counter() - start
-    stats = FinetuneStats(steps / steps_per_epoch, steps, samples, seconds, last_loss, lr,
-                          divergences=divergences)
-    log.info("%s: %d steps, %d samples, %.1fs, last loss %s", description, steps, samples,
-             seconds, f"{last_loss:.4f}" if last_loss is not None else "n/a")
+    stats = FinetuneStats(pos.step / steps_per_epoch, pos.step, pos.samples, seconds,
+                          pos.last_loss, pos.lr, divergences=int(pos.divergence is not None))
+    log.info("%s: %d steps, %d samples, %.1fs, last loss %s", description, pos.step,
+             pos.samples, seconds, f"{pos.last_loss:.4f}" if pos.last_loss is not None else "n/a")
     if monitor is not None:
-        monitor.finish(model, stats, stopped_early=steps < total, description=description)
+        monitor.finish(model, stats, stopped_early=pos.step < total, description=description)
     model.eval()
     return stats
 
 
-def _fit(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
-         total: int, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-         monitor: Monitor | None, initial: BestWeights | None, pruning_step: int,
-         description: str) -> tuple[int, int, float | None, int, float]:
-    """Train, restarting once after a divergence: (steps, samples, last loss, divergences, lr)."""
-    lr, step, samples, last_loss = spec.lr, 0, 0, None
-    first: Divergence | None = None
-    progress = _progress(total, description)
+@dataclass
+class _Fit:
+    """What stays fixed during one fine-tune (every attempt of it)."""
+
+    model: nn.Module
+    loader: DataLoader
+    spec: FinetuneSpec
+    device: torch.device
+    total: int  # optimizer steps in the budget
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    monitor: Monitor | None
+    initial: BestWeights | None
+    pruning_step: int
+    description: str
+    checkpoint: FinetuneCheckpoint | None
+    started: float  # perf_counter at the start, less the time before a resume
+
+
+def _fit(fit: _Fit, snapshot: Snapshot | None) -> Position:
+    """Train, restarting once after a divergence; continue ``snapshot`` when given."""
+    pos = snapshot.position if snapshot is not None else Position(lr=fit.spec.lr)
+    progress = _progress(fit.total, fit.description, pos.step)
+    deferring = fit.checkpoint.deferring() if fit.checkpoint is not None \
+        else contextlib.nullcontext()
     try:
-        while True:
-            step, done, loss, diverged = _train(model, loader, spec, device, lr, step, total,
-                                                loss_of, monitor, progress, description)
-            samples += done
-            last_loss = loss if loss is not None else last_loss
-            if diverged is None:
-                return step, samples, last_loss, int(first is not None), lr
-            if monitor is not None and monitor.best.state is not None:
-                monitor.best.load_into(model)
-                where = f"evaluation {monitor.rule.best_index}'s weights"
-            else:
-                assert initial is not None
-                initial.load_into(model)
-                where = "the weights the fine-tune started from"
-            if first is not None:
-                raise CheckFailed(diverged_twice(pruning_step, first, diverged, lr))
-            first, lr = diverged, lr * spec.divergence_lr_factor
-            log.warning("%s: %s at optimizer step %d; rolled back to %s, restarting the "
-                        "remaining %d steps at learning rate %g", description, diverged.reason,
-                        diverged.step, where, total - step, lr)
-            if monitor is not None:
-                monitor.rule.stale = 0  # the restart gets its full patience
-            if step >= total:
-                return step, samples, last_loss, 1, lr
+        with deferring:  # a signal stops after the current batch, once a snapshot is saved
+            while True:
+                diverged = _train(fit, pos, progress, snapshot)
+                snapshot = None
+                if diverged is None or not _roll_back(fit, pos, diverged):
+                    return pos
     finally:
         if progress is not None:
             progress[0].stop()
 
 
-def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
-           lr: float, start: int, total: int,
-           loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-           monitor: Monitor | None, progress: Any, description: str
-           ) -> tuple[int, int, float | None, Divergence | None]:
-    """One attempt from optimizer step ``start`` to ``total``, with a fresh optimizer and
-    schedule: (step reached, samples, last loss, divergence or None)."""
-    optimizer = build_optimizer(model, spec, lr=lr)
-    span = total - start  # a restart's schedule spans what is left of the budget
+def _roll_back(fit: _Fit, pos: Position, diverged: Divergence) -> bool:
+    """Undo a divergence (a second one raises); True when budget is left for a restart."""
+    monitor = fit.monitor
+    if monitor is not None and monitor.best.state is not None:
+        monitor.best.load_into(fit.model)
+        where = f"evaluation {monitor.rule.best_index}'s weights"
+    else:
+        assert fit.initial is not None
+        fit.initial.load_into(fit.model)
+        where = "the weights the fine-tune started from"
+    if pos.divergence is not None:
+        raise CheckFailed(diverged_twice(fit.pruning_step, Divergence(*pos.divergence),
+                                         diverged, pos.lr))
+    pos.divergence = [diverged.reason, diverged.step]
+    pos.lr *= fit.spec.divergence_lr_factor
+    log.warning("%s: %s at optimizer step %d; rolled back to %s, restarting the remaining %d "
+                "steps at learning rate %g", fit.description, diverged.reason, diverged.step,
+                where, fit.total - pos.step, pos.lr)
+    if monitor is not None:
+        monitor.rule.stale = 0  # the restart gets its full patience
+    pos.start, pos.batch = pos.step, 0  # a fresh optimizer, schedule and pass
+    return pos.step < fit.total
+
+
+def _train(fit: _Fit, pos: Position, progress: Any,
+           snapshot: Snapshot | None) -> Divergence | None:
+    """One attempt from optimizer step ``pos.start`` (or ``snapshot``'s) to ``fit.total``, with
+    a fresh optimizer and schedule; advances ``pos``; returns the divergence or None."""
+    model, spec, monitor, total, ckpt = fit.model, fit.spec, fit.monitor, fit.total, fit.checkpoint
+    optimizer = build_optimizer(model, spec, lr=pos.lr)
+    span = total - pos.start  # a restart's schedule spans what is left of the budget
     if spec.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, span) / span)))
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    if snapshot is not None:
+        optimizer.load_state_dict(snapshot.optimizer["optimizer"])
+        sched.load_state_dict(snapshot.optimizer["scheduler"])
+
+    def save() -> None:
+        assert ckpt is not None
+        pos.seconds = time.perf_counter() - fit.started
+        ckpt.save(pos, model, optimizer, sched, fit.loader, monitor, fit.initial)
+
     model.train()
-    step, samples, last_loss, stop = start, 0, None, False
-    while step < total and not stop:
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, spec):
-                loss = loss_of(x, y)
+    stop = False
+    while pos.step < total and not stop:
+        batches = ckpt.open_pass(fit.loader, snapshot) if ckpt is not None else iter(fit.loader)
+        snapshot = None
+        for x, y in batches:
+            x, y = x.to(fit.device, non_blocking=True), y.to(fit.device, non_blocking=True)
+            with _autocast(fit.device, spec):
+                loss = fit.loss_of(x, y)
             reason = loss_divergence(loss)  # before backward: a NaN step is never applied
             if reason is not None:
-                return step, samples, last_loss, Divergence(reason, step - start + 1)
+                return Divergence(reason, pos.step - pos.start + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if spec.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             optimizer.step()
             sched.step()
-            step += 1
-            samples += y.numel()
-            if monitor is not None and monitor.due(step):
+            pos.step, pos.batch = pos.step + 1, pos.batch + 1
+            pos.samples += y.numel()
+            if monitor is not None and monitor.due(pos.step):
                 stop = monitor.evaluate(model)
                 reason = monitor.collapse()
                 if reason is not None:
-                    return step, samples, last_loss, Divergence(reason, step - start)
-            if step % 20 == 0 or step == total or stop:
-                last_loss = loss.item()
+                    return Divergence(reason, pos.step - pos.start)
+            if pos.step % 20 == 0 or pos.step == total or stop:
+                pos.last_loss = loss.item()
                 if progress is not None:
-                    progress[0].update(progress[1], completed=step,
-                                       description=f"{description} loss {last_loss:.3f}")
-            if step >= total or stop:
+                    progress[0].update(progress[1], completed=pos.step,
+                                       description=f"{fit.description} loss {pos.last_loss:.3f}")
+            if pos.step >= total or stop:
                 break
+            if ckpt is not None and ckpt.stop_requested():
+                save()
+                log.warning("%s: stopped by signal %d after optimizer step %d", fit.description,
+                            ckpt.stop_requested(), pos.step)
+                raise KeyboardInterrupt(f"signal {ckpt.stop_requested()}")
+        else:
+            pos.passes, pos.batch = pos.passes + 1, 0
+            if ckpt is not None and ckpt.due(pos.passes):
+                save()
     # A finite loss can still give non-finite gradients; after the last step no loss would
     # show it. With patience the final evaluation does (and the best weights come back).
-    if monitor is None and step > start and not weights_finite(model):
-        return step, samples, last_loss, Divergence("the weights became non-finite",
-                                                    step - start)
-    return step, samples, last_loss, None
+    if monitor is None and pos.step > pos.start and not weights_finite(model):
+        return Divergence("the weights became non-finite", pos.step - pos.start)
+    return None
 
 
-def _progress(total: int, description: str):  # type: ignore[no-untyped-def]
+def _progress(total: int, description: str, done: int):  # type: ignore[no-untyped-def]
     """A rich progress bar on stderr when it is a terminal, else None (logs only)."""
     if not sys.stderr.isatty():
         return None
@@ -309,6 +370,6 @@ def _progress(total: int, description: str):  # type: ignore[no-untyped-def]
 
     progress = Progress("[progress.description]{task.description}", BarColumn(),
                         MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    task = progress.add_task(description, total=total)
+    task = progress.add_task(description, total=total, completed=done)
     progress.start()
     return progress, task
