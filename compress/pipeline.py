@@ -143,6 +143,8 @@ def _resume_point(run_dir: Path, sampler: torch.Generator | None) -> ResumePoint
     from safetensors.torch import load_file
 
     step = last_finished_step(run_dir)
+    for finished in range(1, step + 1):  # a kill between state.json and their removal
+        remove_snapshots(run_dir / "steps" / f"{finished:02d}")
     partial = latest_snapshot(run_dir / "steps" / f"{step + 1:02d}")
     if partial is not None:
         context = partial.context

@@ -224,7 +224,12 @@ class _MaskPruner:
         probe = self._probe if self._probe is not None else self.example_inputs
         before = _probe_output(self.model, probe, f"{self.kind} finalize")
         for t in masked:
+            keep = t.mask() != 0
             prune.remove(t.module, t.param)
+            # orig * 0 is -0.0 where orig < 0: not a zero bit pattern (compresses worse), and
+            # it would depend on values nothing reads (a resumed run has 0 there, not orig).
+            with torch.no_grad():
+                t.original().masked_fill_(~keep, 0.0)
         after = _probe_output(self.model, probe, f"{self.kind} finalize")
         diff = (after - before).abs().max().item() if after.shape == before.shape \
             else float("inf")

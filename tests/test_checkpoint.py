@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,11 @@ from tests.conftest import tiny_cnn
 from tests.test_finetune import Faulty, same_state, state
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Killed(BaseException):
     """Stands for SIGKILL: nothing catches it, nothing after it runs."""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Bitwise comparisons need one thread count throughout; one is also much faster on a
-    # loaded machine than two threads that contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def shuffled_loader(n: int = 48, batch: int = 8) -> DataLoader:
