@@ -1,4 +1,5 @@
-"""Fine-tuning after a pruning step: a plain, readable training loop.
+"""Fine-tuning after a pruning step: budget, patience, distillation, around a plain training
+loop (:mod:`compress.trainloop`).
 
 A fresh optimizer and LR schedule every call (the model's shapes changed since the last one).
 bf16 autocast on CUDA when ``amp`` allows; a rich progress bar only on a terminal.
@@ -39,26 +40,22 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import sys
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compress.checkpoint import FinetuneCheckpoint, Position, Snapshot
-from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
-from compress.errors import CheckFailed, InputError
+from compress.checkpoint import FinetuneCheckpoint
+from compress.errors import InputError
 from compress.evaluate import evaluate
 from compress.patience import BestWeights, Monitor, ValidateFn
 from compress.recipe import FinetuneSpec
+from compress.trainloop import Fit, build_optimizer, fit
 
 __all__ = ["FinetuneStats", "ValidateFn", "finetune_", "build_optimizer", "distillation_loss"]
 
@@ -86,25 +83,6 @@ class FinetuneStats:
     divergences: int = 0  # rollbacks to a lower learning rate (0 or 1; a second one raises)
 
 
-def build_optimizer(model: nn.Module, spec: FinetuneSpec, *,
-                    lr: float | None = None) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW; no weight decay on biases and norm parameters.
-
-    ``lr`` replaces ``spec.lr`` (the lowered rate after a divergence).
-    """
-    lr = spec.lr if lr is None else lr
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.dim() <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": spec.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if spec.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum,
-                               nesterov=spec.momentum > 0)
-    return torch.optim.AdamW(groups, lr=lr)
-
-
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *,
                       alpha: float, temperature: float,
                       label_smoothing: float = 0.0) -> torch.Tensor:
@@ -126,13 +104,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
                   F.log_softmax(teacher.float() / t, dim=1),
                   reduction="batchmean", log_target=True)
     return (1 - alpha) * ce + alpha * t * t * kl
-
-
-def _autocast(device: torch.device, spec: FinetuneSpec) -> torch.autocast:
-    enabled = device.type == "cuda" and spec.amp in ("auto", "bf16")
-    if spec.amp == "bf16" and device.type != "cuda":
-        raise InputError("finetune.amp: bf16 needs a CUDA device; use auto or off on CPU")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
@@ -215,10 +186,10 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     if distill is not None and teacher is not None:
         teacher_mode = teacher.training
         teacher.eval()
-    fit = _Fit(model, loader, spec, device, total, loss_of, monitor, initial, step,
+    plan = Fit(model, loader, spec, device, total, loss_of, monitor, initial, step,
                description, checkpoint, start)
     try:
-        pos = _fit(fit, snapshot)
+        pos = fit(plan, snapshot)
     finally:
         if teacher is not None and teacher_mode is not None:
             teacher.train(teacher_mode)
@@ -231,145 +202,3 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
         monitor.finish(model, stats, stopped_early=pos.step < total, description=description)
     model.eval()
     return stats
-
-
-@dataclass
-class _Fit:
-    """What stays fixed during one fine-tune (every attempt of it)."""
-
-    model: nn.Module
-    loader: DataLoader
-    spec: FinetuneSpec
-    device: torch.device
-    total: int  # optimizer steps in the budget
-    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    monitor: Monitor | None
-    initial: BestWeights | None
-    pruning_step: int
-    description: str
-    checkpoint: FinetuneCheckpoint | None
-    started: float  # perf_counter at the start, less the time before a resume
-
-
-def _fit(fit: _Fit, snapshot: Snapshot | None) -> Position:
-    """Train, restarting once after a divergence; continue ``snapshot`` when given."""
-    pos = snapshot.position if snapshot is not None else Position(lr=fit.spec.lr)
-    progress = _progress(fit.total, fit.description, pos.step)
-    deferring = fit.checkpoint.deferring() if fit.checkpoint is not None \
-        else contextlib.nullcontext()
-    try:
-        with deferring:  # a signal stops after the current batch, once a snapshot is saved
-            while True:
-                diverged = _train(fit, pos, progress, snapshot)
-                snapshot = None
-                if diverged is None or not _roll_back(fit, pos, diverged):
-                    return pos
-    finally:
-        if progress is not None:
-            progress[0].stop()
-
-
-def _roll_back(fit: _Fit, pos: Position, diverged: Divergence) -> bool:
-    """Undo a divergence (a second one raises); True when budget is left for a restart."""
-    monitor = fit.monitor
-    if monitor is not None and monitor.best.state is not None:
-        monitor.best.load_into(fit.model)
-        where = f"evaluation {monitor.rule.best_index}'s weights"
-    else:
-        assert fit.initial is not None
-        fit.initial.load_into(fit.model)
-        where = "the weights the fine-tune started from"
-    if pos.divergence is not None:
-        raise CheckFailed(diverged_twice(fit.pruning_step, Divergence(*pos.divergence),
-                                         diverged, pos.lr))
-    pos.divergence = [diverged.reason, diverged.step]
-    pos.lr *= fit.spec.divergence_lr_factor
-    log.warning("%s: %s at optimizer step %d; rolled back to %s, restarting the remaining %d "
-                "steps at learning rate %g", fit.description, diverged.reason, diverged.step,
-                where, fit.total - pos.step, pos.lr)
-    if monitor is not None:
-        monitor.rule.stale = 0  # the restart gets its full patience
-    pos.start, pos.batch = pos.step, 0  # a fresh optimizer, schedule and pass
-    return pos.step < fit.total
-
-
-def _train(fit: _Fit, pos: Position, progress: Any,
-           snapshot: Snapshot | None) -> Divergence | None:
-    """One attempt from optimizer step ``pos.start`` (or ``snapshot``'s) to ``fit.total``, with
-    a fresh optimizer and schedule; advances ``pos``; returns the divergence or None."""
-    model, spec, monitor, total, ckpt = fit.model, fit.spec, fit.monitor, fit.total, fit.checkpoint
-    optimizer = build_optimizer(model, spec, lr=pos.lr)
-    span = total - pos.start  # a restart's schedule spans what is left of the budget
-    if spec.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, span) / span)))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    if snapshot is not None:
-        optimizer.load_state_dict(snapshot.optimizer["optimizer"])
-        sched.load_state_dict(snapshot.optimizer["scheduler"])
-
-    def save() -> None:
-        assert ckpt is not None
-        pos.seconds = time.perf_counter() - fit.started
-        ckpt.save(pos, model, optimizer, sched, fit.loader, monitor, fit.initial)
-
-    model.train()
-    stop = False
-    while pos.step < total and not stop:
-        batches = ckpt.open_pass(fit.loader, snapshot) if ckpt is not None else iter(fit.loader)
-        snapshot = None
-        for x, y in batches:
-            x, y = x.to(fit.device, non_blocking=True), y.to(fit.device, non_blocking=True)
-            with _autocast(fit.device, spec):
-                loss = fit.loss_of(x, y)
-            reason = loss_divergence(loss)  # before backward: a NaN step is never applied
-            if reason is not None:
-                return Divergence(reason, pos.step - pos.start + 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            optimizer.step()
-            sched.step()
-            pos.step, pos.batch = pos.step + 1, pos.batch + 1
-            pos.samples += y.numel()
-            if monitor is not None and monitor.due(pos.step):
-                stop = monitor.evaluate(model)
-                reason = monitor.collapse()
-                if reason is not None:
-                    return Divergence(reason, pos.step - pos.start)
-            if pos.step % 20 == 0 or pos.step == total or stop:
-                pos.last_loss = loss.item()
-                if progress is not None:
-                    progress[0].update(progress[1], completed=pos.step,
-                                       description=f"{fit.description} loss {pos.last_loss:.3f}")
-            if pos.step >= total or stop:
-                break
-            if ckpt is not None and ckpt.stop_requested():
-                save()
-                log.warning("%s: stopped by signal %d after optimizer step %d", fit.description,
-                            ckpt.stop_requested(), pos.step)
-                raise KeyboardInterrupt(f"signal {ckpt.stop_requested()}")
-        else:
-            pos.passes, pos.batch = pos.passes + 1, 0
-            if ckpt is not None and ckpt.due(pos.passes):
-                save()
-    # A finite loss can still give non-finite gradients; after the last step no loss would
-    # show it. With patience the final evaluation does (and the best weights come back).
-    if monitor is None and pos.step > pos.start and not weights_finite(model):
-        return Divergence("the weights became non-finite", pos.step - pos.start)
-    return None
-
-
-def _progress(total: int, description: str, done: int):  # type: ignore[no-untyped-def]
-    """A rich progress bar on stderr when it is a terminal, else None (logs only)."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    task = progress.add_task(description, total=total, completed=done)
-    progress.start()
-    return progress, task
