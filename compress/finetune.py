@@ -1,4 +1,5 @@
-"""Fine-tuning after a pruning step: a plain, readable training loop.
+"""Fine-tuning after a pruning step: budget, patience, distillation, around a plain training
+loop (:mod:`compress.trainloop`).
 
 A fresh optimizer and LR schedule every call (the model's shapes changed since the last one).
 bf16 autocast on CUDA when ``amp`` allows; a rich progress bar only on a terminal.
@@ -21,6 +22,10 @@ so far (evaluation 0, or the weights as they came in), multiplies the learning r
 ``divergence_lr_factor`` and restarts with a fresh optimizer and schedule for the remaining
 budget; a second one raises :class:`~compress.errors.CheckFailed`.
 
+Checkpoints (see :mod:`compress.checkpoint`): given a ``checkpoint``, the fine-tune saves its
+exact position every ``checkpoint_every`` passes over the data and when a signal stops it, and
+continues a saved position to the result an uninterrupted fine-tune would have had.
+
 Example:
     >>> from compress.recipe import FinetuneSpec
     >>> stats = finetune_(model, bundle.train, FinetuneSpec(epochs=1), device)  # doctest: +SKIP
@@ -36,23 +41,21 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
-import sys
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
-from compress.errors import CheckFailed, InputError
+from compress.checkpoint import FinetuneCheckpoint
+from compress.errors import InputError
 from compress.evaluate import evaluate, task_loss
 from compress.patience import BestWeights, Monitor, ValidateFn
 from compress.recipe import FinetuneSpec
+from compress.trainloop import Fit, build_optimizer, fit
 
 __all__ = ["FinetuneStats", "ValidateFn", "finetune_", "build_optimizer", "distillation_loss"]
 
@@ -80,25 +83,6 @@ class FinetuneStats:
     divergences: int = 0  # rollbacks to a lower learning rate (0 or 1; a second one raises)
 
 
-def build_optimizer(model: nn.Module, spec: FinetuneSpec, *,
-                    lr: float | None = None) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW; no weight decay on biases and norm parameters.
-
-    ``lr`` replaces ``spec.lr`` (the lowered rate after a divergence).
-    """
-    lr = spec.lr if lr is None else lr
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.dim() <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": spec.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if spec.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum,
-                               nesterov=spec.momentum > 0)
-    return torch.optim.AdamW(groups, lr=lr)
-
-
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *,
                       alpha: float, temperature: float,
                       label_smoothing: float = 0.0) -> torch.Tensor:
@@ -122,17 +106,11 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
     return (1 - alpha) * ce + alpha * t * t * kl
 
 
-def _autocast(device: torch.device, spec: FinetuneSpec) -> torch.autocast:
-    enabled = device.type == "cuda" and spec.amp in ("auto", "bf16")
-    if spec.amp == "bf16" and device.type != "cuda":
-        raise InputError("finetune.amp: bf16 needs a CUDA device; use auto or off on CPU")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
               *, step: int = 1, val_loader: DataLoader | None = None,
               teacher: nn.Module | None = None, validate_fn: ValidateFn | None = None,
-              description: str = "fine-tune") -> FinetuneStats:
+              description: str = "fine-tune",
+              checkpoint: FinetuneCheckpoint | None = None) -> FinetuneStats:
     """Train ``model`` in place after pruning step ``step`` (1-based; picks the patience).
 
     Fixed budget without ``spec.patience``; otherwise early stopping on ``val_loader`` (or on
@@ -140,6 +118,11 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     ending with the best evaluation's weights. ``teacher`` is used only with ``spec.distill``;
     it is put in eval mode for the call and never updated. Raises :class:`CheckFailed` when
     the fine-tune diverges twice (the model is rolled back first).
+
+    With ``checkpoint`` the fine-tune saves snapshots as it goes, continues
+    ``checkpoint.resume`` when set (the model must hold that snapshot's weights), and a
+    SIGINT/SIGTERM (see :func:`compress.runstate.stop_on_signals`) stops it after the current
+    batch with a snapshot saved, raising :class:`KeyboardInterrupt`.
     """
     assert step >= 1, "pruning steps are 1-based"
     patience = spec.patience_for(step)
@@ -171,7 +154,9 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
                                  temperature=distill.temperature,
                                  label_smoothing=spec.label_smoothing)
 
-    start = time.perf_counter()  # seconds include the validation passes
+    snapshot = checkpoint.resume if checkpoint is not None else None
+    # seconds include the validation passes, and the time before an interruption
+    start = time.perf_counter() - (snapshot.position.seconds if snapshot else 0.0)
     monitor = None
     if patience is not None:
         if validate_fn is None:
@@ -179,11 +164,18 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
             validate_fn = lambda m: evaluate(m, val_loader, device)  # noqa: E731
         monitor = Monitor(spec, patience, validate_fn, spec.eval_every or steps_per_epoch,
                           total)
-        monitor.evaluate(model)  # evaluation 0: the model as pruned
+        if snapshot is None:
+            monitor.evaluate(model)  # evaluation 0: the model as pruned
+        else:
+            assert snapshot.monitor is not None, "the snapshot is not of a patience fine-tune"
+            monitor.restore(snapshot.monitor, snapshot.best)
     # What a divergence rolls back to while no evaluation is kept: the weights as they came in
     # (the monitor keeps evaluation 0's copy when it is a number; no second copy then).
     initial = None
-    if monitor is None or monitor.best.state is None:
+    if snapshot is not None and snapshot.initial is not None:
+        initial = BestWeights()
+        initial.state = snapshot.initial
+    elif snapshot is None and (monitor is None or monitor.best.state is None):
         initial = BestWeights()
         initial.save(model)
 
@@ -192,121 +184,19 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     if distill is not None and teacher is not None:
         teacher_mode = teacher.training
         teacher.eval()
+    plan = Fit(model, loader, spec, device, total, loss_of, monitor, initial, step,
+               description, checkpoint, start)
     try:
-        steps, samples, last_loss, divergences, lr = _fit(
-            model, loader, spec, device, total, loss_of, monitor, initial, step, description)
+        pos = fit(plan, snapshot)
     finally:
         if teacher is not None and teacher_mode is not None:
             teacher.train(teacher_mode)
     seconds = time.perf_counter() - start
-    stats = FinetuneStats(steps / steps_per_epoch, steps, samples, seconds, last_loss, lr,
-                          divergences=divergences)
-    log.info("%s: %d steps, %d samples, %.1fs, last loss %s", description, steps, samples,
-             seconds, f"{last_loss:.4f}" if last_loss is not None else "n/a")
+    stats = FinetuneStats(pos.step / steps_per_epoch, pos.step, pos.samples, seconds,
+                          pos.last_loss, pos.lr, divergences=int(pos.divergence is not None))
+    log.info("%s: %d steps, %d samples, %.1fs, last loss %s", description, pos.step,
+             pos.samples, seconds, f"{pos.last_loss:.4f}" if pos.last_loss is not None else "n/a")
     if monitor is not None:
-        monitor.finish(model, stats, stopped_early=steps < total, description=description)
+        monitor.finish(model, stats, stopped_early=pos.step < total, description=description)
     model.eval()
     return stats
-
-
-def _fit(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
-         total: int, loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-         monitor: Monitor | None, initial: BestWeights | None, pruning_step: int,
-         description: str) -> tuple[int, int, float | None, int, float]:
-    """Train, restarting once after a divergence: (steps, samples, last loss, divergences, lr)."""
-    lr, step, samples, last_loss = spec.lr, 0, 0, None
-    first: Divergence | None = None
-    progress = _progress(total, description)
-    try:
-        while True:
-            step, done, loss, diverged = _train(model, loader, spec, device, lr, step, total,
-                                                loss_of, monitor, progress, description)
-            samples += done
-            last_loss = loss if loss is not None else last_loss
-            if diverged is None:
-                return step, samples, last_loss, int(first is not None), lr
-            if monitor is not None and monitor.best.state is not None:
-                monitor.best.load_into(model)
-                where = f"evaluation {monitor.rule.best_index}'s weights"
-            else:
-                assert initial is not None
-                initial.load_into(model)
-                where = "the weights the fine-tune started from"
-            if first is not None:
-                raise CheckFailed(diverged_twice(pruning_step, first, diverged, lr))
-            first, lr = diverged, lr * spec.divergence_lr_factor
-            log.warning("%s: %s at optimizer step %d; rolled back to %s, restarting the "
-                        "remaining %d steps at learning rate %g", description, diverged.reason,
-                        diverged.step, where, total - step, lr)
-            if monitor is not None:
-                monitor.rule.stale = 0  # the restart gets its full patience
-            if step >= total:
-                return step, samples, last_loss, 1, lr
-    finally:
-        if progress is not None:
-            progress[0].stop()
-
-
-def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
-           lr: float, start: int, total: int,
-           loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-           monitor: Monitor | None, progress: Any, description: str
-           ) -> tuple[int, int, float | None, Divergence | None]:
-    """One attempt from optimizer step ``start`` to ``total``, with a fresh optimizer and
-    schedule: (step reached, samples, last loss, divergence or None)."""
-    optimizer = build_optimizer(model, spec, lr=lr)
-    span = total - start  # a restart's schedule spans what is left of the budget
-    if spec.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, span) / span)))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    model.train()
-    step, samples, last_loss, stop = start, 0, None, False
-    while step < total and not stop:
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, spec):
-                loss = loss_of(x, y)
-            reason = loss_divergence(loss)  # before backward: a NaN step is never applied
-            if reason is not None:
-                return step, samples, last_loss, Divergence(reason, step - start + 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            optimizer.step()
-            sched.step()
-            step += 1
-            samples += y.numel()
-            if monitor is not None and monitor.due(step):
-                stop = monitor.evaluate(model)
-                reason = monitor.collapse()
-                if reason is not None:
-                    return step, samples, last_loss, Divergence(reason, step - start)
-            if step % 20 == 0 or step == total or stop:
-                last_loss = loss.item()
-                if progress is not None:
-                    progress[0].update(progress[1], completed=step,
-                                       description=f"{description} loss {last_loss:.3f}")
-            if step >= total or stop:
-                break
-    # A finite loss can still give non-finite gradients; after the last step no loss would
-    # show it. With patience the final evaluation does (and the best weights come back).
-    if monitor is None and step > start and not weights_finite(model):
-        return step, samples, last_loss, Divergence("the weights became non-finite",
-                                                    step - start)
-    return step, samples, last_loss, None
-
-
-def _progress(total: int, description: str):  # type: ignore[no-untyped-def]
-    """A rich progress bar on stderr when it is a terminal, else None (logs only)."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    task = progress.add_task(description, total=total)
-    progress.start()
-    return progress, task

@@ -15,35 +15,49 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from compress.checkpoint import FinetuneCheckpoint, Snapshot
 from compress.errors import InputError
 from compress.finetune import finetune_
 from compress.pruners import Pruner, StepRecord, build_pruner
 from compress.pruning import IMPORTANCE, count_macs_params, solve_ratio_for_macs
 from compress.recipe import FinetuneSpec, PruningSpec, ScheduleSpec
+from compress.runstate import stop_requested
 from compress.schedules import plan_targets
+from compress.sparsity import load_state_
 
-__all__ = ["run_schedule_", "StepCallback", "ResumePoint"]
+__all__ = ["run_schedule_", "StepCallback", "CheckpointFactory", "ResumePoint"]
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, nn.Module, dict[str, Any], Pruner], None]
+# (step, pruner, record of the step's pruning) -> how that step's fine-tune checkpoints itself
+CheckpointFactory = Callable[[int, Pruner, StepRecord], FinetuneCheckpoint]
 
 
 @dataclass
 class ResumePoint:
-    """Where an interrupted run stopped: after ``step``, with everything needed to go on."""
+    """Where an interrupted run stopped: after ``step``, with everything needed to go on.
+
+    With ``finetune`` (a snapshot taken inside step ``step + 1``'s fine-tune) and ``record``
+    (what that step's pruning did), the run continues that fine-tune: ``pruner_state``,
+    ``pruner_tensors`` and ``model_state`` are then the snapshot's, and ``restore_rng`` is
+    left to the fine-tune, which restores the snapshot's random states itself.
+    """
 
     step: int
     pruner_state: dict[str, Any]
     model_state: dict[str, torch.Tensor]
     rows: list[dict[str, Any]]
     restore_rng: Callable[[], None]
+    pruner_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    finetune: Snapshot | None = None
+    record: StepRecord | None = None
 
 
 def _channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,
@@ -63,13 +77,17 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   val: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                   teacher: nn.Module | None = None,
                   on_step: StepCallback | None = None,
-                  resume: ResumePoint | None = None) -> tuple[list[dict[str, Any]], Pruner]:
+                  resume: ResumePoint | None = None,
+                  checkpoints: CheckpointFactory | None = None
+                  ) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
     Returns one row per step and the pruner (call its ``finalize_`` before export).
-    ``on_step(step, model, row, pruner)`` runs after each step (checkpoints, per-step export).
+    ``on_step(step, model, row, pruner)`` runs after each step (checkpoints, per-step export);
+    ``checkpoints`` gives each step's fine-tune its :class:`FinetuneCheckpoint`.
     With ``resume``, the finished steps are replayed (not recomputed) and the run goes on from
-    the next one.
+    the next one, or from inside its fine-tune. A SIGINT/SIGTERM that asked to stop during a
+    fine-tune that finished anyway stops the run after ``on_step`` (KeyboardInterrupt).
     """
     base_macs, base_params = count_macs_params(model, example)
     if pruning.kind == "structured" and IMPORTANCE.get(pruning.importance).needs_grad \
@@ -83,26 +101,35 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     rows: list[dict[str, Any]] = []
     done = 0
     if resume is not None:
-        if not hasattr(pruner, "restore_"):
-            raise InputError(f"resuming is supported for structured pruning only, not "
-                             f"{pruning.kind!r}; start over with --overwrite")
-        pruner.restore_(resume.pruner_state)
-        model.load_state_dict(resume.model_state, strict=True)
+        pruner.restore_(resume.pruner_state, resume.pruner_tensors)
+        load_state_(model, resume.model_state)
         rows, done = list(resume.rows), resume.step
         resume.restore_rng()
-        log.info("resumed after step %d of %d", done, len(targets))
+        log.info("resumed after step %d of %d%s", done, len(targets),
+                 "" if resume.finetune is None else
+                 f", inside step {done + 1}'s fine-tune after optimizer step "
+                 f"{resume.finetune.position.step}")
     for i, (target, ratio) in enumerate(zip(targets, ratios), start=1):
         if i <= done:
             continue
-        if needs_grad:
-            assert train is not None
-            pruner.accumulate_gradients(itertools.islice(train, pruning.calibration_batches),
-                                        device)
-        record = pruner.step_(ratio, probe)
+        snapshot = resume.finetune if resume is not None and i == done + 1 else None
+        if snapshot is not None:
+            assert resume is not None and resume.record is not None
+            record = resume.record  # the step's pruning is in the restored pruner already
+        else:
+            if needs_grad:
+                assert train is not None
+                pruner.accumulate_gradients(
+                    itertools.islice(train, pruning.calibration_batches), device)
+            record = pruner.step_(ratio, probe)
         stats = None
         if train is not None:
+            ckpt = checkpoints(i, pruner, record) if checkpoints is not None else None
+            if ckpt is not None:
+                ckpt.resume = snapshot
             stats = finetune_(model, train, finetune, device, step=i, val_loader=val,
-                              teacher=teacher, description=f"step {i}/{len(targets)} fine-tune")
+                              teacher=teacher, description=f"step {i}/{len(targets)} fine-tune",
+                              checkpoint=ckpt)
         metrics = evaluate_fn(model)
         macs, params = count_macs_params(model, example)
         row = _row(i, target, ratio, record, stats, metrics, macs, params, base_macs, base_params)
@@ -112,6 +139,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                  "n/a" if metrics.get("accuracy") is None else f"{metrics['accuracy']:.2f}%")
         if on_step is not None:
             on_step(i, model, row, pruner)
+        if stop_requested():
+            raise KeyboardInterrupt(f"signal {stop_requested()} (stopped after step {i})")
     return rows, pruner
 
 

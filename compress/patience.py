@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -151,6 +151,19 @@ class Monitor:
                   len(self.rule.history) - 1, self.name, result[self.key], self.rule.best,
                   self.rule.best_index)
         return self.rule.should_stop
+
+    def state(self) -> dict[str, Any]:
+        """The stopping rule's progress, JSON-safe (the best weights are saved apart)."""
+        rule = self.rule
+        return {"history": list(rule.history), "best": rule.best, "best_index": rule.best_index,
+                "stale": rule.stale}
+
+    def restore(self, state: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
+        """Continue from :meth:`state` and the best weights saved with it."""
+        rule = self.rule
+        rule.history, rule.best = [float(v) for v in state["history"]], state["best"]
+        rule.best_index, rule.stale = state["best_index"], state["stale"]
+        self.best.state = best
 
     def collapse(self) -> str | None:
         """Why the last evaluation is a collapse against evaluation 0, or None."""

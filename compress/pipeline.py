@@ -9,21 +9,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from compress.checkpoint import (FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir,
+                                 remove_snapshots)
 from compress.context import RunContext
 from compress.data import DataBundle, build_data
 from compress.data.text import with_default_tokenizer
@@ -34,6 +32,7 @@ from compress.finetune import finetune_
 from compress.export import export_model, export_onnx, onnx_size, save_safetensors
 from compress.gate import GateOutcome, evaluate_gates, gates_passed
 from compress.loop import ResumePoint, run_schedule_
+from compress.pruners import StepRecord
 from compress.measure import Candidate, measure_latency
 from compress.models import build_model
 from compress.pruning import count_macs_params
@@ -42,7 +41,8 @@ from compress.recipe import ModelSpec, Recipe
 from compress.fsutil import write_text_atomic
 from compress.report import build_report, write_report
 from compress.runstate import (last_finished_step, prepare_run_dir, recipe_digest,
-                               restore_rng_state, rng_state, write_status)
+                               restore_rng_state, rng_state, sampler_generator,
+                               stop_on_signals, write_status)
 from compress.validate import check_recipe
 
 __all__ = ["Result", "run_recipe", "default_out_dir"]
@@ -123,11 +123,14 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
         write_text_atomic(run_dir / "recipe.json", json.dumps(recipe_dict, indent=2))
     write_status(run_dir, "running", recipe_sha256=recipe_digest(recipe_dict))
     try:
-        with _stop_on_sigterm():
+        with stop_on_signals():
             result = _run(recipe, run_dir, resuming)
     except KeyboardInterrupt:
+        step = last_finished_step(run_dir)
+        snapshot = latest_snapshot_dir(run_dir / "steps" / f"{step + 1:02d}")
         write_status(run_dir, "interrupted", "interrupted by a signal; continue with --resume",
-                     last_finished_step=last_finished_step(run_dir))
+                     last_finished_step=step,
+                     finetune_checkpoint=str(snapshot) if snapshot else None)
         raise
     except CompressError as err:
         write_status(run_dir, "failed", str(err), last_finished_step=last_finished_step(run_dir))
@@ -141,37 +144,32 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
     return result
 
 
-@contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM stops the run like Ctrl-C does (between Python operations, status written)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _resume_point(run_dir: Path, sampler_generator: torch.Generator | None) -> ResumePoint:
+def _resume_point(run_dir: Path, sampler: torch.Generator | None) -> ResumePoint:
+    """Where to go on: inside the fine-tune after the last finished step, or after that step."""
     from safetensors.torch import load_file
 
     step = last_finished_step(run_dir)
+    for finished in range(1, step + 1):  # a kill between state.json and their removal
+        remove_snapshots(run_dir / "steps" / f"{finished:02d}")
+    partial = latest_snapshot(run_dir / "steps" / f"{step + 1:02d}")
+    if partial is not None:
+        context = partial.context
+        return ResumePoint(step=step, pruner_state=context["pruner"],
+                           pruner_tensors=partial.tensors, model_state=partial.model,
+                           rows=context["rows"], restore_rng=lambda: None, finetune=partial,
+                           record=StepRecord(**context["record"]))
     if step == 0:
         raise InputError(f"nothing to resume in {str(run_dir)!r}: no pruning step finished; "
                          f"start over with --overwrite")
     step_dir = run_dir / "steps" / f"{step:02d}"
     state = json.loads((step_dir / "state.json").read_text(encoding="utf-8"))
     rng = load_file(str(step_dir / "rng.safetensors"))
+    tensors = step_dir / "pruner.safetensors"
     return ResumePoint(step=step, pruner_state=state["pruner"],
+                       pruner_tensors=load_file(str(tensors)) if tensors.is_file() else {},
                        model_state=load_file(str(step_dir / "model.safetensors")),
                        rows=state["rows"],
-                       restore_rng=lambda: restore_rng_state(rng, sampler_generator))
+                       restore_rng=lambda: restore_rng_state(rng, sampler))
 
 
 def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
@@ -212,8 +210,8 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     if recipe.finetune.distill is not None:
         teacher = copy.deepcopy(baseline_model).to(ctx.device).eval().requires_grad_(False)
 
-    sampler_generator = getattr(getattr(bundle.train, "sampler", None), "generator", None)
-    resume = _resume_point(ctx.out_dir, sampler_generator) if resuming else None
+    sampler = sampler_generator(bundle.train)
+    resume = _resume_point(ctx.out_dir, sampler) if resuming else None
     rows_so_far: list[dict[str, Any]] = list(resume.rows) if resume else []
 
     def on_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Any) -> None:
@@ -228,18 +226,28 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
             save_safetensors(m, step_dir, model_spec, tuple(probe.shape[1:]))
         row["checkpoint"] = str(step_dir)
         rows_so_far.append(row)
-        if hasattr(pruner, "get_state"):
-            save_file(rng_state(sampler_generator), str(step_dir / "rng.safetensors"))
-            state = {"step": step, "pruner": pruner.get_state(), "rows": rows_so_far}
-            # Written last: a step folder without state.json is never resumed from.
-            write_text_atomic(step_dir / "state.json", json.dumps(state))
+        save_file(rng_state(sampler), str(step_dir / "rng.safetensors"))
+        if tensors := pruner.get_tensors():
+            save_file(tensors, str(step_dir / "pruner.safetensors"))
+        state = {"step": step, "pruner": pruner.get_state(), "rows": rows_so_far}
+        # Written last: a step folder without state.json is never resumed from.
+        write_text_atomic(step_dir / "state.json", json.dumps(state))
+        remove_snapshots(step_dir)  # the fine-tune's own checkpoints are superseded
+
+    def checkpoints(step: int, pruner: Any, record: StepRecord) -> FinetuneCheckpoint:
+        context = {"step": step, "pruner": pruner.get_state(), "record": asdict(record),
+                   "rows": rows_so_far}
+        return FinetuneCheckpoint(ctx.out_dir / "steps" / f"{step:02d}",
+                                  recipe.finetune.checkpoint_every, context=context,
+                                  tensors=pruner.get_tensors())
 
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
                                   pruning=recipe.pruning, schedule=recipe.schedule,
                                   finetune=recipe.finetune, train=bundle.train,
                                   evaluate_fn=timed_eval, device=ctx.device, val=bundle.val,
-                                  teacher=teacher, on_step=on_step, resume=resume)
+                                  teacher=teacher, on_step=on_step, resume=resume,
+                                  checkpoints=checkpoints)
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
     t = time.perf_counter()

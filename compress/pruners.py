@@ -54,6 +54,17 @@ class Pruner(Protocol):
     def finalize_(self) -> None:
         """Make the result plain: no masks, hooks or re-parametrisations left."""
 
+    def get_state(self) -> dict[str, Any]:
+        """JSON-safe state from which :meth:`restore_` rebuilds the pruner after a crash."""
+        ...
+
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors the state needs besides :meth:`get_state` (masks), saved with safetensors."""
+        ...
+
+    def restore_(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """On the freshly built model, redo what the saved steps did (not the weights)."""
+
 
 PRUNING_KINDS: Registry[Callable[..., Pruner]] = Registry("pruning kind")
 

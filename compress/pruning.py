@@ -387,7 +387,11 @@ class StructuredPruner:
         return {"kind": "structured", "steps_done": self.steps_done, "history": self.history,
                 "scope_initial": dict(self._pruner._scope_initial_channels)}
 
-    def restore_(self, state: dict[str, Any]) -> None:
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        """None: :meth:`get_state` holds everything (the removed channels' indices)."""
+        return {}
+
+    def restore_(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Replay the recorded steps on the freshly built (unpruned) model.
 
         The model's architecture then matches the checkpoint of the last finished step, and the

@@ -358,6 +358,12 @@ class FinetuneSpec(_Section):
                                    "validation loss more than this many times the just-pruned "
                                    "model's (evaluation 0), or not a number, is a divergence.",
                                    examples=[5.0])
+    checkpoint_every: int = Field(
+        1, ge=0, description="Save a resumable checkpoint (weights, optimizer, LR schedule, "
+        "random states, patience state) every this many passes over the training data within "
+        "a step's fine-tune, so --resume continues a long fine-tune from its last checkpoint "
+        "instead of redoing the step (0 = only at the end of each step and when stopped by "
+        "Ctrl-C/SIGTERM).", examples=[1])
     distill: Distill | None = Field(None, description="Knowledge distillation from the "
                                     "unpruned model (off unless set).",
                                     examples=[{"alpha": 0.5, "temperature": 4.0}])

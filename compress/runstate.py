@@ -6,7 +6,10 @@
   replaced only when asked.
 * After each pruning step, ``steps/NN/`` holds the model (safetensors + manifest), the pruner's
   state and the RNG states; ``steps/NN/state.json`` is written last, so a step folder without
-  it is not trusted.
+  it is not trusted. Within a step's fine-tune, :mod:`compress.checkpoint` saves more.
+* SIGINT (Ctrl-C) and SIGTERM stop a run (:func:`stop_on_signals`): at once, or inside a
+  :func:`deferred_stop` block (a fine-tune that can checkpoint) after the current batch, once
+  the fine-tune has saved where it stopped. A second signal stops at once.
 
 Example:
     >>> status = read_status(Path("runs/quickstart"))  # doctest: +SKIP
@@ -16,11 +19,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import random
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,8 @@ from compress.errors import InputError
 from compress.fsutil import write_text_atomic
 
 __all__ = ["STATES", "read_status", "write_status", "prepare_run_dir", "recipe_digest",
-           "changed_keys", "last_finished_step", "rng_state", "restore_rng_state"]
+           "changed_keys", "last_finished_step", "rng_state", "restore_rng_state",
+           "sampler_generator", "stop_on_signals", "deferred_stop", "stop_requested"]
 
 STATES = ("running", "done", "failed", "interrupted")
 
@@ -110,6 +118,11 @@ def last_finished_step(run_dir: Path) -> int:
     return max(done, default=0)
 
 
+def sampler_generator(loader: Any) -> torch.Generator | None:
+    """The generator that orders a training loader's batches (its sampler's), if it has one."""
+    return getattr(getattr(loader, "sampler", None), "generator", None)
+
+
 def rng_state(sampler_generator: torch.Generator | None) -> dict[str, torch.Tensor]:
     """Every random state a fine-tune consumes, as tensors (saved with safetensors)."""
     state = {"torch": torch.get_rng_state(),
@@ -144,3 +157,56 @@ def _python_words() -> list[int]:
     version, internal, _ = random.getstate()
     assert version == 3
     return [int(w) for w in internal]
+
+
+class _Stop:
+    """The pending stop request (a signal number) and how many deferred_stop blocks are open."""
+
+    signal: int | None = None
+    deferring = 0
+
+
+_STOP = _Stop()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`KeyboardInterrupt`, or only ask to stop (see
+    :func:`stop_requested`) while a :func:`deferred_stop` block is open and nothing is pending.
+
+    Outside the main thread (where Python cannot install handlers) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        # No logging here: a handler that writes could re-enter a stream mid-write.
+        if _STOP.deferring and _STOP.signal is None:
+            _STOP.signal = signum
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    _STOP.signal = None
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _STOP.signal = None
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[None]:
+    """A block that polls :func:`stop_requested` (after each batch) instead of being cut off."""
+    _STOP.deferring += 1
+    try:
+        yield
+    finally:
+        _STOP.deferring -= 1
+
+
+def stop_requested() -> int | None:
+    """The signal that asked the run to stop, or None."""
+    return _STOP.signal

@@ -38,7 +38,7 @@ from compress.pruners import PRUNING_KINDS, StepRecord
 from compress.pruning import _output_layers, resolve_ignored
 from compress.recipe import UNSTRUCTURED_CRITERIA, PruningSpec
 
-__all__ = ["UnstructuredPruner", "NMPruner", "weight_sparsity", "compressed_size"]
+__all__ = ["UnstructuredPruner", "NMPruner", "weight_sparsity", "compressed_size", "load_state_"]
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,27 @@ class _MaskPruner:
                              device: torch.device) -> None:
         """Nothing to do: no criterion of these kinds uses gradients."""
 
+    def get_state(self) -> dict[str, Any]:
+        """JSON-safe state; with :meth:`get_tensors` (the masks) :meth:`restore_` rebuilds it."""
+        return {"kind": self.kind, "steps_done": self._step}
+
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        return {t.key: mask != 0 for t in self._tensors if (mask := t.mask()) is not None}
+
+    def restore_(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Reinstall the saved masks on the freshly built model and go on after its steps.
+
+        Load the weights after, with :func:`load_state_`.
+        """
+        assert self._step == 0 and state["kind"] == self.kind, (self._step, state["kind"])
+        unknown = set(tensors) - {t.key for t in self._tensors}
+        assert not unknown, f"masks for tensors this pruner does not prune: {sorted(unknown)}"
+        with torch.no_grad():
+            for t in self._tensors:
+                if t.key in tensors:
+                    _install_(t, tensors[t.key].to(t.original().device, torch.bool))
+        self._step = state["steps_done"]
+
     def sparsity(self) -> dict[str, Any]:
         """Masked fraction per prunable tensor and overall; n:m's skipped layers read 0.0."""
         counts = {t.key: (t.pruned() if t.mask() is not None else int((t.effective() == 0).sum()),
@@ -203,7 +224,12 @@ class _MaskPruner:
         probe = self._probe if self._probe is not None else self.example_inputs
         before = _probe_output(self.model, probe, f"{self.kind} finalize")
         for t in masked:
+            keep = t.mask() != 0
             prune.remove(t.module, t.param)
+            # orig * 0 is -0.0 where orig < 0: not a zero bit pattern (compresses worse), and
+            # it would depend on values nothing reads (a resumed run has 0 there, not orig).
+            with torch.no_grad():
+                t.original().masked_fill_(~keep, 0.0)
         after = _probe_output(self.model, probe, f"{self.kind} finalize")
         diff = (after - before).abs().max().item() if after.shape == before.shape \
             else float("inf")
@@ -312,6 +338,32 @@ class NMPruner(_MaskPruner):
             if worst > self.spec.n:
                 raise CheckFailed(f"n:m step: {t.key!r} has a block of {self.spec.m} weights "
                                   f"with {worst} non-zeros (at most {self.spec.n} allowed)")
+
+
+def load_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``model`` (masks installed or not), strictly.
+
+    ``state`` may hold the masks and trained values (``w_orig``, ``w_mask``) or the masks
+    folded in (``w``, as ``steps/NN/model.safetensors`` does): then ``w_orig`` is loaded from
+    ``w`` and the installed mask stays. Pruned entries of ``w_orig`` then read 0 instead of
+    their old values, which nothing reads: the forward, the gradients and later steps' scores
+    all go through the mask.
+    """
+    own = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in own.items():
+        base = key.rpartition("_")[0]
+        if key in state:
+            mapped[key] = state[key]
+        elif key.endswith("_orig") and base in state and base + "_mask" in own:
+            mapped[key] = state[base]
+        elif key.endswith("_mask") and base + "_orig" in own and base in state:
+            mapped[key] = value
+    unused = set(state) - set(mapped) - {k.rpartition("_")[0] for k in mapped
+                                         if k.endswith("_orig")}
+    if unused:
+        raise RuntimeError(f"the saved state has keys the model lacks: {sorted(unused)[:5]}")
+    model.load_state_dict(mapped, strict=True)
 
 
 def weight_sparsity(model: nn.Module) -> dict[str, Any]:

@@ -308,7 +308,11 @@ class TransformerPruner:
     def get_state(self) -> dict[str, Any]:
         return {"kind": "transformer", "steps_done": self.steps_done, "history": self.history}
 
-    def restore_(self, state: dict[str, Any]) -> None:
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        """None: :meth:`get_state` holds the removed heads' and neurons' indices."""
+        return {}
+
+    def restore_(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """Replay recorded removals on the freshly built model (resume after a crash)."""
         assert self.steps_done == 0 and state["kind"] == "transformer"
         with torch.no_grad():

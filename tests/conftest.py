@@ -85,3 +85,13 @@ def tiny_recipe(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         else:
             recipe[key] = value
     return recipe
+
+
+@pytest.fixture
+def single_thread() -> Any:
+    """One torch thread for the test: bitwise comparisons between runs need one thread count
+    throughout, and one thread is much faster than two that contend on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -198,3 +198,21 @@ def test_minilm_ffn_pruning_reloads_with_stock_transformers(tmp_path: Path) -> N
         assert (reloaded(x) - model(x)).abs().max().item() < 1e-5
     saved = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert saved["intermediate_size"] == 768 and saved["num_attention_heads"] == 12
+
+
+def test_restore_replays_the_recorded_removals(tiny_folders) -> None:
+    folder, task = tiny_folders["llama"]
+    model, fresh = _build(folder, task), _build(folder, task)
+    x = example_input(model)
+    pruner = TransformerPruner(model, x[:1], PruningSpec(ratio=0.5), cumulative_ratios=[0.25, 0.5])
+    pruner.step_(0.25, x)
+    state = json.loads(json.dumps(pruner.get_state()))
+    replay = TransformerPruner(fresh, x[:1], PruningSpec(ratio=0.5), cumulative_ratios=[0.25, 0.5])
+    replay.restore_(state, pruner.get_tensors())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    assert replay.widths() == pruner.widths()
+    pruner.step_(0.5, x)
+    replay.step_(0.5, x)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))

@@ -242,3 +242,46 @@ def test_compressed_size(tmp_path):
     assert ("zstd_bytes" in sizes) == (importlib.util.find_spec("zstandard") is not None)
     with pytest.raises(InputError, match="is not a file"):
         compressed_size(tmp_path / "missing.bin")
+
+
+@pytest.mark.parametrize("importance", ["l1", "random"])
+def test_a_restored_pruner_continues_like_the_original(importance):
+    """get_state + get_tensors (the masks) + the plain per-step weights rebuild the pruner."""
+    from compress.export import plain_state_dict
+
+    spec = PruningSpec(kind="unstructured", ratio=0.75, importance=importance)
+    probe = _probe((6, 12))
+    original = _mlp()
+    pruner = UnstructuredPruner(original, probe[:1], spec, cumulative_ratios=[0.5, 0.75])
+    pruner.step_(0.5, probe)
+    _fake_finetune(original, torch.optim.SGD(original.parameters(), lr=0.1), (6, 12), 5)
+    state, tensors, weights = pruner.get_state(), pruner.get_tensors(), plain_state_dict(original)
+    assert set(tensors) == {"0", "2"} and all(t.dtype == torch.bool for t in tensors.values())
+
+    rebuilt = _mlp()
+    again = UnstructuredPruner(rebuilt, probe[:1], spec, cumulative_ratios=[0.5, 0.75])
+    again.restore_(state, tensors)
+    sparsity.load_state_(rebuilt, weights)
+    assert again.sparsity() == pruner.sparsity()
+    assert torch.equal(rebuilt(probe), original(probe))
+    pruner.step_(0.75, probe)
+    again.step_(0.75, probe)
+    assert all(torch.equal(a, b) for a, b in zip(_masked(original).values(),
+                                                 _masked(rebuilt).values(), strict=True))
+    with pytest.raises(RuntimeError, match="keys the model lacks"):
+        sparsity.load_state_(rebuilt, {**weights, "9.weight": torch.zeros(1)})
+
+
+def test_finalize_leaves_positive_zeros_where_pruned():
+    model = _mlp()
+    probe = _probe((6, 12))
+    pruner = UnstructuredPruner(model, probe[:1], PruningSpec(kind="unstructured", ratio=0.5),
+                                cumulative_ratios=[0.5])
+    pruner.step_(0.5, probe)
+    negative = sum(int(((m.weight_orig < 0) & (m.weight_mask == 0)).sum())
+                   for m in model.modules() if hasattr(m, "weight_mask"))
+    assert negative > 0  # without the fix these would be -0.0 after folding
+    pruner.finalize_()
+    zeros = torch.cat([m.weight[m.weight == 0] for m in model.modules()
+                       if isinstance(m, nn.Linear)])
+    assert len(zeros) > 0 and not torch.signbit(zeros).any()
