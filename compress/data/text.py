@@ -101,6 +101,8 @@ def _prepare(spec: DataSpec, resolve: Callable[[str], Path], train: bool,
 
 @DATASETS.register("text")
 class TextClassification:
+    """Text classification from local TSV/CSV/JSON files, tokenised with the model's tokenizer."""
+
     fields = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
                         "max_length", "tokenizer"})
     required = frozenset({"path"})
@@ -142,6 +144,8 @@ class TextClassification:
 
 @DATASETS.register("text_lm")
 class TextLM:
+    """Language modelling: a local text file cut into token blocks (perplexity)."""
+
     fields = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})
     required = frozenset({"path"})
 

@@ -170,6 +170,8 @@ def _vision_tokens(model: HFModel) -> int:
 
 @MODEL_SOURCES.register("huggingface")
 class HuggingFaceSource:
+    """Hugging Face transformers models from a local folder, a hub id or a Python package."""
+
     fields = frozenset({"name", "task", "num_classes", "trust_remote_code", "dtype", "head",
                         "head_epochs"})
     required = frozenset({"name", "task"})
