@@ -1,7 +1,10 @@
 """Fine-tuning after a pruning step: a plain, readable training loop.
 
 A fresh optimizer and LR schedule every call (the model's shapes changed since the last one).
-bf16 autocast on CUDA when ``amp`` allows; a rich progress bar only on a terminal.
+On CUDA: autocast (``amp``, with a gradient scaler for fp16) and channels-last conv weights;
+``compile`` trains through torch.compile (see :mod:`compress.gpu`). Under a multi-process
+launcher the model is trained data-parallel (see :mod:`compress.distributed`). A rich progress
+bar only on a terminal.
 
 Two budgets. Without ``finetune.patience`` a fixed one: ``epochs``, capped by ``max_steps``.
 With it, up to ``max_epochs`` (and ``max_steps``), evaluating the validation data every
@@ -48,9 +51,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compress.distributed import Processes
 from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
 from compress.errors import CheckFailed, InputError
 from compress.evaluate import evaluate
+from compress.gpu import autocast, channels_last_, compiled, grad_scaler
 from compress.patience import BestWeights, Monitor, ValidateFn
 from compress.recipe import FinetuneSpec
 
@@ -122,24 +127,18 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
     return (1 - alpha) * ce + alpha * t * t * kl
 
 
-def _autocast(device: torch.device, spec: FinetuneSpec) -> torch.autocast:
-    enabled = device.type == "cuda" and spec.amp in ("auto", "bf16")
-    if spec.amp == "bf16" and device.type != "cuda":
-        raise InputError("finetune.amp: bf16 needs a CUDA device; use auto or off on CPU")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
               *, step: int = 1, val_loader: DataLoader | None = None,
               teacher: nn.Module | None = None, validate_fn: ValidateFn | None = None,
-              description: str = "fine-tune") -> FinetuneStats:
+              description: str = "fine-tune", dist: Processes | None = None) -> FinetuneStats:
     """Train ``model`` in place after pruning step ``step`` (1-based; picks the patience).
 
     Fixed budget without ``spec.patience``; otherwise early stopping on ``val_loader`` (or on
     ``validate_fn(model)``, which replaces the default ``evaluate(model, val_loader, device)``),
     ending with the best evaluation's weights. ``teacher`` is used only with ``spec.distill``;
     it is put in eval mode for the call and never updated. Raises :class:`CheckFailed` when
-    the fine-tune diverges twice (the model is rolled back first).
+    the fine-tune diverges twice (the model is rolled back first). ``dist``: the processes of a
+    multi-process launch (default: this one process).
     """
     assert step >= 1, "pruning steps are 1-based"
     patience = spec.patience_for(step)
@@ -152,6 +151,12 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     budget_epochs = spec.epochs if patience is None else spec.max_epochs
     if budget_epochs == 0 or spec.max_steps == 0:
         return FinetuneStats(0.0, 0, 0, 0.0, None, spec.lr)
+    dist = dist or Processes()
+    restore_layout = channels_last_(model, device, spec)  # before DDP wraps the parameters
+    # ``net`` is what the training forward runs through: the model, data-parallel under a
+    # launcher (sharded ``loader``), compiled with finetune.compile. It shares the parameters.
+    net, loader = dist.prepare(model, loader)
+    net = compiled(net, spec)
     steps_per_epoch = len(loader) if isinstance(loader, Sized) else None
     assert steps_per_epoch, "training loader is empty"
     total = steps_per_epoch * budget_epochs
@@ -163,15 +168,15 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     ce = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
+        logits = net(x)
         if distill is None:
-            return ce(logits, y)
+            return dist.agree_loss(ce(logits, y))
         assert teacher is not None
         with torch.no_grad():
             soft = teacher(x)
-        return distillation_loss(logits, soft, y, alpha=distill.alpha,
-                                 temperature=distill.temperature,
-                                 label_smoothing=spec.label_smoothing)
+        return dist.agree_loss(distillation_loss(logits, soft, y, alpha=distill.alpha,
+                                                 temperature=distill.temperature,
+                                                 label_smoothing=spec.label_smoothing))
 
     start = time.perf_counter()  # seconds include the validation passes
     monitor = None
@@ -179,6 +184,7 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
         if validate_fn is None:
             assert val_loader is not None
             validate_fn = lambda m: evaluate(m, val_loader, device)  # noqa: E731
+        validate_fn = dist.agreed(validate_fn)  # one decision for all processes
         monitor = Monitor(spec, patience, validate_fn, spec.eval_every or steps_per_epoch,
                           total)
         monitor.evaluate(model)  # evaluation 0: the model as pruned
@@ -200,6 +206,7 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     finally:
         if teacher is not None and teacher_mode is not None:
             teacher.train(teacher_mode)
+        restore_layout()
     seconds = time.perf_counter() - start
     stats = FinetuneStats(steps / steps_per_epoch, steps, samples, seconds, last_loss, lr,
                           divergences=divergences)
@@ -207,6 +214,7 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
              seconds, f"{last_loss:.4f}" if last_loss is not None else "n/a")
     if monitor is not None:
         monitor.finish(model, stats, stopped_early=steps < total, description=description)
+    dist.sync_(model)
     model.eval()
     return stats
 
@@ -257,6 +265,7 @@ def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: tor
     """One attempt from optimizer step ``start`` to ``total``, with a fresh optimizer and
     schedule: (step reached, samples, last loss, divergence or None)."""
     optimizer = build_optimizer(model, spec, lr=lr)
+    scaler = grad_scaler(device, spec)  # fp16 only; otherwise it passes everything through
     span = total - start  # a restart's schedule spans what is left of the budget
     if spec.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -268,16 +277,18 @@ def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: tor
     while step < total and not stop:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, spec):
+            with autocast(device, spec):
                 loss = loss_of(x, y)
             reason = loss_divergence(loss)  # before backward: a NaN step is never applied
             if reason is not None:
                 return step, samples, last_loss, Divergence(reason, step - start + 1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if spec.grad_clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             sched.step()
             step += 1
             samples += y.numel()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.distributed import Processes
 from compress.errors import InputError
 from compress.finetune import finetune_
 from compress.pruners import Pruner, StepRecord, build_pruner
@@ -63,13 +64,14 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   val: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                   teacher: nn.Module | None = None,
                   on_step: StepCallback | None = None,
-                  resume: ResumePoint | None = None) -> tuple[list[dict[str, Any]], Pruner]:
+                  resume: ResumePoint | None = None,
+                  dist: Processes | None = None) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
     Returns one row per step and the pruner (call its ``finalize_`` before export).
     ``on_step(step, model, row, pruner)`` runs after each step (checkpoints, per-step export).
     With ``resume``, the finished steps are replayed (not recomputed) and the run goes on from
-    the next one.
+    the next one. ``dist``: the processes of a multi-process launch, which fine-tune together.
     """
     base_macs, base_params = count_macs_params(model, example)
     if pruning.kind == "structured" and IMPORTANCE.get(pruning.importance).needs_grad \
@@ -102,7 +104,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
         stats = None
         if train is not None:
             stats = finetune_(model, train, finetune, device, step=i, val_loader=val,
-                              teacher=teacher, description=f"step {i}/{len(targets)} fine-tune")
+                              teacher=teacher, description=f"step {i}/{len(targets)} fine-tune",
+                              dist=dist)
         metrics = evaluate_fn(model)
         macs, params = count_macs_params(model, example)
         row = _row(i, target, ratio, record, stats, metrics, macs, params, base_macs, base_params)

@@ -24,12 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.context import RunContext
+from compress.context import RunContext, resolve_device
 from compress.data import DataBundle, build_data
+from compress.distributed import Processes, architecture_digest, processes
 from compress.errors import CompressError, InputError
 from compress.evaluate import evaluate
 from compress.export import export_model, export_onnx, onnx_size, save_safetensors
 from compress.gate import GateOutcome, evaluate_gates, gates_passed
+from compress.gpu import cuda_settings
 from compress.loop import ResumePoint, run_schedule_
 from compress.measure import Candidate, measure_latency
 from compress.models import build_model
@@ -103,10 +105,44 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
 
     Raises :class:`InputError` for bad input and :class:`CheckFailed` when a proof (pruning
     equivalence, export parity) fails. Failing gates do not raise: see ``Result.ok``.
+
+    Launched by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1), every process runs
+    this and fine-tunes data-parallel; only rank 0 writes, and every rank returns its Result
+    (see :mod:`compress.distributed`).
     """
     check_recipe(recipe)  # everything `compress validate` catches fails before any output
     run_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
     recipe_dict = recipe.to_dict()
+    device = resolve_device(recipe.device)
+    resolve_device(recipe.report.device)  # a GPU that is not there fails before any output
+    dist = processes(device)
+    resuming = dist.on_main(lambda: _open_run_dir(run_dir, recipe_dict, overwrite, resume))
+
+    def stopped(state: str, message: str) -> None:
+        if dist.is_main:
+            write_status(run_dir, state, message, last_finished_step=last_finished_step(run_dir))
+
+    try:
+        with _stop_on_sigterm(), cuda_settings(device):
+            result = _run(recipe, run_dir, resuming, dist)
+    except KeyboardInterrupt:
+        stopped("interrupted", "interrupted by a signal; continue with --resume")
+        raise
+    except CompressError as err:
+        stopped("failed", str(err))
+        raise
+    except Exception as err:
+        stopped("failed", f"{type(err).__name__}: {err}")
+        raise
+    if dist.is_main:
+        write_status(run_dir, "done", None, report_status=result.report["status"],
+                     recipe_sha256=recipe_digest(recipe_dict))
+    return result
+
+
+def _open_run_dir(run_dir: Path, recipe_dict: dict[str, Any], overwrite: bool,
+                  resume: bool) -> bool:
+    """Create (or reopen with ``resume``) the run folder, marked running; True when resuming."""
     resuming = prepare_run_dir(run_dir, recipe_dict, overwrite=overwrite, resume=resume)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,23 +152,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
     if not resuming:
         write_text_atomic(run_dir / "recipe.json", json.dumps(recipe_dict, indent=2))
     write_status(run_dir, "running", recipe_sha256=recipe_digest(recipe_dict))
-    try:
-        with _stop_on_sigterm():
-            result = _run(recipe, run_dir, resuming)
-    except KeyboardInterrupt:
-        write_status(run_dir, "interrupted", "interrupted by a signal; continue with --resume",
-                     last_finished_step=last_finished_step(run_dir))
-        raise
-    except CompressError as err:
-        write_status(run_dir, "failed", str(err), last_finished_step=last_finished_step(run_dir))
-        raise
-    except Exception as err:
-        write_status(run_dir, "failed", f"{type(err).__name__}: {err}",
-                     last_finished_step=last_finished_step(run_dir))
-        raise
-    write_status(run_dir, "done", None, report_status=result.report["status"],
-                 recipe_sha256=recipe_digest(recipe_dict))
-    return result
+    return resuming
 
 
 @contextlib.contextmanager
@@ -168,10 +188,11 @@ def _resume_point(run_dir: Path, sampler_generator: torch.Generator | None) -> R
                        restore_rng=lambda: restore_rng_state(rng, sampler_generator))
 
 
-def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
+def _run(recipe: Recipe, run_dir: Path, resuming: bool, dist: Processes) -> Result:
     t0 = time.perf_counter()
     timing: dict[str, float] = {"eval_s": 0.0}
     ctx = RunContext.create(recipe, run_dir)
+    ctx.device = dist.device(ctx.device)  # each rank of a multi-GPU launch on its own GPU
     bundle = build_data(recipe.data, resolve=recipe.resolve_path, seed=recipe.seed)
     model = build_model(recipe.model, resolve=recipe.resolve_path)
     probe = bundle.probe_batch(max(recipe.pruning.probe_batch, recipe.export.parity_batch))
@@ -193,7 +214,7 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     baseline_model = copy.deepcopy(model).cpu().eval()
     baseline_onnx = None
     t = time.perf_counter()
-    if recipe.report.latency and "onnxruntime" in recipe.report.engines:
+    if recipe.report.latency and "onnxruntime" in recipe.report.engines and dist.is_main:
         baseline_onnx = export_onnx(baseline_model, ctx.out_dir / "baseline" / "model.onnx",
                                     probe[:2], recipe.export.opset)
     timing["baseline_export_s"] = time.perf_counter() - t
@@ -206,6 +227,10 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     rows_so_far: list[dict[str, Any]] = list(resume.rows) if resume else []
 
     def on_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Any) -> None:
+        dist.check_same(f"architecture after step {step}", architecture_digest(m))
+        dist.on_main(lambda: save_step(step, m, row, pruner))
+
+    def save_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Any) -> None:
         from safetensors.torch import save_file
 
         step_dir = ctx.out_dir / "steps" / f"{step:02d}"
@@ -228,31 +253,39 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
                                   pruning=recipe.pruning, schedule=recipe.schedule,
                                   finetune=recipe.finetune, train=bundle.train,
                                   evaluate_fn=timed_eval, device=ctx.device, val=bundle.val,
-                                  teacher=teacher, on_step=on_step, resume=resume)
+                                  teacher=teacher, on_step=on_step, resume=resume, dist=dist)
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
-    t = time.perf_counter()
-    model = model.cpu().eval()
-    exported = export_model(model, ctx.out_dir, recipe.export, model_spec, probe)
-    timing["export_s"] = time.perf_counter() - t
 
-    latency = None
-    t = time.perf_counter()
-    if recipe.report.latency:
-        compressed_onnx = Path(exported["onnx"]) if "onnx" in exported else None
-        latency = measure_latency(Candidate(baseline_model, baseline_onnx),
-                                  Candidate(model, compressed_onnx),
-                                  sample_shape=tuple(probe.shape[1:]), spec=recipe.report,
-                                  device=torch.device("cpu"), seed=recipe.seed)
-    timing["measure_s"] = time.perf_counter() - t
-    timing["total_s"] = time.perf_counter() - t0
-    baseline = {**baseline_eval, "macs": base_macs, "params": base_params,
-                "onnx_bytes": onnx_size(baseline_onnx) if baseline_onnx else None}
-    report = build_report(recipe, baseline=baseline, steps=steps, exported=exported,
-                          latency=latency, timing=timing, model=model)
-    gates = evaluate_gates(report, recipe.gates)
-    report["gates"] = [g.to_dict() for g in gates]
-    report["status"] = "passed" if gates_passed(gates) else "gate_failed"
-    write_report(report, ctx.out_dir)
-    log.info("wrote %s", ctx.out_dir)
-    return Result(ctx.out_dir, report, gates)
+    def finish() -> Result:  # export, measure, report, gates: rank 0 only under a launcher
+        t = time.perf_counter()
+        final = model.cpu().eval()
+        exported = export_model(final, ctx.out_dir, recipe.export, model_spec, probe)
+        timing["export_s"] = time.perf_counter() - t
+
+        latency = None
+        t = time.perf_counter()
+        if recipe.report.latency:
+            compressed_onnx = Path(exported["onnx"]) if "onnx" in exported else None
+            # torch says whether there is a GPU, never onnxruntime's provider list.
+            where = resolve_device(recipe.report.device)
+            latency = measure_latency(Candidate(baseline_model.to(where), baseline_onnx),
+                                      Candidate(final.to(where), compressed_onnx),
+                                      sample_shape=tuple(probe.shape[1:]), spec=recipe.report,
+                                      device=where, seed=recipe.seed)
+        timing["measure_s"] = time.perf_counter() - t
+        timing["total_s"] = time.perf_counter() - t0
+        baseline = {**baseline_eval, "macs": base_macs, "params": base_params,
+                    "onnx_bytes": onnx_size(baseline_onnx) if baseline_onnx else None}
+        report = build_report(recipe, baseline=baseline, steps=steps, exported=exported,
+                              latency=latency, timing=timing, model=final)
+        gates = evaluate_gates(report, recipe.gates)
+        report["gates"] = [g.to_dict() for g in gates]
+        report["status"] = "passed" if gates_passed(gates) else "gate_failed"
+        if dist.describe() is not None:
+            report["distributed"] = dist.describe()
+        write_report(report, ctx.out_dir)
+        log.info("wrote %s", ctx.out_dir)
+        return Result(ctx.out_dir, report, gates)
+
+    return dist.on_main(finish)
