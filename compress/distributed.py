@@ -18,9 +18,11 @@ apply r.yaml``), :func:`processes` returns :class:`AcceleratedProcesses` and:
 - only rank 0 writes: run folder, status, checkpoints, export, latency, report
   (:meth:`Processes.on_main`, which re-raises rank 0's error on every rank).
 
-Precision stays ``finetune.amp`` (Accelerate's own mixed precision is turned off, so
-``--mixed_precision`` cannot patch the model's forward). Each rank uses its own GPU
-(``LOCAL_RANK``) whatever ``device`` names; on the CPU the backend is gloo.
+Precision and compilation stay ``finetune.amp`` and ``finetune.compile``: Accelerate's own
+mixed precision and dynamo are turned off, so a launcher's ``--mixed_precision`` or
+``--dynamo_backend`` cannot patch the model. Each rank uses its own GPU (``LOCAL_RANK``) whatever
+``device`` names; on the CPU the backend is gloo. Resuming needs the run folder on a file system
+every rank sees.
 
 Example:
     >>> dist = processes(torch.device("cpu"))  # WORLD_SIZE unset: one process
@@ -190,6 +192,8 @@ def processes(device: torch.device) -> Processes:
     if _ACTIVE is None:
         from accelerate import Accelerator
 
+        # finetune.amp and finetune.compile decide precision and compilation, not the
+        # launcher's --mixed_precision / --dynamo_backend (they would patch the model itself).
         _ACTIVE = AcceleratedProcesses(Accelerator(cpu=device.type == "cpu",
-                                                   mixed_precision="no"))
+                                                   mixed_precision="no", dynamo_backend="no"))
     return _ACTIVE
