@@ -114,20 +114,26 @@ def _recipe(tmp_path: Path) -> Path:
     return path
 
 
+def _launch(launcher: list[str], recipe: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "HOME": str(out.parent / "home")}  # accelerate looks for a config under ~/.cache
+    env.pop("WORLD_SIZE", None)
+    cmd = [*launcher, "-m", "compress", "apply", str(recipe), "--out", str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out.parent,
+                          timeout=600)
+
+
 def test_two_processes_finish_one_run_with_the_single_process_architecture(tmp_path: Path
                                                                            ) -> None:
     recipe = _recipe(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "compress", "apply", str(recipe), "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=600)
+    proc = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2"], recipe, tmp_path / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("outputs: ") == 1  # rank 0 speaks for the run
     one = run_recipe(load_recipe(recipe), tmp_path / "one")
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.yaml", "one", "two"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == \
+        ["dist.yaml", "one", "two"]
     two = tmp_path / "two"
     assert json.loads((two / "status.json").read_text())["state"] == "done"
     report = json.loads((two / "report.json").read_text())
@@ -140,3 +146,24 @@ def test_two_processes_finish_one_run_with_the_single_process_architecture(tmp_p
     # Each rank took half the batches of an epoch: the data was sharded, not duplicated.
     assert [s["finetune_steps"] for s in report["steps"]] == \
         [s["finetune_steps"] // 2 for s in one.report["steps"]]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_gives_the_torchrun_result(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path)
+    runs = {"torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                         "--nproc_per_node", "2"],
+            "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                           "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+                           "no", "--dynamo_backend", "no", "--main_process_port", "0"]}
+    reports = {}
+    for name, launcher in runs.items():
+        proc = _launch(launcher, recipe, tmp_path / name)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    assert reports["accelerate"]["distributed"]["world_size"] == 2
+    # Same seeded shards, same CPU arithmetic: the same fine-tuned model, not just its shape.
+    assert reports["accelerate"]["steps"] == [
+        {**s, "checkpoint": str(tmp_path / "accelerate" / "steps" / f"{s['step']:02d}"),
+         "finetune_s": a["finetune_s"]}
+        for s, a in zip(reports["torchrun"]["steps"], reports["accelerate"]["steps"])]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from compress.errors import InputError
 from compress.finetune import finetune_
 from compress.gpu import amp_dtype, autocast, channels_last_, compiled, cuda_settings, grad_scaler
 from compress.recipe import FinetuneSpec
-from tests.conftest import ROOT, tiny_cnn
+from tests.conftest import ROOT, tiny_cnn, tiny_recipe
 from tests.test_finetune import image_loader, same_state, state
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -146,3 +147,21 @@ def test_gpu_smoke_script_exits_cleanly_without_a_gpu() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "no CUDA GPU" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_report_device_is_checked_like_the_run_device(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from compress.pipeline import run_recipe
+    from compress.recipe import ReportSpec, parse_recipe
+
+    assert ReportSpec().device == "cpu"  # latency stays on the CPU unless asked
+    assert ReportSpec(device="cuda:1").device == "cuda:1"
+    with pytest.raises(ValidationError, match="device must be one of auto, cpu, cuda, cuda:N"):
+        ReportSpec(device="gpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: report.device: cuda is valid here")
+    recipe = parse_recipe(tiny_recipe(tmp_path, report={"device": "cuda"}), base_dir=tmp_path)
+    with pytest.raises(InputError, match="torch sees no CUDA GPU"):
+        run_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before any output
