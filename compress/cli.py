@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,7 @@ SetOption = typer.Option(None, "--set", help="Override a recipe key: a.b.c=value
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    from compress.distributed import launched_rank
-
-    if launched_rank() != 0:  # under torchrun / accelerate launch rank 0 speaks for the run
+    if _rank() != 0:  # under torchrun / accelerate launch rank 0 speaks for the run
         level = max(level, logging.WARNING)
     handler: logging.Handler
     if sys.stderr.isatty():
@@ -50,11 +49,14 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.propagate = False
 
 
-def _fail(err: CompressError) -> typer.Exit:
-    from compress.distributed import launched_rank
+def _rank() -> int:
+    """This process's rank under torchrun / accelerate launch (``RANK``); 0 otherwise."""
+    return int(os.environ.get("RANK", "0") or 0)
 
+
+def _fail(err: CompressError) -> typer.Exit:
     kind = "error" if isinstance(err, InputError) else "check failed"
-    if launched_rank() == 0:  # every rank of a launch fails alike; say it once
+    if _rank() == 0:  # every rank of a launch fails alike; say it once
         typer.echo(f"{kind}: {err}", err=True)
     return typer.Exit(err.exit_code)
 
@@ -92,7 +94,6 @@ def apply(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Prune, fine-tune, export and measure the model a recipe describes."""
     _setup_logging(verbose, quiet)
-    from compress.distributed import launched_rank
     from compress.pipeline import run_recipe
     from compress.recipe import load_recipe
 
@@ -105,7 +106,7 @@ def apply(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
         typer.echo("interrupted: the run folder is marked 'interrupted'; continue it with "
                    "--resume", err=True)
         raise typer.Exit(130) from None
-    if launched_rank() != 0:
+    if _rank() != 0:
         pass  # rank 0 prints; every rank exits with the same code
     elif json_out:
         typer.echo(json.dumps(result.report, indent=2))

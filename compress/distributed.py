@@ -45,15 +45,9 @@ from torch.utils.data import DataLoader
 from compress.errors import CheckFailed, CompressError
 from compress.patience import ValidateFn
 
-__all__ = ["Processes", "AcceleratedProcesses", "processes", "launched_rank",
-           "architecture_digest"]
+__all__ = ["Processes", "AcceleratedProcesses", "processes", "architecture_digest"]
 
 T = TypeVar("T")
-
-
-def launched_rank() -> int:
-    """This process's rank under a launcher (``RANK``), 0 when not launched."""
-    return int(os.environ.get("RANK", "0") or 0)
 
 
 def architecture_digest(model: nn.Module) -> str:
