@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ SetOption = typer.Option(None, "--set", help="Override a recipe key: a.b.c=value
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    if _rank() != 0:  # under torchrun / accelerate launch rank 0 speaks for the run
+        level = max(level, logging.WARNING)
     handler: logging.Handler
     if sys.stderr.isatty():
         from rich.logging import RichHandler
@@ -46,9 +49,15 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.propagate = False
 
 
+def _rank() -> int:
+    """This process's rank under torchrun / accelerate launch (``RANK``); 0 otherwise."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def _fail(err: CompressError) -> typer.Exit:
     kind = "error" if isinstance(err, InputError) else "check failed"
-    typer.echo(f"{kind}: {err}", err=True)
+    if _rank() == 0:  # every rank of a launch fails alike; say it once
+        typer.echo(f"{kind}: {err}", err=True)
     return typer.Exit(err.exit_code)
 
 
@@ -97,7 +106,9 @@ def apply(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
         typer.echo("interrupted: the run folder is marked 'interrupted'; continue it with "
                    "--resume", err=True)
         raise typer.Exit(130) from None
-    if json_out:
+    if _rank() != 0:
+        pass  # rank 0 prints; every rank exits with the same code
+    elif json_out:
         typer.echo(json.dumps(result.report, indent=2))
     else:
         typer.echo(_summary(result.report))

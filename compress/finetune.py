@@ -51,7 +51,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from compress.checkpoint import FinetuneCheckpoint
+from compress.distributed import Processes
 from compress.errors import InputError
+from compress.gpu import channels_last_, compiled
 from compress.evaluate import evaluate, task_loss
 from compress.patience import BestWeights, Monitor, ValidateFn
 from compress.recipe import FinetuneSpec
@@ -110,7 +112,8 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
               *, step: int = 1, val_loader: DataLoader | None = None,
               teacher: nn.Module | None = None, validate_fn: ValidateFn | None = None,
               description: str = "fine-tune",
-              checkpoint: FinetuneCheckpoint | None = None) -> FinetuneStats:
+              checkpoint: FinetuneCheckpoint | None = None,
+              dist: Processes | None = None) -> FinetuneStats:
     """Train ``model`` in place after pruning step ``step`` (1-based; picks the patience).
 
     Fixed budget without ``spec.patience``; otherwise early stopping on ``val_loader`` (or on
@@ -122,7 +125,8 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     With ``checkpoint`` the fine-tune saves snapshots as it goes, continues
     ``checkpoint.resume`` when set (the model must hold that snapshot's weights), and a
     SIGINT/SIGTERM (see :func:`compress.runstate.stop_on_signals`) stops it after the current
-    batch with a snapshot saved, raising :class:`KeyboardInterrupt`.
+    batch with a snapshot saved, raising :class:`KeyboardInterrupt`. ``dist``: the processes
+    of a multi-process launch (default: this one process).
     """
     assert step >= 1, "pruning steps are 1-based"
     patience = spec.patience_for(step)
@@ -135,6 +139,12 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     budget_epochs = spec.epochs if patience is None else spec.max_epochs
     if budget_epochs == 0 or spec.max_steps == 0:
         return FinetuneStats(0.0, 0, 0, 0.0, None, spec.lr)
+    dist = dist or Processes()
+    restore_layout = channels_last_(model, device, spec)  # before DDP wraps the parameters
+    # ``net`` is what the training forward runs through: the model, data-parallel under a
+    # launcher (sharded ``loader``), compiled with finetune.compile. It shares the parameters.
+    net, loader = dist.prepare(model, loader)
+    net = compiled(net, spec)
     steps_per_epoch = len(loader) if isinstance(loader, Sized) else None
     assert steps_per_epoch, "training loader is empty"
     total = steps_per_epoch * budget_epochs
@@ -143,16 +153,17 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
 
     distill = spec.distill if teacher is not None else None
     assert teacher is not model, "the teacher must be a separate (unpruned) model"
+
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
+        logits = net(x)
         if distill is None:
-            return task_loss(logits, y, label_smoothing=spec.label_smoothing)
+            return dist.agree_loss(task_loss(logits, y, label_smoothing=spec.label_smoothing))
         assert teacher is not None
         with torch.no_grad():
             soft = teacher(x)
-        return distillation_loss(logits, soft, y, alpha=distill.alpha,
-                                 temperature=distill.temperature,
-                                 label_smoothing=spec.label_smoothing)
+        return dist.agree_loss(distillation_loss(logits, soft, y, alpha=distill.alpha,
+                                                 temperature=distill.temperature,
+                                                 label_smoothing=spec.label_smoothing))
 
     snapshot = checkpoint.resume if checkpoint is not None else None
     # seconds include the validation passes, and the time before an interruption
@@ -162,6 +173,7 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
         if validate_fn is None:
             assert val_loader is not None
             validate_fn = lambda m: evaluate(m, val_loader, device)  # noqa: E731
+        validate_fn = dist.agreed(validate_fn)  # one decision for all processes
         monitor = Monitor(spec, patience, validate_fn, spec.eval_every or steps_per_epoch,
                           total)
         if snapshot is None:
@@ -191,6 +203,7 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     finally:
         if teacher is not None and teacher_mode is not None:
             teacher.train(teacher_mode)
+        restore_layout()
     seconds = time.perf_counter() - start
     stats = FinetuneStats(pos.step / steps_per_epoch, pos.step, pos.samples, seconds,
                           pos.last_loss, pos.lr, divergences=int(pos.divergence is not None))
@@ -198,5 +211,6 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
              pos.samples, seconds, f"{pos.last_loss:.4f}" if pos.last_loss is not None else "n/a")
     if monitor is not None:
         monitor.finish(model, stats, stopped_early=pos.step < total, description=description)
+    dist.sync_(model)
     model.eval()
     return stats

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from compress.checkpoint import FinetuneCheckpoint, Snapshot
+from compress.distributed import Processes
 from compress.errors import InputError
 from compress.finetune import finetune_
 from compress.pruners import Pruner, StepRecord, build_pruner
@@ -78,8 +79,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   teacher: nn.Module | None = None,
                   on_step: StepCallback | None = None,
                   resume: ResumePoint | None = None,
-                  checkpoints: CheckpointFactory | None = None
-                  ) -> tuple[list[dict[str, Any]], Pruner]:
+                  checkpoints: CheckpointFactory | None = None,
+                  dist: Processes | None = None) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
     Returns one row per step and the pruner (call its ``finalize_`` before export).
@@ -88,6 +89,7 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     With ``resume``, the finished steps are replayed (not recomputed) and the run goes on from
     the next one, or from inside its fine-tune. A SIGINT/SIGTERM that asked to stop during a
     fine-tune that finished anyway stops the run after ``on_step`` (KeyboardInterrupt).
+    ``dist``: the processes of a multi-process launch, which fine-tune together.
     """
     base_macs, base_params = count_macs_params(model, example)
     if pruning.kind == "structured" and IMPORTANCE.get(pruning.importance).needs_grad \
@@ -129,7 +131,7 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                 ckpt.resume = snapshot
             stats = finetune_(model, train, finetune, device, step=i, val_loader=val,
                               teacher=teacher, description=f"step {i}/{len(targets)} fine-tune",
-                              checkpoint=ckpt)
+                              checkpoint=ckpt, dist=dist)
         metrics = evaluate_fn(model)
         macs, params = count_macs_params(model, example)
         row = _row(i, target, ratio, record, stats, metrics, macs, params, base_macs, base_params)

@@ -22,15 +22,17 @@ from torch import nn
 
 from compress.checkpoint import (FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir,
                                  remove_snapshots)
-from compress.context import RunContext
+from compress.context import RunContext, resolve_device
 from compress.data import DataBundle, build_data
 from compress.data.text import with_default_tokenizer
+from compress.distributed import Processes, architecture_digest, processes
 from compress.errors import CompressError, InputError
 from compress.evaluate import evaluate
 from compress.export_hf import save_hf_
 from compress.finetune import finetune_
 from compress.export import export_model, export_onnx, onnx_size, save_safetensors
 from compress.gate import GateOutcome, evaluate_gates, gates_passed
+from compress.gpu import cuda_settings
 from compress.loop import ResumePoint, run_schedule_
 from compress.pruners import StepRecord
 from compress.measure import Candidate, measure_latency
@@ -109,10 +111,48 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
 
     Raises :class:`InputError` for bad input and :class:`CheckFailed` when a proof (pruning
     equivalence, export parity) fails. Failing gates do not raise: see ``Result.ok``.
+
+    Launched by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1), every process runs
+    this and fine-tunes data-parallel; only rank 0 writes, and every rank returns its Result
+    (see :mod:`compress.distributed`).
     """
     check_recipe(recipe)  # everything `compress validate` catches fails before any output
     run_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
     recipe_dict = recipe.to_dict()
+    device = resolve_device(recipe.device)
+    resolve_device(recipe.report.device)  # a GPU that is not there fails before any output
+    dist = processes(device)
+    resuming = dist.on_main(lambda: _open_run_dir(run_dir, recipe_dict, overwrite, resume))
+
+    def stopped(state: str, message: str, **extra: Any) -> None:
+        if dist.is_main:
+            write_status(run_dir, state, message, last_finished_step=last_finished_step(run_dir),
+                         **extra)
+
+    try:
+        with stop_on_signals(), cuda_settings(device):
+            result = _run(recipe, run_dir, resuming, dist)
+    except KeyboardInterrupt:
+        snapshot = latest_snapshot_dir(run_dir / "steps" /
+                                       f"{last_finished_step(run_dir) + 1:02d}")
+        stopped("interrupted", "interrupted by a signal; continue with --resume",
+                finetune_checkpoint=str(snapshot) if snapshot else None)
+        raise
+    except CompressError as err:
+        stopped("failed", str(err))
+        raise
+    except Exception as err:
+        stopped("failed", f"{type(err).__name__}: {err}")
+        raise
+    if dist.is_main:
+        write_status(run_dir, "done", None, report_status=result.report["status"],
+                     recipe_sha256=recipe_digest(recipe_dict))
+    return result
+
+
+def _open_run_dir(run_dir: Path, recipe_dict: dict[str, Any], overwrite: bool,
+                  resume: bool) -> bool:
+    """Create (or reopen with ``resume``) the run folder, marked running; True when resuming."""
     resuming = prepare_run_dir(run_dir, recipe_dict, overwrite=overwrite, resume=resume)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,26 +162,7 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
     if not resuming:
         write_text_atomic(run_dir / "recipe.json", json.dumps(recipe_dict, indent=2))
     write_status(run_dir, "running", recipe_sha256=recipe_digest(recipe_dict))
-    try:
-        with stop_on_signals():
-            result = _run(recipe, run_dir, resuming)
-    except KeyboardInterrupt:
-        step = last_finished_step(run_dir)
-        snapshot = latest_snapshot_dir(run_dir / "steps" / f"{step + 1:02d}")
-        write_status(run_dir, "interrupted", "interrupted by a signal; continue with --resume",
-                     last_finished_step=step,
-                     finetune_checkpoint=str(snapshot) if snapshot else None)
-        raise
-    except CompressError as err:
-        write_status(run_dir, "failed", str(err), last_finished_step=last_finished_step(run_dir))
-        raise
-    except Exception as err:
-        write_status(run_dir, "failed", f"{type(err).__name__}: {err}",
-                     last_finished_step=last_finished_step(run_dir))
-        raise
-    write_status(run_dir, "done", None, report_status=result.report["status"],
-                 recipe_sha256=recipe_digest(recipe_dict))
-    return result
+    return resuming
 
 
 def _resume_point(run_dir: Path, sampler: torch.Generator | None) -> ResumePoint:
@@ -172,10 +193,11 @@ def _resume_point(run_dir: Path, sampler: torch.Generator | None) -> ResumePoint
                        restore_rng=lambda: restore_rng_state(rng, sampler))
 
 
-def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
+def _run(recipe: Recipe, run_dir: Path, resuming: bool, dist: Processes) -> Result:
     t0 = time.perf_counter()
     timing: dict[str, float] = {"eval_s": 0.0}
     ctx = RunContext.create(recipe, run_dir)
+    ctx.device = dist.device(ctx.device)  # each rank of a multi-GPU launch on its own GPU
     bundle = build_data(with_default_tokenizer(recipe), resolve=recipe.resolve_path,
                         seed=recipe.seed)
     model = build_model(recipe.model, resolve=recipe.resolve_path)
@@ -202,7 +224,7 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     baseline_model = copy.deepcopy(model).cpu().eval()
     baseline_onnx = None
     t = time.perf_counter()
-    if recipe.report.latency and "onnxruntime" in recipe.report.engines:
+    if recipe.report.latency and "onnxruntime" in recipe.report.engines and dist.is_main:
         baseline_onnx = export_onnx(baseline_model, ctx.out_dir / "baseline" / "model.onnx",
                                     probe[:2], recipe.export.opset)
     timing["baseline_export_s"] = time.perf_counter() - t
@@ -215,6 +237,10 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     rows_so_far: list[dict[str, Any]] = list(resume.rows) if resume else []
 
     def on_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Any) -> None:
+        dist.check_same(f"architecture after step {step}", architecture_digest(m))
+        dist.on_main(lambda: save_step(step, m, row, pruner))
+
+    def save_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Any) -> None:
         from safetensors.torch import save_file
 
         step_dir = ctx.out_dir / "steps" / f"{step:02d}"
@@ -247,25 +273,40 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
                                   finetune=recipe.finetune, train=bundle.train,
                                   evaluate_fn=timed_eval, device=ctx.device, val=bundle.val,
                                   teacher=teacher, on_step=on_step, resume=resume,
-                                  checkpoints=checkpoints)
+                                  # mid-fine-tune snapshots: single-process runs only
+                                  checkpoints=checkpoints if dist.describe() is None else None,
+                                  dist=dist)
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
+    return dist.on_main(lambda: _finish(recipe, ctx.out_dir, model, baseline_model, baseline_onnx,
+                                        baseline_eval, base_macs, base_params, steps, probe,
+                                        timing, t0, dist))
+
+
+def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.Module,
+            baseline_onnx: Path | None, baseline_eval: dict[str, Any], base_macs: int,
+            base_params: int, steps: list[dict[str, Any]], probe: torch.Tensor,
+            timing: dict[str, float], t0: float, dist: Processes) -> Result:
+    """Export, measure, report and gates: rank 0 only under a launcher."""
+    model_spec = _resolved_model_spec(recipe)
     t = time.perf_counter()
     model = model.cpu().eval()
-    exported = export_model(model, ctx.out_dir, recipe.export, model_spec, probe)
+    exported = export_model(model, out_dir, recipe.export, model_spec, probe)
     if is_transformer(model) and recipe.export.safetensors:
-        exported["hf"] = save_hf_(model, ctx.out_dir, probe[: recipe.export.parity_batch])
+        exported["hf"] = save_hf_(model, out_dir, probe[: recipe.export.parity_batch])
     timing["export_s"] = time.perf_counter() - t
 
     latency = None
     t = time.perf_counter()
     if recipe.report.latency:
         compressed_onnx = Path(exported["onnx"]) if "onnx" in exported else None
-        latency = measure_latency(Candidate(baseline_model, baseline_onnx),
-                                  Candidate(model, compressed_onnx),
+        # torch says whether there is a GPU, never onnxruntime's provider list.
+        where = resolve_device(recipe.report.device)
+        latency = measure_latency(Candidate(baseline_model.to(where), baseline_onnx),
+                                  Candidate(model.to(where), compressed_onnx),
                                   sample_shape=tuple(recipe.report.sample_shape
                                                      or probe.shape[1:]), spec=recipe.report,
-                                  device=torch.device("cpu"), seed=recipe.seed,
+                                  device=where, seed=recipe.seed,
                                   vocab_size=_vocab_size(model))
     timing["measure_s"] = time.perf_counter() - t
     timing["total_s"] = time.perf_counter() - t0
@@ -276,9 +317,11 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     gates = evaluate_gates(report, recipe.gates)
     report["gates"] = [g.to_dict() for g in gates]
     report["status"] = "passed" if gates_passed(gates) else "gate_failed"
-    write_report(report, ctx.out_dir)
-    log.info("wrote %s", ctx.out_dir)
-    return Result(ctx.out_dir, report, gates)
+    if dist.describe() is not None:
+        report["distributed"] = dist.describe()
+    write_report(report, out_dir)
+    log.info("wrote %s", out_dir)
+    return Result(out_dir, report, gates)
 
 
 def _vocab_size(model: nn.Module) -> int | None:

@@ -308,6 +308,12 @@ class Distill(_Section):
                                examples=[4.0])
 
 
+def _device_name(v: str) -> str:
+    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise ValueError("device must be one of auto, cpu, cuda, cuda:N")
+
+
 class FinetuneSpec(_Section):
     """Fine-tuning after each pruning step."""
 
@@ -323,9 +329,17 @@ class FinetuneSpec(_Section):
     lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="LR schedule "
                                                        "over each step's budget.",
                                                        examples=["constant"])
-    amp: Literal["auto", "off", "bf16"] = Field("auto", description="Mixed precision: auto = "
-                                                "bf16 autocast on CUDA, off on CPU.",
-                                                examples=["bf16"])
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="Mixed precision of fine-tuning: auto = bf16 autocast on a CUDA GPU "
+        "that supports it (fp16 on one that does not), fp32 on the CPU; bf16 or fp16 force one "
+        "(CUDA only; fp16 adds a gradient scaler); off = fp32.", examples=["bf16"])
+    channels_last: bool = Field(True, description="On CUDA, keep conv weights in channels-last "
+                                "memory layout while fine-tuning (faster convolutions); no "
+                                "effect on the CPU or on models without 2-D convolutions.",
+                                examples=[True])
+    compile: bool = Field(False, description="Fine-tune through torch.compile, compiled again "
+                          "after every pruning step (the shapes changed): slower for short "
+                          "fine-tunes, faster for long ones.", examples=[False])
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm.",
                                     examples=[1.0])
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.",
@@ -432,6 +446,14 @@ class ReportSpec(_Section):
                                            examples=[[128]])
     threads: int | None = Field(None, gt=0, description="Intra-op threads (default: all cores).",
                                 examples=[4])
+    device: str = Field("cpu", description="Where latency is timed: cpu, auto (CUDA when torch "
+                        "sees a GPU; onnxruntime then runs on its CUDA provider), cuda or cuda:N.",
+                        examples=["cpu", "auto"])
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return _device_name(v)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -491,9 +513,7 @@ class Recipe(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
-        raise ValueError("device must be one of auto, cpu, cuda, cuda:N")
+        return _device_name(v)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Recipe:

@@ -29,13 +29,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compress.gpu import autocast, grad_scaler
 from compress.checkpoint import FinetuneCheckpoint, Position, Snapshot
 from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
 from compress.errors import CheckFailed, InputError
 from compress.patience import BestWeights, Monitor
 from compress.recipe import FinetuneSpec
 
-__all__ = ["Fit", "fit", "build_optimizer", "autocast"]
+__all__ = ["Fit", "fit", "build_optimizer"]
 
 log = logging.getLogger("compress.finetune")  # one logger for the whole fine-tune
 
@@ -57,13 +58,6 @@ def build_optimizer(model: nn.Module, spec: FinetuneSpec, *,
         return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum,
                                nesterov=spec.momentum > 0)
     return torch.optim.AdamW(groups, lr=lr)
-
-
-def autocast(device: torch.device, spec: FinetuneSpec) -> torch.autocast:
-    enabled = device.type == "cuda" and spec.amp in ("auto", "bf16")
-    if spec.amp == "bf16" and device.type != "cuda":
-        raise InputError("finetune.amp: bf16 needs a CUDA device; use auto or off on CPU")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @dataclass
@@ -132,6 +126,7 @@ def _train(plan: Fit, pos: Position, progress: Any,
     a fresh optimizer and schedule; advances ``pos``; returns the divergence or None."""
     model, spec, monitor, total, ckpt = plan.model, plan.spec, plan.monitor, plan.total, plan.checkpoint
     optimizer = build_optimizer(model, spec, lr=pos.lr)
+    scaler = grad_scaler(plan.device, spec)  # fp16 only; otherwise it passes calls through
     span = total - pos.start  # a restart's schedule spans what is left of the budget
     if spec.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -160,10 +155,12 @@ def _train(plan: Fit, pos: Position, progress: Any,
             if reason is not None:
                 return Divergence(reason, pos.step - pos.start + 1)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if spec.grad_clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             sched.step()
             pos.step, pos.batch = pos.step + 1, pos.batch + 1
             pos.samples += y.numel()
