@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from compress.gpu import autocast, grad_scaler
 from compress.checkpoint import FinetuneCheckpoint, Position, Snapshot
 from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
-from compress.errors import CheckFailed, InputError
+from compress.errors import CheckFailed
 from compress.patience import BestWeights, Monitor
 from compress.recipe import FinetuneSpec
 
