@@ -1,7 +1,9 @@
 """Fine-tuning after a pruning step: a plain, readable training loop.
 
 A fresh optimizer and LR schedule every call (the model's shapes changed since the last one).
-bf16 autocast on CUDA when ``amp`` allows; a rich progress bar only on a terminal.
+bf16 autocast on CUDA when ``amp`` allows. Progress goes to
+:func:`compress.progress.report_progress` (the CLI draws a bar on a terminal; the library
+draws nothing).
 
 Two budgets. Without ``finetune.patience`` a fixed one: ``epochs``, capped by ``max_steps``.
 With it, up to ``max_epochs`` (and ``max_steps``), evaluating the validation data every
@@ -37,11 +39,9 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ from compress.divergence import Divergence, diverged_twice, loss_divergence, wei
 from compress.errors import CheckFailed, InputError
 from compress.evaluate import evaluate
 from compress.patience import BestWeights, Monitor, ValidateFn
+from compress.progress import report_progress
 from compress.recipe import FinetuneSpec
 
 __all__ = ["FinetuneStats", "ValidateFn", "finetune_", "build_optimizer", "distillation_loss"]
@@ -218,11 +219,11 @@ def _fit(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch
     """Train, restarting once after a divergence: (steps, samples, last loss, divergences, lr)."""
     lr, step, samples, last_loss = spec.lr, 0, 0, None
     first: Divergence | None = None
-    progress = _progress(total, description)
+    report_progress(description, 0, total)
     try:
         while True:
             step, done, loss, diverged = _train(model, loader, spec, device, lr, step, total,
-                                                loss_of, monitor, progress, description)
+                                                loss_of, monitor, description)
             samples += done
             last_loss = loss if loss is not None else last_loss
             if diverged is None:
@@ -245,14 +246,14 @@ def _fit(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch
             if step >= total:
                 return step, samples, last_loss, 1, lr
     finally:
-        if progress is not None:
-            progress[0].stop()
+        # Also after an error: a listener's bar for this task must end.
+        report_progress(description, step, total, done=True)
 
 
 def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
            lr: float, start: int, total: int,
            loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-           monitor: Monitor | None, progress: Any, description: str
+           monitor: Monitor | None, description: str
            ) -> tuple[int, int, float | None, Divergence | None]:
     """One attempt from optimizer step ``start`` to ``total``, with a fresh optimizer and
     schedule: (step reached, samples, last loss, divergence or None)."""
@@ -288,9 +289,7 @@ def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: tor
                     return step, samples, last_loss, Divergence(reason, step - start)
             if step % 20 == 0 or step == total or stop:
                 last_loss = loss.item()
-                if progress is not None:
-                    progress[0].update(progress[1], completed=step,
-                                       description=f"{description} loss {last_loss:.3f}")
+                report_progress(description, step, total, f"loss {last_loss:.3f}")
             if step >= total or stop:
                 break
     # A finite loss can still give non-finite gradients; after the last step no loss would
@@ -300,15 +299,3 @@ def _train(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: tor
                                                     step - start)
     return step, samples, last_loss, None
 
-
-def _progress(total: int, description: str):  # type: ignore[no-untyped-def]
-    """A rich progress bar on stderr when it is a terminal, else None (logs only)."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    task = progress.add_task(description, total=total)
-    progress.start()
-    return progress, task
