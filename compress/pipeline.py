@@ -83,6 +83,16 @@ def _check_outputs(model: nn.Module, bundle: DataBundle, probe: torch.Tensor) ->
                          f"{bundle.num_classes}; set model.num_classes: {bundle.num_classes}")
 
 
+def _serving_info(recipe: Recipe, bundle: DataBundle) -> dict[str, Any]:
+    """What model.json tells a service: class names, and how inputs were prepared."""
+    norm = recipe.data.normalize
+    return {"classes": list(bundle.class_names),
+            "preprocess": {"pixels": "float32, channels first, scaled to 0..1",
+                           "image_size": recipe.data.image_size,
+                           "resize": "bilinear, antialiased",
+                           "normalize": norm.model_dump() if norm is not None else None}}
+
+
 def _plain_copy(model: nn.Module) -> nn.Module:
     """A CPU copy with pruning masks folded in, for per-step exports mid-run."""
     clone = copy.deepcopy(model).cpu().eval()
@@ -179,6 +189,7 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     example = probe[:1].to(ctx.device)
     model.to(ctx.device)
     model_spec = _resolved_model_spec(recipe)
+    serving = _serving_info(recipe, bundle)
 
     def timed_eval(m: nn.Module) -> dict[str, float]:
         t = time.perf_counter()
@@ -212,7 +223,8 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
         (step_dir / "state.json").unlink(missing_ok=True)
         if recipe.export.steps == "all":
             plain = _plain_copy(m)
-            row["export"] = export_model(plain, step_dir, recipe.export, model_spec, probe)
+            row["export"] = export_model(plain, step_dir, recipe.export, model_spec, probe,
+                                         serving)
         else:
             save_safetensors(m, step_dir, model_spec, tuple(probe.shape[1:]))
         row["checkpoint"] = str(step_dir)
@@ -233,7 +245,7 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool) -> Result:
     pruner.finalize_()
     t = time.perf_counter()
     model = model.cpu().eval()
-    exported = export_model(model, ctx.out_dir, recipe.export, model_spec, probe)
+    exported = export_model(model, ctx.out_dir, recipe.export, model_spec, probe, serving)
     timing["export_s"] = time.perf_counter() - t
 
     latency = None
