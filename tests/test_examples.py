@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -9,9 +10,10 @@ import urllib.request
 from pathlib import Path
 
 import torch
+import yaml
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_recipe
 
 
 def test_prune_your_own_model(tmp_path: Path) -> None:
@@ -93,3 +95,89 @@ def test_serve_onnx_answers_tensors_and_images_like_the_pytorch_model(finished_r
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+WORKFLOW = ROOT / "examples/github-actions/compress.yml"
+
+
+def _step_runs(step: dict, failed: bool) -> bool:
+    """GitHub's `if:` for the conditions the example uses (no condition = success())."""
+    condition = str(step.get("if", "success()")).strip()
+    assert condition in ("success()", "always()", "failure()"), f"unsupported if: {condition}"
+    return {"success()": not failed, "always()": True, "failure()": failed}[condition]
+
+
+def _run_workflow(tmp_path: Path, env: dict[str, str]) -> tuple[list[tuple[str, str]], bool]:
+    """Run the workflow's shell steps as a runner would: `bash -e` per step, in order, later
+    steps skipped after a failure unless their `if:` says otherwise. Returns
+    ([(step, outcome)], job failed)."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    (job,) = workflow["jobs"].values()
+    bin_dir = tmp_path / "bin"  # `compress` on PATH: this checkout's code
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "compress"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m compress.cli "$@"\n')
+    wrapper.chmod(0o755)
+    base = {**os.environ, **workflow.get("env", {}), **job.get("env", {}), **env,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    outcomes, failed = [], False
+    for step in job["steps"]:
+        name = step.get("name") or step.get("uses")
+        if not _step_runs(step, failed):
+            outcomes.append((name, "skipped"))
+        elif "uses" in step or "pip install" in step["run"]:  # actions; installed already
+            outcomes.append((name, "not run here"))
+        else:
+            assert "${{" not in step["run"], "run: scripts read the environment, no expressions"
+            proc = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path,
+                                  env={**base, **step.get("env", {})}, capture_output=True,
+                                  text=True, timeout=600)
+            outcomes.append((name, f"exit {proc.returncode}"))
+            failed = failed or proc.returncode != 0
+    return outcomes, failed
+
+
+def test_github_actions_workflow_posts_the_report_and_fails_on_a_failed_gate(
+        tmp_path: Path) -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    assert (ROOT / workflow["env"]["RECIPE"]).is_file()  # the recipe it names as shipped
+    steps = {s.get("name"): s for s in workflow["jobs"]["compress"]["steps"]}
+    assert "GITHUB_STEP_SUMMARY" in steps["Post the report to the job summary"]["run"]
+
+    def run(name: str, gates: dict[str, float]) -> tuple[dict[str, str], bool, Path]:
+        folder = tmp_path / name
+        folder.mkdir()
+        recipe = folder / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump(tiny_recipe(folder, gates=gates,
+                                                     report={"latency": False})))
+        summary = folder / "summary.md"
+        outcomes, failed = _run_workflow(folder, {"RECIPE": str(recipe), "RUN": "runs/ci",
+                                                  "GITHUB_STEP_SUMMARY": str(summary)})
+        return dict(outcomes), failed, summary
+
+    outcomes, failed, summary = run("passing", {"max_accuracy_drop": 100.0})
+    assert not failed, outcomes
+    assert outcomes["Compress the model"] == outcomes["Check the gates"] == "exit 0"
+    assert outcomes["Post the report to the job summary"] == "exit 0"
+    run_dir = summary.parent / "runs/ci"
+    assert summary.read_text() == (run_dir / "report.md").read_text()
+    assert "**Status:** passed" in summary.read_text()
+    assert "<testsuite" in (run_dir / "gates.xml").read_text()
+    assert "passed" in (run_dir / "gates.md").read_text()
+
+    outcomes, failed, summary = run("failing", {"min_macs_reduction": 0.99})
+    assert failed, outcomes
+    assert outcomes["Compress the model"] == "exit 0"  # its exit 1 is left to the gate step
+    assert outcomes["Check the gates"] == "exit 1"
+    assert outcomes["Post the report to the job summary"] == "exit 0"  # if: always()
+    assert "**Status:** gate_failed" in summary.read_text()
+    assert "FAILED" in (summary.parent / "runs/ci/gates.md").read_text()
+
+
+def test_github_actions_workflow_fails_on_bad_input(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    outcomes, failed = _run_workflow(tmp_path, {"RECIPE": str(tmp_path / "missing.yaml"),
+                                                 "GITHUB_STEP_SUMMARY": str(summary)})
+    assert failed and dict(outcomes)["Compress the model"] == "exit 2"
+    assert dict(outcomes)["Check the gates"] == "skipped"
+    assert "wrote no report" in summary.read_text()
