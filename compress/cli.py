@@ -161,6 +161,14 @@ def init(model: str = typer.Option(..., "--model", help="SOURCE:NAME: torchvisio
          architecture: str | None = typer.Option(None, "--architecture", help="cnn or "
                                                  "transformer (default: guessed from the "
                                                  "model name)."),
+         checkpoint: str | None = typer.Option(None, "--checkpoint", help="Your trained "
+                                               "weights (.safetensors, .pt, .pth, .th)."),
+         num_classes: int | None = typer.Option(None, "--num-classes", help="Output classes "
+                                                "(default: what the data says, e.g. the class "
+                                                "folders of a local imagefolder)."),
+         image_size: int | None = typer.Option(None, "--image-size", help="Resize images to "
+                                               "this side (default: 224 for torchvision "
+                                               "models, else the images' own size)."),
          json_out: bool = JsonOption, quiet: bool = QuietOption,
          verbose: bool = VerboseOption) -> None:
     """Print a commented starter recipe for a model, data and target (redirect it to a file).
@@ -175,7 +183,8 @@ def init(model: str = typer.Option(..., "--model", help="SOURCE:NAME: torchvisio
     try:
         text = render_starter_recipe(model, data, target_macs=target_macs,
                                      target_sparsity=target_sparsity,
-                                     architecture_hint=architecture)
+                                     architecture_hint=architecture, checkpoint=checkpoint,
+                                     num_classes=num_classes, image_size=image_size)
     except CompressError as err:
         raise o.fail(err) from None
     o.result({"yaml": text, "recipe": yaml.safe_load(text)})

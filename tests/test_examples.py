@@ -1,5 +1,6 @@
 """Every example runs (tiny settings), so none can rot."""
 
+import importlib.util
 import io
 import json
 import os
@@ -9,10 +10,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from compress.cli import app
 from tests.conftest import ROOT, tiny_recipe
 
 
@@ -181,3 +185,51 @@ def test_github_actions_workflow_fails_on_bad_input(tmp_path: Path) -> None:
     assert failed and dict(outcomes)["Compress the model"] == "exit 2"
     assert dict(outcomes)["Check the gates"] == "skipped"
     assert "wrote no report" in summary.read_text()
+
+
+def test_tour_stand_ins_make_a_recipe_that_validates(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples/make_tour_model.py"),
+                           "--train-per-class", "4", "--test-per-class", "2", "--epochs", "1"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "my-resnet18.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "my-images/test").iterdir()) == \
+        ["circle", "cross", "square", "triangle"]
+    monkeypatch.chdir(tmp_path)  # as in the tour: init counts the class folders found here
+    runner = CliRunner()
+    init = runner.invoke(app, ["init", "--model", "torchvision:resnet18", "--checkpoint",
+                               "my-resnet18.safetensors", "--data", "imagefolder:my-images",
+                               "--image-size", "32", "--target-macs", "0.5"])
+    assert init.exit_code == 0, init.output
+    (tmp_path / "my-recipe.yaml").write_text(init.stdout)
+    check = runner.invoke(app, ["validate", "my-recipe.yaml", "--json"])
+    assert check.exit_code == 0, check.output
+    recipe = json.loads(check.stdout)["recipe"]
+    assert recipe["model"]["num_classes"] == 4 and recipe["data"]["image_size"] == 32
+
+
+def _serve_module():
+    spec = importlib.util.spec_from_file_location("serve_onnx", ROOT / "examples/serve_onnx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_serve_prepares_images_like_the_evaluation_data() -> None:
+    from compress.data.base import Transform, pil_to_float
+
+    serve = _serve_module()
+    classifier = object.__new__(serve.OnnxClassifier)  # no session needed to prepare images
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    classifier.shape = (3, 32, 32)
+    classifier.preprocess = {"image_size": 32, "normalize": {"mean": mean, "std": std}}
+    pixels = torch.randint(0, 256, (48, 40, 3), generator=torch.Generator().manual_seed(0))
+    image = Image.fromarray(pixels.to(torch.uint8).numpy(), mode="RGB")
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    got = torch.from_numpy(classifier.prepare_image(encoded.getvalue()))
+    expected = Transform(image_size=32, mean=tuple(mean), std=tuple(std))(pil_to_float(image))
+    assert got.shape == expected.shape == (3, 32, 32)
+    # Pillow's and torch's antialiased bilinear resizes differ by rounding only.
+    assert (got - expected).abs().mean() < 0.02
