@@ -20,7 +20,7 @@ TOUR = ("The quickstart", "Your own torchvision model")
 
 def tour_blocks(readme: str) -> list[tuple[str, str]]:
     """(subsection, script) for every ```bash block under the tour's listed subsections."""
-    tour = readme.split("\n## A 5-minute tour\n", 1)[1].split("\n## ", 1)[0]
+    tour = readme.split("\n## A short tour\n", 1)[1].split("\n## ", 1)[0]
     blocks = []
     for part in tour.split("\n### ")[1:]:
         title, _, body = part.partition("\n")
