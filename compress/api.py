@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from compress.errors import InputError
 from compress.export import load_model
 from compress.loop import run_schedule_
 from compress.pipeline import Result, run_recipe
+from compress.progress import ProgressFn, progress_to
 from compress.pruning import count_macs_params
 from compress.recipe import (FinetuneSpec, PruningSpec, Recipe, ScheduleSpec, apply_overrides,
                              load_recipe, parse_recipe)
@@ -31,11 +33,13 @@ __all__ = ["apply", "load", "prune", "Result", "PruneResult"]
 
 def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
           out_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
-          resume: bool = False, overrides: Sequence[str] = (), **sections: Any) -> Result:
+          resume: bool = False, overrides: Sequence[str] = (),
+          progress: ProgressFn | None = None, **sections: Any) -> Result:
     """Run a recipe (a YAML path, a dict or a :class:`Recipe`) end to end.
 
     ``overrides`` are ``a.b.c=value`` strings; keyword ``sections`` are merged into the recipe
-    (``finetune={"epochs": 1}``).
+    (``finetune={"epochs": 1}``). ``progress`` receives a
+    :class:`~compress.progress.ProgressEvent` as long loops (fine-tuning) advance.
 
     Example:
         >>> result = apply("recipes/quickstart.yaml", out_dir="runs/q")  # doctest: +SKIP
@@ -55,8 +59,14 @@ def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
     else:
         raise InputError(f"apply() takes a recipe path, dict or Recipe, not "
                          f"{type(recipe).__name__}")
-    return run_recipe(r, Path(out_dir) if out_dir is not None else None, overwrite=overwrite,
-                      resume=resume)
+    with _listening(progress):
+        return run_recipe(r, Path(out_dir) if out_dir is not None else None,
+                          overwrite=overwrite, resume=resume)
+
+
+def _listening(progress: ProgressFn | None) -> contextlib.AbstractContextManager[None]:
+    # No listener given: keep the caller's (an outer progress_to), do not silence it.
+    return progress_to(progress) if progress is not None else contextlib.nullcontext()
 
 
 def _reparse(recipe: Recipe, flat: dict[str, Any], strings: Sequence[str] = ()) -> Recipe:
@@ -90,13 +100,15 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
           eval_fn: Callable[[nn.Module], dict[str, float] | float] | None = None,
           finetune: dict[str, Any] | FinetuneSpec | None = None,
           probe: torch.Tensor | None = None,
-          device: str | torch.device = "cpu") -> PruneResult:
+          device: str | torch.device = "cpu",
+          progress: ProgressFn | None = None) -> PruneResult:
     """Prune your own ``model`` in place, with your own data and metric.
 
     Every step is proven exact on ``probe`` (default: ``example_inputs``). ``eval_fn`` returns
     a metric (float, or a dict with ``accuracy``) after each step. ``schedule`` is a kind
     (``"one-shot"``) or a dict like the recipe's section
-    (``{"kind": "iterative", "steps": 3}``).
+    (``{"kind": "iterative", "steps": 3}``). ``progress`` receives a
+    :class:`~compress.progress.ProgressEvent` as fine-tuning advances.
 
     Example:
         >>> net = torchvision.models.resnet18(num_classes=10)  # doctest: +SKIP
@@ -124,9 +136,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
         return dict(value) if isinstance(value, dict) else {"accuracy": float(value)}
 
     before, _ = count_macs_params(model, example[:1])
-    steps, pruner = run_schedule_(model, example=example[:1],
-                                  probe=(probe if probe is not None else example).to(dev),
-                                  pruning=spec, schedule=sched, finetune=ft,
-                                  train=train_loader, evaluate_fn=metric, device=dev)
+    with _listening(progress):
+        steps, pruner = run_schedule_(model, example=example[:1],
+                                      probe=(probe if probe is not None else example).to(dev),
+                                      pruning=spec, schedule=sched, finetune=ft,
+                                      train=train_loader, evaluate_fn=metric, device=dev)
     pruner.finalize_()
     return PruneResult(model, steps, before, steps[-1]["macs"])

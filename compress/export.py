@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,13 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
-                     sample_shape: tuple[int, ...]) -> tuple[Path, Path]:
-    """Write ``model.safetensors`` and the ``model.json`` manifest atomically."""
+                     sample_shape: tuple[int, ...],
+                     serving: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``model.safetensors`` and the ``model.json`` manifest atomically.
+
+    ``serving`` adds top-level manifest keys a service needs and the weights do not say (the
+    pipeline's: ``classes``, the class names in output order, and ``preprocess``).
+    """
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +106,7 @@ def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
     layers = {name: {"type": type(m).__name__, **attrs} for name, m in model.named_modules()
               for attrs in [_layer_attrs(m)] if attrs is not None}
     manifest = {"format": MANIFEST_FORMAT, "model": spec, "layers": layers,
-                "input": {"shape": list(sample_shape), "dtype": "float32"}}
+                "input": {"shape": list(sample_shape), "dtype": "float32"}, **(serving or {})}
     path = out_dir / "model.json"
     write_text_atomic(path, json.dumps(manifest, indent=2))
     return weights, path
@@ -270,10 +276,12 @@ def check_parity(expected: torch.Tensor, actual: np.ndarray | torch.Tensor, *, w
 
 
 def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: ModelSpec,
-                 probe: torch.Tensor) -> dict[str, Any]:
+                 probe: torch.Tensor, serving: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """Write the enabled artifacts and prove each one on ``probe`` (real eval inputs).
 
-    Returns paths, sizes and the parity differences measured.
+    Returns paths, sizes and the parity differences measured. ``serving``: see
+    :func:`save_safetensors`.
     """
     model = model.eval().cpu()
     probe = probe[: spec.parity_batch].cpu()
@@ -281,7 +289,8 @@ def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: 
         reference = model(probe)
     result: dict[str, Any] = {"parity": {}}
     if spec.safetensors:
-        weights, manifest = save_safetensors(model, out_dir, model_spec, tuple(probe.shape[1:]))
+        weights, manifest = save_safetensors(model, out_dir, model_spec, tuple(probe.shape[1:]),
+                                             serving)
         with torch.no_grad():
             reloaded = load_model(out_dir, force=True)(probe)
         result["parity"]["safetensors"] = check_parity(

@@ -91,6 +91,21 @@ def _check_outputs(model: nn.Module, bundle: DataBundle, probe: torch.Tensor) ->
                          f"{bundle.num_classes}; set model.num_classes: {bundle.num_classes}")
 
 
+def _serving_info(recipe: Recipe, bundle: DataBundle) -> dict[str, Any]:
+    """What model.json tells a service: class names, and how inputs were prepared."""
+    norm = recipe.data.normalize
+    if recipe.data.source in ("text", "text_lm"):
+        return {"classes": list(bundle.class_names),
+                "preprocess": {"tokens": "int64 token ids of the model's tokenizer (saved in "
+                                         "hf/ when written), padded with its pad id",
+                               "max_length": recipe.data.max_length}}
+    return {"classes": list(bundle.class_names),
+            "preprocess": {"pixels": "float32, channels first, scaled to 0..1",
+                           "image_size": recipe.data.image_size,
+                           "resize": "bilinear, antialiased",
+                           "normalize": norm.model_dump() if norm is not None else None}}
+
+
 def _plain_copy(model: nn.Module) -> nn.Module:
     """A CPU copy with pruning masks folded in, for per-step exports mid-run."""
     clone = copy.deepcopy(model).cpu().eval()
@@ -210,6 +225,7 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool, dist: Processes) -> Resu
         _train_head_(model, bundle, recipe, ctx.device)
         timing["head_s"] = time.perf_counter() - t
     model_spec = _resolved_model_spec(recipe)
+    serving = _serving_info(recipe, bundle)
 
     def timed_eval(m: nn.Module) -> dict[str, float]:
         t = time.perf_counter()
@@ -247,7 +263,8 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool, dist: Processes) -> Resu
         (step_dir / "state.json").unlink(missing_ok=True)
         if recipe.export.steps == "all":
             plain = _plain_copy(m)
-            row["export"] = export_model(plain, step_dir, recipe.export, model_spec, probe)
+            row["export"] = export_model(plain, step_dir, recipe.export, model_spec, probe,
+                                         serving)
         else:
             save_safetensors(m, step_dir, model_spec, tuple(probe.shape[1:]))
         row["checkpoint"] = str(step_dir)
@@ -280,18 +297,19 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool, dist: Processes) -> Resu
     pruner.finalize_()
     return dist.on_main(lambda: _finish(recipe, ctx.out_dir, model, baseline_model, baseline_onnx,
                                         baseline_eval, base_macs, base_params, steps, probe,
-                                        timing, t0, dist))
+                                        timing, t0, dist, serving))
 
 
 def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.Module,
             baseline_onnx: Path | None, baseline_eval: dict[str, Any], base_macs: int,
             base_params: int, steps: list[dict[str, Any]], probe: torch.Tensor,
-            timing: dict[str, float], t0: float, dist: Processes) -> Result:
+            timing: dict[str, float], t0: float, dist: Processes,
+            serving: dict[str, Any]) -> Result:
     """Export, measure, report and gates: rank 0 only under a launcher."""
     model_spec = _resolved_model_spec(recipe)
     t = time.perf_counter()
     model = model.cpu().eval()
-    exported = export_model(model, out_dir, recipe.export, model_spec, probe)
+    exported = export_model(model, out_dir, recipe.export, model_spec, probe, serving)
     if is_transformer(model) and recipe.export.safetensors:
         exported["hf"] = save_hf_(model, out_dir, probe[: recipe.export.parity_batch])
     timing["export_s"] = time.perf_counter() - t

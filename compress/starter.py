@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -123,8 +124,12 @@ def _split(spec: str, what: str, registry: Any, example: str) -> tuple[str, str]
     return source, arg
 
 
-def _model(w: _Writer, spec: str, classes: int | None) -> tuple[str, bool]:
-    """Write the model section; return (short name, is a torchvision model)."""
+def _model(w: _Writer, spec: str, classes: int | None, checkpoint: str | None = None,
+           explicit_classes: bool = False) -> tuple[str, bool]:
+    """Write the model section; return (short name, is a torchvision model).
+
+    ``explicit_classes``: ``classes`` came from ``--num-classes``, not from the data.
+    """
     from compress.models import MODEL_SOURCES, check_model_spec
     from compress.recipe import ModelSpec
 
@@ -140,16 +145,23 @@ def _model(w: _Writer, spec: str, classes: int | None) -> tuple[str, bool]:
         fields["factory"] = arg
         w.key("factory", arg, "'package.module:function' or 'file.py:function' (relative to "
               "this file) returning the nn.Module.")
-        w.comment("num_classes: 10   # passed to the factory as a keyword argument", 2)
+        if explicit_classes and classes is not None:
+            fields["num_classes"] = classes
+            w.key("num_classes", classes, "Passed to the factory as a keyword argument.")
+        else:
+            w.comment("num_classes: 10   # passed to the factory as a keyword argument", 2)
     elif source in ("torchvision", "cifar_resnet"):
         fields["name"] = arg
         w.key("name", arg)
         if source == "torchvision" and classes not in (None, 1000):
             fields["num_classes"] = classes
-            w.key("num_classes", classes, f"torchvision's ImageNet weights have 1000 classes "
-                  f"and the data has {classes}: give weights trained on your data in checkpoint "
-                  f"(without them the model starts from random weights).")
-        elif source == "torchvision":
+            why = (f"torchvision's ImageNet weights have 1000 classes and the data has "
+                   f"{classes}: give weights trained on your data in checkpoint (without them "
+                   f"the model starts from random weights).")
+            if checkpoint:
+                why = "The data's classes, which your checkpoint was trained for."
+            w.key("num_classes", classes, why)
+        elif source == "torchvision" and checkpoint is None:
             w.key("weights", "DEFAULT", "ImageNet weights from torchvision (downloaded on first "
                   "use): the data needs ImageNet's 1000 classes. For other data, drop this, set "
                   "num_classes and give your trained weights in checkpoint.")
@@ -159,14 +171,20 @@ def _model(w: _Writer, spec: str, classes: int | None) -> tuple[str, bool]:
     else:
         raise InputError(f"compress init has no template for model source {source!r} yet; "
                          f"write the model section by hand (see docs/recipes.md)")
-    w.comment("checkpoint: path/to/trained.safetensors   # or .pt/.pth/.th; pruning needs "
-              "trained weights", 2)
+    if checkpoint:
+        fields["checkpoint"] = checkpoint
+        w.key("checkpoint", checkpoint, "Your trained weights (.safetensors, or .pt/.pth/.th "
+              "loaded with weights_only=True).")
+    else:
+        w.comment("checkpoint: path/to/trained.safetensors   # or .pt/.pth/.th; pruning needs "
+                  "trained weights", 2)
     check_model_spec(ModelSpec(**fields))  # unknown torchvision/cifar_resnet names, bad factory
     name = arg.rpartition(":")[2] if source == "python" else arg
     return name, source == "torchvision"
 
 
-def _data(w: _Writer, spec: str, patience: bool, tv_model: bool) -> None:
+def _data(w: _Writer, spec: str, patience: bool, tv_model: bool,
+          image_size: int | None = None) -> None:
     from compress.data import DATASETS
     from compress.data.torchvision_datasets import SUPPORTED
 
@@ -195,7 +213,10 @@ def _data(w: _Writer, spec: str, patience: bool, tv_model: bool) -> None:
     else:
         raise InputError(f"compress init has no template for data source {source!r} yet; "
                          f"write the data section by hand (see docs/recipes.md)")
-    if tv_model:
+    if image_size is not None:
+        w.key("image_size", image_size, "Images are resized to the input size the model was "
+              "trained at.")
+    elif tv_model:
         w.key("image_size", 224, "Images are resized to the input size torchvision's "
               "ImageNet models expect.")
     w.key("batch_size", 64)
@@ -294,16 +315,29 @@ def _results(w: _Writer, target: float, by_macs: bool, tv_model: bool) -> None:
               "catches a run that pruned far less than asked.")
 
 
+def _imagefolder_classes(path: str) -> int | None:
+    """Class folders under a local imagefolder's ``train/`` (None for archives, absent paths)."""
+    train = Path(path) / "train"
+    if not train.is_dir():
+        return None
+    return sum(1 for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")) or None
+
+
 def render_starter_recipe(model: str, data: str, target_macs: float | None = None,
                           target_sparsity: float | None = None,
-                          architecture_hint: str | None = None) -> str:
+                          architecture_hint: str | None = None, *,
+                          checkpoint: str | None = None, num_classes: int | None = None,
+                          image_size: int | None = None) -> str:
     """A commented, valid YAML recipe (what ``compress init`` prints).
 
     ``model`` is ``SOURCE:NAME`` (``torchvision:resnet50``, ``cifar_resnet:resnet56``,
     ``python:pkg.mod:fn``, ``python:file.py:fn``); ``data`` is ``SOURCE[:ARG]``
     (``imagefolder:PATH``, ``torchvision:CIFAR10``, ``digits``). Give at most one target: a
     fraction of MACs (default 0.5) or of channels to remove. ``architecture_hint`` is ``cnn``
-    or ``transformer`` (default: guessed from the model name).
+    or ``transformer`` (default: guessed from the model name). ``checkpoint`` is your trained
+    weights; ``num_classes`` defaults to what the data says (the class folders of a local
+    imagefolder's ``train/``); ``image_size`` is the side images are resized to (default: 224
+    for torchvision models, else the images' own size).
     """
     from compress.data import check_data_spec
     from compress.recipe import parse_recipe
@@ -321,12 +355,17 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     regime = choose_regime(target, transformer)
     patience = regime.kind != "one-shot"
     flag = "--target-macs" if by_macs else "--target-sparsity"
-    arch = f" --architecture {architecture_hint}" if architecture_hint else ""
+    extra = {"--architecture": architecture_hint, "--checkpoint": checkpoint,
+             "--num-classes": num_classes, "--image-size": image_size}
+    flags = "".join(f" {k} {v}" for k, v in extra.items() if v is not None)
+    for what, value in (("num_classes", num_classes), ("image_size", image_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{what} must be a positive whole number (got {value})")
 
     w = _Writer()
     # The command on a line of its own, unwrapped, so it can be copied back.
     w.lines += ["# Starter recipe, written by",
-                f"#   compress init --model {model} --data {data} {flag} {target:g}{arch}"]
+                f"#   compress init --model {model} --data {data} {flag} {target:g}{flags}"]
     w.comment("Every key is described in docs/recipes.md; check an edited copy with `compress "
               "validate`, run it with `compress apply`. Relative paths resolve against the "
               "folder this file is in.")
@@ -334,8 +373,11 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     body = _Writer()
     data_source, _, data_arg = data.partition(":")
     classes = {"digits": 10, "torchvision": 100 if data_arg == "CIFAR100" else 10}
-    short, tv_model = _model(body, model, classes.get(data_source))
-    _data(body, data, patience, tv_model)
+    if data_source == "imagefolder" and data_arg:
+        classes["imagefolder"] = _imagefolder_classes(data_arg)
+    short, tv_model = _model(body, model, num_classes or classes.get(data_source), checkpoint,
+                             explicit_classes=num_classes is not None)
+    _data(body, data, patience, tv_model, image_size)
     measure = "macs" if by_macs else "channels"
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{short}-{measure}{target * 100:g}")
     w.lines.append(f"name: {inline_yaml(name)}")

@@ -19,16 +19,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compress.progress import report_progress
 from compress.gpu import autocast, grad_scaler
 from compress.checkpoint import FinetuneCheckpoint, Position, Snapshot
 from compress.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
@@ -81,19 +80,19 @@ class Fit:
 def fit(plan: Fit, snapshot: Snapshot | None) -> Position:
     """Train, restarting once after a divergence; continue ``snapshot`` when given."""
     pos = snapshot.position if snapshot is not None else Position(lr=plan.spec.lr)
-    progress = _progress(plan.total, plan.description, pos.step)
+    report_progress(plan.description, pos.step, plan.total)
     deferring = plan.checkpoint.deferring() if plan.checkpoint is not None \
         else contextlib.nullcontext()
     try:
         with deferring:  # a signal stops after the current batch, once a snapshot is saved
             while True:
-                diverged = _train(plan, pos, progress, snapshot)
+                diverged = _train(plan, pos, snapshot)
                 snapshot = None
                 if diverged is None or not _roll_back(plan, pos, diverged):
                     return pos
     finally:
-        if progress is not None:
-            progress[0].stop()
+        # Also after an error: a listener's bar for this task must end.
+        report_progress(plan.description, pos.step, plan.total, done=True)
 
 
 def _roll_back(plan: Fit, pos: Position, diverged: Divergence) -> bool:
@@ -120,7 +119,7 @@ def _roll_back(plan: Fit, pos: Position, diverged: Divergence) -> bool:
     return pos.step < plan.total
 
 
-def _train(plan: Fit, pos: Position, progress: Any,
+def _train(plan: Fit, pos: Position,
            snapshot: Snapshot | None) -> Divergence | None:
     """One attempt from optimizer step ``pos.start`` (or ``snapshot``'s) to ``plan.total``, with
     a fresh optimizer and schedule; advances ``pos``; returns the divergence or None."""
@@ -171,9 +170,7 @@ def _train(plan: Fit, pos: Position, progress: Any,
                     return Divergence(reason, pos.step - pos.start)
             if pos.step % 20 == 0 or pos.step == total or stop:
                 pos.last_loss = loss.item()
-                if progress is not None:
-                    progress[0].update(progress[1], completed=pos.step,
-                                       description=f"{plan.description} loss {pos.last_loss:.3f}")
+                report_progress(plan.description, pos.step, total, f"loss {pos.last_loss:.3f}")
             if pos.step >= total or stop:
                 break
             if ckpt is not None and ckpt.stop_requested():
@@ -190,16 +187,3 @@ def _train(plan: Fit, pos: Position, progress: Any,
     if monitor is None and pos.step > pos.start and not weights_finite(model):
         return Divergence("the weights became non-finite", pos.step - pos.start)
     return None
-
-
-def _progress(total: int, description: str, done: int):  # type: ignore[no-untyped-def]
-    """A rich progress bar on stderr when it is a terminal, else None (logs only)."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    task = progress.add_task(description, total=total, completed=done)
-    progress.start()
-    return progress, task

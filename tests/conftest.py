@@ -95,3 +95,18 @@ def single_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny run folder (digits CNN, every artifact), shared by the whole session.
+
+    Read it, never write into it: copy it first (tests run in any order).
+    """
+    import compress
+
+    tmp = tmp_path_factory.mktemp("finished-run")
+    result = compress.apply(tiny_recipe(tmp, gates={"max_accuracy_drop": 100.0}),
+                            out_dir=tmp / "run")
+    assert result.ok, result.report.get("gates")
+    return result.out_dir

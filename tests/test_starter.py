@@ -139,6 +139,30 @@ def test_data_sources_fill_their_keys() -> None:
     assert digits.data.source == "digits" and digits.data.normalize is None
 
 
+def test_your_own_weights_classes_and_image_size(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("cat", "dog", "fox", ".hidden"):
+        (tmp_path / "imgs" / "train" / name).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # the folder is counted where `compress init` runs
+    text = render_starter_recipe("torchvision:resnet18", "imagefolder:imgs",
+                                 checkpoint="mine.safetensors", image_size=32)
+    own, _ = _check(text)
+    assert own.model.checkpoint == "mine.safetensors" and own.model.weights is None
+    assert own.model.num_classes == 3  # cat, dog, fox: hidden folders are not classes
+    assert own.data.image_size == 32
+    assert "--checkpoint mine.safetensors --image-size 32" in text.splitlines()[1]
+    assert "checkpoint was trained" in _comment_above(text, "  num_classes: 3")
+    given, _ = _check(render_starter_recipe("torchvision:resnet18", "imagefolder:imgs",
+                                            num_classes=7))
+    assert given.model.num_classes == 7 and given.model.checkpoint is None
+    archive, _ = _check(render_starter_recipe("torchvision:resnet18", "imagefolder:d.tar.gz"))
+    assert archive.model.num_classes is None and archive.model.weights == "DEFAULT"
+    factory, _ = _check(render_starter_recipe("python:nets:lenet", "digits", num_classes=10))
+    assert factory.model.num_classes == 10
+    plain, _ = _check(render_starter_recipe("python:nets:lenet", "digits"))
+    assert plain.model.num_classes is None  # only on request: the factory may not take it
+
+
 def test_defaults_and_target_kinds() -> None:
     by_default, _ = _check(render_starter_recipe("cifar_resnet:resnet56", "digits"))
     assert by_default.pruning.target is not None and by_default.pruning.target.macs == 0.5
@@ -189,6 +213,8 @@ def test_every_key_line_is_commented_or_plain_yaml() -> None:
     ({"target_macs": 1.5}, "target_macs must be a fraction between 0 and 1"),
     ({"target_sparsity": 0.0}, "target_sparsity must be a fraction between 0 and 1"),
     ({"architecture_hint": "rnn"}, "unknown architecture 'rnn'; allowed: cnn, transformer"),
+    ({"num_classes": 0}, "num_classes must be a positive whole number"),
+    ({"image_size": -1}, "image_size must be a positive whole number"),
 ])
 def test_bad_input_is_one_clear_sentence(kwargs: dict, fragment: str) -> None:
     args = {"model": "cifar_resnet:resnet56", "data": "digits", **kwargs}
