@@ -29,6 +29,7 @@ from torch import nn
 
 from compress.errors import CheckFailed, InputError
 from compress.fsutil import temp_path_for, write_text_atomic
+from compress.onnx_layout import channel_maps_as_convs
 from compress.recipe import ExportSpec, ModelSpec
 
 __all__ = ["export_model", "save_safetensors", "plain_state_dict", "onnx_size", "export_onnx", "load_model", "onnx_session",
@@ -165,25 +166,32 @@ def _reshape_(module: nn.Module, name: str, attrs: dict[str, Any],
 
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor,
-                opset: int | None = None) -> Path:
+                opset: int | None = None, *, layout_rewrites: bool = True) -> Path:
     """Export with the dynamo exporter, a dynamic batch axis, and ``onnx.checker``.
 
     The file is built in a staging folder beside ``path`` and moved into place whole; models
     over ~1.8 GB keep their weights in ``<name>.data`` next to it (the protobuf limit is 2 GB).
+    ``layout_rewrites``: see :func:`stage_onnx`.
     """
-    staged = stage_onnx(model, path.parent, path.name, example, opset)
+    staged = stage_onnx(model, path.parent, path.name, example, opset,
+                        layout_rewrites=layout_rewrites)
     return commit_onnx(staged, path)
 
 
 def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
-               opset: int | None = None) -> Path:
-    """Export into a fresh hidden staging folder inside ``folder``; return the staged file."""
+               opset: int | None = None, *, layout_rewrites: bool = True) -> Path:
+    """Export into a fresh hidden staging folder inside ``folder``; return the staged file.
+
+    With ``layout_rewrites`` channel-map shortcuts are exported as 1x1 convolutions so that
+    onnxruntime's blocked CPU layout is not broken (:mod:`compress.onnx_layout`); the parity
+    check against the torch model proves the rewrite.
+    """
     import onnx
 
     stage = temp_path_for(folder / name)
     stage.mkdir()
     staged = stage / name
-    model = model.eval()
+    model = channel_maps_as_convs(model.eval()) if layout_rewrites else model.eval()
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
     batch = torch.export.Dim("batch", min=1)
     kwargs: dict[str, Any] = {"dynamo": True, "dynamic_shapes": ({0: batch},),
