@@ -6,7 +6,8 @@
 (a) ``compress apply`` end to end minus training and evaluation, as a share of the total, for
     the ResNet-56 recipe. It reads the run folder that benchmarks/peer_torch_pruning.py leaves
     (runs/benchmarks/peer/compress), or runs ``compress apply recipes/resnet56-cifar10.yaml
-    --set finetune.epochs=1`` itself when that folder is missing (``--run DIR`` picks another).
+    --set finetune.epochs=1 --set finetune.max_steps=200`` itself when that folder is missing
+    (``--run DIR`` picks another).
     Target: at most 10 %.
 (b) Training-loop throughput: compress's fine-tuning loop (``compress.finetune.finetune_``)
     against a minimal plain PyTorch loop (SGD with momentum, cosine schedule: the one in
@@ -35,7 +36,8 @@ log = logging.getLogger("bench")
 
 RECIPE = ROOT / "recipes" / "resnet56-cifar10.yaml"
 PROFILES = {
-    "cpu": dict(model="resnet56", overrides=["finetune.epochs=1"], batches=12, batch=128,
+    "cpu": dict(model="resnet56", overrides=["finetune.epochs=1", "finetune.max_steps=200"],
+                batches=12, batch=128,
                 rounds=7),
     "tiny": dict(model="resnet20", overrides=["model.name=resnet20",
                                               f"model.checkpoint={RESNET_CKPT['resnet20']}",

@@ -1,6 +1,6 @@
 """compress against the pipeline a user writes from torch-pruning's README, on the same job.
 
-    python benchmarks/peer_torch_pruning.py                # ResNet-56, 2x fewer MACs, CPU budget
+    python benchmarks/peer_torch_pruning.py                # ResNet-56, 2x fewer MACs, 200 steps
     python benchmarks/peer_torch_pruning.py --full         # the recipe's own fine-tune (2 epochs)
     python benchmarks/peer_torch_pruning.py --tiny         # smoke test (ResNet-20, a few steps)
 
@@ -36,7 +36,9 @@ log = logging.getLogger("bench")
 RECIPE = ROOT / "recipes" / "resnet56-cifar10.yaml"
 PROFILES = {
     # Finetune budget of both sides (None = the recipe's epochs); latency protocol.
-    "cpu": dict(overrides=["finetune.epochs=1"], rounds=9, batch_sizes=[1, 64]),
+    # 200 steps of 128 images: about half an epoch, the budget 2 shared CPU cores allow.
+    "cpu": dict(overrides=["finetune.epochs=1", "finetune.max_steps=200"], rounds=9,
+                batch_sizes=[1, 64]),
     "full": dict(overrides=[], rounds=15, batch_sizes=[1, 64]),
     "tiny": dict(overrides=["model.name=resnet20",
                             f"model.checkpoint={RESNET_CKPT['resnet20']}",

@@ -32,8 +32,8 @@ from compress.fsutil import temp_path_for, write_text_atomic
 from compress.onnx_layout import channel_maps_as_convs
 from compress.recipe import ExportSpec, ModelSpec
 
-__all__ = ["export_model", "save_safetensors", "plain_state_dict", "onnx_size", "export_onnx", "load_model", "onnx_session",
-           "check_parity", "MANIFEST_FORMAT"]
+__all__ = ["export_model", "save_safetensors", "plain_state_dict", "onnx_size", "export_onnx",
+           "load_model", "onnx_session", "check_parity", "MANIFEST_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,6 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor,
 
     The file is built in a staging folder beside ``path`` and moved into place whole; models
     over ~1.8 GB keep their weights in ``<name>.data`` next to it (the protobuf limit is 2 GB).
-    ``layout_rewrites``: see :func:`stage_onnx`.
     """
     staged = stage_onnx(model, path.parent, path.name, example, opset,
                         layout_rewrites=layout_rewrites)
@@ -182,9 +181,7 @@ def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
                opset: int | None = None, *, layout_rewrites: bool = True) -> Path:
     """Export into a fresh hidden staging folder inside ``folder``; return the staged file.
 
-    With ``layout_rewrites`` channel-map shortcuts are exported as 1x1 convolutions so that
-    onnxruntime's blocked CPU layout is not broken (:mod:`compress.onnx_layout`); the parity
-    check against the torch model proves the rewrite.
+    ``layout_rewrites``: channel-map shortcuts become 1x1 convs (:mod:`compress.onnx_layout`).
     """
     import onnx
 
