@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ROOT, shared_path
 
 BENCH = ROOT / "benchmarks"
-SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers"]
+SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency"]
 
 
 def _run(script: str, *args: str, timeout: int = 60) -> subprocess.CompletedProcess[str]:
@@ -73,6 +73,7 @@ def test_crossover_sentence_reads_the_table(regimes) -> None:
     ("peer_torch_pruning", []),
     ("overheads", []),
     ("latency_levers", []),
+    ("conv_efficiency", []),
 ])
 def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -> None:
     shared_path("models", "resnet-cifar10")
