@@ -30,10 +30,11 @@ from torch import nn
 
 from compress.errors import CheckFailed, InputError
 from compress.fsutil import temp_path_for, write_text_atomic
+from compress.onnx_layout import channel_maps_as_convs
 from compress.recipe import ExportSpec, ModelSpec
 
-__all__ = ["export_model", "save_safetensors", "plain_state_dict", "onnx_size", "export_onnx", "load_model", "onnx_session",
-           "check_parity", "MANIFEST_FORMAT"]
+__all__ = ["export_model", "save_safetensors", "plain_state_dict", "onnx_size", "export_onnx",
+           "load_model", "onnx_session", "check_parity", "MANIFEST_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -181,25 +182,29 @@ def _reshape_(module: nn.Module, name: str, attrs: dict[str, Any],
 
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor,
-                opset: int | None = None) -> Path:
+                opset: int | None = None, *, layout_rewrites: bool = True) -> Path:
     """Export with the dynamo exporter, a dynamic batch axis, and ``onnx.checker``.
 
     The file is built in a staging folder beside ``path`` and moved into place whole; models
     over ~1.8 GB keep their weights in ``<name>.data`` next to it (the protobuf limit is 2 GB).
     """
-    staged = stage_onnx(model, path.parent, path.name, example, opset)
+    staged = stage_onnx(model, path.parent, path.name, example, opset,
+                        layout_rewrites=layout_rewrites)
     return commit_onnx(staged, path)
 
 
 def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
-               opset: int | None = None) -> Path:
-    """Export into a fresh hidden staging folder inside ``folder``; return the staged file."""
+               opset: int | None = None, *, layout_rewrites: bool = True) -> Path:
+    """Export into a fresh hidden staging folder inside ``folder``; return the staged file.
+
+    ``layout_rewrites``: channel-map shortcuts become 1x1 convs (:mod:`compress.onnx_layout`).
+    """
     import onnx
 
     stage = temp_path_for(folder / name)
     stage.mkdir()
     staged = stage / name
-    model = model.eval()
+    model = channel_maps_as_convs(model.eval()) if layout_rewrites else model.eval()
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
     # Models may declare more dynamic axes (transformers: the sequence) and their input name.
     dims = getattr(model, "dynamic_dims", {0: "batch"})

@@ -29,7 +29,7 @@ from compress.models import build_model
 from compress.pruners import build_pruner
 from compress.data.text import with_default_tokenizer
 from compress.pruning import (count_macs_params, list_groups, resolve_ignored,
-                              solve_ratio_for_macs)
+                              solve_ratios_for_macs)
 from compress.recipe import Recipe
 from compress.schedules import plan_targets
 from compress.validate import check_recipe
@@ -58,9 +58,7 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     targets = plan_targets(recipe.schedule, pruning.final_target())
     trial = copy.deepcopy(model)
     if pruning.target is not None:
-        ratios_per_step = [solve_ratio_for_macs(model, example, pruning, t,
-                                                tolerance=pruning.target.tolerance)[0]
-                           for t in targets]
+        ratios_per_step = solve_ratios_for_macs(model, example, pruning, targets)
     else:
         ratios_per_step = list(targets)
     pruner = build_pruner(trial, example, pruning, ratios_per_step)

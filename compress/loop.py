@@ -26,7 +26,7 @@ from compress.distributed import Processes
 from compress.errors import InputError
 from compress.finetune import finetune_
 from compress.pruners import Pruner, StepRecord, build_pruner
-from compress.pruning import IMPORTANCE, count_macs_params, solve_ratio_for_macs
+from compress.pruning import IMPORTANCE, count_macs_params, solve_ratios_for_macs
 from compress.recipe import FinetuneSpec, PruningSpec, ScheduleSpec
 from compress.runstate import stop_requested
 from compress.schedules import plan_targets
@@ -66,8 +66,7 @@ def _channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpe
     """Per-step ratios for the pruner: MACs targets are turned into channel ratios by search."""
     if pruning.target is None:
         return list(targets)
-    return [solve_ratio_for_macs(model, example, pruning, t, tolerance=pruning.target.tolerance)[0]
-            for t in targets]
+    return solve_ratios_for_macs(model, example, pruning, targets)
 
 
 def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tensor,

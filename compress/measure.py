@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from compress.recipe import ReportSpec
 
 __all__ = ["Candidate", "ABTimings", "count_params", "measure_latency", "time_ab", "summarize_ab",
-           "session_options", "ort_providers", "latency_summary", "headline_speedup",
-           "environment"]
+           "time_interleaved", "compare_onnx", "session_options", "ort_providers",
+           "latency_summary", "headline_speedup", "environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +77,28 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def time_ab(run_baseline: Callable[[], None], run_compressed: Callable[[], None], *,
-            warmup: int, rounds: int, runs_per_round: int,
-            timer: Timer = time.perf_counter) -> ABTimings:
-    """Time ``rounds`` interleaved block pairs; even rounds run the baseline first, odd last.
+def time_interleaved(runners: dict[str, Callable[[], None]], *, warmup: int, rounds: int,
+                     runs_per_round: int, timer: Timer = time.perf_counter
+                     ) -> tuple[dict[str, list[list[float]]], list[tuple[str, ...]]]:
+    """Time ``rounds`` rounds of one block per runner; the order rotates every round.
 
-    Each block is ``warmup`` untimed calls then ``runs_per_round`` timed calls.
+    Each block is ``warmup`` untimed calls then ``runs_per_round`` timed calls. Returns the
+    durations per runner (one list per round) and each round's order. Rotating (A B C, B C A,
+    C A B, ...) puts every runner first equally often, so drift hits all of them alike.
+
+    Example:
+        >>> t, order = time_interleaved({"a": lambda: None, "b": lambda: None}, warmup=0,
+        ...                             rounds=2, runs_per_round=1)
+        >>> order
+        [('a', 'b'), ('b', 'a')]
     """
-    out = ABTimings()
-    runners = {"baseline": run_baseline, "compressed": run_compressed}
+    names = list(runners)
+    out: dict[str, list[list[float]]] = {n: [] for n in names}
+    orders: list[tuple[str, ...]] = []
     for r in range(rounds):
-        order = ("baseline", "compressed") if r % 2 == 0 else ("compressed", "baseline")
-        out.order.append(order)
-        block: dict[str, list[float]] = {}
+        k = r % len(names)
+        order = tuple(names[k:] + names[:k])
+        orders.append(order)
         for name in order:
             fn = runners[name]
             for _ in range(warmup):
@@ -99,10 +108,22 @@ def time_ab(run_baseline: Callable[[], None], run_compressed: Callable[[], None]
                 t0 = timer()
                 fn()
                 times.append(timer() - t0)
-            block[name] = times
-        out.baseline.append(block["baseline"])
-        out.compressed.append(block["compressed"])
-    return out
+            out[name].append(times)
+    return out, orders
+
+
+def time_ab(run_baseline: Callable[[], None], run_compressed: Callable[[], None], *,
+            warmup: int, rounds: int, runs_per_round: int,
+            timer: Timer = time.perf_counter) -> ABTimings:
+    """Time ``rounds`` interleaved block pairs; even rounds run the baseline first, odd last.
+
+    Each block is ``warmup`` untimed calls then ``runs_per_round`` timed calls.
+    """
+    times, orders = time_interleaved({"baseline": run_baseline, "compressed": run_compressed},
+                                     warmup=warmup, rounds=rounds,
+                                     runs_per_round=runs_per_round, timer=timer)
+    return ABTimings(times["baseline"], times["compressed"],
+                     [(a, b) for a, b in orders])  # type: ignore[misc]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -137,14 +158,22 @@ def summarize_ab(timings: ABTimings, batch: int) -> dict[str, Any]:
             "speedup_max": max(ratios), "round_ratios": ratios}
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """onnxruntime options for timing: fixed threads, full optimisation, no spinning."""
+def session_options(threads: int, optimization: str = "all") -> ort.SessionOptions:
+    """onnxruntime options for timing: fixed threads, full optimisation, no spinning.
+
+    ``optimization`` other than ``all`` is for comparisons only: ``all`` adds the blocked
+    (NCHWc) convolution layout, which is what makes CPU convolutions fast.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[optimization]
     # Spinning workers of one session steal cycles from the other when timed back to back.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
@@ -210,10 +239,11 @@ def environment(threads: int, device: torch.device,
 
 
 def _ort_session(name: str, path: Path, threads: int, device: torch.device,
-                 sample_shape: tuple[int, ...], tokens: bool = False) -> ort.InferenceSession:
+                 sample_shape: tuple[int, ...], optimization: str = "all",
+                 tokens: bool = False) -> ort.InferenceSession:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
+    sess = ort.InferenceSession(str(path), sess_options=session_options(threads, optimization),
                                 providers=ort_providers(device))
     inputs = sess.get_inputs()
     expected = "tensor(int64)" if tokens else "tensor(float)"
@@ -345,6 +375,68 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                             row["speedup"])
             result["engines"][engine] = per_batch
     result["environment"] = environment(threads, device, providers)
+    return result
+
+
+def compare_onnx(paths: dict[str, Path], *, reference: str | dict[str, str],
+                 sample_shape: tuple[int, ...],
+                 spec: ReportSpec, timer: Timer = time.perf_counter, seed: int = 0,
+                 optimization: dict[str, str] | None = None) -> dict[str, Any]:
+    """Time several ONNX models on the CPU in one interleaved run (rotating order per round).
+
+    ``result["batches"][str(batch)][name]`` holds the latency stats of each model and, for every
+    model but ``reference``, ``speedup`` (median over rounds of reference / model) with its
+    min and max. ``reference`` may instead map each compared model to its own reference. ``spec`` gives the protocol (batch sizes, rounds, warmup, threads, ...);
+    ``timer=time.thread_time`` with ``spec.threads == 1`` measures the CPU time of the calling
+    thread, which other processes on a busy machine barely disturb. ``optimization`` maps a
+    model name to an onnxruntime optimisation level other than ``all`` (for comparisons).
+
+    Example:
+        >>> r = compare_onnx({"base": Path("a.onnx"), "pruned": Path("b.onnx")},
+        ...                  reference="base", sample_shape=(3, 32, 32),
+        ...                  spec=ReportSpec(batch_sizes=[1]))  # doctest: +SKIP
+        >>> r["batches"]["1"]["pruned"]["speedup"]  # doctest: +SKIP
+        1.93
+    """
+    refs = ({n: reference for n in paths if n != reference} if isinstance(reference, str)
+            else dict(reference))
+    for name, ref in refs.items():
+        if name not in paths or ref not in paths or name == ref:
+            raise InputError(f"reference {ref!r} of {name!r}: both must be distinct names among "
+                             f"{sorted(paths)}")
+    device = torch.device("cpu")
+    dummy = nn.Identity().eval()
+    _validate(tuple(sample_shape), spec, device,
+              {n: Candidate(dummy, Path(p)) for n, p in paths.items()})
+    threads = spec.threads or os.cpu_count() or 1
+    result: dict[str, Any] = {"threads": threads, "reference": refs, "batches": {},
+                              "timer": getattr(timer, "__name__", str(timer)),
+                              "protocol": {"warmup": spec.warmup, "rounds": spec.rounds,
+                                           "runs_per_round": spec.runs_per_round,
+                                           "min_block_ms": spec.min_block_ms, "seed": seed}}
+    with _quiet_timing(threads):
+        levels = optimization or {}
+        sessions = {n: _ort_session(n, Path(p), threads, device, tuple(sample_shape),
+                                    levels.get(n, "all")) for n, p in paths.items()}
+        for batch in spec.batch_sizes:
+            gen = torch.Generator().manual_seed(seed)
+            x = torch.randn((batch, *sample_shape), generator=gen, dtype=torch.float32)
+            runs = {n: _ort_runner(n, s, x) for n, s in sessions.items()}
+            for run in runs.values():
+                run()  # first call allocates shape-dependent buffers; never timed
+            per_block = _runs_per_block(runs.values(), spec)
+            times, _ = time_interleaved(runs, warmup=spec.warmup, rounds=spec.rounds,
+                                        runs_per_round=per_block, timer=timer)
+            row: dict[str, Any] = {}
+            for name in paths:
+                row[name] = _stats(times[name], batch)
+                if name in refs:
+                    ratios = [statistics.median(r) / statistics.median(c)
+                              for r, c in zip(times[refs[name]], times[name])]
+                    row[name].update(speedup=statistics.median(ratios),
+                                     speedup_min=min(ratios), speedup_max=max(ratios))
+            result["batches"][str(batch)] = row
+    result["environment"] = environment(threads, device, ["CPUExecutionProvider"])
     return result
 
 

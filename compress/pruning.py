@@ -53,6 +53,7 @@ __all__ = [
     "resolve_ignored",
     "default_round_to",
     "solve_ratio_for_macs",
+    "solve_ratios_for_macs",
     "list_groups",
 ]
 
@@ -414,16 +415,20 @@ class StructuredPruner:
 
 def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
                          macs_reduction: float, *, tolerance: float = 0.0,
-                         iterations: int = 7) -> tuple[float, float]:
+                         iterations: int = 7, precision: float = 0.002,
+                         cache: dict[float, float] | None = None) -> tuple[float, float]:
     """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
 
     Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
     reduction is a step function of the ratio; the closest achievable ratio is returned as
     ``(ratio, achieved_reduction)``. When the target itself is out of reach, the largest
-    reduction is accepted if it falls short by at most ``tolerance``.
+    reduction is accepted if it falls short by at most ``tolerance``. The bisection stops early
+    once a trial lands within ``precision`` of the target. ``cache`` (ratio -> reduction) may be
+    shared between searches on the same model and spec: the steps of a schedule then start
+    from what earlier searches measured.
     """
     base_macs, _ = count_macs_params(model, example_inputs)
-    cache: dict[float, float] = {}
+    cache = {} if cache is None else cache
 
     def reduction(r: float) -> float:
         if r not in cache:
@@ -439,12 +444,18 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     # torch-pruning refuses, so the reduction is not monotone near 1. Bracket from below.
     # (Each trial rebuilds the dependency graph, ~1-2 s for a ResNet-56: keep trials few.)
     cache[0.0] = 0.0
-    lo, hi = 0.0, None
-    for r in (0.2, 0.4, 0.6, 0.8):
-        if reduction(r) >= macs_reduction:
-            hi = r
-            break
-        lo = r
+    above = [r for r in cache if cache[r] >= macs_reduction]
+    hi = min(above) if above else None
+    lo = max((r for r in cache if cache[r] < macs_reduction and (hi is None or r < hi)),
+             default=0.0)
+    if hi is None:
+        for r in (0.2, 0.4, 0.6, 0.8):
+            if r <= lo:
+                continue
+            if reduction(r) >= macs_reduction:
+                hi = r
+                break
+            lo = r
     if hi is None:
         best = max(cache, key=cache.__getitem__)
         if macs_reduction - cache[best] > tolerance:
@@ -455,6 +466,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
         hi = best  # within tolerance: refine between the best ratio and the one below it
         lo = max((r for r in cache if r < best), default=0.0)
     for _ in range(iterations):
+        if min(abs(cache[hi] - macs_reduction), abs(cache[lo] - macs_reduction)) <= precision:
+            break
         mid = (lo + hi) / 2
         if reduction(mid) < macs_reduction:
             lo = mid
@@ -467,6 +480,15 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
              100 * macs_reduction)
     return best, cache[best]
+
+
+def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
+                          targets: Sequence[float]) -> list[float]:
+    """The channel ratio of each cumulative MACs target of a schedule, sharing one cache."""
+    assert spec.target is not None
+    cache: dict[float, float] = {}
+    return [solve_ratio_for_macs(model, example_inputs, spec, t, tolerance=spec.target.tolerance,
+                                 cache=cache)[0] for t in targets]
 
 
 def list_groups(model: nn.Module, example_inputs: torch.Tensor,

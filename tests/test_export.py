@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed, InputError
-from compress.export import check_parity, export_model, load_model, onnx_session
+from compress.export import check_parity, export_model, export_onnx, load_model, onnx_session
 from compress.models.cifar_resnet import cifar_resnet
 from compress.pruning import StructuredPruner
 from compress.recipe import ExportSpec, ModelSpec, PruningSpec
@@ -104,3 +104,31 @@ def test_load_rejects_a_folder_without_outputs(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(InputError, match="not a compress manifest"):
         load_model(tmp_path)
+
+
+def _ort_layout_conversions(onnx_path: Path, tmp_path: Path) -> int:
+    """Layout conversions in onnxruntime's optimised CPU graph (NCHWc reorders)."""
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    return sum(n.op_type.startswith("Reorder") for n in nodes)
+
+
+def test_exported_shortcuts_keep_the_blocked_layout(exported, tmp_path: Path) -> None:
+    import onnx
+
+    model, out, _ = exported
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert not ops & {"Pad", "Slice", "Gather"}  # the pruned channel-map shortcuts are convs
+    # One conversion in, one out: nothing in between leaves onnxruntime's blocked layout.
+    assert _ort_layout_conversions(out / "model.onnx", tmp_path) <= 2
+    plain = export_onnx(model, tmp_path / "plain.onnx", torch.randn(2, 3, 32, 32),
+                        layout_rewrites=False)
+    plain_ops = {n.op_type for n in onnx.load(str(plain)).graph.node}
+    assert plain_ops & {"Pad", "Slice", "Gather"}  # what the rewrite removes

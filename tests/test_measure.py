@@ -15,6 +15,7 @@ from compress.errors import InputError
 from compress.measure import (
     ABTimings,
     Candidate,
+    compare_onnx,
     count_params,
     headline_speedup,
     latency_summary,
@@ -23,6 +24,7 @@ from compress.measure import (
     session_options,
     summarize_ab,
     time_ab,
+    time_interleaved,
 )
 from compress.recipe import ReportSpec
 
@@ -242,3 +244,32 @@ def test_fast_models_get_longer_blocks() -> None:
                              device=CPU)
     runs = result["engines"]["torch"]["1"]["baseline"]["runs"]
     assert runs > 2 * 2  # a sub-millisecond model is timed more than runs_per_round per block
+
+
+def test_time_interleaved_rotates_every_runner_to_the_front() -> None:
+    clock = _Clock()
+    w = 1000.0
+    runners = {n: clock.runner(n, [w, d] * 3) for n, d in (("A", 1), ("B", 2), ("C", 3))}
+    times, orders = time_interleaved(runners, warmup=1, rounds=3, runs_per_round=1,
+                                     timer=lambda: clock.now)
+    assert orders == [("A", "B", "C"), ("B", "C", "A"), ("C", "A", "B")]
+    assert "".join(clock.log) == "AABBCC" "BBCCAA" "CCAABB"
+    assert times == {"A": [[1], [1], [1]], "B": [[2], [2], [2]], "C": [[3], [3], [3]]}
+
+
+def test_compare_onnx_times_each_model_against_its_own_reference(
+        pair: tuple[Candidate, Candidate]) -> None:
+    wide, narrow = pair
+    paths = {"wide": wide.onnx_path, "narrow": narrow.onnx_path,
+             "wide_again": wide.onnx_path, "narrow_again": narrow.onnx_path}
+    refs = {"narrow": "wide", "narrow_again": "wide_again"}
+    r = compare_onnx(paths, reference=refs, sample_shape=SAMPLE, spec=_spec())
+    assert r["threads"] == 1 and r["reference"] == refs
+    for row in r["batches"].values():
+        assert set(row) == set(paths)
+        assert "speedup" not in row["wide"] and "speedup" not in row["wide_again"]
+        for name in refs:
+            assert row[name]["speedup_min"] <= row[name]["speedup"] <= row[name]["speedup_max"]
+            assert row[name]["runs"] == 3 * 2
+    with pytest.raises(InputError, match="reference 'missing'"):
+        compare_onnx(paths, reference="missing", sample_shape=SAMPLE, spec=_spec())

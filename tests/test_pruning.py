@@ -9,7 +9,7 @@ from torch import nn
 from compress.errors import CheckFailed, InputError
 from compress.models.cifar_resnet import ChannelMapShortcut, cifar_resnet
 from compress.pruning import (IMPORTANCE, StructuredPruner, count_macs_params, resolve_ignored,
-                              solve_ratio_for_macs)
+                              solve_ratio_for_macs, solve_ratios_for_macs)
 from compress.recipe import PruningSpec
 from tests.conftest import tiny_cnn
 
@@ -167,3 +167,19 @@ def test_hessian_accumulates_every_sample() -> None:
     accumulated = pruner._pruner.importance._accu_grad[model.conv_a.weight]
     assert torch.allclose(accumulated, expected, rtol=1e-4, atol=1e-9)
     assert pruner.step_(0.5, probe).max_abs_diff < 1e-4
+
+
+def test_macs_searches_of_one_schedule_share_their_trials() -> None:
+    model = tiny_cnn(width=32).eval()
+    example = _probe()[:1]
+    spec = PruningSpec(target={"macs": 0.5}, round_to=1)
+    shared: dict[float, float] = {}
+    solve_ratio_for_macs(model, example, spec, 0.3, cache=shared)
+    after_first = len(shared)
+    _, achieved = solve_ratio_for_macs(model, example, spec, 0.5, cache=shared)
+    alone: dict[float, float] = {}
+    _, achieved_alone = solve_ratio_for_macs(model, example, spec, 0.5, cache=alone)
+    assert len(shared) - after_first < len(alone)  # the second search reused the first's trials
+    assert abs(achieved - 0.5) < 0.02 and abs(achieved_alone - 0.5) < 0.02
+    ratios = solve_ratios_for_macs(model, example, spec, [0.3, 0.5])
+    assert ratios[0] < ratios[1]

@@ -1,0 +1,153 @@
+"""What the benchmark scripts share: paths, the machine block, JSON results, Markdown tables.
+
+Benchmarks are run by hand (``python benchmarks/<name>.py``); each writes
+``benchmarks/results/<name>.json`` and a Markdown fragment ``benchmarks/results/<name>.md``
+whose tables are copied into BENCHMARKS.md. Their work folders (run folders, checkpoints)
+go under ``runs/benchmarks/`` (ignored by git).
+
+Example:
+    >>> fmt_table(["a", "b"], [[1, "x"]]).splitlines()[1]
+    '|---|---|'
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ROOT", "SHARED", "RESULTS", "WORK", "machine", "write_results", "fmt_table",
+           "stopwatch", "setup_logging", "require_shared", "command_line", "add_common_args",
+           "start", "finish", "make_parser"]
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared"))
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "runs" / "benchmarks"
+
+CIFAR_JPG = SHARED / "data" / "cifar10-jpg" / "cifar10-jpg.tar.gz"
+RESNET_CKPT = {name: SHARED / "models" / "resnet-cifar10" / f"{name}-{digest}.th"
+               for name, digest in (("resnet20", "12fca82f"), ("resnet32", "d509ac18"),
+                                    ("resnet56", "4bfd9763"))}
+# The normalisation the shared CIFAR ResNets were trained with.
+NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def require_shared(*paths: Path) -> None:
+    """Exit with a one-line message when the shared data or weights are missing."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        sys.exit(f"benchmark input missing: {', '.join(missing)} (the ../shared folder)")
+
+
+def machine() -> dict[str, Any]:
+    """Cores, CPU model, GPU (or None), load, versions and date of this measurement."""
+    import torch
+    import torch_pruning
+
+    from compress.measure import environment
+
+    env = environment(torch.get_num_threads(), torch.device("cpu"))
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"date": _dt.date.today().isoformat(), "cores": env["logical_cores"],
+            "torch_threads": env["threads"], "cpu": env["cpu"], "gpu": gpu,
+            "load_average_1_5_15": load, "python": env["python"], "torch": env["torch"],
+            "torch_pruning": torch_pruning.__version__, "onnxruntime": env["onnxruntime"]}
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str,
+                  out: Path | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (payload + machine + command) and ``<name>.md`` under ``out``."""
+    out = out or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    full = {"benchmark": name, "command": command_line(), "machine": machine(), **payload}
+    js, md = out / f"{name}.json", out / f"{name}.md"
+    js.write_text(json.dumps(full, indent=2, default=float) + "\n", encoding="utf-8")
+    m = full["machine"]
+    head = (f"<!-- written by: {full['command']} -->\n"
+            f"Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu'] or 'none'}; "
+            f"load average {m['load_average_1_5_15']}; {m['date']}.\n\n")
+    md.write_text(head + markdown, encoding="utf-8")
+    return js, md
+
+
+def finish(name: str, tiny: bool, payload: dict[str, Any], markdown: str,
+           out: Path | None) -> None:
+    """Write the results (``<name>-tiny`` for smoke runs) and print the Markdown."""
+    js, md = write_results(name + ("-tiny" if tiny else ""), payload, markdown, out)
+    print(markdown)
+    print(f"wrote {js} and {md}")
+
+
+def fmt_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def stopwatch(into: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall time of the block to ``into[key]``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[key] = into.get(key, 0.0) + time.perf_counter() - t
+
+
+def make_parser(doc: str | None, *, tiny: str, full: str | None = None) -> argparse.ArgumentParser:
+    """The script's parser: its docstring as help, ``--tiny`` (and ``--full``) exclusive."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    if full is not None:
+        mode.add_argument("--full", action="store_true", help=full)
+    mode.add_argument("--tiny", action="store_true", help=tiny)
+    return parser
+
+
+def add_common_args(parser: Any) -> None:
+    """``--threads``, ``--out``, ``--work`` and ``-v``, which every benchmark script takes."""
+    parser.add_argument("--threads", type=int, help="torch threads for training and evaluation "
+                        "(default: all cores). On a machine shared with other jobs, 1 avoids "
+                        "OpenMP workers waiting for each other.")
+    parser.add_argument("--out", type=Path, help="Results folder (default benchmarks/results).")
+    parser.add_argument("--work", type=Path, default=WORK,
+                        help="Folder for run folders and checkpoints (default runs/benchmarks).")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def start(args: Any) -> None:
+    """Logging and the torch thread count from the common arguments."""
+    setup_logging(args.verbose)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    # The scripts' own progress lines.
+    logging.getLogger("bench").setLevel(logging.INFO)

@@ -1,0 +1,176 @@
+"""What compress costs on top of the work itself.
+
+    python benchmarks/overheads.py                 # ResNet-56
+    python benchmarks/overheads.py --tiny          # smoke test (ResNet-20, a few batches)
+
+(a) ``compress apply`` end to end minus training and evaluation, as a share of the total, for
+    the ResNet-56 recipe. It reads the run folder that benchmarks/peer_torch_pruning.py leaves
+    (runs/benchmarks/peer/compress), or runs ``compress apply recipes/resnet56-cifar10.yaml
+    --set finetune.epochs=1 --set finetune.max_steps=200`` itself when that folder is missing
+    (``--run DIR`` picks another).
+    Target: at most 10 %.
+(b) Training-loop throughput: compress's fine-tuning loop (``compress.finetune.finetune_``)
+    against a minimal plain PyTorch loop (SGD with momentum, cosine schedule: the one in
+    peer_torch_pruning.py), each with a fresh optimizer per block, on the same model and the
+    same pre-loaded batches (so data loading is out of the picture), timed in interleaved
+    blocks (order alternating). Target: compress / plain >= 0.95.
+
+Writes benchmarks/results/overheads.{json,md}.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (RESNET_CKPT, ROOT, add_common_args, finish, fmt_table, make_parser,
+                     require_shared, start)
+from peer_torch_pruning import plain_finetune
+
+log = logging.getLogger("bench")
+
+RECIPE = ROOT / "recipes" / "resnet56-cifar10.yaml"
+PROFILES = {
+    "cpu": dict(model="resnet56", overrides=["finetune.epochs=1", "finetune.max_steps=200"],
+                batches=12, batch=128,
+                rounds=7),
+    "tiny": dict(model="resnet20", overrides=["model.name=resnet20",
+                                              f"model.checkpoint={RESNET_CKPT['resnet20']}",
+                                              "data.eval_subset=64", "data.train_subset=64",
+                                              "data.batch_size=16", "finetune.max_steps=2",
+                                              "report.batch_sizes=[1]", "report.rounds=1",
+                                              "report.min_block_ms=0"],
+                 batches=2, batch=8, rounds=2),
+}
+
+
+def apply_overhead(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """(a): the time split of one ``compress apply`` run, from its report.json."""
+    report_path = run_dir / "report.json"
+    if not report_path.is_file():
+        import compress
+
+        log.info("no %s: running compress apply %s", report_path, RECIPE.name)
+        t = time.perf_counter()
+        compress.apply(RECIPE, out_dir=run_dir, overwrite=True, overrides=overrides)
+        log.info("compress apply took %.0f s", time.perf_counter() - t)
+    report = json.loads(report_path.read_text())
+    timing = report["timing"]
+    train = sum(s["finetune_s"] for s in report["steps"])
+    evals = timing["eval_s"]
+    total = timing["total_s"]
+    parts = {
+        "training (fine-tune)": train,
+        "evaluation (baseline + after each step)": evals,
+        "baseline ONNX export": timing["baseline_export_s"],
+        "export + parity checks (safetensors, ONNX)": timing["export_s"],
+        "latency measurement (A/B, 2 engines x 2 batch sizes)": timing["measure_s"],
+    }
+    # The rest: the MACs search and the proven channel removal, loading data and model, report.
+    parts["pruning (MACs search, proven removal), loading, report"] = total - sum(parts.values())
+    overhead = total - train - evals
+    return {"run_dir": str(run_dir), "total_s": total, "parts_s": parts,
+            "overhead_s": overhead, "overhead_share": overhead / total,
+            "overhead_share_without_measurement": (overhead - timing["measure_s"]) / total,
+            "recipe_overrides": overrides}
+
+
+def loop_throughput(p: dict[str, Any]) -> dict[str, Any]:
+    """(b): compress's fine-tune loop vs a plain loop, interleaved, same model and batches."""
+    import torch
+
+    from compress.data import build_data
+    from compress.finetune import finetune_
+    from compress.models import build_model
+    from compress.recipe import FinetuneSpec, load_recipe
+
+    recipe = load_recipe(RECIPE, p["overrides"] + [f"data.batch_size={p['batch']}"])
+    bundle = build_data(recipe.data, resolve=recipe.resolve_path, seed=0)
+    batches = []
+    for x, y in bundle.train:
+        batches.append((x, y))
+        if len(batches) == p["batches"]:
+            break
+    model = build_model(recipe.model, resolve=recipe.resolve_path)
+    spec = FinetuneSpec(epochs=1, lr=0.01, weight_decay=1e-4, lr_schedule="cosine")
+    models = {"compress": model, "plain": copy.deepcopy(model)}
+    device = torch.device("cpu")
+    n = len(batches)
+
+    def run_compress() -> None:
+        finetune_(models["compress"], batches, spec, device)
+
+    def run_plain() -> None:
+        plain_finetune(models["plain"], batches, epochs=1, max_steps=None, lr=spec.lr,
+                       weight_decay=spec.weight_decay)
+
+    runners = {"compress": run_compress, "plain": run_plain}
+    for fn in runners.values():
+        fn()  # warm-up: allocator, kernels
+    wall: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}
+    for r in range(p["rounds"]):
+        for name in (("compress", "plain") if r % 2 == 0 else ("plain", "compress")):
+            t, c = time.perf_counter(), time.process_time()
+            runners[name]()
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    images = sum(len(y) for _, y in batches)
+
+    def ratio(d: dict[str, list[float]]) -> float:
+        return statistics.median(pl / co for pl, co in zip(d["plain"], d["compress"]))
+
+    return {"model": p["model"], "batches_per_block": n, "images_per_block": images,
+            "rounds": p["rounds"], "torch_threads": torch.get_num_threads(),
+            "wall_s": wall, "cpu_s": cpu,
+            "throughput_img_s": {k: images / statistics.median(v) for k, v in wall.items()},
+            "ratio_wall": ratio(wall), "ratio_cpu": ratio(cpu)}
+
+
+def render(a: dict[str, Any], b: dict[str, Any]) -> str:
+    rows = [[k, f"{v:.1f}", f"{100 * v / a['total_s']:.1f} %"] for k, v in a["parts_s"].items()]
+    rows.append(["**total**", f"{a['total_s']:.1f}", "100 %"])
+    ok_a = a["overhead_share"] <= 0.10
+    ok_b = b["ratio_wall"] >= 0.95
+    tp = b["throughput_img_s"]
+    return "".join([
+        "(a) Where the time of one `compress apply` run goes:\n\n",
+        fmt_table(["part", "seconds", "share"], rows),
+        f"\nOverhead (everything but training and evaluation): "
+        f"{a['overhead_s']:.1f} s = **{100 * a['overhead_share']:.1f} %** of the total "
+        f"(target ≤ 10 %: **{'met' if ok_a else 'MISSED'}**); without the latency "
+        f"measurement, which is a product of the run rather than overhead: "
+        f"{100 * a['overhead_share_without_measurement']:.1f} %.\n\n",
+        f"(b) Training-loop throughput on {b['model']}, {b['images_per_block']} images per "
+        f"block, {b['rounds']} interleaved blocks each, {b['torch_threads']} torch thread(s):\n\n",
+        fmt_table(["loop", "images/s (median block, wall)"],
+                  [["compress (`finetune_`)", f"{tp['compress']:.1f}"],
+                   ["plain PyTorch", f"{tp['plain']:.1f}"]]),
+        f"\ncompress ÷ plain: **{b['ratio_wall']:.3f}** wall clock, {b['ratio_cpu']:.3f} CPU "
+        f"time (median of per-round ratios; target ≥ 0.95: "
+        f"**{'met' if ok_b else 'MISSED'}**).\n"])
+
+
+def main() -> None:
+    parser = make_parser(__doc__, tiny="Smoke test (ResNet-20).")
+    parser.add_argument("--run", type=Path, help="A finished compress run folder for (a).")
+    add_common_args(parser)
+    args = parser.parse_args()
+    start(args)
+    require_shared(RESNET_CKPT["resnet56"])
+    profile = "tiny" if args.tiny else "cpu"
+    p = PROFILES[profile]
+    run_dir = args.run or args.work / ("peer-tiny" if args.tiny else "peer") / "compress"
+    a = apply_overhead(run_dir, p["overrides"])
+    b = loop_throughput(p)
+    md = render(a, b)
+    finish("overheads", args.tiny, {"profile": profile, "apply": a, "loop": b}, md, args.out)
+
+
+if __name__ == "__main__":
+    main()
