@@ -60,6 +60,7 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
 
     from compress.models.huggingface import TASKS, HFModel
 
+    transformers.utils.logging.disable_progress_bar()  # the library never prints
     hf = model.hf
     problems = rewrite_config_(hf.config, model.layout, blocks(hf, model.layout)) \
         if model.layout is not None else []
