@@ -70,7 +70,19 @@ def tiny(source: str, tmp_path: Path) -> tuple[dict[str, Any], tuple[int, ...], 
     pytest.fail(f"dataset source {source!r} has no tiny test data; add it to tiny()")
 
 
-@pytest.mark.parametrize("source", DATASETS.names())
+# Token sources (text, text_lm) yield int64 ids, not images: tests/test_data_text.py covers them.
+TOKEN_SOURCES = {"text", "text_lm"}
+
+
+def test_token_sources_have_their_own_tests() -> None:
+    from tests import test_data_text
+
+    assert TOKEN_SOURCES <= set(DATASETS.names())
+    assert hasattr(test_data_text, "test_text_source_tokenises_pads_and_labels")
+    assert hasattr(test_data_text, "test_text_lm_cuts_blocks")
+
+
+@pytest.mark.parametrize("source", [n for n in DATASETS.names() if n not in TOKEN_SOURCES])
 def test_every_source_builds_loaders(source: str, tmp_path: Path) -> None:
     kwargs, shape, classes = tiny(source, tmp_path)
     data = build_data(DataSpec(source=source, batch_size=4, eval_batch_size=5, **kwargs))
