@@ -54,7 +54,9 @@ def build(model: Any, name: str, lever: tuple, work: Path, target: float) -> dic
     example = torch.zeros(1, 3, 32, 32)
     spec = PruningSpec(target={"macs": target}, round_to=round_to, ignored=ignored,
                        verify=False)
-    ratio, _ = solve_ratio_for_macs(model, example, spec, target, tolerance=0.02)
+    # Stage 1 kept, stages 2-3 cannot lose half of all MACs in blocks of 8 channels: accept
+    # the closest reduction within 0.06 (speedup is compared with the MACs actually removed).
+    ratio, _ = solve_ratio_for_macs(model, example, spec, target, tolerance=0.06)
     pruned = copy.deepcopy(model)
     StructuredPruner(pruned, example, spec, cumulative_ratios=[ratio]).step_(ratio, example)
     path = export_onnx(pruned.eval(), work / f"{name}.onnx", torch.randn(2, 3, 32, 32),
