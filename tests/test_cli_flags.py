@@ -150,7 +150,10 @@ def test_shell_completion_completes_commands_and_options() -> None:
 
 def test_install_completion_writes_the_bash_script(tmp_path: Path) -> None:
     done = subprocess.run([str(_compress_script()), "--install-completion", "bash"],
-                          env=_env(HOME=str(tmp_path), SHELL="/bin/bash"),
+                          # The shell named on the command line, not the parent process's
+                          # (CI runs the suite under sh, which typer would detect).
+                          env=_env(HOME=str(tmp_path), SHELL="/bin/bash",
+                                   _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1"),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     script = tmp_path / ".bash_completions" / "compress.sh"

