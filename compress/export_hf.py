@@ -62,8 +62,8 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
 
     transformers.utils.logging.disable_progress_bar()  # the library never prints
     hf = model.hf
-    problems = rewrite_config_(hf.config, model.layout, blocks(hf, model.layout)) \
-        if model.layout is not None else []
+    problems = rewrite_config_(hf.config, model.layout, blocks(hf, model.layout),
+                               model.hidden_width()) if model.layout is not None else []
     if problems:
         reason = "; ".join(problems) + " (load it with compress.load instead)"
         log.info("not writing %s/: %s", HF_FOLDER, reason)

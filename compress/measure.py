@@ -293,20 +293,29 @@ def _quiet_timing(threads: int) -> Iterator[None]:
             gc.enable()
 
 
-def _runs_per_block(runs: Any, spec: ReportSpec, cap: int = 200) -> int:
-    """Enough timed calls per block that the slower model's block lasts ``min_block_ms``.
+def _block_size(runs: Any, spec: ReportSpec, cap: int = 200) -> tuple[int, int]:
+    """``(warmup, timed runs)`` per block: a block lasts from min_block_ms to max_block_ms.
 
-    Calibrated with the real clock (an injected test timer only scripts the timed calls).
+    Fast models get more timed calls than ``runs_per_round``, so short latencies are not lost in
+    timer and scheduler noise; slow ones (a large batch in eager torch) get fewer, down to one,
+    and never more warm-up calls than timed ones, so timing does not dwarf the run it reports
+    on. Calibrated with the real clock (an injected test timer only scripts the timed calls).
     """
-    if spec.min_block_ms <= 0:
-        return spec.runs_per_round
+    if spec.min_block_ms <= 0 and spec.max_block_ms <= 0:
+        return spec.warmup, spec.runs_per_round
     slowest = 0.0
     for run in runs:
         start = time.perf_counter()
         run()
         slowest = max(slowest, time.perf_counter() - start)
-    needed = math.ceil(spec.min_block_ms / 1000 / max(slowest, 1e-9))
-    return int(min(cap, max(spec.runs_per_round, needed)))
+    slowest = max(slowest, 1e-9)
+    n = spec.runs_per_round
+    if spec.min_block_ms > 0:
+        n = max(n, math.ceil(spec.min_block_ms / 1000 / slowest))
+    if spec.max_block_ms > 0:
+        n = min(n, max(1, math.floor(spec.max_block_ms / 1000 / slowest)))
+    n = int(min(cap, n))
+    return min(spec.warmup, n), n
 
 
 def measure_latency(baseline: Candidate, compressed: Candidate, *,
@@ -334,7 +343,7 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
         "threads": threads, "engines": {}, "skipped": {},
         "protocol": {"warmup": spec.warmup, "rounds": spec.rounds,
                      "runs_per_round": spec.runs_per_round, "min_block_ms": spec.min_block_ms,
-                     "batch_sizes": list(spec.batch_sizes),
+                     "max_block_ms": spec.max_block_ms, "batch_sizes": list(spec.batch_sizes),
                      "sample_shape": list(sample_shape), "seed": seed}}
     providers: list[str] | None = None
     with _quiet_timing(threads):
@@ -365,8 +374,8 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                 with torch.inference_mode():
                     for run in runs.values():
                         run()  # first call allocates shape-dependent buffers; never timed
-                    per_block = _runs_per_block(runs.values(), spec)
-                    timings = time_ab(runs["baseline"], runs["compressed"], warmup=spec.warmup,
+                    warmup, per_block = _block_size(runs.values(), spec)
+                    timings = time_ab(runs["baseline"], runs["compressed"], warmup=warmup,
                                       rounds=spec.rounds, runs_per_round=per_block,
                                       timer=timer)
                 row = per_batch[str(batch)] = summarize_ab(timings, batch)
@@ -413,7 +422,8 @@ def compare_onnx(paths: dict[str, Path], *, reference: str | dict[str, str],
                               "timer": getattr(timer, "__name__", str(timer)),
                               "protocol": {"warmup": spec.warmup, "rounds": spec.rounds,
                                            "runs_per_round": spec.runs_per_round,
-                                           "min_block_ms": spec.min_block_ms, "seed": seed}}
+                                           "min_block_ms": spec.min_block_ms,
+                                           "max_block_ms": spec.max_block_ms, "seed": seed}}
     with _quiet_timing(threads):
         levels = optimization or {}
         sessions = {n: _ort_session(n, Path(p), threads, device, tuple(sample_shape),
@@ -424,8 +434,8 @@ def compare_onnx(paths: dict[str, Path], *, reference: str | dict[str, str],
             runs = {n: _ort_runner(n, s, x) for n, s in sessions.items()}
             for run in runs.values():
                 run()  # first call allocates shape-dependent buffers; never timed
-            per_block = _runs_per_block(runs.values(), spec)
-            times, _ = time_interleaved(runs, warmup=spec.warmup, rounds=spec.rounds,
+            warmup, per_block = _block_size(runs.values(), spec)
+            times, _ = time_interleaved(runs, warmup=warmup, rounds=spec.rounds,
                                         runs_per_round=per_block, timer=timer)
             row: dict[str, Any] = {}
             for name in paths:

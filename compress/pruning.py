@@ -246,9 +246,9 @@ def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: Pruni
 
     if is_transformer(model):
         return TransformerPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
-    if spec.heads is not None or spec.ffn is not None:
-        raise InputError("pruning.heads and pruning.ffn apply to transformers models only; "
-                         "remove them")
+    if spec.heads is not None or spec.ffn is not None or spec.hidden is not None:
+        raise InputError("pruning.heads, pruning.ffn and pruning.hidden apply to transformers "
+                         "models only; remove them")
     return StructuredPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
 
 

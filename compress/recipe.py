@@ -230,6 +230,12 @@ class PruningSpec(_Section):
     ffn: float | None = Field(None, ge=0, lt=1, description="Transformers: fraction of FFN "
                               "neurons removed by the end of the schedule (default: ratio).",
                               examples=[0.5])
+    hidden: float | None = Field(None, ge=0, lt=1, description="Transformers (BERT-family and "
+                                 "DistilBERT sequence classifiers): fraction of the hidden size "
+                                 "removed by the end of the schedule (default: 0, kept). These "
+                                 "configs derive the head size from hidden / heads, so the same "
+                                 "fraction as heads keeps the result loadable by stock "
+                                 "from_pretrained.", examples=[0.5])
 
     @field_validator("importance")
     @classmethod
@@ -255,10 +261,10 @@ class PruningSpec(_Section):
         if (self.ratio is None) == (self.target is None):
             raise ValueError("give exactly one of 'ratio' (e.g. 0.5) or 'target' "
                              "(e.g. {macs: 0.5})")
-        if (self.heads is not None or self.ffn is not None) and (
+        if (self.heads is not None or self.ffn is not None or self.hidden is not None) and (
                 self.kind != "structured" or self.ratio is None):
-            raise ValueError("'heads' and 'ffn' need kind: structured with 'ratio' (they scale "
-                             "with the schedule like the ratio does)")
+            raise ValueError("'heads', 'ffn' and 'hidden' need kind: structured with 'ratio' "
+                             "(they scale with the schedule like the ratio does)")
         if self.kind == "unstructured":
             if self.target is not None:
                 raise ValueError("unstructured pruning does not reduce dense MACs; give "
@@ -440,6 +446,11 @@ class ReportSpec(_Section):
                                 "long: runs_per_round is raised for fast models, so short "
                                 "latencies are not lost in timer and scheduler noise (0 = "
                                 "exactly runs_per_round).", examples=[50.0])
+    max_block_ms: float = Field(1000.0, ge=0, description="A slow model's timed block stops "
+                                "growing past this: runs_per_round is lowered (to one at "
+                                "least) and warmup to the runs kept, so timing a large batch "
+                                "does not outlast the run it reports on (0 = no cap).",
+                                examples=[1000.0])
     sample_shape: list[int] | None = Field(None, min_length=1, description="Input shape "
                                            "(without batch) timed for latency; default: the "
                                            "data's. For sequence models: [tokens].",
@@ -454,6 +465,13 @@ class ReportSpec(_Section):
     @classmethod
     def _device(cls, v: str) -> str:
         return _device_name(v)
+
+    @model_validator(mode="after")
+    def _block_bounds(self) -> ReportSpec:
+        if 0 < self.max_block_ms < self.min_block_ms:
+            raise ValueError(f"min_block_ms ({self.min_block_ms:g}) must not exceed "
+                             f"max_block_ms ({self.max_block_ms:g}); 0 turns either bound off")
+        return self
 
     @field_validator("batch_sizes")
     @classmethod

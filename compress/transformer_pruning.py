@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -26,9 +27,19 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.evaluate import task_loss
-from compress.models.hf_layout import (Block, blocks, keep_in_, keep_out_, out_width,
-                                       rewrite_config_, set_attention_heads_, zero_in_,
-                                       zero_out_)
+from compress.models.hf_hidden import Stream, cut_hidden_, masked_norms, stream, zero_hidden_
+from compress.models.hf_layout import (
+    LAYOUTS,
+    Block,
+    blocks,
+    keep_in_,
+    keep_out_,
+    out_width,
+    rewrite_config_,
+    set_attention_heads_,
+    zero_in_,
+    zero_out_,
+)
 from compress.pruners import StepRecord, prove_removals_
 from compress.recipe import PruningSpec
 
@@ -56,6 +67,14 @@ def list_transformer_groups(model: nn.Module) -> list[dict[str, Any]]:
         out.append({"root": f"block {b.index} ffn", "channels": b.ffn,
                     "members": sorted([f"{names[m]} (out)" for m in b.ffn_in]
                                       + [f"{names[b.ffn_out]} (in)"])})
+    width = model.hidden_width()
+    if width is not None:
+        s = stream(model.hf, model.layout, blocks(model.hf, model.layout))
+        members = ([names[m] for m in s.embeddings + s.norms]
+                   + [f"{names[m]} (in)" for m in s.readers + [s.square]]
+                   + [f"{names[m]} (out)" for m in s.writers])
+        out.append({"root": "hidden size (pruning.hidden)", "channels": width,
+                    "members": sorted(members)})
     return out
 
 
@@ -68,7 +87,8 @@ class TransformerPruner:
     """Prunes heads and FFN neurons of every block to the scheduled fractions.
 
     ``cumulative_ratios`` drive the schedule; the head and FFN fractions removed at step k are
-    ``spec.heads`` and ``spec.ffn`` (default: the ratio itself) times ``ratio_k / ratio_final``.
+    ``spec.heads`` and ``spec.ffn`` (default: the ratio itself) times ``ratio_k / ratio_final``;
+    the hidden size's likewise from ``spec.hidden`` (default 0: kept).
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
@@ -87,11 +107,24 @@ class TransformerPruner:
         final = ratios[-1]
         head_final = spec.heads if spec.heads is not None else final
         ffn_final = spec.ffn if spec.ffn is not None else final
-        self._plan = [(head_final * r / final, ffn_final * r / final) for r in ratios]
+        hidden_final = spec.hidden or 0.0
+        self._plan = [(head_final * r / final, ffn_final * r / final, hidden_final * r / final)
+                      for r in ratios]
         self._ratios = ratios
         first = blocks(model.hf, self.layout)
         self._heads0 = {b.index: b.heads for b in first}
         self._ffn0 = {b.index: b.ffn for b in first}
+        self.prunes_hidden = hidden_final > 0
+        if self.prunes_hidden:
+            supported = [n for n in LAYOUTS.names() if LAYOUTS.get(n).hidden is not None]
+            if self.layout.hidden is None:
+                raise InputError(f"pruning.hidden is not supported for "
+                                 f"{model.hf.config.model_type} models; supported: "
+                                 f"{', '.join(supported)}")
+            if model.task != "sequence-classification":
+                raise InputError(f"pruning.hidden needs model.task: sequence-classification "
+                                 f"(for {model.task} the hidden size is the output's width)")
+            self._hidden0 = self._stream().width
         self.round_to = 8 if spec.round_to == "auto" else spec.round_to
         if spec.scope == "global" and self.layout.gqa:
             raise InputError("pruning.scope: global is not supported for grouped-query "
@@ -160,6 +193,26 @@ class TransformerPruner:
         total = total + self._score(block.ffn_out, idx, self._dim(block.ffn_out, False))
         return total if self.spec.importance != "l2" else total.sqrt()
 
+    def _stream(self) -> Stream:
+        return stream(self.model.hf, self.layout, blocks(self.model.hf, self.layout))
+
+    def _hidden_cut(self, s: Stream, fraction: float) -> tuple[list[int], list[int]]:
+        """(hidden channels, head square-layer outputs) to remove: the same count of each."""
+        n_remove = s.width - self._keep_count(self._hidden0, fraction)
+        if n_remove <= 0:
+            return [], []
+        if self.spec.importance == "random":
+            gen = torch.Generator().manual_seed(1000 * self.steps_done + 7)
+            channel, head = torch.rand(s.width, generator=gen), torch.rand(s.width, generator=gen)
+        else:
+            channel = sum(self._score(m, torch.arange(s.width), d) for m, d in s.slices())
+            head = (self._score(s.square, torch.arange(s.width), 0)
+                    + self._score(s.head_out, torch.arange(s.width), 1))
+            if self.spec.importance == "l2":
+                channel, head = channel.sqrt(), head.sqrt()
+        return (sorted(channel.argsort()[:n_remove].tolist()),
+                sorted(head.argsort()[:n_remove].tolist()))
+
     def _generator(self, block: Block, kind: int) -> torch.Generator:
         return torch.Generator().manual_seed(1000 * self.steps_done + 10 * block.index + kind)
 
@@ -177,11 +230,11 @@ class TransformerPruner:
             remove += order[: max(0, per_group - keep_per_group)]
         return sorted(remove)
 
-    def _ffn_keep(self, block: Block, fraction: float) -> int:
-        f0 = self._ffn0[block.index]
-        keep = max(1, f0 - round(f0 * fraction))
+    def _keep_count(self, size0: int, fraction: float) -> int:
+        """Units left of ``size0`` after removing ``fraction``, rounded up to ``round_to``."""
+        keep = max(1, size0 - round(size0 * fraction))
         if self.round_to and self.round_to > 1:
-            keep = min(f0, max(self.round_to, -(-keep // self.round_to) * self.round_to))
+            keep = min(size0, max(self.round_to, -(-keep // self.round_to) * self.round_to))
         return keep
 
     def _plan_step(self, all_blocks: list[Block], head_frac: float,
@@ -196,7 +249,7 @@ class TransformerPruner:
                     plan.append((block, "heads", heads))
             if ffn_frac > 0:
                 scores = self._ffn_scores(block)
-                n_remove = block.ffn - self._ffn_keep(block, ffn_frac)
+                n_remove = block.ffn - self._keep_count(self._ffn0[block.index], ffn_frac)
                 if n_remove > 0:
                     plan.append((block, "ffn", sorted(scores.argsort()[:n_remove].tolist())))
         return plan
@@ -269,30 +322,54 @@ class TransformerPruner:
         assert abs(self._ratios[self.steps_done] - target_ratio) < 1e-12
         was_training = self.model.training
         self.model.eval()
-        head_frac, ffn_frac = self._plan[self.steps_done]
+        head_frac, ffn_frac, hidden_frac = self._plan[self.steps_done]
         all_blocks = blocks(self.model.hf, self.layout)
         with torch.no_grad():
             plan = self._plan_step(all_blocks, head_frac, ffn_frac)
             for block, kind, units in plan:
                 self._apply(block, kind, units, zero=True)
+            # Hidden channels are scored once the heads and neurons above are zeroed.
+            s = self._stream() if hidden_frac > 0 else None
+            cut = self._hidden_cut(s, hidden_frac) if s is not None else ([], [])
+            hidden_keep = None
+            if cut[0]:
+                zero_hidden_(s, torch.tensor(cut[0]), torch.tensor(cut[1]))
+                hidden_keep = _complement(s.width, cut[0])
 
             def removal(block: Block, kind: str, units: list[int]) -> tuple[str, Callable]:
                 return f"block {block.index} {kind}", lambda: self._apply(block, kind, units,
                                                                          zero=False)
 
-            max_diff = prove_removals_(self.model, probe, [removal(*p) for p in plan],
-                                       verify=self.spec.verify, atol=self.spec.verify_atol)
-        self.history.append([[b.index, kind, units] for b, kind, units in plan])
+            masking = masked_norms(s, hidden_keep) if hidden_keep is not None else nullcontext()
+            with masking as release:
+                removals = [removal(*p) for p in plan]
+                if hidden_keep is not None:
+                    def remove_hidden() -> None:
+                        release()  # the cut model normalises over the kept channels itself
+                        self._cut_hidden(s, cut)
+                    removals.append(("hidden size", remove_hidden))
+                max_diff = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
+                                           atol=self.spec.verify_atol)
+        self.history.append([[b.index, kind, units] for b, kind, units in plan]
+                            + ([[-1, "hidden", cut[0], cut[1]]] if cut[0] else []))
         self.steps_done += 1
-        self.config_problems = rewrite_config_(self.model.hf.config, self.layout,
-                                               blocks(self.model.hf, self.layout))
+        self._rewrite_config()
         self.model.train(was_training)
         self.model.zero_grad(set_to_none=True)
-        removed = sum(len(u) for _, _, u in plan)
-        log.info("step %d: removed %d heads/neurons in %d groups, max |zeroed - removed| = "
-                 "%.2e", self.steps_done, removed, len(plan), max_diff)
-        return StepRecord(target_ratio, len(plan), removed, "heads+neurons", max_diff,
-                          self.widths())
+        removed = sum(len(u) for _, _, u in plan) + len(cut[0])
+        log.info("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
+                 "removed| = %.2e", self.steps_done, removed, len(plan) + bool(cut[0]),
+                 max_diff)
+        return StepRecord(target_ratio, len(plan) + bool(cut[0]), removed, "heads+neurons",
+                          max_diff, self.widths())
+
+    def _cut_hidden(self, s: Stream, cut: Sequence[list[int]]) -> None:
+        cut_hidden_(s, _complement(s.width, cut[0]), _complement(s.width, cut[1]))
+
+    def _rewrite_config(self) -> None:
+        self.config_problems = rewrite_config_(self.model.hf.config, self.layout,
+                                               blocks(self.model.hf, self.layout),
+                                               self.model.hidden_width())
 
     def widths(self) -> dict[str, int]:
         """Query heads and FFN width of every block."""
@@ -300,6 +377,8 @@ class TransformerPruner:
         for b in blocks(self.model.hf, self.layout):
             out[f"block{b.index}.heads"] = b.heads
             out[f"block{b.index}.ffn"] = b.ffn
+        if self.prunes_hidden:
+            out["hidden"] = self._stream().width
         return out
 
     def finalize_(self) -> None:
@@ -318,9 +397,15 @@ class TransformerPruner:
         with torch.no_grad():
             for step in state["history"]:
                 by_index = {b.index: b for b in blocks(self.model.hf, self.layout)}
-                for index, kind, units in step:
-                    self._apply(by_index[index], kind, units, zero=False)
+                for entry in step:
+                    if entry[1] == "hidden":
+                        self._cut_hidden(self._stream(), entry[2:])
+                    else:
+                        self._apply(by_index[entry[0]], entry[1], entry[2], zero=False)
         self.steps_done = state["steps_done"]
         self.history = [list(h) for h in state["history"]]
-        self.config_problems = rewrite_config_(self.model.hf.config, self.layout,
-                                               blocks(self.model.hf, self.layout))
+        self._rewrite_config()
+
+
+def _complement(width: int, removed: Sequence[int]) -> torch.Tensor:
+    return torch.tensor(sorted(set(range(width)) - set(removed)), dtype=torch.long)

@@ -123,12 +123,15 @@ def recipe_notes(recipe: Recipe) -> list[str]:
                 f"{', '.join(LAYOUTS.names())}); torch-pruning's generic graph will be used"]
     layout, pruning = LAYOUTS.get(config.model_type), recipe.pruning
     notes = []
-    heads = pruning.heads if pruning.heads is not None else 1.0
-    if heads > 0 and not layout.head_dim_in_config:
+    heads = pruning.heads if pruning.heads is not None else pruning.ratio
+    hidden = pruning.hidden or 0.0
+    if (heads or hidden) and heads != hidden and not layout.head_dim_in_config:
         notes.append(f"{config.model_type} configs derive the head size from hidden_size / "
-                     f"num_attention_heads, so with heads pruned no stock from_pretrained "
+                     f"num_attention_heads, so with heads ({heads or 0:g}) and hidden "
+                     f"({hidden:g}) pruned by different fractions no stock from_pretrained "
                      f"folder (hf/) is written; compress.load rebuilds the model. Set "
-                     f"pruning.heads: 0 to prune FFN neurons only and keep hf/")
+                     f"pruning.hidden equal to pruning.heads (both shrink, the head size stays), "
+                     f"or pruning.heads: 0 to prune FFN neurons only, to keep hf/")
     if pruning.scope == "global":
         notes.append("scope: global gives blocks different widths, which a transformers "
                      "config cannot express: no hf/ folder is written; compress.load rebuilds "

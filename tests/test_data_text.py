@@ -37,15 +37,36 @@ def sst_like(tmp_path: Path) -> Path:
 
 
 def test_text_source_tokenises_pads_and_labels(sst_like: Path) -> None:
-    spec = DataSpec(source="text", path=str(sst_like), eval_split="dev", max_length=12,
+    spec = DataSpec(source="text", path=str(sst_like), eval_split="dev", max_length=24,
                     tokenizer=str(minilm_path()), batch_size=8)
     bundle = build_data(spec)
-    assert bundle.num_classes == 2 and bundle.sample_shape == (12,)
+    assert bundle.num_classes == 2 and bundle.sample_shape == (24,)
+    row = bundle.eval.dataset[0][0]
+    assert row.shape == (24,) and row[-1] == 0  # rows are stored padded with [PAD] = 0
     ids, labels = next(iter(bundle.eval))
-    assert ids.dtype == torch.long and ids.shape == (16, 12)
-    assert (ids[:, -1] == 0).all()  # short sentences are padded with [PAD] = 0
+    # Batches are cut to their longest row: the last column holds a real token somewhere.
+    assert ids.dtype == torch.long and ids.shape[0] == 16 and 4 < ids.shape[1] < 24
+    assert (ids[:, -1] != 0).any() and (ids[:, -1] == 0).any()
+    full = torch.stack([bundle.eval.dataset[i][0] for i in range(16)])
+    assert torch.equal(full[:, :ids.shape[1]], ids) and (full[:, ids.shape[1]:] == 0).all()
     assert labels.tolist() == [i % 2 for i in range(16)]
     assert len(bundle.train.dataset) == 48
+
+
+def test_trimmed_batches_give_the_full_length_outputs(sst_like: Path, tmp_path: Path) -> None:
+    from compress.models import build_model
+    from compress.recipe import ModelSpec
+
+    folder, _ = save_tiny("bert", tmp_path / "bert")
+    model = build_model(ModelSpec(source="huggingface", name=str(folder),
+                                  task="sequence-classification", num_classes=3)).eval()
+    spec = DataSpec(source="text", path=str(sst_like), eval_split="dev", max_length=24,
+                    tokenizer=str(minilm_path()))
+    bundle = build_data(spec, train=False)
+    ids, _ = next(iter(bundle.eval))
+    full = torch.stack([bundle.eval.dataset[i][0] for i in range(len(ids))])
+    with torch.no_grad():
+        assert (model(ids) - model(full)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("change, message", [
@@ -131,8 +152,14 @@ def test_validate_notes_and_inspect_for_transformers(sst_like: Path, tmp_path: P
     ffn_only = parse_recipe(_recipe(model_dir, dict(data), tmp_path, heads=0.0),
                             base_dir=tmp_path)
     assert recipe_notes(ffn_only) == []
+    with_hidden = parse_recipe(_recipe(model_dir, dict(data), tmp_path, heads=0.5, hidden=0.5),
+                               base_dir=tmp_path)
+    assert recipe_notes(with_hidden) == []
     info = inspect_recipe(recipe)
     roots = [g["root"] for g in info["groups"]]
-    assert roots == ["block 0 heads", "block 0 ffn", "block 1 heads", "block 1 ffn"]
+    assert roots == ["block 0 heads", "block 0 ffn", "block 1 heads", "block 1 ffn",
+                     "hidden size (pruning.hidden)"]
+    hidden = info["groups"][-1]
+    assert hidden["channels"] == 32 and "hf.bert.embeddings.word_embeddings" in hidden["members"]
     assert info["steps"][0]["layers"]["block0.heads"] == 2
     assert info["steps"][0]["macs_reduction"] > 0.3

@@ -216,3 +216,117 @@ def test_restore_replays_the_recorded_removals(tiny_folders) -> None:
     replay.step_(0.5, x)
     with torch.no_grad():
         assert torch.equal(fresh(x), model(x))
+
+
+HIDDEN = sorted(a for a in ARCHS if LAYOUTS.get(a).hidden is not None)
+
+
+@pytest.mark.parametrize("arch", HIDDEN)
+def test_hidden_pruned_with_heads_reloads_with_stock_transformers(arch: str, tiny_folders,
+                                                                  tmp_path: Path) -> None:
+    folder, task = tiny_folders[arch]
+    model = _build(folder, task)
+    x = example_input(model)
+    pruner = TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=0.5, ffn=0.5,
+                                                         hidden=0.5, round_to=1),
+                               cumulative_ratios=[0.25, 0.5])
+    for ratio in (0.25, 0.5):
+        record = pruner.step_(ratio, x)
+        assert record.max_abs_diff < 1e-4 and record.layers["hidden"] == 32 - round(32 * ratio)
+    assert pruner.config_problems == []
+    config = model.hf.config
+    assert (config.hidden_size, config.num_attention_heads) == (16, 2)
+    info = save_hf_(model, tmp_path, x)
+    assert info["saved"], info
+    reloaded = _stock_reload(info["path"], task, model)
+    with torch.no_grad():
+        assert (reloaded(x) - model(x)).abs().max().item() < 1e-5
+    exported = export_model(model, tmp_path, ExportSpec(),
+                            ModelSpec(source="huggingface", name=str(folder), task=task), x)
+    assert exported["parity"]["onnx"] < 1e-4
+    rebuilt = load_model(tmp_path, force=True)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model.eval()(x))
+
+
+def test_hidden_alone_is_not_expressible_and_loads_through_the_manifest(
+        tiny_folders, tmp_path: Path) -> None:
+    folder, task = tiny_folders["bert"]
+    model = _build(folder, task)
+    x = example_input(model)
+    pruner = TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=0.0, ffn=0.0,
+                                                         hidden=0.5, round_to=1))
+    assert pruner.step_(0.5, x).max_abs_diff < 1e-4
+    assert any("head size" in p for p in pruner.config_problems)
+    info = save_hf_(model, tmp_path, x)
+    assert not info["saved"]
+    export_model(model, tmp_path, ExportSpec(onnx=False),
+                 ModelSpec(source="huggingface", name=str(folder), task=task), x)
+    rebuilt = load_model(tmp_path, force=True)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model.eval()(x))
+
+
+def test_the_proof_catches_a_wrong_hidden_mapping(tiny_folders, monkeypatch) -> None:
+    import compress.transformer_pruning as tp
+
+    folder, task = tiny_folders["bert"]
+    model = _build(folder, task)
+    x = example_input(model)
+    real = tp.cut_hidden_
+
+    def shifted(s, keep, head_keep):  # keeps the neighbour of each chosen channel
+        real(s, (keep + 1) % s.width, head_keep)
+
+    monkeypatch.setattr(tp, "cut_hidden_", shifted)
+    pruner = TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=0.0, ffn=0.0,
+                                                         hidden=0.5, round_to=1))
+    with pytest.raises(CheckFailed, match="hidden size"):
+        pruner.step_(0.5, x)
+
+
+def test_hidden_replays_on_resume(tiny_folders) -> None:
+    folder, task = tiny_folders["distilbert"]
+    model, fresh = _build(folder, task), _build(folder, task)
+    x = example_input(model)
+    spec = PruningSpec(ratio=0.5, hidden=0.5, heads=0.5, importance="taylor")
+    pruner = TransformerPruner(model, x[:1], spec, cumulative_ratios=[0.25, 0.5])
+    pruner.accumulate_gradients([(x, torch.tensor([0, 1, 2, 0]))], torch.device("cpu"))
+    pruner.step_(0.25, x)
+    replay = TransformerPruner(fresh, x[:1], spec, cumulative_ratios=[0.25, 0.5])
+    replay.restore_(json.loads(json.dumps(pruner.get_state())), {})
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), model.eval()(x))
+    assert replay.widths() == pruner.widths() and replay.widths()["hidden"] == 24
+
+
+@pytest.mark.parametrize("arch, message", [("llama", "not supported for llama models"),
+                                           ("gpt2", "not supported for gpt2 models")])
+def test_hidden_pruning_names_where_it_works(arch: str, message: str, tiny_folders) -> None:
+    folder, task = tiny_folders[arch]
+    model = _build(folder, task)
+    with pytest.raises(InputError, match=message + "; supported: bert, "):
+        TransformerPruner(model, example_input(model)[:1], PruningSpec(ratio=0.5, hidden=0.5))
+
+
+def test_hidden_pruning_refuses_feature_extraction() -> None:
+    model = build_model(ModelSpec(source="huggingface", name=str(minilm_path()),
+                                  task="feature-extraction"))
+    with pytest.raises(InputError, match="needs model.task: sequence-classification"):
+        TransformerPruner(model, example_input(model)[:1], PruningSpec(ratio=0.5, hidden=0.5))
+
+
+def test_minilm_heads_and_hidden_reload_with_stock_transformers(tmp_path: Path) -> None:
+    model = build_model(ModelSpec(source="huggingface", name=str(minilm_path()),
+                                  task="sequence-classification", num_classes=2, head="train"))
+    x = example_input(model, batch=2, length=16)
+    pruner = TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=0.5, hidden=0.5))
+    assert pruner.step_(0.5, x).max_abs_diff < 1e-4
+    config = model.hf.config
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size) == \
+        (192, 6, 768)
+    info = save_hf_(model, tmp_path, x)
+    assert info["saved"] and info["parity"] < 1e-5
+    reloaded = _stock_reload(info["path"], "sequence-classification", model)
+    with torch.no_grad():
+        assert (reloaded(x) - model(x)).abs().max().item() < 1e-5

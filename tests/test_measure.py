@@ -4,6 +4,7 @@ with a scripted clock. Nothing here asserts on wall time or on a speedup value."
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -244,6 +245,35 @@ def test_fast_models_get_longer_blocks() -> None:
                              device=CPU)
     runs = result["engines"]["torch"]["1"]["baseline"]["runs"]
     assert runs > 2 * 2  # a sub-millisecond model is timed more than runs_per_round per block
+
+
+class _Slow(nn.Module):
+    """Sleeps ``seconds`` per call and counts its calls."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.calls = seconds, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return x
+
+
+def test_slow_models_get_shorter_blocks_and_less_warmup() -> None:
+    a, b = _Slow(0.03).eval(), _Slow(0.03).eval()
+    spec = _spec(engines=["torch"], batch_sizes=[1], rounds=2, runs_per_round=5, warmup=3,
+                 min_block_ms=10.0, max_block_ms=50.0)
+    result = measure_latency(Candidate(a), Candidate(b), sample_shape=SAMPLE, spec=spec,
+                             device=CPU)
+    assert result["engines"]["torch"]["1"]["baseline"]["runs"] == 2  # one per round
+    # Per model: the untimed first call, one calibration call, then 2 rounds of 1 + 1.
+    assert a.calls == b.calls == 6
+
+
+def test_block_bounds_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="min_block_ms"):
+        ReportSpec(min_block_ms=500.0, max_block_ms=100.0)
 
 
 def test_time_interleaved_rotates_every_runner_to_the_front() -> None:

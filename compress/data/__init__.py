@@ -125,7 +125,7 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
     common = dict(image_size=spec.image_size, crop_padding=spec.crop_padding, mean=mean, std=std)
     # Pinned host memory only helps (and only works) when batches go to a CUDA device.
     loader_args = dict(num_workers=spec.num_workers, pin_memory=torch.cuda.is_available(),
-                       drop_last=False)
+                       drop_last=False, collate_fn=raw.collate)
 
     eval_indices = seeded_subset(_size(raw.eval), spec.eval_subset, seed, "eval_subset",
                                  "evaluation split")

@@ -14,8 +14,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ class RawData:
     train: Dataset[Item] | None
     eval: Dataset[Item]
     class_names: list[str]
+    # How a list of items becomes a batch; None: torch's default (stacking).
+    collate: Callable[[list[Any]], Any] | None = None
 
 
 class TensorImages(Dataset[Item]):

@@ -3,7 +3,8 @@
 ``text``: ``data.path`` is a folder holding ``<split>.tsv``/``.csv``/``.json``/``.jsonl``
 (split names from ``data.train_split`` / ``data.eval_split``), read with the ``datasets``
 library; each row gives a text and an integer label. Texts are tokenised once, padded with
-the tokenizer's pad id and cut to ``data.max_length`` tokens.
+the tokenizer's pad id and cut to ``data.max_length`` tokens; each batch is then cut to its
+longest row (:class:`TrimPadding`), so short sentences do not pay for ``max_length``.
 
 ``text_lm``: ``data.path`` is a folder holding ``<split>.txt``; the text is tokenised and cut
 into blocks of ``data.max_length`` tokens (no padding), each its own next-token target.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from compress.data import DATASETS
 from compress.data.base import RawData
@@ -32,7 +33,7 @@ from compress.errors import InputError
 if TYPE_CHECKING:
     from compress.recipe import DataSpec, Recipe
 
-__all__ = ["TextClassification", "TextLM", "TokenRows", "with_default_tokenizer"]
+__all__ = ["TextClassification", "TextLM", "TokenRows", "TrimPadding", "with_default_tokenizer"]
 
 _FORMATS = {".tsv": ("csv", {"delimiter": "\t"}), ".csv": ("csv", {}), ".json": ("json", {}),
             ".jsonl": ("json", {})}
@@ -51,6 +52,30 @@ class TokenRows(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         target = self.targets[index]
         return self.ids[index], (int(target) if target.dim() == 0 else target)
+
+
+class TrimPadding:
+    """Collate token rows and drop the trailing columns that are padding in every row.
+
+    The model masks padding (the attention mask comes from the pad id) and a real token never
+    attends to a later position's padding, so the outputs are those of the full-length batch;
+    only the work on padding is saved. A class, not a closure, so loader workers can pickle it.
+
+    Example:
+        >>> rows = [(torch.tensor([5, 6, 0, 0]), 1), (torch.tensor([7, 0, 0, 0]), 0)]
+        >>> ids, labels = TrimPadding(pad_id=0)(rows)
+        >>> ids.tolist(), labels.tolist()
+        ([[5, 6], [7, 0]], [1, 0])
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, Any]:
+        ids, targets = default_collate(items)
+        real = (ids != self.pad_id).any(dim=0).nonzero()
+        length = int(real[-1]) + 1 if len(real) else 1
+        return ids[:, :length], targets
 
 
 def with_default_tokenizer(recipe: Recipe) -> DataSpec:
@@ -138,8 +163,11 @@ class TextClassification:
             out[role] = TokenRows(enc["input_ids"], y.long())
             labels |= set(y.tolist())
         n_classes = max(labels) + 1
+        # Left padding would shift the real tokens' positions if trimmed: keep full rows.
+        trim = tokenizer.padding_side == "right" and tokenizer.pad_token_id is not None
         return RawData(train=out.get("train"), eval=out["eval"],
-                       class_names=[str(i) for i in range(n_classes)])
+                       class_names=[str(i) for i in range(n_classes)],
+                       collate=TrimPadding(tokenizer.pad_token_id) if trim else None)
 
 
 @DATASETS.register("text_lm")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.models.hf_hidden import HiddenLayout
 from compress.registry import Registry
 
 __all__ = ["Layout", "LAYOUTS", "Block", "blocks", "keep_out_", "keep_in_", "zero_out_", "zero_in_",
@@ -39,6 +40,7 @@ class Layout:
     gqa: bool = False                 # separate, fewer k/v heads: only query heads are pruned
     head_dim_in_config: bool = False  # config.head_dim is read, so fewer heads stay loadable
     head_attrs: tuple[str, ...] = field(default=("num_attention_heads",))
+    hidden: HiddenLayout | None = None  # where the hidden size lives, when it can be pruned
 
 
 LAYOUTS: Registry[Layout] = Registry("transformer architecture")
@@ -46,14 +48,21 @@ LAYOUTS: Registry[Layout] = Registry("transformer architecture")
 _BERT = Layout(layers="encoder.layer", attention="attention.self",
                qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
                out="attention.output.dense", ffn_in=("intermediate.dense",),
-               ffn_out="output.dense")
+               ffn_out="output.dense", hidden=HiddenLayout(
+                   embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings",
+                               "embeddings.token_type_embeddings"),
+                   norms=("embeddings.LayerNorm",),
+                   block_norms=("attention.output.LayerNorm", "output.LayerNorm")))
 for _name in ("bert", "roberta", "xlm-roberta", "electra", "camembert"):
     LAYOUTS.register(_name)(_BERT)
 LAYOUTS.register("distilbert")(Layout(
     layers="transformer.layer", attention="attention",
     qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"), out="attention.out_lin",
     ffn_in=("ffn.lin1",), ffn_out="ffn.lin2", ffn_config_key="hidden_dim",
-    head_attrs=("n_heads",)))
+    head_attrs=("n_heads",), hidden=HiddenLayout(
+        embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+        norms=("embeddings.LayerNorm",), block_norms=("sa_layer_norm", "output_layer_norm"),
+        config_key="dim")))
 LAYOUTS.register("vit")(Layout(
     layers="layers", attention="attention",
     qkv=("attention.q_proj", "attention.k_proj", "attention.v_proj"), out="attention.o_proj",
@@ -179,12 +188,14 @@ def set_attention_heads_(block: Block, layout: Layout, heads: int) -> None:
     block.heads = heads
 
 
-def rewrite_config_(config: Any, layout: Layout, all_blocks: Sequence[Block]) -> list[str]:
+def rewrite_config_(config: Any, layout: Layout, all_blocks: Sequence[Block],
+                    hidden: int | None = None) -> list[str]:
     """Make ``config`` describe the pruned blocks; return why it cannot (empty when it can).
 
-    A config holds one head count and one FFN width for all blocks; per-block widths, or
-    fewer heads where the config derives the head size from ``hidden_size / heads``, are not
-    expressible, and a stock ``from_pretrained`` would build the wrong shapes.
+    A config holds one head count and one FFN width for all blocks; per-block widths, or a
+    head size other than ``hidden_size / heads`` where the config derives it that way, are not
+    expressible, and a stock ``from_pretrained`` would build the wrong shapes. ``hidden`` is
+    the model's hidden size now (None: unchanged).
     """
     heads = {b.heads for b in all_blocks}
     ffn = {b.ffn for b in all_blocks}
@@ -195,14 +206,18 @@ def rewrite_config_(config: Any, layout: Layout, all_blocks: Sequence[Block]) ->
         problems.append(f"blocks have different FFN widths {sorted(ffn)}")
     head_dim = all_blocks[0].head_dim
     n_heads = next(iter(heads))
-    if n_heads != config.num_attention_heads and not layout.head_dim_in_config:
-        problems.append(f"{config.model_type} configs derive the head size from hidden_size / "
-                        f"num_attention_heads, so {n_heads} heads of size {head_dim} cannot be "
-                        f"expressed")
+    hidden_key = layout.hidden.config_key if layout.hidden else "hidden_size"
+    width = hidden if hidden is not None else getattr(config, hidden_key)
+    if not layout.head_dim_in_config and n_heads * head_dim != width:
+        problems.append(f"{config.model_type} configs derive the head size from the hidden "
+                        f"size / heads, so {n_heads} heads of size {head_dim} beside hidden "
+                        f"size {width} cannot be expressed (prune pruning.hidden by the same "
+                        f"fraction as pruning.heads)")
     if problems:
         return problems
     updates = {"num_attention_heads": n_heads, layout.ffn_config_key: next(iter(ffn)),
-               **({"head_dim": head_dim} if layout.head_dim_in_config else {})}
+               **({"head_dim": head_dim} if layout.head_dim_in_config else {}),
+               **({hidden_key: width} if hidden is not None else {})}
     # The config class's own validators decide (e.g. Llama's asks hidden_size % heads == 0
     # even though it reads head_dim): what it refuses, from_pretrained would refuse too.
     try:

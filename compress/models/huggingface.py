@@ -27,6 +27,7 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
+from compress.models.hf_hidden import cut_hidden_, stream
 from compress.models.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
 
 __all__ = ["HuggingFaceSource", "HFModel", "TASKS", "resolve_hf_name", "count_transformer_macs"]
@@ -100,13 +101,30 @@ class HFModel(nn.Module):
         if self.layout is None:
             return {}
         found = blocks(self.hf, self.layout)
-        return {"heads": [b.heads for b in found], "ffn": [b.ffn for b in found]}
+        attrs: dict[str, Any] = {"heads": [b.heads for b in found], "ffn": [b.ffn for b in found]}
+        if self._has_hidden_stream():
+            attrs["hidden"] = self.hidden_width()
+        return attrs
+
+    def _has_hidden_stream(self) -> bool:
+        return (self.layout is not None and self.layout.hidden is not None
+                and self.task == "sequence-classification")
+
+    def hidden_width(self) -> int | None:
+        """The hidden size now, where compress can prune it (else None: as in the config)."""
+        if not self._has_hidden_stream():
+            return None
+        return stream(self.hf, self.layout, blocks(self.hf, self.layout)).width
 
     def load_manifest_attrs_(self, attrs: dict[str, Any]) -> None:
         """Shrink the freshly built model to the saved widths (weights are loaded after)."""
         if not attrs:
             return
         assert self.layout is not None
+        if attrs.get("hidden") is not None:
+            s = stream(self.hf, self.layout, blocks(self.hf, self.layout))
+            if attrs["hidden"] != s.width:
+                cut_hidden_(s, torch.arange(attrs["hidden"]), torch.arange(attrs["hidden"]))
         for block, heads, ffn in zip(blocks(self.hf, self.layout), attrs["heads"], attrs["ffn"]):
             if heads != block.heads:
                 keep_rows = torch.arange(heads * block.head_dim)
