@@ -234,10 +234,7 @@ def _data(w: _Writer, spec: str, patience: bool, tv_model: bool,
               "(these are ImageNet's, which the CIFAR ResNet checkpoints also use).")
 
 
-def _pruning_and_schedule(w: _Writer, target: float, by_macs: bool, regime: Regime) -> None:
-    from compress.recipe import ScheduleSpec
-    from compress.schedules import plan_targets
-
+def _pruning(w: _Writer, target: float, by_macs: bool) -> None:
     pct = f"{target * 100:g}"
     w.section("pruning", "Structured: whole channels go, the only kind that makes the dense "
               "model faster (unstructured and n:m only shrink the compressed file).")
@@ -251,6 +248,11 @@ def _pruning_and_schedule(w: _Writer, target: float, by_macs: bool, regime: Regi
         w.key("ratio", target, f"Remove {pct} % of every prunable layer's channels.")
     w.key("round_to", "auto", "Channel counts stay multiples of 8 for convolutional models, "
           "so onnxruntime's CPU kernels keep the speedup.")
+
+
+def _schedule(w: _Writer, target: float, regime: Regime) -> None:
+    from compress.recipe import ScheduleSpec
+    from compress.schedules import plan_targets
 
     steps = len(plan_targets(ScheduleSpec(kind=regime.kind, first_step=regime.first_step,
                                           step_rate=regime.step_rate), target))
@@ -293,14 +295,21 @@ def _training(w: _Writer, *, transformer: bool, patience: bool, small: bool) -> 
               "epochs recover more accuracy.")
 
 
-def _results(w: _Writer, target: float, by_macs: bool, tv_model: bool) -> None:
+def _results(w: _Writer, target: float, by_macs: bool, tv_model: bool,
+             tokens: bool = False) -> None:
     w.section("export", "ONNX is written only after onnxruntime matched torch on real inputs.")
     w.key("safetensors", True)
     w.key("onnx", True)
     w.key("steps", "last", "`all` also exports every step's model (steps/NN/).")
 
     w.section("report", "Latency before and after: medians of interleaved A/B rounds.")
-    w.key("batch_sizes", [1, 32] if tv_model else [1, 64])
+    if tokens:
+        w.key("engines", ["onnxruntime"])
+        w.key("batch_sizes", [1, 8])
+        w.key("sample_shape", [128], "Tokens per row timed (the ONNX sequence axis is "
+              "dynamic).")
+    else:
+        w.key("batch_sizes", [1, 32] if tv_model else [1, 64])
 
     w.section("gates", "Checked at the end; a failing gate makes `compress apply` exit 1, "
               "so CI can fail on it.")
@@ -309,6 +318,10 @@ def _results(w: _Writer, target: float, by_macs: bool, tv_model: bool) -> None:
     if by_macs:
         w.key("min_macs_reduction", round(max(target - 0.02, 0.0), 4), "The target less the "
               "search's default tolerance (pruning.target.tolerance: 0.02).")
+    elif tokens:
+        w.key("min_macs_reduction", round(target / 2, 4), "Heads and neurons cut by a ratio r "
+              "remove about r of the blocks' MACs; this floor only catches a run that pruned "
+              "far less than asked.")
     else:
         w.key("min_macs_reduction", round(target / 2, 4), "A channel ratio r removes about "
               "1-(1-r)^2 of the MACs of layers between two pruned ones; this floor only "
@@ -351,7 +364,9 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     if not 0 < target < 1:
         raise InputError(f"{'target_macs' if by_macs else 'target_sparsity'} must be a fraction "
                          f"between 0 and 1, e.g. 0.5 (got {target})")
-    transformer = is_transformer(model.partition(":")[2], architecture_hint)
+    hf = model.partition(":")[0] == "huggingface"
+    by_macs = by_macs and not hf  # transformers are pruned by fractions of heads and neurons
+    transformer = hf or is_transformer(model.partition(":")[2], architecture_hint)
     regime = choose_regime(target, transformer)
     patience = regime.kind != "one-shot"
     flag = "--target-macs" if by_macs else "--target-sparsity"
@@ -375,17 +390,39 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     classes = {"digits": 10, "torchvision": 100 if data_arg == "CIFAR100" else 10}
     if data_source == "imagefolder" and data_arg:
         classes["imagefolder"] = _imagefolder_classes(data_arg)
-    short, tv_model = _model(body, model, num_classes or classes.get(data_source), checkpoint,
-                             explicit_classes=num_classes is not None)
-    _data(body, data, patience, tv_model, image_size)
-    measure = "macs" if by_macs else "channels"
+    if hf:
+        from compress.starter_hf import write_hf_model, write_text_data
+
+        name_arg = model.partition(":")[2]
+        if not name_arg:
+            raise InputError("model huggingface: needs a folder, hub id or module:function "
+                             "after the source, e.g. huggingface:./my-bert")
+        write_hf_model(body, name_arg, data_source, num_classes)
+        module, colon, _ = name_arg.partition(":")
+        short = module.replace(".", "-") if colon else Path(name_arg).name or "model"
+        tv_model = True
+        if data_source in ("text", "text_lm"):
+            write_text_data(body, data_source, data_arg, patience)
+        else:
+            _data(body, data, patience, tv_model, image_size)
+    else:
+        short, tv_model = _model(body, model, num_classes or classes.get(data_source),
+                                 checkpoint, explicit_classes=num_classes is not None)
+        _data(body, data, patience, tv_model, image_size)
+    measure = "macs" if by_macs else "heads" if hf else "channels"
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{short}-{measure}{target * 100:g}")
     w.lines.append(f"name: {inline_yaml(name)}")
     w.lines += body.lines
 
-    _pruning_and_schedule(w, target, by_macs, regime)
+    if hf:
+        from compress.starter_hf import write_hf_pruning
+
+        write_hf_pruning(w, target)
+    else:
+        _pruning(w, target, by_macs)
+    _schedule(w, target, regime)
     _training(w, transformer=transformer, patience=patience, small=data_source == "digits")
-    _results(w, target, by_macs, tv_model)
+    _results(w, target, by_macs, tv_model, tokens=data_source in ("text", "text_lm"))
     text = "\n".join(w.lines) + "\n"
 
     recipe = parse_recipe(yaml.safe_load(text), source="starter recipe")

@@ -19,6 +19,7 @@ DATA = {"imagefolder": "imagefolder:./data", "torchvision": "torchvision:CIFAR10
         "digits": "digits"}
 EXTRA_DATA = ["torchvision:MNIST", "torchvision:CIFAR100"]
 TARGETS = [0.3, 0.5, 0.85, 0.95]
+HF_DATA = {"text": "sequence-classification", "text_lm": "causal-lm"}
 
 
 def _check(text: str):
@@ -49,10 +50,11 @@ def test_every_source_has_a_spec() -> None:
     from compress.data import DATASETS
     from compress.models import MODEL_SOURCES
 
-    # compress init writes image-model recipes; transformers recipes start from
-    # recipes/minilm-sst2.yaml (the starter does not know the huggingface/text sources yet).
+    # The image grid below; huggingface with text/text_lm has its own tests further down.
     assert sorted(MODELS) == [n for n in MODEL_SOURCES.names() if n != "huggingface"]
     assert sorted(DATA) == [n for n in DATASETS.names() if n not in ("text", "text_lm")]
+    assert {"huggingface"} | set(MODELS) == set(MODEL_SOURCES.names())
+    assert set(HF_DATA) | set(DATA) == set(DATASETS.names())
 
 
 @pytest.mark.parametrize("model, data", list(itertools.product(
@@ -197,7 +199,39 @@ def test_every_key_line_is_commented_or_plain_yaml() -> None:
         assert _comment_above(text, f"{section}:"), section
 
 
+@pytest.mark.parametrize("data, task", sorted(HF_DATA.items()))
+def test_transformers_starter_prunes_heads_and_neurons(data: str, task: str,
+                                                       tmp_path: Path) -> None:
+    from tests.hf_models import save_tiny
+
+    folder, _ = save_tiny("llama" if data == "text_lm" else "bert", tmp_path / "m")
+    text = render_starter_recipe(f"huggingface:{folder}", f"{data}:./corpus",
+                                 target_sparsity=0.5)
+    recipe, targets = _check(text)
+    assert recipe.model.task == task and recipe.model.head == "pretrained"
+    assert (recipe.pruning.ratio, recipe.pruning.heads, recipe.pruning.ffn) == (0.5, 0.5, 0.5)
+    assert recipe.schedule.kind == "iterative" and targets[-1] == pytest.approx(0.5)
+    assert recipe.report.sample_shape == [128] and recipe.report.engines == ["onnxruntime"]
+    assert recipe.finetune.optimizer == "adamw" and recipe.name == "m-heads50"
+    assert "# hidden: 0.5" in text
+
+
+def test_transformers_starter_trains_a_missing_head() -> None:
+    from tests.hf_models import minilm_path
+
+    text = render_starter_recipe(f"huggingface:{minilm_path()}", "text:./sst2",
+                                 target_macs=0.5, num_classes=2)
+    recipe, _ = _check(text)
+    assert (recipe.model.head, recipe.model.num_classes) == ("finetune", 2)
+    assert "no sequence-classification head" in _comment_above(text, "  head: finetune")
+    with pytest.raises(InputError, match="give --num-classes"):
+        render_starter_recipe(f"huggingface:{minilm_path()}", "text:./sst2")
+
+
 @pytest.mark.parametrize("kwargs, fragment", [
+    ({"model": "huggingface:x", "data": "digits"}, "huggingface models take data text:PATH"),
+    ({"model": "huggingface:", "data": "text:./d"}, "needs a folder, hub id or module:function"),
+    ({"model": "huggingface:x", "data": "text"}, "data source 'text' needs a folder"),
     ({"model": "hub:resnet50"}, "unknown model source 'hub' in 'hub:resnet50'; available: "
                                 "cifar_resnet, huggingface, python, torchvision"),
     ({"model": "resnet50"}, "unknown model source 'resnet50'"),
