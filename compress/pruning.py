@@ -429,13 +429,20 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     """
     base_macs, _ = count_macs_params(model, example_inputs)
     cache = {} if cache is None else cache
+    trial_spec = spec.model_copy(update={"verify": False})
+    if IMPORTANCE.get(spec.importance).needs_grad:
+        # The trials are throw-away copies without gradients. With local scope every layer
+        # loses the same share whatever the criterion, so l2 gives exactly the same widths.
+        if spec.scope != "local":
+            raise InputError(f"pruning.target.macs with importance {spec.importance!r} needs "
+                             f"scope: local (the MACs search prunes copies that have no "
+                             f"gradients); with scope: global give a channel ratio instead")
+        trial_spec = trial_spec.model_copy(update={"importance": "l2"})
 
     def reduction(r: float) -> float:
         if r not in cache:
             trial = copy.deepcopy(model).eval()
-            pruner = build_structured(trial, example_inputs,
-                                      spec.model_copy(update={"verify": False}),
-                                      cumulative_ratios=[r])
+            pruner = build_structured(trial, example_inputs, trial_spec, cumulative_ratios=[r])
             pruner.step_(r, example_inputs)
             cache[r] = 1.0 - count_macs_params(trial, example_inputs)[0] / base_macs
         return cache[r]

@@ -126,6 +126,19 @@ def test_solve_ratio_hits_macs_target() -> None:
     assert count_macs_params(model, example)[0] == base  # the original is untouched
 
 
+def test_macs_search_with_a_gradient_criterion() -> None:
+    """Taylor needs gradients, which the search's throw-away copies lack: local scope searches
+    with l2 (the same widths); global scope, where the criterion decides the widths, refuses."""
+    model = tiny_cnn(width=32).eval()
+    example = _probe()[:1]
+    taylor = PruningSpec(target={"macs": 0.5}, importance="taylor", round_to=1)
+    l2 = PruningSpec(target={"macs": 0.5}, round_to=1)
+    assert solve_ratio_for_macs(model, example, taylor, 0.5) == \
+        solve_ratio_for_macs(model, example, l2, 0.5)
+    with pytest.raises(InputError, match="needs scope: local"):
+        solve_ratio_for_macs(model, example, taylor.model_copy(update={"scope": "global"}), 0.5)
+
+
 def test_unreachable_macs_target() -> None:
     model = tiny_cnn().eval()
     spec = PruningSpec(target={"macs": 0.99}, ignored=["conv_a", "conv_b"])
