@@ -28,7 +28,7 @@ from compress.evaluate import evaluate
 from compress.models import build_model
 from compress.pruners import build_pruner
 from compress.data.text import with_default_tokenizer
-from compress.pruning import (count_macs_params, list_groups, resolve_ignored,
+from compress.pruning import (count_macs_params, gradient_free, list_groups, resolve_ignored,
                               solve_ratios_for_macs)
 from compress.recipe import Recipe
 from compress.schedules import plan_targets
@@ -49,7 +49,8 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     model = build_model(recipe.model, resolve=recipe.resolve_path).eval()
     example = bundle.probe_batch(1)
     macs, params = count_macs_params(model, example)
-    pruning = recipe.pruning.model_copy(update={"verify": False})
+    pruning = gradient_free(recipe.pruning.model_copy(update={"verify": False}),
+                            "compress inspect")
     info: dict[str, Any] = {
         "model": {"macs": macs, "params": params, "sample_shape": list(bundle.sample_shape)},
         "ignored": resolve_ignored(model, recipe.pruning.ignored),
@@ -84,28 +85,40 @@ def _samples(loader: Any) -> Any:
 def sensitivity_scan(model: nn.Module, example: torch.Tensor, recipe: Recipe,
                      samples: list[tuple[torch.Tensor, torch.Tensor]],
                      ratios: Sequence[float]) -> list[dict[str, Any]]:
-    """Prune each group alone at each ratio; accuracy drop in points on ``samples``."""
-    from compress.errors import InputError
-    from compress.transformer_pruning import is_transformer
+    """Prune each group alone at each ratio; accuracy drop in points on ``samples``.
 
-    if is_transformer(model):
-        raise InputError("--sensitivity is not available for transformers models yet; "
-                         "'compress inspect' without it lists their head and FFN groups")
+    A group is a CNN dependency group, or a transformer block's heads or FFN neurons (and the
+    hidden size when the recipe prunes it). Gradient criteria rank with l2 here (the copies
+    have no gradients; with local scope the widths are the same).
+    """
+    from compress.transformer_pruning import TransformerPruner, is_transformer
+
     x = torch.stack([s[0] for s in samples])
-    y = torch.stack([s[1] for s in samples])
+    y = torch.stack([torch.as_tensor(s[1]) for s in samples])
     batches = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(y), 256)]
     device = torch.device("cpu")
     base = evaluate(model, batches, device)["accuracy"]
-    pruning = recipe.pruning.model_copy(update={"verify": False, "target": None})
+    pruning = gradient_free(recipe.pruning.model_copy(update={"verify": False, "target": None}),
+                            "--sensitivity")
+    transformer = is_transformer(model)
     roots = [g["root"] for g in list_groups(model, example, pruning)]
     rows = []
     for root in roots:
-        others = [r for r in roots if r != root]
         row: dict[str, Any] = {"group": root, "drops": {}}
         for r in ratios:
             trial = copy.deepcopy(model)
-            spec = pruning.model_copy(update={"ratio": r, "ignored": [*pruning.ignored, *others]})
-            build_pruner(trial, example, spec, [r]).step_(r, example)
+            if transformer:
+                unit = (-1, "hidden") if root.startswith("hidden") else \
+                    (int(root.split()[1]), root.split()[2])
+                spec = pruning.model_copy(update={"ratio": r, "heads": r, "ffn": r,
+                                                  "hidden": r if unit[0] < 0 else None})
+                TransformerPruner(trial, example, spec, cumulative_ratios=[r],
+                                  only={unit}).step_(r, example)
+            else:
+                others = [g for g in roots if g != root]
+                spec = pruning.model_copy(update={"ratio": r,
+                                                  "ignored": [*pruning.ignored, *others]})
+                build_pruner(trial, example, spec, [r]).step_(r, example)
             row["drops"][str(r)] = base - evaluate(trial, batches, device)["accuracy"]
         rows.append(row)
         log.info("sensitivity %s: %s", root, row["drops"])

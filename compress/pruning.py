@@ -52,6 +52,7 @@ __all__ = [
     "count_macs_params",
     "resolve_ignored",
     "default_round_to",
+    "gradient_free",
     "solve_ratio_for_macs",
     "solve_ratios_for_macs",
     "list_groups",
@@ -413,6 +414,26 @@ class StructuredPruner:
         self.history = [list(h) for h in state["history"]]
 
 
+def gradient_free(spec: PruningSpec, what: str) -> PruningSpec:
+    """``spec`` for pruning copies that have no gradients: the widths, not the choice, matter.
+
+    With local scope every layer loses the same share whatever the criterion, so a gradient
+    criterion (taylor, hessian) is replaced by l2, which gives exactly the same widths. With
+    global scope the criterion decides the widths: :class:`InputError` naming ``what``.
+
+    Example:
+        >>> gradient_free(PruningSpec(ratio=0.5, importance="taylor"), "x").importance
+        'l2'
+    """
+    if not IMPORTANCE.get(spec.importance).needs_grad:
+        return spec
+    if spec.scope != "local":
+        raise InputError(f"{what} with importance {spec.importance!r} needs scope: local (the "
+                         f"pruned copies have no gradients); with scope: global give a ratio "
+                         f"and use compress apply")
+    return spec.model_copy(update={"importance": "l2"})
+
+
 def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
                          macs_reduction: float, *, tolerance: float = 0.0,
                          iterations: int = 7, precision: float = 0.002,
@@ -429,15 +450,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     """
     base_macs, _ = count_macs_params(model, example_inputs)
     cache = {} if cache is None else cache
-    trial_spec = spec.model_copy(update={"verify": False})
-    if IMPORTANCE.get(spec.importance).needs_grad:
-        # The trials are throw-away copies without gradients. With local scope every layer
-        # loses the same share whatever the criterion, so l2 gives exactly the same widths.
-        if spec.scope != "local":
-            raise InputError(f"pruning.target.macs with importance {spec.importance!r} needs "
-                             f"scope: local (the MACs search prunes copies that have no "
-                             f"gradients); with scope: global give a channel ratio instead")
-        trial_spec = trial_spec.model_copy(update={"importance": "l2"})
+    trial_spec = gradient_free(spec.model_copy(update={"verify": False}),
+                               "pruning.target.macs (its search prunes copies)")
 
     def reduction(r: float) -> float:
         if r not in cache:

@@ -92,7 +92,8 @@ class TransformerPruner:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
-                 cumulative_ratios: Sequence[float] | None = None) -> None:
+                 cumulative_ratios: Sequence[float] | None = None,
+                 only: set[tuple[int, str]] | None = None) -> None:
         assert is_transformer(model)
         if spec.importance not in TRANSFORMER_CRITERIA:
             raise InputError(f"pruning.importance {spec.importance!r} is not supported for "
@@ -129,6 +130,8 @@ class TransformerPruner:
         if spec.scope == "global" and self.layout.gqa:
             raise InputError("pruning.scope: global is not supported for grouped-query "
                              "attention models; use scope: local")
+        # (block, "heads"|"ffn") or (-1, "hidden") units pruned; None: all (sensitivity scans).
+        self.only = only
         self.history: list[list[list[Any]]] = []  # per step: [block, "heads"|"ffn", removed idx]
         self.config_problems: list[str] = []
         self.steps_done = 0
@@ -325,7 +328,10 @@ class TransformerPruner:
         head_frac, ffn_frac, hidden_frac = self._plan[self.steps_done]
         all_blocks = blocks(self.model.hf, self.layout)
         with torch.no_grad():
-            plan = self._plan_step(all_blocks, head_frac, ffn_frac)
+            plan = [p for p in self._plan_step(all_blocks, head_frac, ffn_frac)
+                    if self.only is None or (p[0].index, p[1]) in self.only]
+            if self.only is not None and (-1, "hidden") not in self.only:
+                hidden_frac = 0.0
             for block, kind, units in plan:
                 self._apply(block, kind, units, zero=True)
             # Hidden channels are scored once the heads and neurons above are zeroed.

@@ -163,3 +163,20 @@ def test_validate_notes_and_inspect_for_transformers(sst_like: Path, tmp_path: P
     assert hidden["channels"] == 32 and "hf.bert.embeddings.word_embeddings" in hidden["members"]
     assert info["steps"][0]["layers"]["block0.heads"] == 2
     assert info["steps"][0]["macs_reduction"] > 0.3
+
+
+def test_sensitivity_scan_for_transformers_prunes_one_group_at_a_time(sst_like: Path,
+                                                                      tmp_path: Path) -> None:
+    from compress.inspection import inspect_recipe
+
+    model_dir, task = save_tiny("bert", tmp_path / "bert")
+    data = {"task": task, "source": "text", "path": str(sst_like), "eval_split": "dev",
+            "max_length": 16, "model": {"num_classes": 3}}
+    recipe = parse_recipe(_recipe(model_dir, dict(data), tmp_path, importance="taylor"),
+                          base_dir=tmp_path)
+    info = inspect_recipe(recipe, sensitivity=True, ratios=(0.5, 0.75), eval_samples=16)
+    rows = {r["group"]: r["drops"] for r in info["sensitivity"]}
+    assert list(rows) == [g["root"] for g in info["groups"]]
+    assert all(set(d) == {"0.5", "0.75"} for d in rows.values())
+    # Pruning a group changes the outputs, so on 16 sentences some drop is not zero.
+    assert any(v != 0 for d in rows.values() for v in d.values())
