@@ -113,6 +113,7 @@ def _ort_layout_conversions(onnx_path: Path, tmp_path: Path) -> int:
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    tmp_path.mkdir(exist_ok=True)
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     opts.log_severity_level = 3
     ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -126,9 +127,12 @@ def test_exported_shortcuts_keep_the_blocked_layout(exported, tmp_path: Path) ->
     model, out, _ = exported
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert not ops & {"Pad", "Slice", "Gather"}  # the pruned channel-map shortcuts are convs
-    # One conversion in, one out: nothing in between leaves onnxruntime's blocked layout.
-    assert _ort_layout_conversions(out / "model.onnx", tmp_path) <= 2
     plain = export_onnx(model, tmp_path / "plain.onnx", torch.randn(2, 3, 32, 32),
                         layout_rewrites=False)
     plain_ops = {n.op_type for n in onnx.load(str(plain)).graph.node}
     assert plain_ops & {"Pad", "Slice", "Gather"}  # what the rewrite removes
+    # Fewer trips out of onnxruntime's blocked (NCHWc) layout than the plain export. How many
+    # remain depends on the CPU: its block size (8 or 16 channels) decides which of the tiny
+    # model's 8-wide convs can stay blocked, so the count itself is not asserted.
+    rewritten = _ort_layout_conversions(out / "model.onnx", tmp_path)
+    assert rewritten < _ort_layout_conversions(plain, tmp_path / "plain")
