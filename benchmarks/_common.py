@@ -59,7 +59,8 @@ def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"date": _dt.date.today().isoformat(), "cores": env["logical_cores"],
-            "torch_threads": env["threads"], "cpu": env["cpu"], "gpu": gpu,
+            "torch_threads": env["threads"], "cpu": env["cpu"],
+            "cpu_capability": env["cpu_capability"], "gpu": gpu,
             "load_average_1_5_15": load, "python": env["python"], "torch": env["torch"],
             "torch_pruning": torch_pruning.__version__, "onnxruntime": env["onnxruntime"]}
 
@@ -84,7 +85,8 @@ def write_results(name: str, payload: dict[str, Any], markdown: str,
     js.write_text(json.dumps(full, indent=2, default=float) + "\n", encoding="utf-8")
     m = full["machine"]
     head = (f"<!-- written by: {full['command']} -->\n"
-            f"Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu'] or 'none'}; "
+            f"Machine: {m['cores']} cores, {m['cpu']} ({m['cpu_capability']}), "
+            f"GPU: {m['gpu'] or 'none'}; "
             f"load average {m['load_average_1_5_15']}; {m['date']}.\n\n")
     md.write_text(head + markdown, encoding="utf-8")
     return js, md

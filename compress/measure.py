@@ -231,7 +231,10 @@ def environment(threads: int, device: torch.device,
     """Where a measurement ran: CPU, cores, threads, versions, device, ORT providers."""
     import onnxruntime as ort
 
-    return {"cpu": _cpu_name(), "logical_cores": os.cpu_count(), "threads": threads,
+    # The vector unit decides kernel choices (onnxruntime blocks NCHWc by 8 channels with AVX2,
+    # by 16 with AVX-512), so latency ratios are only comparable between equal capabilities.
+    return {"cpu": _cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "logical_cores": os.cpu_count(), "threads": threads,
             "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": ort.__version__, "platform": sys.platform, "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

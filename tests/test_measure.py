@@ -84,6 +84,7 @@ def test_result_layout_both_engines(pair: tuple[Candidate, Candidate]) -> None:
     env = result["environment"]
     assert env["providers"] == ["CPUExecutionProvider"] and env["threads"] == 1
     assert env["cpu"] and env["logical_cores"] >= 1 and env["device"] == "cpu"
+    assert isinstance(env["cpu_capability"], str) and env["cpu_capability"]  # e.g. AVX2
     assert {"python", "torch", "onnxruntime"} <= set(env)
     assert latency_summary(result)["torch"].keys() == {"1", "4"}
     assert headline_speedup(result) == result["engines"]["onnxruntime"]["4"]["speedup"]
