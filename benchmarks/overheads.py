@@ -4,10 +4,10 @@
     python benchmarks/overheads.py --tiny          # smoke test (ResNet-20, a few batches)
 
 (a) ``compress apply`` end to end minus training and evaluation, as a share of the total, for
-    the ResNet-56 recipe. It reads the run folder that benchmarks/peer_torch_pruning.py leaves
-    (runs/benchmarks/peer/compress), or runs ``compress apply recipes/resnet56-cifar10.yaml
-    --set finetune.epochs=1 --set finetune.max_steps=200`` itself when that folder is missing
-    (``--run DIR`` picks another).
+    the ResNet-56 recipe as shipped (2 epochs of fine-tuning): it runs ``compress apply
+    recipes/resnet56-cifar10.yaml`` into runs/benchmarks/overheads/resnet56-cifar10 unless that
+    folder holds a finished run; ``--run DIR`` reads another finished run instead (e.g. the
+    shortened one benchmarks/peer_torch_pruning.py leaves in runs/benchmarks/peer/compress).
     Target: at most 10 %.
 (b) Training-loop throughput: compress's fine-tuning loop (``compress.finetune.finetune_``)
     against a minimal plain PyTorch loop (SGD with momentum, cosine schedule: the one in
@@ -36,8 +36,7 @@ log = logging.getLogger("bench")
 
 RECIPE = ROOT / "recipes" / "resnet56-cifar10.yaml"
 PROFILES = {
-    "cpu": dict(model="resnet56", overrides=["finetune.epochs=1", "finetune.max_steps=200"],
-                batches=12, batch=128,
+    "cpu": dict(model="resnet56", overrides=[], batches=12, batch=128,
                 rounds=7),
     "tiny": dict(model="resnet20", overrides=["model.name=resnet20",
                                               f"model.checkpoint={RESNET_CKPT['resnet20']}",
@@ -61,6 +60,7 @@ def apply_overhead(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
         log.info("compress apply took %.0f s", time.perf_counter() - t)
     report = json.loads(report_path.read_text())
     timing = report["timing"]
+    finetune = report["recipe"]["finetune"]
     train = sum(s["finetune_s"] for s in report["steps"])
     evals = timing["eval_s"]
     total = timing["total_s"]
@@ -74,10 +74,13 @@ def apply_overhead(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     # The rest: the MACs search and the proven channel removal, loading data and model, report.
     parts["pruning (MACs search, proven removal), loading, report"] = total - sum(parts.values())
     overhead = total - train - evals
-    return {"run_dir": str(run_dir), "total_s": total, "parts_s": parts,
+    shown = run_dir.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    return {"run_dir": str(shown), "total_s": total, "parts_s": parts,
             "overhead_s": overhead, "overhead_share": overhead / total,
             "overhead_share_without_measurement": (overhead - timing["measure_s"]) / total,
-            "recipe_overrides": overrides}
+            "finetune_epochs": report["finetune_epochs_total"],
+            "finetune_max_steps": finetune.get("max_steps")}
 
 
 def loop_throughput(p: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +141,13 @@ def render(a: dict[str, Any], b: dict[str, Any]) -> str:
     ok_a = a["overhead_share"] <= 0.10
     ok_b = b["ratio_wall"] >= 0.95
     tp = b["throughput_img_s"]
+    steps = a["finetune_max_steps"]
+    cap = "" if steps is None else f", at most {steps} steps"
     return "".join([
-        "(a) Where the time of one `compress apply` run goes:\n\n",
+        f"(a) Where the time of one `compress apply` run goes ({a['run_dir']}, "
+        f"{a['finetune_epochs']:g} fine-tuning epochs"
+        f"{cap}"
+        f"):\n\n",
         fmt_table(["part", "seconds", "share"], rows),
         f"\nOverhead (everything but training and evaluation): "
         f"{a['overhead_s']:.1f} s = **{100 * a['overhead_share']:.1f} %** of the total "
@@ -165,7 +173,8 @@ def main() -> None:
     require_shared(RESNET_CKPT["resnet56"])
     profile = "tiny" if args.tiny else "cpu"
     p = PROFILES[profile]
-    run_dir = args.run or args.work / ("peer-tiny" if args.tiny else "peer") / "compress"
+    run_dir = args.run or args.work / ("overheads-tiny" if args.tiny else "overheads")
+    run_dir = run_dir if args.run else run_dir / RECIPE.stem
     a = apply_overhead(run_dir, p["overrides"])
     b = loop_throughput(p)
     md = render(a, b)

@@ -3,6 +3,7 @@
     python benchmarks/regimes.py            # the CPU table (2 idle cores: about 60 minutes)
     python benchmarks/regimes.py --full     # GPU budgets: 10 epochs per run, full test set
     python benchmarks/regimes.py --tiny     # smoke test: seconds, numbers mean nothing
+    python benchmarks/regimes.py --per-step # the paper's protocol: every step fine-tuned alike
 
 Five regimes, each at every target: unstructured global L1 at 50/70/90/95 % weight sparsity,
 structured (L2 channel groups, the residual stream kept) at 30/50/70 % MACs reduction:
@@ -16,10 +17,13 @@ structured (L2 channel groups, the residual stream kept) at 30/50/70 % MACs redu
 
 Every regime gets the SAME fine-tuning budget in images: ``--budget-steps`` optimizer steps
 of ``--batch`` images in all, split evenly over its pruning steps (patience may use less; the
-images it actually saw are reported). The pretrained checkpoint is first adapted to the JPEG
+images it actually saw are reported). ``--per-step`` gives EVERY pruning step that budget
+instead, as the paper does, so the iterative regimes cost more (the cost table shows how much).
+The pretrained checkpoint is first adapted to the JPEG
 data with one short epoch (``--adapt-images`` training images); every run starts from that.
 
-Writes benchmarks/results/regimes.{json,md}; each finished run is kept under
+Writes benchmarks/results/regimes.{json,md} (regimes-<steps>, regimes-per-step with those
+options); each finished run is kept under
 runs/benchmarks/regimes/cells/ so an interrupted benchmark continues where it stopped.
 """
 
@@ -42,6 +46,7 @@ STRUCTURED = (0.3, 0.5, 0.7)  # MACs reduction
 ITERATIVE_STEPS = 5
 HYBRID_FIRST = 0.7  # the first step reaches this fraction of the target
 HYBRID_LATER = 2
+TRAIN_IMAGES = 50_000  # CIFAR-10's training split
 
 # budget_steps: optimizer steps per run; adapt_images: the short adaptation epoch.
 PROFILES = {
@@ -111,8 +116,10 @@ def adapt_baseline(p: dict[str, Any], work: Path) -> tuple[Path, dict[str, Any]]
 def regime_sections(regime: str, target: float, p: dict[str, Any]) -> dict[str, Any]:
     """``schedule`` and ``finetune`` sections: the regime, with the equal image budget."""
     n = {"one-shot": 1, "hybrid": 1 + HYBRID_LATER}.get(regime, ITERATIVE_STEPS)
-    per_step = max(1, p["budget_steps"] // n)
-    finetune: dict[str, Any] = {"epochs": 1, "max_steps": per_step, "lr": 0.01,
+    per_step = p["budget_steps"] if p.get("per_step") else max(1, p["budget_steps"] // n)
+    # Enough epochs that max_steps, not the end of an epoch, ends every step's fine-tune.
+    epochs = -(-per_step * p["batch"] // TRAIN_IMAGES)
+    finetune: dict[str, Any] = {"epochs": epochs, "max_steps": per_step, "lr": 0.01,
                                 "optimizer": "sgd"}
     if regime == "one-shot":
         schedule: dict[str, Any] = {"kind": "one-shot"}
@@ -124,7 +131,7 @@ def regime_sections(regime: str, target: float, p: dict[str, Any]) -> dict[str, 
         schedule = {"kind": "iterative", "steps": ITERATIVE_STEPS, "step_rule": rule}
     if regime in ("patience", "hybrid"):
         finetune.update({"patience": 2 if regime == "patience" else [4, 2],
-                         "monitor": "val_accuracy", "min_delta": 0.1, "max_epochs": 1,
+                         "monitor": "val_accuracy", "min_delta": 0.1, "max_epochs": epochs,
                          "eval_every": max(1, per_step // 4)})
     return {"schedule": schedule, "finetune": finetune, "steps": n, "per_step": per_step}
 
@@ -232,14 +239,20 @@ def render(cells: list[dict[str, Any]], adapted: dict[str, Any], p: dict[str, An
     acc = adapted["top1_after"] / 100
     se = 100 * (acc * (1 - acc) / max(n_eval, 1)) ** 0.5
     budget = p["budget_steps"] * p["batch"]
+    if p.get("per_step"):
+        split = ("; every PRUNING STEP gets this budget (the paper's protocol), so a run with "
+                 "5 steps fine-tunes 5 times as much; patience regimes may stop earlier.\n")
+    else:
+        split = (", drawn from the whole training split, split evenly over the run's pruning "
+                 "steps; patience regimes may stop earlier.\n")
     md = [f"Top-1 (%) on {n_eval} CIFAR-10-JPEG test images after pruning and fine-tuning "
           f"(profile `{profile}`); **bold** = best regime per column. Adapted baseline "
           f"{adapted['top1_after']:.2f} % (the shared checkpoint scored "
           f"{adapted['top1_before']:.2f} % on these images before one short epoch of "
-          f"{adapted['images']} JPEG training images). Fine-tuning budget per run, every "
-          f"regime alike: {p['budget_steps']} SGD steps of {p['batch']} images = {budget} "
-          f"images ({budget / 50000:.2f} epochs), drawn from the whole training split, split "
-          f"evenly over the run's pruning steps; patience regimes may stop earlier.\n",
+          f"{adapted['images']} JPEG training images). Fine-tuning budget "
+          f"{'per pruning step' if p.get('per_step') else 'per run, every regime alike'}: "
+          f"{p['budget_steps']} SGD steps of {p['batch']} images = {budget} images "
+          f"({budget / TRAIN_IMAGES:.2f} epochs){split}",
           fmt_table(["regime", *[_col(*k) for k in targets]], rows),
           crossover_sentence(table, se) + "\n"]
     # Cost of regimes: fine-tuning actually done, and wall time, summed over the targets.
@@ -249,7 +262,7 @@ def render(cells: list[dict[str, Any]], adapted: dict[str, Any], p: dict[str, An
                                                  "finetune_s": 0.0, "wall_s": 0.0, "steps": 0})
         agg["runs"] += 1
         agg["images"] += c["finetune_images"]
-        agg["epochs"] += c["finetune_images"] / 50000
+        agg["epochs"] += c["finetune_images"] / TRAIN_IMAGES
         agg["finetune_s"] += c["finetune_s"]
         agg["wall_s"] += c["wall_s"]
         agg["steps"] += c["pruning_steps"]
@@ -276,6 +289,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=("unstructured", "structured"),
                         default=["unstructured", "structured"])
     parser.add_argument("--fresh", action="store_true", help="Ignore finished cells.")
+    parser.add_argument("--per-step", action="store_true",
+                        help="Give every pruning step the whole budget (the paper's protocol) "
+                        "instead of splitting one budget over the steps.")
     add_common_args(parser)
     args = parser.parse_args()
     start(args)
@@ -287,6 +303,7 @@ def main() -> None:
             parser.error("--budget-steps must split evenly over 1, 3 and 5 pruning steps "
                          "(a multiple of 15)")
         p["budget_steps"] = args.budget_steps
+    p["per_step"] = args.per_step
     work = args.work / ("regimes-tiny" if args.tiny else "regimes")
     t0 = time.perf_counter()
     ckpt, adapted = adapt_baseline(p, work)
@@ -300,7 +317,10 @@ def main() -> None:
     md = render(cells, adapted, p, profile, sum(c["wall_s"] for c in cells) + adapted["seconds"])
     payload = {"profile": profile, "settings": p, "adapted_baseline": adapted,
                "cells": cells, "wall_s": wall}
-    finish("regimes", args.tiny, payload, md, args.out)
+    # Non-default budgets get their own result files: regimes-600.json, regimes-per-step.json.
+    name = "regimes" + (f"-{args.budget_steps}" if args.budget_steps else "") + \
+        ("-per-step" if args.per_step else "")
+    finish(name, args.tiny, payload, md, args.out)
 
 
 if __name__ == "__main__":

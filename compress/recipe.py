@@ -202,7 +202,9 @@ class PruningSpec(_Section):
                                "channels are kept; 're:' prefixes a regular expression.",
                                examples=[["linear", "re:layer\\d\\.\\d+\\.conv2"]])
     round_to: int | Literal["auto"] = Field("auto", description="Keep channel counts multiples "
-                                            "of this; auto = 8 for models with convolutions.",
+                                            "of this; auto = 8 for models with convolutions "
+                                            "(onnxruntime's CPU block on AVX2; AVX-512 CPUs "
+                                            "block by 16, see BENCHMARKS.md).",
                                             examples=[8, "auto"])
     scope: Literal["local", "global"] = Field("local", description="Rank channels (or "
                                               "weights) within each layer (local) or across "

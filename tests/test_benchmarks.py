@@ -46,8 +46,18 @@ def test_every_regime_gets_the_same_image_budget(regimes) -> None:
         for regime in regimes.REGIMES:
             sec = regimes.regime_sections(regime, 0.9, profile)
             assert sec["finetune"]["max_steps"] == sec["per_step"]
+            # never cut short by the end of an epoch (the full profile trains 10 epochs)
+            epochs = sec["finetune"].get("max_epochs", sec["finetune"]["epochs"])
+            assert epochs * regimes.TRAIN_IMAGES >= sec["per_step"] * profile["batch"]
             totals.add(sec["steps"] * sec["per_step"])
         assert totals == {profile["budget_steps"]}, (profile, totals)
+
+
+def test_per_step_gives_every_pruning_step_the_whole_budget(regimes) -> None:
+    profile = {**regimes.PROFILES["cpu"], "per_step": True}
+    for regime, steps in (("one-shot", 1), ("iterative-geometric", 5), ("hybrid", 3)):
+        sec = regimes.regime_sections(regime, 0.9, profile)
+        assert sec["steps"] == steps and sec["per_step"] == profile["budget_steps"]
 
 
 def test_hybrid_starts_at_seventy_percent_of_the_target(regimes) -> None:
@@ -70,6 +80,7 @@ def test_crossover_sentence_reads_the_table(regimes) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("script,args", [
     ("regimes", ["--kinds", "unstructured", "--regimes", "one-shot", "hybrid"]),
+    ("regimes", ["--kinds", "structured", "--regimes", "iterative-constant", "--per-step"]),
     ("peer_torch_pruning", []),
     ("overheads", []),
     ("latency_levers", []),
@@ -81,7 +92,8 @@ def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -
     proc = _run(script, "--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "work"),
                 *args, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    name = script + ("-per-step" if "--per-step" in args else "") + "-tiny"
     written = {p.name for p in tmp_path.iterdir()}
-    assert f"{script}-tiny.json" in written and f"{script}-tiny.md" in written
-    result = json.loads((tmp_path / f"{script}-tiny.json").read_text())
+    assert f"{name}.json" in written and f"{name}.md" in written
+    result = json.loads((tmp_path / f"{name}.json").read_text())
     assert result["machine"]["cores"] >= 1 and result["command"].startswith("python ")

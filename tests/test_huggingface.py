@@ -330,3 +330,7 @@ def test_minilm_heads_and_hidden_reload_with_stock_transformers(tmp_path: Path) 
     reloaded = _stock_reload(info["path"], "sequence-classification", model)
     with torch.no_grad():
         assert (reloaded(x) - model(x)).abs().max().item() < 1e-5
+    spec = ModelSpec(source="huggingface", name=str(minilm_path()),
+                     task="sequence-classification", num_classes=2)
+    exported = export_model(model, tmp_path, ExportSpec(), spec, x)
+    assert exported["parity"]["onnx"] < 1e-4 and exported["parity"]["safetensors"] == 0.0
