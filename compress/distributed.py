@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import os
@@ -175,6 +176,14 @@ class AcceleratedProcesses(Processes):
 _ACTIVE: AcceleratedProcesses | None = None  # one process group per process, made once
 
 
+def _leave_process_group() -> None:
+    # Left to interpreter teardown, the backend's threads can still be joinable when C++
+    # destroys them and std::terminate aborts the rank after a finished run (SIGABRT, seen
+    # under load). No barrier: a rank that failed alone must not keep the others waiting.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def processes(device: torch.device) -> Processes:
     """The processes of this run: :class:`Processes` unless launched with ``WORLD_SIZE`` > 1.
 
@@ -190,4 +199,5 @@ def processes(device: torch.device) -> Processes:
         # launcher's --mixed_precision / --dynamo_backend (they would patch the model itself).
         _ACTIVE = AcceleratedProcesses(Accelerator(cpu=device.type == "cpu",
                                                    mixed_precision="no", dynamo_backend="no"))
+        atexit.register(_leave_process_group)
     return _ACTIVE
