@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ROOT", "SHARED", "RESULTS", "WORK", "machine", "write_results", "fmt_table",
-           "stopwatch", "setup_logging", "require_shared", "command_line", "add_common_args",
+           "stopwatch", "setup_logging", "require_shared", "command_line", "shown_path",
+           "add_common_args",
            "start", "finish", "make_parser"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +66,15 @@ def machine() -> dict[str, Any]:
             "torch_pruning": torch_pruning.__version__, "onnxruntime": env["onnxruntime"]}
 
 
+def shown_path(path: Path | str) -> str:
+    """``path`` as seen from the repository root when it lies inside it, else absolute."""
+    full = Path(path).resolve()
+    return str(full.relative_to(ROOT) if full.is_relative_to(ROOT) else full)
+
+
 def command_line() -> str:
     """The command that is running, as a user would type it from the repository root."""
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script = script.relative_to(ROOT)
-    except ValueError:
-        pass
-    return " ".join(["python", str(script), *sys.argv[1:]])
+    return " ".join(["python", shown_path(sys.argv[0]), *sys.argv[1:]])
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str,

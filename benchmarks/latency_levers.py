@@ -138,14 +138,14 @@ def main() -> None:
                 built[name].setdefault("speedup", {}).setdefault(mode, {})[bs] = speed
                 row.append(f"{speed:.2f}× → **{speed / red:.2f}**")
         rows.append(row)
-    for name, why in unreachable.items():
-        rows.append([LEVERS[name][0], "–", f"not reachable: {why.split(';')[0]}"]
-                    + ["–"] * (len(rows[0]) - 3))
     header = ["lever", "MACs reduction", "conv widths"]
     for mode in modes:
         tag = (f"{results[mode]['threads']} thr wall" if mode == "all_cores_wall"
                else "1 thr CPU")
         header += [f"speedup → ÷ MACs red., b{bs} ({tag})" for bs in results[mode]["batches"]]
+    for name, why in unreachable.items():
+        rows.append([LEVERS[name][0], "–", f"not reachable: {why.split(';')[0]}"]
+                    + ["–"] * (len(header) - 3))
     md = (f"{net} pruned to about half its MACs, no fine-tuning; speedup against the "
           f"unpruned model exported and optimised the same way (median of the per-round "
           f"ratios, {common['rounds']} interleaved rounds, every file in every round).\n\n" + fmt_table(header, rows))

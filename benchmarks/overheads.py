@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (RESNET_CKPT, ROOT, add_common_args, finish, fmt_table, make_parser,
-                     require_shared, start)
+                     require_shared, shown_path, start)
 from peer_torch_pruning import plain_finetune
 
 log = logging.getLogger("bench")
@@ -74,9 +74,7 @@ def apply_overhead(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     # The rest: the MACs search and the proven channel removal, loading data and model, report.
     parts["pruning (MACs search, proven removal), loading, report"] = total - sum(parts.values())
     overhead = total - train - evals
-    shown = run_dir.resolve()
-    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
-    return {"run_dir": str(shown), "total_s": total, "parts_s": parts,
+    return {"run_dir": shown_path(run_dir), "total_s": total, "parts_s": parts,
             "overhead_s": overhead, "overhead_share": overhead / total,
             "overhead_share_without_measurement": (overhead - timing["measure_s"]) / total,
             "finetune_epochs": report["finetune_epochs_total"],
@@ -145,9 +143,7 @@ def render(a: dict[str, Any], b: dict[str, Any]) -> str:
     cap = "" if steps is None else f", at most {steps} steps"
     return "".join([
         f"(a) Where the time of one `compress apply` run goes ({a['run_dir']}, "
-        f"{a['finetune_epochs']:g} fine-tuning epochs"
-        f"{cap}"
-        f"):\n\n",
+        f"{a['finetune_epochs']:g} fine-tuning epochs{cap}):\n\n",
         fmt_table(["part", "seconds", "share"], rows),
         f"\nOverhead (everything but training and evaluation): "
         f"{a['overhead_s']:.1f} s = **{100 * a['overhead_share']:.1f} %** of the total "
@@ -173,8 +169,8 @@ def main() -> None:
     require_shared(RESNET_CKPT["resnet56"])
     profile = "tiny" if args.tiny else "cpu"
     p = PROFILES[profile]
-    run_dir = args.run or args.work / ("overheads-tiny" if args.tiny else "overheads")
-    run_dir = run_dir if args.run else run_dir / RECIPE.stem
+    folder = "overheads-tiny" if args.tiny else "overheads"
+    run_dir = args.run or args.work / folder / RECIPE.stem
     a = apply_overhead(run_dir, p["overrides"])
     b = loop_throughput(p)
     md = render(a, b)

@@ -1,6 +1,6 @@
 """Pruning regimes on the pretrained ResNet-20, after Janusz et al. (arXiv 2508.13836).
 
-    python benchmarks/regimes.py            # the CPU table (2 idle cores: about 60 minutes)
+    python benchmarks/regimes.py            # the CPU table (2 idle cores: 10 to 60 minutes)
     python benchmarks/regimes.py --full     # GPU budgets: 10 epochs per run, full test set
     python benchmarks/regimes.py --tiny     # smoke test: seconds, numbers mean nothing
     python benchmarks/regimes.py --per-step # the paper's protocol: every step fine-tuned alike
