@@ -50,7 +50,9 @@ def build(model: Any, name: str, lever: tuple, work: Path, target: float) -> dic
     import torch
 
     from compress.export import export_onnx
-    from compress.pruning import StructuredPruner, count_macs_params, solve_ratio_for_macs
+    from compress.pruning import StructuredPruner
+    from compress.measure_counts import count_macs_params
+    from compress.planning import solve_ratio_for_macs
     from compress.recipe import PruningSpec
 
     _, ignored, round_to, conv, _ = lever
@@ -83,7 +85,7 @@ def main() -> None:
     from compress.errors import InputError
     from compress.measure import compare_onnx
     from compress.models import build_model
-    from compress.pruning import count_macs_params
+    from compress.measure_counts import count_macs_params
     from compress.recipe import ModelSpec, ReportSpec
 
     work = args.work / ("levers-tiny" if args.tiny else "levers")

@@ -54,7 +54,7 @@ def main() -> None:
     from compress.export_hf import save_hf_
     from compress.models.hf_layout import blocks
     from compress.models.huggingface import HFModel
-    from compress.pruning import count_macs_params
+    from compress.measure_counts import count_macs_params
     from compress.recipe import PruningSpec
     from compress.transformer_pruning import TransformerPruner
 

@@ -24,7 +24,7 @@ from compress.export import load_model
 from compress.loop import run_schedule_
 from compress.pipeline import Result, run_recipe
 from compress.progress import ProgressFn, progress_to
-from compress.pruning import count_macs_params
+from compress.measure_counts import count_macs_params
 from compress.recipe import (FinetuneSpec, PruningSpec, Recipe, ScheduleSpec, apply_overrides,
                              load_recipe, parse_recipe)
 

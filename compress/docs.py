@@ -221,7 +221,7 @@ def _registries() -> list[tuple[str, str, Registry[Any]]]:
     from compress.data import DATASETS
     from compress.models import MODEL_SOURCES
     from compress.pruners import PRUNING_KINDS
-    from compress.pruning import IMPORTANCE
+    from compress.criteria import IMPORTANCE
     from compress.schedules import SCHEDULES
 
     return [("Model sources", "model.source", MODEL_SOURCES),

@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sized
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -55,35 +54,14 @@ from compress.distributed import Processes
 from compress.errors import InputError
 from compress.gpu import channels_last_, compiled
 from compress.evaluate import evaluate, task_loss
+from compress.finetune_stats import FinetuneStats
 from compress.patience import BestWeights, Monitor, ValidateFn
 from compress.recipe import FinetuneSpec
-from compress.trainloop import Fit, build_optimizer, fit
+from compress.trainloop import Fit, fit
 
-__all__ = ["FinetuneStats", "ValidateFn", "finetune_", "build_optimizer", "distillation_loss"]
+__all__ = ["finetune_", "distillation_loss"]
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class FinetuneStats:
-    """What one fine-tune did. The patience fields keep their defaults in fixed-budget mode.
-
-    ``epochs``, ``steps`` and ``samples`` count every optimizer step taken, including those a
-    divergence rolled back (the budget they used is gone).
-    """
-
-    epochs: float  # fractional epochs actually trained
-    steps: int
-    samples: int
-    seconds: float  # wall time, validation included
-    final_loss: float | None  # training loss of the last optimizer step
-    lr_final: float  # peak learning rate of the last attempt: finetune.lr, or lowered once
-    evaluations: list[float] = field(default_factory=list)  # monitored metric, [0] = untrained
-    best: float | None = None
-    best_evaluation: int | None = None  # index into evaluations
-    stopped_early: bool = False  # patience ran out before the max budget did
-    restored: bool = False  # the best evaluation's weights were loaded back
-    divergences: int = 0  # rollbacks to a lower learning rate (0 or 1; a second one raises)
-
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, *,
                       alpha: float, temperature: float,

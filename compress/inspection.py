@@ -27,14 +27,16 @@ from compress.data import build_data
 from compress.evaluate import evaluate
 from compress.models import build_model
 from compress.pruners import build_pruner
+from compress.transformer_pruning import TransformerPruner, is_transformer
 from compress.data.text import with_default_tokenizer
-from compress.pruning import (count_macs_params, gradient_free, list_groups, resolve_ignored,
-                              solve_ratios_for_macs)
-from compress.recipe import Recipe
+from compress.measure_counts import count_macs_params
+from compress.planning import gradient_free, solve_ratios_for_macs
+from compress.selection import resolve_ignored
+from compress.recipe import PruningSpec, Recipe
 from compress.schedules import plan_targets
 from compress.validate import check_recipe
 
-__all__ = ["inspect_recipe", "sensitivity_scan", "plot_sensitivity"]
+__all__ = ["inspect_recipe", "list_groups", "sensitivity_scan", "plot_sensitivity"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     info: dict[str, Any] = {
         "model": {"macs": macs, "params": params, "sample_shape": list(bundle.sample_shape)},
         "ignored": resolve_ignored(model, recipe.pruning.ignored),
-        "groups": list_groups(model, example, pruning) if pruning.kind == "structured" else [],
+        "groups": list_groups(model, example, pruning),
     }
     targets = plan_targets(recipe.schedule, pruning.final_target())
     trial = copy.deepcopy(model)
@@ -77,6 +79,21 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     return info
 
 
+def list_groups(model: nn.Module, example: torch.Tensor,
+                pruning: PruningSpec) -> list[dict[str, Any]]:
+    """What ``pruning``'s kind would prune in ``model``, as groups; nothing is pruned.
+
+    Example:
+        >>> from compress.models.cifar_resnet import cifar_resnet
+        >>> groups = list_groups(cifar_resnet("resnet20"), torch.randn(1, 3, 32, 32),
+        ...                      PruningSpec(ratio=0.5))
+        >>> groups[0]["root"], groups[0]["channels"]
+        ('conv1', 16)
+    """
+    probe = pruning.model_copy(update={"ratio": 0.5, "target": None, "verify": False})
+    return build_pruner(model, example, probe, [0.5]).groups()
+
+
 def _samples(loader: Any) -> Any:
     for x, y in loader:
         yield from zip(x, y)
@@ -91,8 +108,6 @@ def sensitivity_scan(model: nn.Module, example: torch.Tensor, recipe: Recipe,
     hidden size when the recipe prunes it). Gradient criteria rank with l2 here (the copies
     have no gradients; with local scope the widths are the same).
     """
-    from compress.transformer_pruning import TransformerPruner, is_transformer
-
     x = torch.stack([s[0] for s in samples])
     y = torch.stack([torch.as_tensor(s[1]) for s in samples])
     batches = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(y), 256)]

@@ -1,7 +1,7 @@
 """The schedule loop: (prune step -> fine-tune -> evaluate)* on a model, in place.
 
 Shared by ``compress apply`` (through :mod:`compress.pipeline`) and the ``compress.prune`` API.
-Each pruning step proves itself (see :mod:`compress.pruning` / :mod:`compress.sparsity`);
+Each pruning step proves itself (see :mod:`compress.pruners`);
 this loop adds the fine-tuning, the evaluation and one row per step for the report.
 
 Example:
@@ -26,7 +26,8 @@ from compress.distributed import Processes
 from compress.errors import InputError
 from compress.finetune import finetune_
 from compress.pruners import Pruner, StepRecord, build_pruner
-from compress.pruning import IMPORTANCE, count_macs_params, solve_ratios_for_macs
+from compress.measure_counts import count_macs_params
+from compress.planning import channel_ratios
 from compress.recipe import FinetuneSpec, PruningSpec, ScheduleSpec
 from compress.runstate import stop_requested
 from compress.schedules import plan_targets
@@ -61,14 +62,6 @@ class ResumePoint:
     record: StepRecord | None = None
 
 
-def _channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,
-                    targets: list[float]) -> list[float]:
-    """Per-step ratios for the pruner: MACs targets are turned into channel ratios by search."""
-    if pruning.target is None:
-        return list(targets)
-    return solve_ratios_for_macs(model, example, pruning, targets)
-
-
 def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tensor,
                   pruning: PruningSpec, schedule: ScheduleSpec, finetune: FinetuneSpec,
                   train: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
@@ -91,14 +84,12 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     ``dist``: the processes of a multi-process launch, which fine-tune together.
     """
     base_macs, base_params = count_macs_params(model, example)
-    if pruning.kind == "structured" and IMPORTANCE.get(pruning.importance).needs_grad \
-            and train is None:
+    targets = plan_targets(schedule, pruning.final_target())
+    ratios = channel_ratios(model, example, pruning, targets)
+    pruner = build_pruner(model, example, pruning, ratios)
+    if pruner.needs_grad and train is None:
         raise InputError(f"importance {pruning.importance!r} needs gradients; provide "
                          f"training data")
-    targets = plan_targets(schedule, pruning.final_target())
-    ratios = _channel_ratios(model, example, pruning, targets)
-    pruner = build_pruner(model, example, pruning, ratios)
-    needs_grad = pruning.kind == "structured" and IMPORTANCE.get(pruning.importance).needs_grad
     rows: list[dict[str, Any]] = []
     done = 0
     if resume is not None:
@@ -118,7 +109,7 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
             assert resume is not None and resume.record is not None
             record = resume.record  # the step's pruning is in the restored pruner already
         else:
-            if needs_grad:
+            if pruner.needs_grad:
                 assert train is not None
                 pruner.accumulate_gradients(
                     itertools.islice(train, pruning.calibration_batches), device)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from compress.recipe import ReportSpec
 
-__all__ = ["Candidate", "ABTimings", "count_params", "measure_latency", "time_ab", "summarize_ab",
+__all__ = ["Candidate", "ABTimings", "measure_latency", "time_ab", "summarize_ab",
            "time_interleaved", "compare_onnx", "session_options", "ort_providers",
            "latency_summary", "headline_speedup", "environment"]
 
@@ -65,16 +65,6 @@ class ABTimings:
     baseline: list[list[float]] = field(default_factory=list)
     compressed: list[list[float]] = field(default_factory=list)
     order: list[tuple[str, str]] = field(default_factory=list)
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (shared parameters counted once).
-
-    Example:
-        >>> count_params(torch.nn.Linear(3, 2))
-        8
-    """
-    return sum(p.numel() for p in model.parameters())
 
 
 def time_interleaved(runners: dict[str, Callable[[], None]], *, warmup: int, rounds: int,

@@ -15,16 +15,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from compress.divergence import metric_collapse
+from compress.finetune_stats import FinetuneStats
 from compress.recipe import FinetuneSpec
-
-if TYPE_CHECKING:  # only for annotations: compress.finetune imports this module
-    from compress.finetune import FinetuneStats
 
 __all__ = ["Patience", "BestWeights", "Monitor", "ValidateFn", "MONITORS"]
 

@@ -37,7 +37,7 @@ from compress.loop import ResumePoint, run_schedule_
 from compress.pruners import StepRecord
 from compress.measure import Candidate, measure_latency
 from compress.models import build_model
-from compress.pruning import count_macs_params
+from compress.measure_counts import count_macs_params
 from compress.transformer_pruning import is_transformer
 from compress.recipe import ModelSpec, Recipe
 from compress.fsutil import write_text_atomic

@@ -1,8 +1,10 @@
 """Pruning kinds (structured, unstructured, n:m) behind one small interface.
 
-A kind registers a factory ``(model, example_inputs, spec, cumulative_ratios) -> Pruner``.
-The run drives every kind the same way: one :meth:`Pruner.step_` per scheduled step (each
-step proves its own transformation), then :meth:`Pruner.finalize_` before export.
+A kind registers a :class:`PruningKind`: its handler ``build(model, example_inputs, spec,
+cumulative_ratios) -> Pruner``, the criteria ``pruning.importance`` may name for it, and one
+line for ``compress list``. The run drives every kind the same way: one :meth:`Pruner.step_`
+per scheduled step (each step proves its own transformation), then :meth:`Pruner.finalize_`
+before export.
 
 Example:
     >>> pruner = build_pruner(model, example, spec, [0.5, 0.75])  # doctest: +SKIP
@@ -24,7 +26,8 @@ from compress.registry import Registry
 if TYPE_CHECKING:
     from compress.recipe import PruningSpec
 
-__all__ = ["Pruner", "StepRecord", "PRUNING_KINDS", "build_pruner", "prove_removals_"]
+__all__ = ["Pruner", "PruningKind", "StepRecord", "PRUNING_KINDS", "pruning_kind", "build_pruner",
+           "prove_removals_"]
 
 
 @dataclass
@@ -44,6 +47,8 @@ class StepRecord:
 
 
 class Pruner(Protocol):
+    needs_grad: bool  # its criterion needs accumulate_gradients before each step
+
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         ...
 
@@ -65,18 +70,36 @@ class Pruner(Protocol):
     def restore_(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         """On the freshly built model, redo what the saved steps did (not the weights)."""
 
+    def groups(self) -> list[dict[str, Any]]:
+        """What it prunes, nothing pruned: ``{"root", "channels", "members"}`` per group."""
+        ...
 
-PRUNING_KINDS: Registry[Callable[..., Pruner]] = Registry("pruning kind")
+
+@dataclass(frozen=True)
+class PruningKind:
+    """A registered pruning kind: its handler, the criteria it accepts, one line about it."""
+
+    build: Callable[..., Pruner]  # (model, example_inputs, spec, *, cumulative_ratios)
+    criteria: tuple[str, ...]
+    description: str
+
+
+PRUNING_KINDS: Registry[PruningKind] = Registry("pruning kind")
+
+
+def pruning_kind(name: str) -> PruningKind:
+    """The registered kind called ``name`` (:class:`InputError` listing the others)."""
+    import compress.pruning  # noqa: F401  (registers "structured")
+    import compress.sparsity  # noqa: F401  (registers "unstructured", "n:m")
+
+    return PRUNING_KINDS.get(name)
 
 
 def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
                  cumulative_ratios: Sequence[float]) -> Pruner:
     """The pruner for ``spec.kind``, planned for ``cumulative_ratios``."""
-    import compress.pruning  # noqa: F401  (registers "structured")
-    import compress.sparsity  # noqa: F401  (registers "unstructured", "n:m")
-
-    return PRUNING_KINDS.get(spec.kind)(model, example_inputs, spec,
-                                        cumulative_ratios=cumulative_ratios)
+    return pruning_kind(spec.kind).build(model, example_inputs, spec,
+                                         cumulative_ratios=cumulative_ratios)
 
 
 def _run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:

@@ -26,131 +26,24 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
-import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from compress.criteria import IMPORTANCE
 from compress.errors import CheckFailed, InputError
 from compress.evaluate import task_loss
-from compress.pruners import PRUNING_KINDS, StepRecord, prove_removals_
+from compress.pruners import PRUNING_KINDS, PruningKind, StepRecord, prove_removals_
 from compress.recipe import PruningSpec
-from compress.registry import Registry
+from compress.selection import default_round_to, protected_layers
 
-__all__ = [
-    "IMPORTANCE",
-    "Criterion",
-    "StepRecord",
-    "StructuredPruner",
-    "build_structured",
-    "count_macs_params",
-    "resolve_ignored",
-    "default_round_to",
-    "gradient_free",
-    "solve_ratio_for_macs",
-    "solve_ratios_for_macs",
-    "list_groups",
-]
+__all__ = ["StructuredPruner", "build_structured"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """An importance criterion: a factory of torch-pruning importance objects."""
-
-    factory: Callable[[], Any]
-    needs_grad: bool = False
-    per_sample: bool = False  # needs squared per-sample gradients (Hessian diagonal estimate)
-    description: str = ""
-
-
-IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
-IMPORTANCE.register("l1")(Criterion(lambda: tp.importance.GroupMagnitudeImportance(p=1),
-                                    description="L1 norm of the group's weights"))
-IMPORTANCE.register("l2")(Criterion(lambda: tp.importance.GroupMagnitudeImportance(p=2),
-                                    description="L2 norm of the group's weights"))
-IMPORTANCE.register("taylor")(Criterion(lambda: tp.importance.GroupTaylorImportance(),
-                                        needs_grad=True,
-                                        description="first-order Taylor |w * dL/dw|"))
-IMPORTANCE.register("hessian")(Criterion(lambda: tp.importance.GroupHessianImportance(),
-                                         needs_grad=True, per_sample=True,
-                                         description="optimal brain damage: diagonal Hessian "
-                                                     "from squared per-sample gradients"))
-IMPORTANCE.register("lamp")(Criterion(lambda: tp.importance.LAMPImportance(p=2),
-                                      description="layer-adaptive magnitude (LAMP)"))
-IMPORTANCE.register("fpgm")(Criterion(lambda: tp.importance.FPGMImportance(p=2),
-                                      description="geometric median (FPGM)"))
-IMPORTANCE.register("random")(Criterion(lambda: tp.importance.RandomImportance(),
-                                        description="random baseline"))
-
-
-def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """MACs for ``example_inputs`` (use batch 1) and the parameter count.
-
-    A model with its own ``count_macs`` (transformers: attention matmuls included) counts
-    itself; the rest goes through torch-pruning's counter.
-    """
-    if hasattr(model, "count_macs"):
-        return int(model.count_macs(example_inputs)), sum(p.numel() for p in model.parameters())
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    model.train(was_training)
-    return int(macs), int(params)
-
-
-def default_round_to(model: nn.Module) -> int | None:
-    """8 for models with convolutions (SIMD conv kernels work in blocks of 8), else None."""
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return 8 if has_conv else None
-
-
-def resolve_ignored(model: nn.Module, patterns: Sequence[str]) -> dict[str, list[str]]:
-    """Map each ``ignored`` pattern to the module names it matches; no match is an error.
-
-    A pattern is an exact module name, or ``re:`` followed by a regular expression that must
-    match the whole name.
-    """
-    names = [n for n, _ in model.named_modules() if n]
-    matched: dict[str, list[str]] = {}
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            try:
-                rx = re.compile(pattern[3:])
-            except re.error as err:
-                raise InputError(f"pruning.ignored: {pattern!r} is not a valid regular "
-                                 f"expression ({err})") from None
-            hits = [n for n in names if rx.fullmatch(n)]
-        else:
-            hits = [n for n in names if n == pattern]
-        if not hits:
-            sample = ", ".join(names[:6])
-            raise InputError(f"pruning.ignored: {pattern!r} matches no module; module names "
-                             f"look like: {sample}, ...")
-        matched[pattern] = hits
-    return matched
-
-
-def _output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
-    """Names of the layers whose outputs are the model's outputs (never pruned)."""
-    with torch.no_grad():
-        out = model(example_inputs)
-    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() > 0 else None
-    last = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and m.out_features == width:
-            last = name
-        elif isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == width:
-            last = name
-    return [last] if last is not None else []
 
 
 class _ChannelProtocolPruner(tp.pruner.function.BasePruningFunc):
@@ -239,7 +132,6 @@ def _group_name(group: Any, dg: Any) -> str:
     return dg._module2name.get(dep.target.module, str(dep.target.name))
 
 
-@PRUNING_KINDS.register("structured")
 def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
                      cumulative_ratios: Sequence[float] | None = None) -> Any:
     """Heads and FFN neurons for transformers models, torch-pruning's graph for the rest."""
@@ -267,11 +159,10 @@ class StructuredPruner:
         ratios = list(cumulative_ratios) if cumulative_ratios else [spec.ratio or 0.5]
         assert all(0 <= r < 1 for r in ratios), ratios
         self.criterion = IMPORTANCE.get(spec.importance)
+        ignored_names = protected_layers(model, example_inputs, spec.ignored)
+        self.ignored_names = ignored_names
         was_training = model.training
         model.eval()
-        ignored_names = sorted({n for hits in resolve_ignored(model, spec.ignored).values()
-                                for n in hits} | set(_output_layers(model, example_inputs)))
-        self.ignored_names = ignored_names
         modules = dict(model.named_modules())
         self.round_to = default_round_to(model) if spec.round_to == "auto" else spec.round_to
         global_scope = spec.scope == "global"
@@ -381,6 +272,29 @@ class StructuredPruner:
         return StepRecord(target_ratio, len(groups), removed, "channels", max_diff,
                           self.widths())
 
+    @property
+    def needs_grad(self) -> bool:
+        return self.criterion.needs_grad
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The prunable channel groups: root layer, channel count and coupled layers.
+
+        Nothing is pruned; the graph was traced when this pruner was built.
+        """
+        dg = self._pruner.DG
+        out = []
+        for group in dg.get_all_groups(ignored_layers=self._pruner.ignored_layers,
+                                       root_module_types=self._pruner.root_module_types):
+            members = []
+            for dep, _ in group:
+                name = dg._module2name.get(dep.target.module)
+                if name is not None:
+                    side = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
+                    members.append(f"{name} ({side})")
+            out.append({"root": _group_name(group, dg), "channels": len(group[0].idxs),
+                        "members": sorted(set(members))})
+        return out
+
     def finalize_(self) -> None:
         """Nothing to do: removed channels are gone physically."""
 
@@ -414,126 +328,7 @@ class StructuredPruner:
         self.history = [list(h) for h in state["history"]]
 
 
-def gradient_free(spec: PruningSpec, what: str) -> PruningSpec:
-    """``spec`` for pruning copies that have no gradients: the widths, not the choice, matter.
-
-    With local scope every layer loses the same share whatever the criterion, so a gradient
-    criterion (taylor, hessian) is replaced by l2, which gives exactly the same widths. With
-    global scope the criterion decides the widths: :class:`InputError` naming ``what``.
-
-    Example:
-        >>> gradient_free(PruningSpec(ratio=0.5, importance="taylor"), "x").importance
-        'l2'
-    """
-    if not IMPORTANCE.get(spec.importance).needs_grad:
-        return spec
-    if spec.scope != "local":
-        raise InputError(f"{what} with importance {spec.importance!r} needs scope: local (the "
-                         f"pruned copies have no gradients); with scope: global give a ratio "
-                         f"and use compress apply")
-    return spec.model_copy(update={"importance": "l2"})
-
-
-def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
-                         macs_reduction: float, *, tolerance: float = 0.0,
-                         iterations: int = 7, precision: float = 0.002,
-                         cache: dict[float, float] | None = None) -> tuple[float, float]:
-    """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
-
-    Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
-    reduction is a step function of the ratio; the closest achievable ratio is returned as
-    ``(ratio, achieved_reduction)``. When the target itself is out of reach, the largest
-    reduction is accepted if it falls short by at most ``tolerance``. The bisection stops early
-    once a trial lands within ``precision`` of the target. ``cache`` (ratio -> reduction) may be
-    shared between searches on the same model and spec: the steps of a schedule then start
-    from what earlier searches measured.
-    """
-    base_macs, _ = count_macs_params(model, example_inputs)
-    cache = {} if cache is None else cache
-    trial_spec = gradient_free(spec.model_copy(update={"verify": False}),
-                               "pruning.target.macs (its search prunes copies)")
-
-    def reduction(r: float) -> float:
-        if r not in cache:
-            trial = copy.deepcopy(model).eval()
-            pruner = build_structured(trial, example_inputs, trial_spec, cumulative_ratios=[r])
-            pruner.step_(r, example_inputs)
-            cache[r] = 1.0 - count_macs_params(trial, example_inputs)[0] / base_macs
-        return cache[r]
-
-    # Coarse scan first: with round_to, very high ratios can round a layer to zero width, which
-    # torch-pruning refuses, so the reduction is not monotone near 1. Bracket from below.
-    # (Each trial rebuilds the dependency graph, ~1-2 s for a ResNet-56: keep trials few.)
-    cache[0.0] = 0.0
-    above = [r for r in cache if cache[r] >= macs_reduction]
-    hi = min(above) if above else None
-    lo = max((r for r in cache if cache[r] < macs_reduction and (hi is None or r < hi)),
-             default=0.0)
-    if hi is None:
-        for r in (0.2, 0.4, 0.6, 0.8):
-            if r <= lo:
-                continue
-            if reduction(r) >= macs_reduction:
-                hi = r
-                break
-            lo = r
-    if hi is None:
-        best = max(cache, key=cache.__getitem__)
-        if macs_reduction - cache[best] > tolerance:
-            raise InputError(f"pruning.target.macs={macs_reduction} cannot be reached: at most "
-                             f"{cache[best]:.1%} of the MACs can be removed with these "
-                             f"settings; lower the target, lower round_to, use scope: global "
-                             f"or ignore fewer layers")
-        hi = best  # within tolerance: refine between the best ratio and the one below it
-        lo = max((r for r in cache if r < best), default=0.0)
-    for _ in range(iterations):
-        if min(abs(cache[hi] - macs_reduction), abs(cache[lo] - macs_reduction)) <= precision:
-            break
-        mid = (lo + hi) / 2
-        if reduction(mid) < macs_reduction:
-            lo = mid
-        else:
-            hi = mid
-    # Closest reachable reduction, but never more than `tolerance` short of the target.
-    allowed = [r for r in cache if r > 0 and cache[r] >= macs_reduction - tolerance]
-    assert allowed, cache
-    best = min(allowed, key=lambda r: abs(cache[r] - macs_reduction))
-    log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
-             100 * macs_reduction)
-    return best, cache[best]
-
-
-def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
-                          targets: Sequence[float]) -> list[float]:
-    """The channel ratio of each cumulative MACs target of a schedule, sharing one cache."""
-    assert spec.target is not None
-    cache: dict[float, float] = {}
-    return [solve_ratio_for_macs(model, example_inputs, spec, t, tolerance=spec.target.tolerance,
-                                 cache=cache)[0] for t in targets]
-
-
-def list_groups(model: nn.Module, example_inputs: torch.Tensor,
-                spec: PruningSpec) -> list[dict[str, Any]]:
-    """The prunable channel groups: root layer, channel count and coupled layers.
-
-    Nothing is pruned; the model is only traced.
-    """
-    from compress.transformer_pruning import is_transformer, list_transformer_groups
-
-    if is_transformer(model):
-        return list_transformer_groups(model)
-    probe_spec = spec.model_copy(update={"ratio": 0.5, "target": None, "verify": False})
-    pruner = StructuredPruner(model, example_inputs, probe_spec, cumulative_ratios=[0.5])
-    dg = pruner._pruner.DG
-    out = []
-    for group in dg.get_all_groups(ignored_layers=pruner._pruner.ignored_layers,
-                                   root_module_types=pruner._pruner.root_module_types):
-        members = []
-        for dep, _ in group:
-            name = dg._module2name.get(dep.target.module)
-            if name is not None:
-                side = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
-                members.append(f"{name} ({side})")
-        out.append({"root": _group_name(group, dg), "channels": len(group[0].idxs),
-                    "members": sorted(set(members))})
-    return out
+PRUNING_KINDS.register("structured")(PruningKind(
+    build_structured, criteria=tuple(IMPORTANCE.names()),
+    description="Structured pruning through torch-pruning's dependency graph, with a proof for "
+                "every step"))

@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 RECIPE_VERSION = 1
-UNSTRUCTURED_CRITERIA = ("l1", "l2", "random")  # magnitude (l1 == l2 ranking) and a baseline
 
 
 def _registered(module: str, registry: str, name: str) -> str:
@@ -253,6 +252,10 @@ class PruningSpec(_Section):
 
     @model_validator(mode="after")
     def _ratio_or_target(self) -> PruningSpec:
+        criteria = importlib.import_module("compress.pruners").pruning_kind(self.kind).criteria
+        if self.importance not in criteria:
+            raise ValueError(f"{self.kind} pruning supports importance {', '.join(criteria)} "
+                             f"(got {self.importance!r})")
         if self.kind == "n:m":
             if self.n >= self.m:
                 raise ValueError(f"n:m pruning needs n < m (got {self.n}:{self.m})")
@@ -271,9 +274,6 @@ class PruningSpec(_Section):
             if self.target is not None:
                 raise ValueError("unstructured pruning does not reduce dense MACs; give "
                                  "'ratio' (the weight sparsity) instead of 'target'")
-            if self.importance not in UNSTRUCTURED_CRITERIA:
-                raise ValueError(f"unstructured pruning supports importance "
-                                 f"{', '.join(UNSTRUCTURED_CRITERIA)} (got {self.importance!r})")
         return self
 
     def final_target(self) -> float:

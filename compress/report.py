@@ -103,7 +103,7 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     import torch
 
     from compress.measure import environment, headline_speedup
-    from compress.sparsity import compressed_size, weight_sparsity
+    from compress.measure_counts import compressed_size, weight_sparsity
 
     last = steps[-1]
     lat_b, lat_c, speed = latency_blocks(latency)

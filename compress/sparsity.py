@@ -15,7 +15,7 @@ Example:
     >>> x = torch.randn(4, 8)
     >>> pruner = UnstructuredPruner(model, x[:1], PruningSpec(kind="unstructured", ratio=0.5),
     ...                             cumulative_ratios=[0.5])
-    >>> pruner.step_(0.5, x).removed, weight_sparsity(model)["layers"]["0"]
+    >>> pruner.step_(0.5, x).removed, pruner.sparsity()["layers"]["0"]
     (64, 0.5)
 """
 
@@ -34,13 +34,16 @@ from torch import nn
 from torch.nn.utils import prune
 
 from compress.errors import CheckFailed, InputError
-from compress.pruners import PRUNING_KINDS, StepRecord
-from compress.pruning import _output_layers, resolve_ignored
-from compress.recipe import UNSTRUCTURED_CRITERIA, PruningSpec
+from compress.pruners import PRUNING_KINDS, PruningKind, StepRecord
+from compress.recipe import PruningSpec
+from compress.selection import protected_layers
 
-__all__ = ["UnstructuredPruner", "NMPruner", "weight_sparsity", "compressed_size", "load_state_"]
+__all__ = ["MASK_CRITERIA", "UnstructuredPruner", "NMPruner", "load_state_"]
 
 log = logging.getLogger(__name__)
+
+# Single weights are ranked by magnitude (l1 and l2 rank them identically) or at random.
+MASK_CRITERIA = ("l1", "l2", "random")
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 _DENSE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -107,21 +110,15 @@ class _MaskPruner:
     """
 
     kind = ""
+    needs_grad = False
     eligible = "is not ignored and not the output layer"
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
                  cumulative_ratios: Sequence[float]) -> None:
-        if spec.importance not in UNSTRUCTURED_CRITERIA:
-            raise InputError(f"{self.kind} pruning supports importance "
-                             f"{', '.join(UNSTRUCTURED_CRITERIA)} (got {spec.importance!r})")
         self.model, self.spec, self.example_inputs = model, spec, example_inputs
         self._ratios, self._step, self._probe = list(cumulative_ratios), 0, None
         assert self._ratios and all(0 <= r < 1 for r in self._ratios), self._ratios
-        was_training = model.training
-        ignored = {n for hits in resolve_ignored(model, spec.ignored).values() for n in hits}
-        ignored |= set(_output_layers(model.eval(), example_inputs))  # eval: BN stats untouched
-        model.train(was_training)
-        self.ignored_names = sorted(ignored)
+        self.ignored_names = ignored = protected_layers(model, example_inputs, spec.ignored)
         # MultiheadAttention reads out_proj.weight without calling out_proj, so the masked
         # attribute would never be recomputed: leave it dense.
         mha = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -185,6 +182,10 @@ class _MaskPruner:
                              device: torch.device) -> None:
         """Nothing to do: no criterion of these kinds uses gradients."""
 
+    def groups(self) -> list[dict[str, Any]]:
+        """None: these kinds rank single weights, not groups of coupled channels."""
+        return []
+
     def get_state(self) -> dict[str, Any]:
         """JSON-safe state; with :meth:`get_tensors` (the masks) :meth:`restore_` rebuilds it."""
         return {"kind": self.kind, "steps_done": self._step}
@@ -240,7 +241,6 @@ class _MaskPruner:
                  len(masked), diff)
 
 
-@PRUNING_KINDS.register("unstructured")
 class UnstructuredPruner(_MaskPruner):
     """Zero the smallest (or random) weights up to a cumulative fraction of the original.
 
@@ -285,7 +285,6 @@ class UnstructuredPruner(_MaskPruner):
                                   f"of {n} weights masked, expected {target_ratio * n:.1f}")
 
 
-@PRUNING_KINDS.register("n:m")
 class NMPruner(_MaskPruner):
     """Keep the ``n`` largest of every ``m`` consecutive input weights (e.g. 2:4), one step.
 
@@ -366,42 +365,10 @@ def load_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(mapped, strict=True)
 
 
-def weight_sparsity(model: nn.Module) -> dict[str, Any]:
-    """Fraction of exact zeros in each Conv/Linear weight (masks applied) and over all of them.
-
-    Example:
-        >>> weight_sparsity(nn.Sequential(nn.Linear(2, 2)))["layers"].keys()
-        dict_keys(['0'])
-    """
-    counts = {name: (int((w == 0).sum()), w.numel()) for name, m in model.named_modules()
-              if isinstance(m, _DENSE) for w in [_Tensor(name, m, "weight").effective()]}
-    zeros, total = sum(z for z, _ in counts.values()), sum(n for _, n in counts.values())
-    return {"layers": {k: z / max(n, 1) for k, (z, n) in counts.items()},
-            "overall": zeros / max(total, 1), "zeros": zeros, "total": total}
+def _kind(cls: type[_MaskPruner]) -> PruningKind:
+    doc = (cls.__doc__ or "").split("\n\n")[0]
+    return PruningKind(cls, criteria=MASK_CRITERIA, description=" ".join(doc.split()))
 
 
-def compressed_size(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Bytes of ``path``, gzipped (level 6) and, when ``zstandard`` is installed, zstd'd.
-
-    Example:
-        >>> compressed_size("runs/x/model.safetensors")  # doctest: +SKIP
-        {'bytes': 1083392, 'gzip_bytes': 512345}
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{str(path)!r} is not a file; pass the path of a written model file")
-    try:
-        import zstandard
-    except ImportError:  # optional: the report just omits zstd
-        zstandard = None
-    coders = {"gzip_bytes": zlib.compressobj(6, zlib.DEFLATED, 31)}  # wbits 31: gzip framing
-    if zstandard is not None:
-        coders["zstd_bytes"] = zstandard.ZstdCompressor().compressobj()
-    sizes = {"bytes": path.stat().st_size, **dict.fromkeys(coders, 0)}
-    with path.open("rb") as f:  # streamed: model files can be large
-        while chunk := f.read(1 << 20):
-            for key, coder in coders.items():
-                sizes[key] += len(coder.compress(chunk))
-    for key, coder in coders.items():
-        sizes[key] += len(coder.flush())
-    return sizes
+PRUNING_KINDS.register("unstructured")(_kind(UnstructuredPruner))
+PRUNING_KINDS.register("n:m")(_kind(NMPruner))

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.criteria import IMPORTANCE, transformer_criteria
 from compress.errors import InputError
 from compress.evaluate import task_loss
 from compress.models.hf_hidden import Stream, cut_hidden_, masked_norms, stream, zero_hidden_
@@ -43,39 +44,13 @@ from compress.models.hf_layout import (
 from compress.pruners import StepRecord, prove_removals_
 from compress.recipe import PruningSpec
 
-__all__ = ["TransformerPruner", "TRANSFORMER_CRITERIA", "is_transformer", "list_transformer_groups"]
+__all__ = ["TransformerPruner", "is_transformer"]
 
 log = logging.getLogger(__name__)
-
-TRANSFORMER_CRITERIA = ("l1", "l2", "taylor", "random")
-
 
 def is_transformer(model: nn.Module) -> bool:
     """Whether ``model`` is compress's wrapper around a transformers model with a layout."""
     return getattr(model, "layout", None) is not None and hasattr(model, "hf")
-
-
-def list_transformer_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """The prunable groups: each block's query heads and its FFN neurons, with their layers."""
-    names = {m: n for n, m in model.named_modules()}
-    out = []
-    for b in blocks(model.hf, model.layout):
-        q_side = b.qkv[:1] if model.layout.gqa else b.qkv
-        out.append({"root": f"block {b.index} heads", "channels": b.heads,
-                    "members": sorted([f"{names[m]} (out)" for m in q_side]
-                                      + [f"{names[b.out]} (in)"])})
-        out.append({"root": f"block {b.index} ffn", "channels": b.ffn,
-                    "members": sorted([f"{names[m]} (out)" for m in b.ffn_in]
-                                      + [f"{names[b.ffn_out]} (in)"])})
-    width = model.hidden_width()
-    if width is not None:
-        s = stream(model.hf, model.layout, blocks(model.hf, model.layout))
-        members = ([names[m] for m in s.embeddings + s.norms]
-                   + [f"{names[m]} (in)" for m in s.readers + [s.square]]
-                   + [f"{names[m]} (out)" for m in s.writers])
-        out.append({"root": "hidden size (pruning.hidden)", "channels": width,
-                    "members": sorted(members)})
-    return out
 
 
 def _head_rows(block: Block, heads: Sequence[int]) -> torch.Tensor:
@@ -95,14 +70,16 @@ class TransformerPruner:
                  cumulative_ratios: Sequence[float] | None = None,
                  only: set[tuple[int, str]] | None = None) -> None:
         assert is_transformer(model)
-        if spec.importance not in TRANSFORMER_CRITERIA:
+        if spec.importance not in transformer_criteria():
             raise InputError(f"pruning.importance {spec.importance!r} is not supported for "
-                             f"transformers models; available: {', '.join(TRANSFORMER_CRITERIA)}")
+                             f"transformers models; available: "
+                             f"{', '.join(transformer_criteria())}")
         if spec.ignored:
             raise InputError("pruning.ignored is not used for transformers models (heads and "
                              "FFN neurons are pruned); set pruning.heads: 0 or pruning.ffn: 0 "
                              "to keep one kind")
         self.model, self.spec = model, spec
+        self.needs_grad = IMPORTANCE.get(spec.importance).needs_grad
         self.layout = model.layout
         ratios = list(cumulative_ratios) if cumulative_ratios else [spec.ratio or 0.5]
         final = ratios[-1]
@@ -385,6 +362,29 @@ class TransformerPruner:
             out[f"block{b.index}.ffn"] = b.ffn
         if self.prunes_hidden:
             out["hidden"] = self._stream().width
+        return out
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The prunable groups: each block's query heads and its FFN neurons, with their layers."""
+        model = self.model
+        names = {m: n for n, m in model.named_modules()}
+        out = []
+        for b in blocks(model.hf, model.layout):
+            q_side = b.qkv[:1] if model.layout.gqa else b.qkv
+            out.append({"root": f"block {b.index} heads", "channels": b.heads,
+                        "members": sorted([f"{names[m]} (out)" for m in q_side]
+                                          + [f"{names[b.out]} (in)"])})
+            out.append({"root": f"block {b.index} ffn", "channels": b.ffn,
+                        "members": sorted([f"{names[m]} (out)" for m in b.ffn_in]
+                                          + [f"{names[b.ffn_out]} (in)"])})
+        width = model.hidden_width()
+        if width is not None:
+            s = stream(model.hf, model.layout, blocks(model.hf, model.layout))
+            members = ([names[m] for m in s.embeddings + s.norms]
+                       + [f"{names[m]} (in)" for m in s.readers + [s.square]]
+                       + [f"{names[m]} (out)" for m in s.writers])
+            out.append({"root": "hidden size (pruning.hidden)", "channels": width,
+                        "members": sorted(members)})
         return out
 
     def finalize_(self) -> None:

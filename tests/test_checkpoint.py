@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import compress.checkpoint as checkpoint
 from compress.checkpoint import FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir
 from compress.evaluate import evaluate
-from compress.finetune import FinetuneStats, finetune_
+from compress.finetune import finetune_
+from compress.finetune_stats import FinetuneStats
 from compress.recipe import FinetuneSpec
 from compress.runstate import stop_on_signals
 from tests.conftest import tiny_cnn

@@ -18,7 +18,7 @@ def _registries():
     from compress.data import DATASETS
     from compress.models import MODEL_SOURCES
     from compress.pruners import PRUNING_KINDS
-    from compress.pruning import IMPORTANCE
+    from compress.criteria import IMPORTANCE
     from compress.schedules import SCHEDULES
 
     return {"model.source": MODEL_SOURCES, "data.source": DATASETS,

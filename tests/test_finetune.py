@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from compress.errors import CheckFailed, InputError
 from compress.evaluate import evaluate
-from compress.finetune import build_optimizer, distillation_loss, finetune_
+from compress.finetune import distillation_loss, finetune_
+from compress.trainloop import build_optimizer
 from compress.patience import Patience
 from compress.recipe import FinetuneSpec
 from tests.conftest import tiny_cnn

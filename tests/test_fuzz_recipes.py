@@ -38,7 +38,7 @@ from compress.cli import app
 from compress.data import DATASETS
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
-from compress.pruning import IMPORTANCE
+from compress.criteria import IMPORTANCE
 from compress.recipe import Recipe, parse_recipe
 from compress.schedules import SCHEDULES
 from compress.validate import check_recipe

@@ -13,20 +13,10 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.measure import (
-    ABTimings,
-    Candidate,
-    compare_onnx,
-    count_params,
-    headline_speedup,
-    latency_summary,
-    measure_latency,
-    ort_providers,
-    session_options,
-    summarize_ab,
-    time_ab,
-    time_interleaved,
-)
+from compress.measure import (ABTimings, Candidate, compare_onnx, headline_speedup, latency_summary,
+                              measure_latency, ort_providers, session_options, summarize_ab,
+                              time_ab, time_interleaved)
+from compress.measure_counts import count_params
 from compress.recipe import ReportSpec
 
 SAMPLE = (3, 16, 16)

@@ -8,8 +8,11 @@ from torch import nn
 
 from compress.errors import CheckFailed, InputError
 from compress.models.cifar_resnet import ChannelMapShortcut, cifar_resnet
-from compress.pruning import (IMPORTANCE, StructuredPruner, count_macs_params, resolve_ignored,
-                              solve_ratio_for_macs, solve_ratios_for_macs)
+from compress.criteria import IMPORTANCE
+from compress.pruning import StructuredPruner
+from compress.measure_counts import count_macs_params
+from compress.selection import resolve_ignored
+from compress.planning import solve_ratio_for_macs, solve_ratios_for_macs
 from compress.recipe import PruningSpec
 from tests.conftest import tiny_cnn
 

@@ -3,7 +3,7 @@ import pytest
 from compress.data import DATASETS
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
-from compress.pruning import IMPORTANCE
+from compress.criteria import IMPORTANCE
 from compress.registry import Registry
 from compress.schedules import SCHEDULES
 

@@ -1,0 +1,64 @@
+"""Importance criteria of structured pruning: how channels, heads and neurons are ranked.
+
+The one list of structured criteria. torch-pruning's graph pruner uses every entry's
+``factory``; the transformers pruner scores heads and FFN neurons itself and supports the
+entries marked ``transformers``. The mask kinds (unstructured, n:m) rank single weights and
+declare their own short list beside their handler.
+
+Example:
+    >>> sorted(n for n in IMPORTANCE.names() if IMPORTANCE.get(n).transformers)
+    ['l1', 'l2', 'random', 'taylor']
+    >>> IMPORTANCE.get("taylor").needs_grad
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch_pruning as tp
+
+from compress.registry import Registry
+
+__all__ = ["Criterion", "IMPORTANCE", "transformer_criteria"]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """An importance criterion: a factory of torch-pruning importance objects."""
+
+    factory: Callable[[], Any]
+    needs_grad: bool = False
+    per_sample: bool = False  # needs squared per-sample gradients (Hessian diagonal estimate)
+    description: str = ""
+    transformers: bool = False  # the transformers pruner scores heads/neurons with it too
+
+
+IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
+IMPORTANCE.register("l1")(Criterion(lambda: tp.importance.GroupMagnitudeImportance(p=1),
+                                    description="L1 norm of the group's weights",
+                                    transformers=True))
+IMPORTANCE.register("l2")(Criterion(lambda: tp.importance.GroupMagnitudeImportance(p=2),
+                                    description="L2 norm of the group's weights",
+                                    transformers=True))
+IMPORTANCE.register("taylor")(Criterion(lambda: tp.importance.GroupTaylorImportance(),
+                                        needs_grad=True,
+                                        description="first-order Taylor |w * dL/dw|",
+                                        transformers=True))
+IMPORTANCE.register("hessian")(Criterion(lambda: tp.importance.GroupHessianImportance(),
+                                         needs_grad=True, per_sample=True,
+                                         description="optimal brain damage: diagonal Hessian "
+                                                     "from squared per-sample gradients"))
+IMPORTANCE.register("lamp")(Criterion(lambda: tp.importance.LAMPImportance(p=2),
+                                      description="layer-adaptive magnitude (LAMP)"))
+IMPORTANCE.register("fpgm")(Criterion(lambda: tp.importance.FPGMImportance(p=2),
+                                      description="geometric median (FPGM)"))
+IMPORTANCE.register("random")(Criterion(lambda: tp.importance.RandomImportance(),
+                                        description="random baseline", transformers=True))
+
+
+def transformer_criteria() -> tuple[str, ...]:
+    """The criteria the transformers pruner supports, in registry order."""
+    return tuple(n for n in IMPORTANCE.names() if IMPORTANCE.get(n).transformers)
