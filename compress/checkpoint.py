@@ -42,8 +42,8 @@ from torch import nn
 
 from compress.fsutil import write_text_atomic
 from compress.patience import BestWeights, Monitor
-from compress.runstate import (deferred_stop, restore_rng_state, rng_state, sampler_generator,
-                               stop_requested)
+from compress.signals import deferred_stop, stop_requested
+from compress.rng import restore_rng_state, rng_state, sampler_generator
 
 __all__ = ["Position", "Snapshot", "FinetuneCheckpoint", "write_snapshot", "read_snapshot",
            "latest_snapshot", "latest_snapshot_dir", "remove_snapshots"]

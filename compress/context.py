@@ -45,5 +45,4 @@ class RunContext:
 
     @classmethod
     def create(cls, recipe: Recipe, out_dir: Path) -> RunContext:
-        seed_everything(recipe.seed)
         return cls(recipe=recipe, out_dir=out_dir, device=resolve_device(recipe.device))

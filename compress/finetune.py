@@ -102,7 +102,7 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
 
     With ``checkpoint`` the fine-tune saves snapshots as it goes, continues
     ``checkpoint.resume`` when set (the model must hold that snapshot's weights), and a
-    SIGINT/SIGTERM (see :func:`compress.runstate.stop_on_signals`) stops it after the current
+    SIGINT/SIGTERM (see :func:`compress.signals.stop_on_signals`) stops it after the current
     batch with a snapshot saved, raising :class:`KeyboardInterrupt`. ``dist``: the processes
     of a multi-process launch (default: this one process).
     """

@@ -23,15 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.data import build_data
 from compress.evaluate import evaluate
-from compress.models import build_model
 from compress.pruners import build_pruner
 from compress.transformer_pruning import TransformerPruner, is_transformer
-from compress.data.text import with_default_tokenizer
 from compress.measure_counts import count_macs_params
 from compress.planning import gradient_free, solve_ratios_for_macs
 from compress.selection import resolve_ignored
+from compress.prepare import prepare
 from compress.recipe import PruningSpec, Recipe
 from compress.schedules import plan_targets
 from compress.validate import check_recipe
@@ -46,10 +44,8 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
                    eval_samples: int = 512) -> dict[str, Any]:
     """Groups, pattern matches and predicted per-step widths/params/MACs (no training)."""
     check_recipe(recipe)
-    bundle = build_data(with_default_tokenizer(recipe), resolve=recipe.resolve_path,
-                        seed=recipe.seed, train=False)
-    model = build_model(recipe.model, resolve=recipe.resolve_path).eval()
-    example = bundle.probe_batch(1)
+    prepared = prepare(recipe, train=False)
+    bundle, model, example = prepared.bundle, prepared.model.eval(), prepared.probe[:1]
     macs, params = count_macs_params(model, example)
     pruning = gradient_free(recipe.pruning.model_copy(update={"verify": False}),
                             "compress inspect")

@@ -29,7 +29,7 @@ from compress.pruners import Pruner, StepRecord, build_pruner
 from compress.measure_counts import count_macs_params
 from compress.planning import channel_ratios
 from compress.recipe import FinetuneSpec, PruningSpec, ScheduleSpec
-from compress.runstate import stop_requested
+from compress.signals import stop_requested
 from compress.schedules import plan_targets
 from compress.sparsity import load_state_
 

@@ -10,41 +10,38 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from compress.checkpoint import (FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir,
-                                 remove_snapshots)
+from compress.checkpoint import FinetuneCheckpoint
 from compress.context import RunContext, resolve_device
-from compress.data import DataBundle, build_data
-from compress.data.text import with_default_tokenizer
 from compress.distributed import Processes, architecture_digest, processes
-from compress.errors import CompressError, InputError
+from compress.errors import CompressError
 from compress.evaluate import evaluate
-from compress.export_hf import save_hf_
-from compress.finetune import finetune_
 from compress.export import export_model, export_onnx, onnx_size, save_safetensors
+from compress.export_hf import save_hf_
 from compress.gate import GateOutcome, evaluate_gates, gates_passed
 from compress.gpu import cuda_settings
-from compress.loop import ResumePoint, run_schedule_
-from compress.pruners import StepRecord
+from compress.head import train_head_
+from compress.loop import run_schedule_
 from compress.measure import Candidate, measure_latency
-from compress.models import build_model
 from compress.measure_counts import count_macs_params
-from compress.transformer_pruning import is_transformer
-from compress.recipe import ModelSpec, Recipe
-from compress.fsutil import write_text_atomic
+from compress.prepare import prepare, resolved_model_spec
+from compress.pruners import Pruner, StepRecord
+from compress.recipe import Recipe
 from compress.report import build_report, write_report
-from compress.runstate import (last_finished_step, prepare_run_dir, recipe_digest,
-                               restore_rng_state, rng_state, sampler_generator,
-                               stop_on_signals, write_status)
+from compress.rng import sampler_generator
+from compress.runfolder import RunFolder, recipe_digest, write_status
+from compress.signals import stop_on_signals
+from compress.sparsity import folded_copy
+from compress.transformer_pruning import is_transformer
 from compress.validate import check_recipe
 
 __all__ = ["Result", "run_recipe", "default_out_dir"]
@@ -69,28 +66,6 @@ def default_out_dir(recipe: Recipe) -> Path:
     return Path("runs") / (recipe.name or "run")
 
 
-def _resolved_model_spec(recipe: Recipe) -> ModelSpec:
-    """The model spec with file paths made absolute, as stored in the manifest."""
-    spec = recipe.model
-    if spec.factory and ".py:" in spec.factory:
-        file, _, attr = spec.factory.rpartition(":")
-        spec = spec.model_copy(update={"factory": f"{recipe.resolve_path(file).resolve()}:{attr}"})
-    return spec
-
-
-def _check_outputs(model: nn.Module, bundle: DataBundle, probe: torch.Tensor) -> None:
-    with torch.no_grad():
-        out = model.eval()(probe[:1])
-    if isinstance(out, torch.Tensor) and out.dim() == 3 and not bundle.class_names:
-        return  # language model: (batch, length, vocab) logits against token targets
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise InputError(f"the model must return class logits of shape (batch, classes); it "
-                         f"returned {getattr(out, 'shape', type(out).__name__)}")
-    if out.shape[1] != bundle.num_classes:
-        raise InputError(f"the model outputs {out.shape[1]} classes but the data has "
-                         f"{bundle.num_classes}; set model.num_classes: {bundle.num_classes}")
-
-
 def _serving_info(recipe: Recipe, bundle: DataBundle) -> dict[str, Any]:
     """What model.json tells a service: class names, and how inputs were prepared."""
     norm = recipe.data.normalize
@@ -104,16 +79,6 @@ def _serving_info(recipe: Recipe, bundle: DataBundle) -> dict[str, Any]:
                            "image_size": recipe.data.image_size,
                            "resize": "bilinear, antialiased",
                            "normalize": norm.model_dump() if norm is not None else None}}
-
-
-def _plain_copy(model: nn.Module) -> nn.Module:
-    """A CPU copy with pruning masks folded in, for per-step exports mid-run."""
-    clone = copy.deepcopy(model).cpu().eval()
-    for module in clone.modules():
-        for name in [k[: -len("_orig")] for k, _ in module.named_parameters(recurse=False)
-                     if k.endswith("_orig")]:
-            torch.nn.utils.prune.remove(module, name)
-    return clone
 
 
 def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool = False,
@@ -132,99 +97,48 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
     (see :mod:`compress.distributed`).
     """
     check_recipe(recipe)  # everything `compress validate` catches fails before any output
-    run_dir = Path(out_dir) if out_dir else default_out_dir(recipe)
+    folder = RunFolder(Path(out_dir) if out_dir else default_out_dir(recipe))
     recipe_dict = recipe.to_dict()
     device = resolve_device(recipe.device)
     resolve_device(recipe.report.device)  # a GPU that is not there fails before any output
     dist = processes(device)
-    resuming = dist.on_main(lambda: _open_run_dir(run_dir, recipe_dict, overwrite, resume))
-
-    def stopped(state: str, message: str, **extra: Any) -> None:
-        if dist.is_main:
-            write_status(run_dir, state, message, last_finished_step=last_finished_step(run_dir),
-                         **extra)
-
+    resuming = dist.on_main(lambda: folder.open_(recipe_dict, overwrite=overwrite,
+                                                 resume=resume))
     try:
         with stop_on_signals(), cuda_settings(device):
-            result = _run(recipe, run_dir, resuming, dist)
+            result = _run(recipe, folder, resuming, dist)
     except KeyboardInterrupt:
-        snapshot = latest_snapshot_dir(run_dir / "steps" /
-                                       f"{last_finished_step(run_dir) + 1:02d}")
-        stopped("interrupted", "interrupted by a signal; continue with --resume",
-                finetune_checkpoint=str(snapshot) if snapshot else None)
+        if dist.is_main:
+            folder.interrupted()
         raise
     except CompressError as err:
-        stopped("failed", str(err))
+        if dist.is_main:
+            folder.stopped("failed", str(err))
         raise
     except Exception as err:
-        stopped("failed", f"{type(err).__name__}: {err}")
+        if dist.is_main:
+            folder.stopped("failed", f"{type(err).__name__}: {err}")
         raise
     if dist.is_main:
-        write_status(run_dir, "done", None, report_status=result.report["status"],
+        write_status(folder.path, "done", None, report_status=result.report["status"],
                      recipe_sha256=recipe_digest(recipe_dict))
     return result
 
 
-def _open_run_dir(run_dir: Path, recipe_dict: dict[str, Any], overwrite: bool,
-                  resume: bool) -> bool:
-    """Create (or reopen with ``resume``) the run folder, marked running; True when resuming."""
-    resuming = prepare_run_dir(run_dir, recipe_dict, overwrite=overwrite, resume=resume)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"--out {str(run_dir)!r} cannot be created ({err.strerror}); choose "
-                         f"another --out") from None
-    if not resuming:
-        write_text_atomic(run_dir / "recipe.json", json.dumps(recipe_dict, indent=2))
-    write_status(run_dir, "running", recipe_sha256=recipe_digest(recipe_dict))
-    return resuming
-
-
-def _resume_point(run_dir: Path, sampler: torch.Generator | None) -> ResumePoint:
-    """Where to go on: inside the fine-tune after the last finished step, or after that step."""
-    from safetensors.torch import load_file
-
-    step = last_finished_step(run_dir)
-    for finished in range(1, step + 1):  # a kill between state.json and their removal
-        remove_snapshots(run_dir / "steps" / f"{finished:02d}")
-    partial = latest_snapshot(run_dir / "steps" / f"{step + 1:02d}")
-    if partial is not None:
-        context = partial.context
-        return ResumePoint(step=step, pruner_state=context["pruner"],
-                           pruner_tensors=partial.tensors, model_state=partial.model,
-                           rows=context["rows"], restore_rng=lambda: None, finetune=partial,
-                           record=StepRecord(**context["record"]))
-    if step == 0:
-        raise InputError(f"nothing to resume in {str(run_dir)!r}: no pruning step finished; "
-                         f"start over with --overwrite")
-    step_dir = run_dir / "steps" / f"{step:02d}"
-    state = json.loads((step_dir / "state.json").read_text(encoding="utf-8"))
-    rng = load_file(str(step_dir / "rng.safetensors"))
-    tensors = step_dir / "pruner.safetensors"
-    return ResumePoint(step=step, pruner_state=state["pruner"],
-                       pruner_tensors=load_file(str(tensors)) if tensors.is_file() else {},
-                       model_state=load_file(str(step_dir / "model.safetensors")),
-                       rows=state["rows"],
-                       restore_rng=lambda: restore_rng_state(rng, sampler))
-
-
-def _run(recipe: Recipe, run_dir: Path, resuming: bool, dist: Processes) -> Result:
+def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> Result:
     t0 = time.perf_counter()
     timing: dict[str, float] = {"eval_s": 0.0}
-    ctx = RunContext.create(recipe, run_dir)
+    ctx = RunContext.create(recipe, folder.path)
     ctx.device = dist.device(ctx.device)  # each rank of a multi-GPU launch on its own GPU
-    bundle = build_data(with_default_tokenizer(recipe), resolve=recipe.resolve_path,
-                        seed=recipe.seed)
-    model = build_model(recipe.model, resolve=recipe.resolve_path)
-    probe = bundle.probe_batch(max(recipe.pruning.probe_batch, recipe.export.parity_batch))
-    _check_outputs(model, bundle, probe)
+    prepared = prepare(recipe)
+    bundle, model, probe = prepared.bundle, prepared.model, prepared.probe
     example = probe[:1].to(ctx.device)
     model.to(ctx.device)
     if recipe.model.head != "pretrained":
         t = time.perf_counter()
-        _train_head_(model, bundle, recipe, ctx.device)
+        train_head_(model, bundle, recipe, ctx.device)
         timing["head_s"] = time.perf_counter() - t
-    model_spec = _resolved_model_spec(recipe)
+    model_spec = resolved_model_spec(recipe)
     serving = _serving_info(recipe, bundle)
 
     def timed_eval(m: nn.Module) -> dict[str, float]:
@@ -249,40 +163,26 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool, dist: Processes) -> Resu
         teacher = copy.deepcopy(baseline_model).to(ctx.device).eval().requires_grad_(False)
 
     sampler = sampler_generator(bundle.train)
-    resume = _resume_point(ctx.out_dir, sampler) if resuming else None
+    resume = folder.resume_point(sampler) if resuming else None
     rows_so_far: list[dict[str, Any]] = list(resume.rows) if resume else []
 
-    def on_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Any) -> None:
-        dist.check_same(f"architecture after step {step}", architecture_digest(m))
-        dist.on_main(lambda: save_step(step, m, row, pruner))
-
-    def save_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Any) -> None:
-        from safetensors.torch import save_file
-
-        step_dir = ctx.out_dir / "steps" / f"{step:02d}"
-        (step_dir / "state.json").unlink(missing_ok=True)
-        if recipe.export.steps == "all":
-            plain = _plain_copy(m)
-            row["export"] = export_model(plain, step_dir, recipe.export, model_spec, probe,
-                                         serving)
-        else:
+    def write_model(m: nn.Module) -> Callable[[Path], dict[str, Any] | None]:
+        def write(step_dir: Path) -> dict[str, Any] | None:
+            if recipe.export.steps == "all":
+                return export_model(folded_copy(m), step_dir, recipe.export, model_spec, probe,
+                                    serving)
             save_safetensors(m, step_dir, model_spec, tuple(probe.shape[1:]))
-        row["checkpoint"] = str(step_dir)
-        rows_so_far.append(row)
-        save_file(rng_state(sampler), str(step_dir / "rng.safetensors"))
-        if tensors := pruner.get_tensors():
-            save_file(tensors, str(step_dir / "pruner.safetensors"))
-        state = {"step": step, "pruner": pruner.get_state(), "rows": rows_so_far}
-        # Written last: a step folder without state.json is never resumed from.
-        write_text_atomic(step_dir / "state.json", json.dumps(state))
-        remove_snapshots(step_dir)  # the fine-tune's own checkpoints are superseded
+            return None
+        return write
 
-    def checkpoints(step: int, pruner: Any, record: StepRecord) -> FinetuneCheckpoint:
-        context = {"step": step, "pruner": pruner.get_state(), "record": asdict(record),
-                   "rows": rows_so_far}
-        return FinetuneCheckpoint(ctx.out_dir / "steps" / f"{step:02d}",
-                                  recipe.finetune.checkpoint_every, context=context,
-                                  tensors=pruner.get_tensors())
+    def on_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Pruner) -> None:
+        dist.check_same(f"architecture after step {step}", architecture_digest(m))
+        dist.on_main(lambda: folder.save_step(step, row, pruner, rows_so_far, sampler,
+                                              write_model(m)))
+
+    def checkpoints(step: int, pruner: Pruner, record: StepRecord) -> FinetuneCheckpoint:
+        return folder.finetune_checkpoint(step, pruner, record, rows_so_far,
+                                          recipe.finetune.checkpoint_every)
 
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
@@ -306,7 +206,7 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
             timing: dict[str, float], t0: float, dist: Processes,
             serving: dict[str, Any]) -> Result:
     """Export, measure, report and gates: rank 0 only under a launcher."""
-    model_spec = _resolved_model_spec(recipe)
+    model_spec = resolved_model_spec(recipe)
     t = time.perf_counter()
     model = model.cpu().eval()
     exported = export_model(model, out_dir, recipe.export, model_spec, probe, serving)
@@ -347,28 +247,3 @@ def _vocab_size(model: nn.Module) -> int | None:
     if getattr(model, "input_name", None) == "input_ids":
         return int(model.hf.config.vocab_size)
     return None
-
-
-def _train_head_(model: nn.Module, bundle: DataBundle, recipe: Recipe,
-                 device: torch.device) -> None:
-    """Train the parameters the checkpoint lacked (a new classification head), body frozen;
-    with ``model.head: finetune`` the body trains too."""
-    new = set(getattr(model, "new_parameters", []))
-    if recipe.model.head == "finetune":
-        new |= {name for name, _ in model.named_parameters()}
-    elif not new:
-        raise InputError("model.head: train found no newly initialised parameters: the "
-                         "checkpoint already has a head; use model.head: pretrained")
-    if bundle.train is None:
-        raise InputError("model.head: train needs training data")
-    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in new)
-    spec = recipe.finetune.model_copy(update={"epochs": recipe.model.head_epochs,
-                                              "patience": None, "distill": None,
-                                              "max_steps": None})
-    try:
-        finetune_(model, bundle.train, spec, device, description="train head")
-    finally:
-        for name, p in model.named_parameters():
-            p.requires_grad_(frozen[name])

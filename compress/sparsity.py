@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import zlib
@@ -38,7 +39,7 @@ from compress.pruners import PRUNING_KINDS, PruningKind, StepRecord
 from compress.recipe import PruningSpec
 from compress.selection import protected_layers
 
-__all__ = ["MASK_CRITERIA", "UnstructuredPruner", "NMPruner", "load_state_"]
+__all__ = ["MASK_CRITERIA", "UnstructuredPruner", "NMPruner", "load_state_", "folded_copy"]
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +364,24 @@ def load_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     if unused:
         raise RuntimeError(f"the saved state has keys the model lacks: {sorted(unused)[:5]}")
     model.load_state_dict(mapped, strict=True)
+
+
+def folded_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy in eval mode with every mask folded into its weight (for mid-run exports).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> with torch.no_grad():  # as the pruners mask: the masked weight stays a leaf
+        ...     _ = prune.random_unstructured(net[0], "weight", amount=0.5)
+        >>> sorted(n for n, _ in folded_copy(net).named_parameters())[:2]
+        ['0.bias', '0.weight']
+    """
+    clone = copy.deepcopy(model).cpu().eval()
+    for module in clone.modules():
+        for name in [k[: -len("_orig")] for k, _ in module.named_parameters(recurse=False)
+                     if k.endswith("_orig")]:
+            prune.remove(module, name)
+    return clone
 
 
 def _kind(cls: type[_MaskPruner]) -> PruningKind:

@@ -21,7 +21,7 @@ from compress.evaluate import evaluate
 from compress.finetune import finetune_
 from compress.finetune_stats import FinetuneStats
 from compress.recipe import FinetuneSpec
-from compress.runstate import stop_on_signals
+from compress.signals import stop_on_signals
 from tests.conftest import tiny_cnn
 from tests.test_finetune import Faulty, same_state, state
 

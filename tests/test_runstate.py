@@ -26,8 +26,8 @@ import compress.checkpoint
 import compress.export
 import compress.pipeline
 from compress.checkpoint import latest_snapshot
-from compress.runstate import (changed_keys, deferred_stop, read_status, stop_on_signals,
-                               stop_requested)
+from compress.runfolder import changed_keys, read_status
+from compress.signals import deferred_stop, stop_on_signals, stop_requested
 from tests.conftest import ROOT, tiny_recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -38,7 +38,7 @@ RUN = """
 import logging, sys, time
 from pathlib import Path
 import compress, compress.checkpoint, compress.export
-from compress.runstate import stop_requested
+from compress.signals import stop_requested
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 recipe, out, mode, pause = sys.argv[1:5]
 
