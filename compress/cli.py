@@ -244,7 +244,8 @@ def gate(report: Path = typer.Argument(..., help="report.json, or the run folder
     from compress.gate import check_report
     from compress.junit import gates_junit_xml
     from compress.fsutil import write_text_atomic
-    from compress.report import gates_markdown, load_report
+    from compress.report import load_report
+    from compress.report_markdown import gates_markdown
 
     overrides = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup,
                  "max_accuracy_drop_relative": max_accuracy_drop_relative,

@@ -21,7 +21,7 @@ import io
 import re
 from typing import Any
 
-from compress.report import render_markdown
+from compress.report_markdown import render_markdown
 
 __all__ = ["render_html", "markdown_to_html", "report_plots"]
 
