@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from compress.fsutil import write_text_atomic
 from compress.report_html import render_html
-from compress.report_markdown import render_markdown
+from compress.report_markdown import render_markdown, zeroes_weights
 
 if TYPE_CHECKING:
     from torch import nn
@@ -130,7 +130,9 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     hf = exported.get("hf")
     if hf and not hf.get("saved"):
         notes.append(f"no stock transformers folder (hf/) was written: {hf['reason']}.")
-    if recipe.pruning.kind != "structured":
+    # Read from what the steps removed, not the kind's name: masks keep every dense shape.
+    masked = zeroes_weights(steps)
+    if masked:
         shown = f"{headline:.2f}x" if headline else "not measured"
         notes.append(f"{recipe.pruning.kind} sparsity zeroes weights but keeps dense shapes: "
                      f"dense ONNX/torch latency does not improve from it (measured speedup "
@@ -138,8 +140,9 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     widths: dict[str, int] = {}
     folder = next((Path(exported[k]).parent for k in ("onnx", "safetensors") if exported.get(k)),
                   None)
-    # pipeline writes the unpruned model to <out>/baseline/model.onnx for latency runs.
-    if recipe.pruning.kind == "structured" and folder and last.get("layers"):
+    # pipeline writes the unpruned model to <out>/baseline/model.onnx for latency runs; original
+    # widths mean something only when steps removed channels (masked layers keep their width).
+    if not masked and folder and last.get("layers"):
         base_onnx = folder / "baseline" / "model.onnx"
         widths = _baseline_widths(base_onnx, last["layers"]) if base_onnx.is_file() else {}
     return {

@@ -12,9 +12,32 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["render_markdown", "gates_markdown", "human_count"]
+__all__ = ["render_markdown", "gates_markdown", "human_count", "zeroes_weights"]
+
+# The unit a step records when it masks weights inside dense tensors (unstructured, n:m); a
+# step that removes whole channels, heads or neurons records those instead.
+_MASKED_UNIT = "weights"
+
+
+def zeroes_weights(steps: Sequence[Mapping[str, Any]]) -> bool:
+    """Did the pruning steps zero weights in place (dense shapes kept) rather than remove them?
+
+    Read from the last step's ``removed_unit`` (what the pruner says it removed), so a new
+    pruning kind needs no change here. Reports from before masking kinds existed carry no
+    unit: those removed channels.
+
+    Example:
+        >>> zeroes_weights([{"removed_unit": "weights"}]), zeroes_weights([{"removed_unit":
+        ...                                                                  "channels"}])
+        (True, False)
+        >>> zeroes_weights([{"step": 1}]), zeroes_weights([])
+        (False, False)
+    """
+    return bool(steps) and steps[-1].get("removed_unit") == _MASKED_UNIT
+
 
 def gates_markdown(gates: list[dict[str, Any]], *, title: str | None = None) -> str:
     """A Markdown table of gate outcomes (``GateOutcome.to_dict()``), e.g. for a step summary.

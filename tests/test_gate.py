@@ -46,6 +46,7 @@ _REPORT: dict[str, Any] = {
     "steps": [{"step": 1, "target": 0.5, "ratio": 0.275, "macs": 5545402, "params": 250114,
                "macs_reduction": 0.5341, "params_reduction": 0.5194, "accuracy": 99.17,
                "loss": 0.025, "finetune_epochs": 3.0, "max_abs_diff": 1.43e-06,
+               "removed_unit": "channels",
                "layers": {"0": 40, "3": 88, "7": 88, "10": 184, "15": 10}}],
     "baseline_widths": {"0": 64, "3": 128, "7": 128, "10": 256, "15": 10},
     "parity": {"safetensors": 0.0, "onnx": 1.9e-06},
