@@ -241,45 +241,22 @@ def gate(report: Path = typer.Argument(..., help="report.json, or the run folder
     {"name", "report", "passed", "failed", "gates": [...], "junit", "markdown"}.
     """
     o = Output("gate", json_out=json_out, quiet=quiet, verbose=verbose)
-    from compress.gate import check_report
-    from compress.junit import gates_junit_xml
-    from compress.fsutil import write_text_atomic
-    from compress.report import gates_markdown, load_report
+    from compress.gate_run import run_gate
 
     overrides = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup,
                  "max_accuracy_drop_relative": max_accuracy_drop_relative,
                  "max_size_mb": max_size_mb, "min_macs_reduction": min_macs_reduction}
     try:
-        data, path = load_report(report)
-        outcomes = check_report(data, overrides)
+        run = run_gate(report, overrides, junit=junit, markdown=markdown)
     except CompressError as err:
         raise o.fail(err) from None
-    name = str(data.get("name") or path.parent.name)
-    failed = sum(not g.passed for g in outcomes)
-    for g in outcomes:
-        origin = "  [from the recipe]" if g.source == "recipe" else ""
-        if g.passed:
-            o.text(f"PASS {g.message}{origin}")
-        else:
-            o.problem(f"FAIL {g.message}{origin}")
-    verdict = f"{failed} of {len(outcomes)} gates failed" if failed else \
-        f"all {len(outcomes)} gates passed"
-    o.text(f"{name}: {verdict}")
-    if junit:
-        write_text_atomic(junit, gates_junit_xml(
-            outcomes, name, timestamp=data.get("created"),
-            properties={"report": path, "status": data.get("status", "unknown")}))
-        o.note(f"wrote {junit}")
-    if markdown:
-        title = f"compress gates: {name}: {'FAILED' if failed else 'passed'}"
-        write_text_atomic(markdown, gates_markdown([g.to_dict() for g in outcomes], title=title)
-                          + "\n")
-        o.note(f"wrote {markdown}")
-    o.result({"name": name, "report": str(path), "passed": not failed, "failed": failed,
-              "gates": [g.to_dict() for g in outcomes],
-              "junit": str(junit) if junit else None,
-              "markdown": str(markdown) if markdown else None})
-    if failed:
+    for passed, line in run.lines:
+        (o.text if passed else o.problem)(line)
+    o.text(run.verdict)
+    for path in run.written:
+        o.note(f"wrote {path}")
+    o.result(run.to_dict())
+    if run.failed:
         raise typer.Exit(1)
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.report import human_count, load_report
+from compress.report import load_report
+from compress.report_markdown import human_count
 
 __all__ = ["Comparison", "COMPARE_ROWS", "compare_reports", "compare_runs"]
 

@@ -1,8 +1,9 @@
 """Compression gates: pure functions from a report and thresholds to pass/fail per gate.
 
 Nothing here reads or writes files: ``compress apply`` evaluates the recipe's gates on the
-report it just built, and ``compress gate`` evaluates a stored report against thresholds from
-the command line, falling back to the recipe's gates per threshold.
+report it just built, and ``compress gate`` (through :mod:`compress.gate_run`, which reads the
+report and writes JUnit/Markdown) evaluates a stored report against thresholds from the command
+line, falling back to the recipe's gates per threshold.
 
 Example:
     >>> from compress.recipe import GatesSpec

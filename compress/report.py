@@ -1,9 +1,12 @@
 """Run reports: ``report.json`` (stable keys, ``schema_version``), ``report.md`` and a
 self-contained ``report.html`` for humans.
 
+This module builds, writes and loads reports; the Markdown and HTML forms are drawn by
+:mod:`compress.report_markdown` and :mod:`compress.report_html`.
+
 Example:
-    >>> md = render_markdown({"name": "demo", "status": "passed", "baseline": {"accuracy": 90.0},
-    ...                       "compressed": {"accuracy": 89.0}, "steps": [], "gates": []})
+    >>> md = render_report({"name": "demo", "status": "passed", "baseline": {"accuracy": 90.0},
+    ...                     "compressed": {"accuracy": 89.0}, "steps": [], "gates": []}, "md")
     >>> md.splitlines()[0]
     '# compress report: demo'
 """
@@ -17,14 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compress.fsutil import write_text_atomic
+from compress.report_html import render_html
+from compress.report_markdown import render_markdown, zeroes_weights
 
 if TYPE_CHECKING:
     from torch import nn
 
     from compress.recipe import Recipe
 
-__all__ = ["SCHEMA_VERSION", "REPORT_FORMATS", "build_report", "write_report", "render_markdown",
-           "render_report", "gates_markdown", "load_report", "latency_blocks", "human_count"]
+__all__ = ["SCHEMA_VERSION", "REPORT_FORMATS", "build_report", "write_report", "render_report",
+           "load_report", "latency_blocks"]
 
 SCHEMA_VERSION = 1
 REPORT_FORMATS = ("md", "html", "json")
@@ -125,7 +130,9 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     hf = exported.get("hf")
     if hf and not hf.get("saved"):
         notes.append(f"no stock transformers folder (hf/) was written: {hf['reason']}.")
-    if recipe.pruning.kind != "structured":
+    # Read from what the steps removed, not the kind's name: masks keep every dense shape.
+    masked = zeroes_weights(steps)
+    if masked:
         shown = f"{headline:.2f}x" if headline else "not measured"
         notes.append(f"{recipe.pruning.kind} sparsity zeroes weights but keeps dense shapes: "
                      f"dense ONNX/torch latency does not improve from it (measured speedup "
@@ -133,8 +140,9 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     widths: dict[str, int] = {}
     folder = next((Path(exported[k]).parent for k in ("onnx", "safetensors") if exported.get(k)),
                   None)
-    # pipeline writes the unpruned model to <out>/baseline/model.onnx for latency runs.
-    if recipe.pruning.kind == "structured" and folder and last.get("layers"):
+    # pipeline writes the unpruned model to <out>/baseline/model.onnx for latency runs; original
+    # widths mean something only when steps removed channels (masked layers keep their width).
+    if not masked and folder and last.get("layers"):
         base_onnx = folder / "baseline" / "model.onnx"
         widths = _baseline_widths(base_onnx, last["layers"]) if base_onnx.is_file() else {}
     return {
@@ -194,120 +202,7 @@ def render_report(report: dict[str, Any], fmt: str) -> str:
     if fmt == "md":
         return render_markdown(report)
     if fmt == "html":
-        from compress.report_html import render_html
-
         return render_html(report)
     from compress.errors import InputError
 
     raise InputError(f"unknown report format {fmt!r}; allowed formats: {', '.join(REPORT_FORMATS)}")
-
-
-def gates_markdown(gates: list[dict[str, Any]], *, title: str | None = None) -> str:
-    """A Markdown table of gate outcomes (``GateOutcome.to_dict()``), e.g. for a step summary.
-
-    Example:
-        >>> print(gates_markdown([{"name": "min_speedup", "passed": True, "measured": 1.8,
-        ...                        "threshold": 1.5, "comparison": ">="}]))
-        | gate | measured | threshold | result |
-        |---|---|---|---|
-        | speedup | 1.80x | >= 1.5 | ✅ pass |
-    """
-    from compress.gate import gate_cells
-
-    lines = [f"### {title}", ""] if title else []
-    lines += ["| gate | measured | threshold | result |", "|---|---|---|---|"]
-    for g in gates:
-        label, measured, threshold = (c.replace("|", "\\|") for c in gate_cells(g))
-        verdict = "✅ pass" if g.get("passed") else "❌ FAIL"
-        lines.append(f"| {label} | {measured} | {threshold} | {verdict} |")
-    return "\n".join(lines)
-
-
-def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, (int, float)):
-        return f"{value:{spec}}{suffix}"
-    return str(value)
-
-
-def human_count(n: Any) -> str:
-    """``1234567`` -> ``'1.23M'``; anything that is not a number -> ``'n/a'``."""
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return "n/a"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """A report that fits a CI comment or a GitHub step summary."""
-    b, c = report.get("baseline", {}), report.get("compressed", {})
-    lines = [f"# compress report: {report.get('name', 'run')}", ""]
-    status = report.get("status", "unknown")
-    lines += [f"**Status:** {status}", ""]
-    lines += ["| | baseline | compressed | change |", "|---|---|---|---|"]
-    acc_b, acc_c = b.get("accuracy"), c.get("accuracy")
-    drop = None if acc_b is None or acc_c is None else acc_b - acc_c
-    lines.append(f"| top-1 accuracy (%) | {_fmt(acc_b, '.2f')} | {_fmt(acc_c, '.2f')} | "
-                 f"{_fmt(None if drop is None else -drop, '+.2f')} points |")
-    if b.get("perplexity") is not None:
-        lines.append(f"| perplexity | {_fmt(b.get('perplexity'), '.2f')} | "
-                     f"{_fmt(c.get('perplexity'), '.2f')} | |")
-    for key, label in (("macs", "MACs"), ("params", "parameters"),
-                       ("onnx_bytes", "ONNX size (bytes)")):
-        vb, vc = b.get(key), c.get(key)
-        ratio = f"{vb / vc:.2f}x smaller" if isinstance(vb, (int, float)) and vc else "n/a"
-        lines.append(f"| {label} | {human_count(vb)} | {human_count(vc)} | {ratio} |")
-    speed = report.get("speedup") or {}
-    for engine in ("onnxruntime", "torch"):
-        for bs, ratio in (speed.get(engine) or {}).items():
-            lb = (b.get("latency_ms") or {}).get(engine, {}).get(bs, {})
-            lc = (c.get("latency_ms") or {}).get(engine, {}).get(bs, {})
-            lines.append(f"| {engine} latency, batch {bs} (ms, median) | "
-                         f"{_fmt(lb.get('median'), '.3f')} | {_fmt(lc.get('median'), '.3f')} | "
-                         f"{_fmt(ratio, '.2f')}x faster |")
-    lines.append("")
-    eff = report.get("speedup_per_macs_reduction")
-    if eff is not None:
-        lines += [f"Measured speedup ÷ MACs reduction: **{eff:.2f}** (1.0 = every MAC removed "
-                  f"turned into time saved; onnxruntime, largest batch).", ""]
-    steps = report.get("steps") or []
-    if steps:
-        lines += ["## Pruning steps", "",
-                  "| step | target | ratio | MACs | params | accuracy (%) | "
-                  "fine-tune epochs | proof max diff |", "|---|---|---|---|---|---|---|---|"]
-        for s in steps:
-            lines.append(f"| {s['step']} | {_fmt(s.get('target'), '.3f')} | "
-                         f"{_fmt(s.get('ratio'), '.3f')} | {human_count(s.get('macs'))} | "
-                         f"{human_count(s.get('params'))} | {_fmt(s.get('accuracy'), '.2f')} | "
-                         f"{_fmt(s.get('finetune_epochs'), '.2f')} | "
-                         f"{_fmt(s.get('max_abs_diff'), '.1e')} |")
-        lines.append("")
-    total = report.get("finetune_epochs_total")
-    if steps and total is not None:
-        lines += [f"Fine-tuning budget: {total:.2f} epochs in total over {len(steps)} step(s).",
-                  ""]
-    notes = report.get("notes") or []
-    if notes:
-        lines += [f"> {n}" for n in notes] + [""]
-    sparsity = (report.get("compressed") or {}).get("weight_sparsity")
-    if sparsity:
-        size = (report.get("compressed") or {}).get("safetensors_compressed_bytes") or {}
-        gz = f", gzip {human_count(size.get('gzip_bytes'))}B" if size.get("gzip_bytes") else ""
-        lines += [f"Weight sparsity: {sparsity:.1%} of conv/linear weights are zero{gz}.", ""]
-    parity = report.get("parity") or {}
-    if parity:
-        lines += ["## Export parity", ""]
-        lines += [f"- {k}: max |diff| {_fmt(v, '.2e')} (passed)" for k, v in parity.items()]
-        lines.append("")
-    gates = report.get("gates") or []
-    if gates:
-        lines += ["## Gates", "", gates_markdown(gates), ""]
-    env = report.get("environment") or {}
-    if env:
-        lines += ["## Environment", ""]
-        lines += [f"- {k}: {v}" for k, v in env.items()]
-        lines.append("")
-    return "\n".join(lines)

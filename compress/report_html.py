@@ -2,9 +2,9 @@
 HTML and three plots embedded as PNG data URIs.
 
 The plots: accuracy against sparsity per step (baseline at 0), latency baseline vs compressed
-per engine and batch size, and per-layer kept width (structured) or kept weights (unstructured,
-n:m). Matplotlib draws on its Agg canvas without pyplot, so nothing global changes and no window
-ever opens.
+per engine and batch size, and per-layer kept width (steps that removed channels) or kept
+weights (steps that masked weights: unstructured, n:m). Matplotlib draws on its Agg canvas
+without pyplot, so nothing global changes and no window ever opens.
 
 Example:
     >>> from compress.report import load_report
@@ -21,7 +21,7 @@ import io
 import re
 from typing import Any
 
-from compress.report import render_markdown
+from compress.report_markdown import render_markdown, zeroes_weights
 
 __all__ = ["render_html", "markdown_to_html", "report_plots"]
 
@@ -136,11 +136,6 @@ def _note(ax: Any, text: str) -> None:
     ax.set_axis_off()
 
 
-def _kind(report: dict[str, Any]) -> str:
-    pruning = (report.get("recipe") or {}).get("pruning") or {}
-    return str(report.get("kind") or pruning.get("kind") or "structured")
-
-
 def _accuracy_plot(report: dict[str, Any]) -> str:
     from matplotlib.figure import Figure
 
@@ -148,9 +143,9 @@ def _accuracy_plot(report: dict[str, Any]) -> str:
     ax = fig.add_subplot()
     steps = report.get("steps") or []
     base = (report.get("baseline") or {}).get("accuracy")
-    structured = _kind(report) == "structured"
-    # Structured steps remove MACs; unstructured and n:m keep them, so plot weight sparsity.
-    xs = [0.0] + [float((s.get("macs_reduction") if structured else s.get("target")) or 0)
+    masked = zeroes_weights(steps)
+    # Removing channels removes MACs; masked weights keep them, so plot weight sparsity then.
+    xs = [0.0] + [float((s.get("target") if masked else s.get("macs_reduction")) or 0)
                   for s in steps]
     ys = [base] + [s.get("accuracy") for s in steps]
     if base is None or not steps:
@@ -161,8 +156,8 @@ def _accuracy_plot(report: dict[str, Any]) -> str:
     for s, x, y in zip(steps, xs[1:], ys[1:]):
         ax.annotate(f"step {s.get('step')}", (x, y), textcoords="offset points", xytext=(6, 6))
     ax.axhline(base, color=_BASE, linestyle=":", linewidth=1)
-    ax.set_xlabel("MACs removed (cumulative fraction)" if structured
-                  else "weight sparsity (cumulative target)")
+    ax.set_xlabel("weight sparsity (cumulative target)" if masked
+                  else "MACs removed (cumulative fraction)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs sparsity per step")
     ax.set_xlim(-0.02, max(1.0, max(xs) + 0.05))
@@ -233,7 +228,7 @@ def _width_plot(report: dict[str, Any]) -> str:
         return _png(fig)
     names = list(last)[::-1]  # barh draws bottom-up; keep the model's order top-down
     pos = range(len(names))
-    if _kind(report) != "structured":
+    if zeroes_weights(steps):  # layers hold each layer's weight sparsity, not its width
         kept = [1.0 - float(last[k]) for k in names]
         ax.barh(pos, [1.0] * len(names), color="#eaeef2", label="dense")
         ax.barh(pos, kept, color=_COMP, label="kept weights")

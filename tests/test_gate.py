@@ -12,7 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from compress.cli import app
+from compress.errors import InputError
 from compress.gate import check_report, evaluate_gates, gate_cells
+from compress.gate_run import GateRun, run_gate
 from compress.recipe import GatesSpec
 
 runner = CliRunner()
@@ -46,6 +48,7 @@ _REPORT: dict[str, Any] = {
     "steps": [{"step": 1, "target": 0.5, "ratio": 0.275, "macs": 5545402, "params": 250114,
                "macs_reduction": 0.5341, "params_reduction": 0.5194, "accuracy": 99.17,
                "loss": 0.025, "finetune_epochs": 3.0, "max_abs_diff": 1.43e-06,
+               "removed_unit": "channels",
                "layers": {"0": 40, "3": 88, "7": 88, "10": 184, "15": 10}}],
     "baseline_widths": {"0": 64, "3": 128, "7": 128, "10": 256, "15": 10},
     "parity": {"safetensors": 0.0, "onnx": 1.9e-06},
@@ -216,3 +219,48 @@ def test_gate_cells_of_an_older_or_unknown_gate() -> None:
                        "comparison": "<="}) == ("future_gate", "3", "<= 2.0")
     assert gate_cells({"name": "min_speedup", "measured": None, "threshold": 1.5,
                        "comparison": ">="})[1] == "not measured"
+
+
+# -- the library call behind the command ----------------------------------------------------
+
+def test_run_gate_returns_the_lines_and_writes_the_files(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    run_dir = write_run(tmp_path / "run", make_report(accuracy=(90.0, 88.5)))
+    junit, summary = tmp_path / "ci" / "gates.xml", tmp_path / "ci" / "summary.md"
+    run = run_gate(run_dir, {"max_accuracy_drop": 1.0, "min_speedup": None}, junit=junit,
+                   markdown=str(summary))
+    assert isinstance(run, GateRun)
+    assert (run.name, run.path, run.failed, run.passed) == \
+        ("quickstart", run_dir / "report.json", 1, False)
+    assert run.lines == [(False, "FAIL accuracy drop: 1.50 points > 1.0 (required <= 1.0)"),
+                         (True, "PASS MACs reduction: 0.534 >= 0.45  [from the recipe]")]
+    assert run.verdict == "quickstart: 1 of 2 gates failed"
+    assert run.written == [junit, summary] and all(p.is_file() for p in run.written)
+    assert summary.read_text().startswith("### compress gates: quickstart: FAILED\n")
+    suite, cases = _junit_cases(junit)
+    assert suite.get("timestamp") == "2026-01-01T00:00:00+00:00"
+    assert set(cases) == {"max_accuracy_drop", "min_macs_reduction"}
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props == {"report": str(run_dir / "report.json"), "status": "passed"}
+    assert capsys.readouterr() == ("", "")  # the library never prints
+
+
+def test_gate_run_to_dict_is_the_json_result(tmp_path: Path) -> None:
+    path = write_run(tmp_path, make_report(name=None)) / "report.json"  # named after its folder
+    run = run_gate(path, {"min_speedup": 1.5})
+    assert run.verdict == f"{tmp_path.name}: all 3 gates passed" and run.written == []
+    data = run.to_dict()
+    assert list(data) == ["name", "report", "passed", "failed", "gates", "junit", "markdown"]
+    assert (data["passed"], data["failed"], data["junit"], data["markdown"]) == \
+        (True, 0, None, None)
+    assert data["gates"] == [o.to_dict() for o in run.outcomes]
+    assert json.loads(json.dumps(data))["report"] == str(path)
+
+
+def test_run_gate_bad_input_raises_and_writes_nothing(tmp_path: Path) -> None:
+    junit = tmp_path / "gates.xml"
+    with pytest.raises(InputError, match="no thresholds to check"):
+        run_gate(_no_thresholds(tmp_path), {}, junit=junit, markdown=tmp_path / "s.md")
+    with pytest.raises(InputError, match="does not exist"):
+        run_gate(tmp_path / "missing", {"min_speedup": 1.0}, junit=junit)
+    assert list(tmp_path.glob("*.xml")) == [] and not (tmp_path / "s.md").exists()

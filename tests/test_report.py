@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,9 @@ from typer.testing import CliRunner
 
 from compress.cli import app
 from compress.compare import COMPARE_ROWS, compare_reports, compare_runs
-from compress.report import _baseline_widths, render_report, write_report
-from compress.report_html import markdown_to_html
+from compress.report import _baseline_widths, build_report, render_report, write_report
+from compress.report_html import markdown_to_html, report_plots
+from compress.report_markdown import zeroes_weights
 from tests.test_gate import make_report, write_run
 
 runner = CliRunner()
@@ -39,7 +41,8 @@ def _iterative_unstructured() -> dict[str, Any]:
     report.pop("baseline_widths")
     report["steps"] = [
         {**report["steps"][0], "step": i + 1, "target": t, "macs_reduction": 0.0,
-         "accuracy": 99.4 - i * 0.2, "layers": {"0": t, "3": t, "7": t}}
+         "accuracy": 99.4 - i * 0.2, "removed_unit": "weights",
+         "layers": {"0": t, "3": t, "7": t}}
         for i, t in enumerate((0.26, 0.46, 0.6))]
     report["finetune_epochs_total"] = 9.0
     return report
@@ -109,6 +112,48 @@ def test_baseline_widths_from_the_baseline_onnx(tmp_path: Path) -> None:
     assert _baseline_widths(tmp_path / "model.onnx", layers) == {"conv": 16, "head": 4}
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
     assert _baseline_widths(tmp_path / "broken.onnx", layers) == {}
+
+
+def test_plots_follow_what_the_steps_removed_not_the_kind_name() -> None:
+    sparse = _iterative_unstructured()
+    assert zeroes_weights(sparse["steps"]) and not zeroes_weights(make_report()["steps"])
+    renamed = {**sparse, "kind": "block-sparse", "recipe": {"pruning": {"kind": "block-sparse"}}}
+    assert render_report(renamed, "html") == render_report(sparse, "html")
+    # The same steps recorded as removed channels are drawn as widths, not kept weights.
+    as_channels = {**sparse, "steps": [{**s, "removed_unit": "channels"} for s in sparse["steps"]]}
+    assert report_plots(as_channels)[2] != report_plots(sparse)[2]
+
+
+def _one_step_build(tmp_path: Path, kind: str, unit: str) -> dict[str, Any]:
+    """build_report for a recipe of pruning kind ``kind`` whose one step removed ``unit``s."""
+    import onnx
+    from onnx import TensorProto, helper
+    from torch import nn
+
+    weight = helper.make_tensor("conv.weight", TensorProto.FLOAT, [16, 3, 1, 1], [0.0] * 48)
+    (tmp_path / "baseline").mkdir(parents=True)
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], initializer=[weight])),
+              tmp_path / "baseline" / "model.onnx")
+    recipe = SimpleNamespace(name="new", pruning=SimpleNamespace(kind=kind),
+                             schedule=SimpleNamespace(kind="one-shot"), to_dict=dict)
+    step = {"step": 1, "target": 0.5, "ratio": 0.5, "macs": 50, "params": 5,
+            "macs_reduction": 0.5, "params_reduction": 0.5, "accuracy": 80.0, "loss": 0.5,
+            "finetune_epochs": 1.0, "groups": 1, "removed": 8, "removed_unit": unit,
+            "max_abs_diff": 0.0, "layers": {"conv": 8 if unit != "weights" else 0.5}}
+    return build_report(recipe, baseline={"accuracy": 81.0, "loss": 0.4, "samples": 10,
+                                          "macs": 100, "params": 10, "onnx_bytes": 1000},
+                        steps=[step], exported={"parity": {}, "onnx": str(tmp_path / "m.onnx")},
+                        latency=None, timing={}, model=nn.Linear(4, 4))
+
+
+def test_build_report_reads_masking_from_the_steps(tmp_path: Path) -> None:
+    # Kind names build_report has never heard of: the steps' unit decides.
+    masked = _one_step_build(tmp_path / "a", "block-sparse", "weights")
+    assert masked["notes"][0].startswith("block-sparse sparsity zeroes weights but keeps dense")
+    assert "baseline_widths" not in masked
+    removed = _one_step_build(tmp_path / "b", "channel-v2", "channels")
+    assert removed["notes"] == [] and removed["baseline_widths"] == {"conv": 16}
+    assert removed["kind"] == "channel-v2"
 
 
 def test_report_command_formats(tmp_path: Path) -> None:
