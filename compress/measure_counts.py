@@ -23,7 +23,8 @@ from torch import nn
 
 from compress.errors import InputError
 
-__all__ = ["count_macs_params", "count_params", "weight_sparsity", "compressed_size"]
+__all__ = ["count_macs_params", "count_params", "weight_sparsity", "compressed_size",
+           "onnx_widths"]
 
 _DENSE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -103,3 +104,20 @@ def compressed_size(path: str | os.PathLike[str]) -> dict[str, int]:
     for key, coder in coders.items():
         sizes[key] += len(coder.flush())
     return sizes
+
+
+def onnx_widths(onnx_path: Path, layers: dict[str, Any]) -> dict[str, int]:
+    """Output widths of ``layers``, read from an ONNX file's weight shapes (the baseline's).
+
+    The exporter keeps parameter names (``<layer>.weight``, output channels first); layers
+    it renamed or folded are simply left out. Only the graph is read, not the weight data.
+    """
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception:  # a best-effort annotation: an unreadable file just means no widths
+        return {}
+    dims = {init.name: list(init.dims) for init in graph.initializer}
+    return {name: int(dims[f"{name}.weight"][0]) for name in layers
+            if dims.get(f"{name}.weight")}

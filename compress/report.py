@@ -84,23 +84,6 @@ def load_report(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
     return report, path
 
 
-def _baseline_widths(onnx_path: Path, layers: dict[str, Any]) -> dict[str, int]:
-    """Output widths of the unpruned layers, read from the baseline ONNX's weight shapes.
-
-    The exporter keeps parameter names (``<layer>.weight``, output channels first); layers
-    it renamed or folded are simply left out. Only the graph is read, not the weight data.
-    """
-    import onnx
-
-    try:
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    except Exception:  # a best-effort annotation: an unreadable file just means no widths
-        return {}
-    dims = {init.name: list(init.dims) for init in graph.initializer}
-    return {name: int(dims[f"{name}.weight"][0]) for name in layers
-            if dims.get(f"{name}.weight")}
-
-
 def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[str, Any]],
                  exported: dict[str, Any], latency: dict[str, Any] | None,
                  timing: dict[str, float], model: nn.Module) -> dict[str, Any]:
@@ -108,7 +91,7 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     import torch
 
     from compress.measure import environment, headline_speedup
-    from compress.measure_counts import compressed_size, weight_sparsity
+    from compress.measure_counts import compressed_size, onnx_widths, weight_sparsity
 
     last = steps[-1]
     lat_b, lat_c, speed = latency_blocks(latency)
@@ -144,7 +127,7 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     # widths mean something only when steps removed channels (masked layers keep their width).
     if not masked and folder and last.get("layers"):
         base_onnx = folder / "baseline" / "model.onnx"
-        widths = _baseline_widths(base_onnx, last["layers"]) if base_onnx.is_file() else {}
+        widths = onnx_widths(base_onnx, last["layers"]) if base_onnx.is_file() else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "name": recipe.name,

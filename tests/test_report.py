@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from compress.cli import app
 from compress.compare import COMPARE_ROWS, compare_reports, compare_runs
-from compress.report import _baseline_widths, build_report, render_report, write_report
+from compress.measure_counts import onnx_widths
+from compress.report import build_report, render_report, write_report
 from compress.report_html import markdown_to_html, report_plots
 from compress.report_markdown import zeroes_weights
 from tests.test_gate import make_report, write_run
@@ -109,9 +110,9 @@ def test_baseline_widths_from_the_baseline_onnx(tmp_path: Path) -> None:
     graph = helper.make_graph([], "g", [], [], initializer=inits)
     onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
     layers = {"conv": 8, "head": 4, "folded": 2}
-    assert _baseline_widths(tmp_path / "model.onnx", layers) == {"conv": 16, "head": 4}
+    assert onnx_widths(tmp_path / "model.onnx", layers) == {"conv": 16, "head": 4}
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
-    assert _baseline_widths(tmp_path / "broken.onnx", layers) == {}
+    assert onnx_widths(tmp_path / "broken.onnx", layers) == {}
 
 
 def test_plots_follow_what_the_steps_removed_not_the_kind_name() -> None:
