@@ -13,7 +13,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from compress.recipe import PruningSpec
 
 __all__ = ["Pruner", "PruningKind", "StepRecord", "PRUNING_KINDS", "pruning_kind", "build_pruner",
-           "prove_removals_"]
+           "prove_removals_", "scheduled_step"]
 
 
 @dataclass
@@ -100,6 +101,32 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSp
     """The pruner for ``spec.kind``, planned for ``cumulative_ratios``."""
     return pruning_kind(spec.kind).build(model, example_inputs, spec,
                                          cumulative_ratios=cumulative_ratios)
+
+
+@contextlib.contextmanager
+def scheduled_step(model: nn.Module, ratios: Sequence[float], done: int,
+                   target_ratio: float) -> Iterator[None]:
+    """The frame of a structured step: it must be the next scheduled one; inside, the model is
+    in eval mode (frozen normalisation statistics); after, its mode is back and its stale
+    gradients (of the shapes before the step) are gone.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> with scheduled_step(net, [0.5], 0, 0.5):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    assert done < len(ratios), "more steps than scheduled"
+    assert abs(ratios[done] - target_ratio) < 1e-12, (target_ratio, ratios)
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+    model.zero_grad(set_to_none=True)
 
 
 def _run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:

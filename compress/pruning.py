@@ -37,7 +37,8 @@ from torch import nn
 from compress.criteria import IMPORTANCE
 from compress.errors import CheckFailed, InputError
 from compress.evaluate import task_loss
-from compress.pruners import PRUNING_KINDS, PruningKind, StepRecord, prove_removals_
+from compress.pruners import (PRUNING_KINDS, PruningKind, StepRecord, prove_removals_,
+                              scheduled_step)
 from compress.recipe import PruningSpec
 from compress.selection import default_round_to, protected_layers
 
@@ -238,35 +239,31 @@ class StructuredPruner:
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         """Prune to the next scheduled ratio in place and prove the result on ``probe``."""
-        assert self.steps_done < len(self._ratios), "more steps than scheduled"
-        assert abs(self._ratios[self.steps_done] - target_ratio) < 1e-12
-        was_training = self.model.training
-        self.model.eval()
-        dg = self._pruner.DG
-        with torch.no_grad():
-            groups = list(self._pruner.step(interactive=True))
-            removed = 0
-            for group in groups:
-                for dep, idxs in group:
-                    _zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
-                               dg.is_out_channel_pruning_fn(dep.handler))
-                removed += len(group[0].idxs)
-            history: list[list[Any]] = []
+        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
+            dg = self._pruner.DG
+            with torch.no_grad():
+                groups = list(self._pruner.step(interactive=True))
+                removed = 0
+                for group in groups:
+                    for dep, idxs in group:
+                        _zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
+                                   dg.is_out_channel_pruning_fn(dep.handler))
+                    removed += len(group[0].idxs)
+                history: list[list[Any]] = []
 
-            def removal(group: Any) -> tuple[str, Callable[[], None]]:
-                name = _group_name(group, dg)
+                def removal(group: Any) -> tuple[str, Callable[[], None]]:
+                    name = _group_name(group, dg)
 
-                def remove() -> None:
-                    history.append([name, bool(dg.is_out_channel_pruning_fn(group[0].dep.handler)),
-                                    [int(i) for i in tp._helpers.to_plain_idxs(group[0].idxs)]])
-                    group.prune()
-                return name, remove
+                    def remove() -> None:
+                        is_out = bool(dg.is_out_channel_pruning_fn(group[0].dep.handler))
+                        idxs = [int(i) for i in tp._helpers.to_plain_idxs(group[0].idxs)]
+                        history.append([name, is_out, idxs])
+                        group.prune()
+                    return name, remove
 
-            max_diff = prove_removals_(self.model, probe, [removal(g) for g in groups],
-                                       verify=self.spec.verify, atol=self.spec.verify_atol)
-        self.history.append(history)
-        self.model.train(was_training)
-        self.model.zero_grad(set_to_none=True)
+                max_diff = prove_removals_(self.model, probe, [removal(g) for g in groups],
+                                           verify=self.spec.verify, atol=self.spec.verify_atol)
+            self.history.append(history)
         log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %.2e",
                  self.steps_done, removed, len(groups), max_diff)
         return StepRecord(target_ratio, len(groups), removed, "channels", max_diff,

@@ -41,7 +41,7 @@ from compress.models.hf_layout import (
     zero_in_,
     zero_out_,
 )
-from compress.pruners import StepRecord, prove_removals_
+from compress.pruners import StepRecord, prove_removals_, scheduled_step
 from compress.recipe import PruningSpec
 
 __all__ = ["TransformerPruner", "is_transformer"]
@@ -298,47 +298,42 @@ class TransformerPruner:
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         """Prune to the next scheduled fractions in place and prove the result on ``probe``."""
-        assert self.steps_done < len(self._ratios), "more steps than scheduled"
-        assert abs(self._ratios[self.steps_done] - target_ratio) < 1e-12
-        was_training = self.model.training
-        self.model.eval()
-        head_frac, ffn_frac, hidden_frac = self._plan[self.steps_done]
-        all_blocks = blocks(self.model.hf, self.layout)
-        with torch.no_grad():
-            plan = [p for p in self._plan_step(all_blocks, head_frac, ffn_frac)
-                    if self.only is None or (p[0].index, p[1]) in self.only]
-            if self.only is not None and (-1, "hidden") not in self.only:
-                hidden_frac = 0.0
-            for block, kind, units in plan:
-                self._apply(block, kind, units, zero=True)
-            # Hidden channels are scored once the heads and neurons above are zeroed.
-            s = self._stream() if hidden_frac > 0 else None
-            cut = self._hidden_cut(s, hidden_frac) if s is not None else ([], [])
-            hidden_keep = None
-            if cut[0]:
-                zero_hidden_(s, torch.tensor(cut[0]), torch.tensor(cut[1]))
-                hidden_keep = _complement(s.width, cut[0])
+        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
+            head_frac, ffn_frac, hidden_frac = self._plan[self.steps_done]
+            all_blocks = blocks(self.model.hf, self.layout)
+            with torch.no_grad():
+                plan = [p for p in self._plan_step(all_blocks, head_frac, ffn_frac)
+                        if self.only is None or (p[0].index, p[1]) in self.only]
+                if self.only is not None and (-1, "hidden") not in self.only:
+                    hidden_frac = 0.0
+                for block, kind, units in plan:
+                    self._apply(block, kind, units, zero=True)
+                # Hidden channels are scored once the heads and neurons above are zeroed.
+                s = self._stream() if hidden_frac > 0 else None
+                cut = self._hidden_cut(s, hidden_frac) if s is not None else ([], [])
+                hidden_keep = None
+                if cut[0]:
+                    zero_hidden_(s, torch.tensor(cut[0]), torch.tensor(cut[1]))
+                    hidden_keep = _complement(s.width, cut[0])
 
-            def removal(block: Block, kind: str, units: list[int]) -> tuple[str, Callable]:
-                return f"block {block.index} {kind}", lambda: self._apply(block, kind, units,
-                                                                         zero=False)
+                def removal(block: Block, kind: str, units: list[int]) -> tuple[str, Callable]:
+                    return f"block {block.index} {kind}", lambda: self._apply(block, kind, units,
+                                                                             zero=False)
 
-            masking = masked_norms(s, hidden_keep) if hidden_keep is not None else nullcontext()
-            with masking as release:
-                removals = [removal(*p) for p in plan]
-                if hidden_keep is not None:
-                    def remove_hidden() -> None:
-                        release()  # the cut model normalises over the kept channels itself
-                        self._cut_hidden(s, cut)
-                    removals.append(("hidden size", remove_hidden))
-                max_diff = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
-                                           atol=self.spec.verify_atol)
-        self.history.append([[b.index, kind, units] for b, kind, units in plan]
-                            + ([[-1, "hidden", cut[0], cut[1]]] if cut[0] else []))
-        self.steps_done += 1
-        self._rewrite_config()
-        self.model.train(was_training)
-        self.model.zero_grad(set_to_none=True)
+                masking = masked_norms(s, hidden_keep) if hidden_keep is not None else nullcontext()
+                with masking as release:
+                    removals = [removal(*p) for p in plan]
+                    if hidden_keep is not None:
+                        def remove_hidden() -> None:
+                            release()  # the cut model normalises over the kept channels itself
+                            self._cut_hidden(s, cut)
+                        removals.append(("hidden size", remove_hidden))
+                    max_diff = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
+                                               atol=self.spec.verify_atol)
+            self.history.append([[b.index, kind, units] for b, kind, units in plan]
+                                + ([[-1, "hidden", cut[0], cut[1]]] if cut[0] else []))
+            self.steps_done += 1
+            self._rewrite_config()
         removed = sum(len(u) for _, _, u in plan) + len(cut[0])
         log.info("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
                  "removed| = %.2e", self.steps_done, removed, len(plan) + bool(cut[0]),

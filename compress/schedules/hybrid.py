@@ -11,7 +11,7 @@ from typing import Any
 
 from compress.errors import InputError
 from compress.schedules import SCHEDULES
-from compress.schedules.iterative import geometric_targets, rate_targets
+from compress.schedules.iterative import geometric_targets, rate_targets, require_steps_or_rate
 
 __all__ = ["hybrid"]
 
@@ -31,9 +31,7 @@ def hybrid(spec: Any, final: float) -> list[float]:
     if not spec.first_step < final:
         raise InputError(f"schedule.first_step ({spec.first_step}) must be below the final "
                          f"target ({final})")
-    if (spec.steps is None) == (spec.step_rate is None):
-        raise InputError("schedule.kind 'hybrid' needs exactly one of schedule.steps or "
-                         "schedule.step_rate for the steps after the first")
+    require_steps_or_rate(spec, "hybrid", " for the steps after the first")
     if spec.step_rule == "constant" and "step_rule" in spec.model_fields_set:
         raise InputError("hybrid's later steps are geometric; drop step_rule: constant")
     later = (rate_targets(spec.first_step, final, spec.step_rate) if spec.step_rate is not None

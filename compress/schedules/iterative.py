@@ -18,7 +18,8 @@ from typing import Any
 from compress.errors import InputError
 from compress.schedules import SCHEDULES
 
-__all__ = ["iterative", "geometric_targets", "rate_targets", "constant_targets"]
+__all__ = ["iterative", "geometric_targets", "rate_targets", "constant_targets",
+           "require_steps_or_rate"]
 
 
 def constant_targets(start: float, final: float, steps: int) -> list[float]:
@@ -39,10 +40,11 @@ def rate_targets(start: float, final: float, rate: float) -> list[float]:
     return [1 - (1 - start) * (1 - rate) ** j for j in range(1, steps)] + [final]
 
 
-def _steps_or_rate(spec: Any, kind: str) -> None:
+def require_steps_or_rate(spec: Any, kind: str, purpose: str = "") -> None:
+    """Exactly one of ``schedule.steps`` and ``schedule.step_rate`` (``purpose`` says for what)."""
     if (spec.steps is None) == (spec.step_rate is None):
         raise InputError(f"schedule.kind {kind!r} needs exactly one of schedule.steps or "
-                         f"schedule.step_rate")
+                         f"schedule.step_rate{purpose}")
 
 
 @SCHEDULES.register("iterative")
@@ -54,7 +56,7 @@ def iterative(spec: Any, final: float) -> list[float]:
         >>> iterative(ScheduleSpec(kind="iterative", steps=4, step_rule="constant"), 0.5)
         [0.125, 0.25, 0.375, 0.5]
     """
-    _steps_or_rate(spec, "iterative")
+    require_steps_or_rate(spec, "iterative")
     if spec.first_step is not None:
         raise InputError("schedule.first_step belongs to kind 'hybrid'; remove it or use hybrid")
     if spec.step_rate is not None:
