@@ -17,7 +17,7 @@ from compress.errors import InputError
 from compress.models import check_model_spec
 from compress.models.checkpoint import _TORCH_SUFFIXES as TORCH_SUFFIXES
 from compress.recipe import Recipe
-from compress.schedules import SCHEDULES, plan_targets
+from compress.schedules import plan_targets
 
 __all__ = ["check_recipe", "recipe_notes", "MAX_STEPS"]
 
@@ -91,12 +91,6 @@ def _check_schedule(recipe: Recipe) -> None:
                 raise InputError(f"schedule.step_rate {spec.step_rate:g} needs about "
                                  f"{needed:.3g} steps to reach the target {final:g}, more than "
                                  f"the {MAX_STEPS} supported; raise schedule.step_rate")
-    targets = SCHEDULES.get(spec.kind)(spec, final)
-    for i, (before, after) in enumerate(zip([0.0, *targets], targets), start=1):
-        if not after > before:
-            raise InputError(f"schedule: step {i} of {len(targets)} would prune nothing (the "
-                             f"cumulative target stays at {before:.3g} of a final {final:.3g}); "
-                             f"use fewer steps or a larger pruning target")
     plan_targets(spec, final)
 
 

@@ -27,12 +27,15 @@ SCHEDULES: Registry[Callable[["ScheduleSpec", float], list[float]]] = Registry("
 
 
 def plan_targets(spec: ScheduleSpec, final: float) -> list[float]:
-    """Cumulative targets per step; checked to rise strictly and to end exactly at ``final``."""
+    """Cumulative targets per step; a step that would prune nothing is bad input (too many
+    steps for the target), and the plan ends exactly at ``final``."""
     targets = SCHEDULES.get(spec.kind)(spec, final)
-    if spec.kind == "one-shot" and (spec.steps or spec.step_rate or spec.first_step):
-        raise InputError("schedule.kind 'one-shot' takes no steps, step_rate or first_step")
+    for i, (before, after) in enumerate(zip([0.0, *targets], targets), start=1):
+        if not after > before:
+            raise InputError(f"schedule: step {i} of {len(targets)} would prune nothing (the "
+                             f"cumulative target stays at {before:.3g} of a final {final:.3g}); "
+                             f"use fewer steps or a larger pruning target")
     assert targets and abs(targets[-1] - final) < 1e-9, targets
-    assert all(b > a for a, b in zip([0.0, *targets], targets)), targets
     return targets
 
 
