@@ -48,7 +48,7 @@ def load_digits_split() -> RawData:
 
 @DATASETS.register("digits")
 class DigitsSource:
-    fields: frozenset[str] = frozenset()
+    accepts: frozenset[str] = frozenset()
     required: frozenset[str] = frozenset()
 
     def load(self, spec: Any, resolve: Callable[[str], Path], train: bool) -> RawData:

@@ -268,7 +268,7 @@ def _load_split(files: list[Path], labels: list[int], cache: Path, split: str) -
 
 @DATASETS.register("imagefolder")
 class ImageFolderSource:
-    fields = frozenset({"path", "train_split", "eval_split", "cache_dir"})
+    accepts = frozenset({"path", "train_split", "eval_split", "cache_dir"})
     required = frozenset({"path"})
 
     def load(self, spec: Any, resolve: Callable[[str], Path], train: bool) -> RawData:

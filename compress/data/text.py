@@ -128,8 +128,8 @@ def _prepare(spec: DataSpec, resolve: Callable[[str], Path], train: bool,
 class TextClassification:
     """Text classification from local TSV/CSV/JSON files, tokenised with the model's tokenizer."""
 
-    fields = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
-                        "max_length", "tokenizer"})
+    accepts = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
+                         "max_length", "tokenizer"})
     required = frozenset({"path"})
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
@@ -174,7 +174,7 @@ class TextClassification:
 class TextLM:
     """Language modelling: a local text file cut into token blocks (perplexity)."""
 
-    fields = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})
+    accepts = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})
     required = frozenset({"path"})
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:

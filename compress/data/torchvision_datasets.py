@@ -74,7 +74,7 @@ def _class_names(datasets: list[Dataset[Any]]) -> list[str]:
 
 @DATASETS.register("torchvision")
 class TorchvisionDataSource:
-    fields = frozenset({"name", "path", "download"})
+    accepts = frozenset({"name", "path", "download"})
     required = frozenset({"name", "path"})
 
     def load(self, spec: Any, resolve: Callable[[str], Path], train: bool) -> RawData:

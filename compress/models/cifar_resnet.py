@@ -153,7 +153,7 @@ def cifar_resnet(name: str = "resnet56", num_classes: int = 10) -> CifarResNet:
 
 @MODEL_SOURCES.register("cifar_resnet")
 class CifarResNetSource:
-    fields = frozenset({"name", "num_classes"})
+    accepts = frozenset({"name", "num_classes"})
     required = frozenset({"name"})
 
     def check(self, spec: Any) -> None:

@@ -190,8 +190,8 @@ def _vision_tokens(model: HFModel) -> int:
 class HuggingFaceSource:
     """Hugging Face transformers models from a local folder, a hub id or a Python package."""
 
-    fields = frozenset({"name", "task", "num_classes", "trust_remote_code", "dtype", "head",
-                        "head_epochs"})
+    accepts = frozenset({"name", "task", "num_classes", "trust_remote_code", "dtype", "head",
+                         "head_epochs"})
     required = frozenset({"name", "task"})
 
     def check(self, spec: Any) -> None:

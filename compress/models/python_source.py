@@ -54,7 +54,7 @@ def import_factory(ref: str, resolve: Callable[[str], Path] = Path) -> Callable[
 
 @MODEL_SOURCES.register("python")
 class PythonSource:
-    fields = frozenset({"factory", "num_classes"})
+    accepts = frozenset({"factory", "num_classes"})
     required = frozenset({"factory"})
 
     def check(self, spec: Any) -> None:

@@ -16,7 +16,7 @@ __all__ = ["TorchvisionSource"]
 
 @MODEL_SOURCES.register("torchvision")
 class TorchvisionSource:
-    fields = frozenset({"name", "num_classes", "weights"})
+    accepts = frozenset({"name", "num_classes", "weights"})
     required = frozenset({"name"})
 
     def check(self, spec: Any) -> None:
