@@ -44,8 +44,9 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
                    eval_samples: int = 512) -> dict[str, Any]:
     """Groups, pattern matches and predicted per-step widths/params/MACs (no training)."""
     check_recipe(recipe)
-    bundle = build_data(with_default_tokenizer(recipe), resolve=recipe.resolve_path,
-                        seed=recipe.seed, train=False)
+    bundle = build_data(with_default_tokenizer(recipe.data, recipe.model.name if
+                                               recipe.model.source == "huggingface" else None),
+                        resolve=recipe.resolve_path, seed=recipe.seed, train=False)
     model = build_model(recipe.model, resolve=recipe.resolve_path).eval()
     example = bundle.probe_batch(1)
     macs, params = count_macs_params(model, example)

@@ -213,8 +213,9 @@ def _run(recipe: Recipe, run_dir: Path, resuming: bool, dist: Processes) -> Resu
     timing: dict[str, float] = {"eval_s": 0.0}
     ctx = RunContext.create(recipe, run_dir)
     ctx.device = dist.device(ctx.device)  # each rank of a multi-GPU launch on its own GPU
-    bundle = build_data(with_default_tokenizer(recipe), resolve=recipe.resolve_path,
-                        seed=recipe.seed)
+    bundle = build_data(with_default_tokenizer(recipe.data, recipe.model.name if
+                                               recipe.model.source == "huggingface" else None),
+                        resolve=recipe.resolve_path, seed=recipe.seed)
     model = build_model(recipe.model, resolve=recipe.resolve_path)
     probe = bundle.probe_batch(max(recipe.pruning.probe_batch, recipe.export.parity_batch))
     _check_outputs(model, bundle, probe)

@@ -9,8 +9,9 @@ longest row (:class:`TrimPadding`), so short sentences do not pay for ``max_leng
 ``text_lm``: ``data.path`` is a folder holding ``<split>.txt``; the text is tokenised and cut
 into blocks of ``data.max_length`` tokens (no padding), each its own next-token target.
 
-The tokenizer is ``data.tokenizer``, by default the huggingface model's (see
-:func:`with_default_tokenizer`).
+The tokenizer is ``data.tokenizer``, by default the model's (see :func:`with_default_tokenizer`):
+a folder, a hub id or ``module:function``, named as a transformers model is
+(:func:`compress.hf_names.resolve_hf_name`).
 
 Example:
     >>> spec = DataSpec(source="text", path="../shared/data/sst2", eval_split="dev",
@@ -29,9 +30,10 @@ from torch.utils.data import Dataset, default_collate
 from compress.data import DATASETS
 from compress.data.base import RawData
 from compress.errors import InputError
+from compress.hf_names import resolve_hf_name
 
 if TYPE_CHECKING:
-    from compress.recipe import DataSpec, Recipe
+    from compress.recipe import DataSpec
 
 __all__ = ["TextClassification", "TextLM", "TokenRows", "TrimPadding", "with_default_tokenizer"]
 
@@ -78,21 +80,29 @@ class TrimPadding:
         return ids[:, :length], targets
 
 
-def with_default_tokenizer(recipe: Recipe) -> DataSpec:
-    """The data spec, with ``tokenizer`` defaulting to a huggingface model's ``name``."""
-    spec = recipe.data
-    if spec.source in ("text", "text_lm") and spec.tokenizer is None:
-        if recipe.model.source != "huggingface" or recipe.model.name is None:
+def with_default_tokenizer(spec: DataSpec, model_tokenizer: str | None) -> DataSpec:
+    """``spec``, with ``tokenizer`` defaulting to ``model_tokenizer`` where the source takes one.
+
+    ``model_tokenizer`` is the model's own tokenizer (a huggingface model's ``name``), None
+    when the model has none; the caller tells it from the model spec.
+
+    Example:
+        >>> from compress.recipe import DataSpec
+        >>> with_default_tokenizer(DataSpec(source="text", path="d"), "./bert").tokenizer
+        './bert'
+        >>> with_default_tokenizer(DataSpec(source="digits"), "./bert").tokenizer is None
+        True
+    """
+    if spec.tokenizer is None and "tokenizer" in DATASETS.get(spec.source).accepts:
+        if model_tokenizer is None:
             raise InputError(f"data.source {spec.source} needs data.tokenizer (or a "
                              f"huggingface model, whose tokenizer is used)")
-        return spec.model_copy(update={"tokenizer": recipe.model.name})
+        return spec.model_copy(update={"tokenizer": model_tokenizer})
     return spec
 
 
 def _tokenizer(spec: DataSpec, resolve: Callable[[str], Path]) -> Any:
     from transformers import AutoTokenizer
-
-    from compress.models.huggingface import resolve_hf_name
 
     if spec.tokenizer is None:
         raise InputError(f"data.source {spec.source} needs data.tokenizer")
