@@ -93,17 +93,9 @@ def _check_outputs(model: nn.Module, bundle: DataBundle, probe: torch.Tensor) ->
 
 def _serving_info(recipe: Recipe, bundle: DataBundle) -> dict[str, Any]:
     """What model.json tells a service: class names, and how inputs were prepared."""
-    norm = recipe.data.normalize
-    if recipe.data.source in ("text", "text_lm"):
-        return {"classes": list(bundle.class_names),
-                "preprocess": {"tokens": "int64 token ids of the model's tokenizer (saved in "
-                                         "hf/ when written), padded with its pad id",
-                               "max_length": recipe.data.max_length}}
-    return {"classes": list(bundle.class_names),
-            "preprocess": {"pixels": "float32, channels first, scaled to 0..1",
-                           "image_size": recipe.data.image_size,
-                           "resize": "bilinear, antialiased",
-                           "normalize": norm.model_dump() if norm is not None else None}}
+    from compress.data import DATASETS
+
+    return DATASETS.get(recipe.data.source)().serving_info(recipe.data, bundle)
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:

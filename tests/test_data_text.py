@@ -210,3 +210,16 @@ def test_the_data_package_never_imports_the_models_package() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.startswith("compress.models") for n in names), path.name
 
+
+@pytest.mark.parametrize("source", ["text", "text_lm"])
+def test_text_serving_info_describes_tokens(source: str) -> None:
+    from types import SimpleNamespace
+
+    from compress.data import DATASETS
+
+    spec = DataSpec(source=source, path="p", max_length=64)
+    info = DATASETS.get(source)().serving_info(spec, SimpleNamespace(class_names=["0", "1"]))
+    assert info == {"classes": ["0", "1"],
+                    "preprocess": {"tokens": "int64 token ids of the model's tokenizer (saved "
+                                             "in hf/ when written), padded with its pad id",
+                                   "max_length": 64}}

@@ -1,8 +1,10 @@
 """Dataset sources: one file per source, each registered in :data:`DATASETS`.
 
 A source is a class with ``accepts`` (the ``data.*`` recipe keys it uses beyond the common
-ones), ``required`` (those it needs) and ``load(spec, resolve, train) -> RawData``. Subsets,
-resizing, augmentation, normalisation and the loaders are built here, once for all sources.
+ones), ``required`` (those it needs), ``load(spec, resolve, train) -> RawData`` and
+``serving_info(spec, bundle)`` (how a served model's input is described in model.json; the
+image sources share theirs in :mod:`compress.data.images`). Subsets, resizing, augmentation,
+normalisation and the loaders are built here, once for all sources.
 
 Example:
     >>> from compress.data import build_data
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -41,6 +43,9 @@ class DatasetSource(Protocol):
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
         ...
+
+    def serving_info(self, spec: DataSpec, bundle: DataBundle) -> dict[str, Any]:
+        """The classes and how inputs are prepared, as model.json tells a service."""
 
 
 # The common keys act on the raw datasets after loading, so every source accepts them.

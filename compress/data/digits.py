@@ -21,6 +21,7 @@ import torch
 
 from compress.data import DATASETS
 from compress.data.base import RawData, TensorImages
+from compress.data.images import ImageSource
 
 __all__ = ["DigitsSource", "load_digits_split"]
 
@@ -47,7 +48,7 @@ def load_digits_split() -> RawData:
 
 
 @DATASETS.register("digits")
-class DigitsSource:
+class DigitsSource(ImageSource):
     accepts: frozenset[str] = frozenset()
     required: frozenset[str] = frozenset()
 

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from compress.data import DATASETS
 from compress.data.base import RawData, TensorImages
+from compress.data.images import ImageSource
 from compress.errors import InputError
 
 __all__ = ["ImageFolderSource", "LazyImages", "cache_root", "extract_archive"]
@@ -267,7 +268,7 @@ def _load_split(files: list[Path], labels: list[int], cache: Path, split: str) -
 
 
 @DATASETS.register("imagefolder")
-class ImageFolderSource:
+class ImageFolderSource(ImageSource):
     accepts = frozenset({"path", "train_split", "eval_split", "cache_dir"})
     required = frozenset({"path"})
 

@@ -33,9 +33,11 @@ from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 
 if TYPE_CHECKING:
+    from compress.data import DataBundle
     from compress.recipe import DataSpec
 
-__all__ = ["TextClassification", "TextLM", "TokenRows", "TrimPadding", "with_default_tokenizer"]
+__all__ = ["TextClassification", "TextLM", "TextSource", "TokenRows", "TrimPadding",
+           "with_default_tokenizer"]
 
 _FORMATS = {".tsv": ("csv", {"delimiter": "\t"}), ".csv": ("csv", {}), ".json": ("json", {}),
             ".jsonl": ("json", {})}
@@ -134,8 +136,27 @@ def _prepare(spec: DataSpec, resolve: Callable[[str], Path], train: bool,
     return _tokenizer(spec, resolve), files
 
 
+class TextSource:
+    """Base of the text sources: token ids in."""
+
+    def serving_info(self, spec: DataSpec, bundle: DataBundle) -> dict[str, Any]:
+        """What model.json tells a service about the classes and the input tokens.
+
+        Example:
+            >>> from types import SimpleNamespace
+            >>> from compress.recipe import DataSpec
+            >>> TextLM().serving_info(DataSpec(source="text_lm", path="d", max_length=64),
+            ...                       SimpleNamespace(class_names=[]))["preprocess"]["max_length"]
+            64
+        """
+        return {"classes": list(bundle.class_names),
+                "preprocess": {"tokens": "int64 token ids of the model's tokenizer (saved in "
+                                         "hf/ when written), padded with its pad id",
+                               "max_length": spec.max_length}}
+
+
 @DATASETS.register("text")
-class TextClassification:
+class TextClassification(TextSource):
     """Text classification from local TSV/CSV/JSON files, tokenised with the model's tokenizer."""
 
     accepts = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
@@ -181,7 +202,7 @@ class TextClassification:
 
 
 @DATASETS.register("text_lm")
-class TextLM:
+class TextLM(TextSource):
     """Language modelling: a local text file cut into token blocks (perplexity)."""
 
     accepts = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from compress.data import DATASETS
 from compress.data.base import RawData, pil_to_float
+from compress.data.images import ImageSource
 from compress.errors import InputError
 
 __all__ = ["SUPPORTED", "TorchvisionDataSource"]
@@ -73,7 +74,7 @@ def _class_names(datasets: list[Dataset[Any]]) -> list[str]:
 
 
 @DATASETS.register("torchvision")
-class TorchvisionDataSource:
+class TorchvisionDataSource(ImageSource):
     accepts = frozenset({"name", "path", "download"})
     required = frozenset({"name", "path"})
 
