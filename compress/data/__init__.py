@@ -2,8 +2,9 @@
 
 A source is a class with ``accepts`` (the ``data.*`` recipe keys it uses beyond the common
 ones), ``required`` (those it needs), ``load(spec, resolve, train) -> RawData`` and
-``serving_info(spec, bundle)`` (how a served model's input is described in model.json; the
-image sources share theirs in :mod:`compress.data.images`). Subsets, resizing, augmentation,
+``serving_info(spec, bundle)`` (how a served model's input is described in model.json). For
+``compress init`` it also has ``starter_defaults`` and ``starter(writer, arg, request)``; the
+image sources share theirs in :mod:`compress.data.images`. Subsets, resizing, augmentation,
 normalisation and the loaders are built here, once for all sources.
 
 Example:
@@ -40,6 +41,7 @@ __all__ = ["DATASETS", "DataBundle", "DatasetSource", "RawData", "build_data", "
 class DatasetSource(Protocol):
     accepts: frozenset[str]
     required: frozenset[str]
+    starter_defaults: dict[str, Any]
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
         ...

@@ -35,6 +35,7 @@ from compress.hf_names import resolve_hf_name
 if TYPE_CHECKING:
     from compress.data import DataBundle
     from compress.recipe import DataSpec
+    from compress.starter import StarterRequest, StarterWriter
 
 __all__ = ["TextClassification", "TextLM", "TextSource", "TokenRows", "TrimPadding",
            "with_default_tokenizer"]
@@ -137,7 +138,13 @@ def _prepare(spec: DataSpec, resolve: Callable[[str], Path], train: bool,
 
 
 class TextSource:
-    """Base of the text sources: token ids in."""
+    """Base of the text sources: token ids in, and the starter's text keys."""
+
+    starter_defaults: dict[str, Any] = {
+        "note": "Local text files, tokenised with the model's tokenizer.",
+        "inputs": "tokens", "small": False,
+    }
+    starter_path_note = ""  # what data.path holds, in the starter recipe
 
     def serving_info(self, spec: DataSpec, bundle: DataBundle) -> dict[str, Any]:
         """What model.json tells a service about the classes and the input tokens.
@@ -154,6 +161,38 @@ class TextSource:
                                          "hf/ when written), padded with its pad id",
                                "max_length": spec.max_length}}
 
+    def starter_classes(self, arg: str) -> int | None:
+        """Unknown until the files are read.
+
+        Example:
+            >>> TextSource().starter_classes("./sst2") is None
+            True
+        """
+        return None
+
+    def starter(self, w: StarterWriter, arg: str, request: StarterRequest) -> None:
+        """Write the data section's keys after ``source``: the folder, splits and lengths.
+
+        Example:
+            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> w = StarterWriter()
+            >>> TextLM().starter(w, "./corpus", StarterRequest(data="text_lm:./corpus"))
+            >>> [line for line in w.lines if not line.lstrip().startswith("#")][:2]
+            ['  path: ./corpus', '  train_split: train']
+        """
+        source = request.data_source
+        if not arg:
+            raise InputError(f"data source {source!r} needs a folder: {source}:PATH")
+        w.key("path", arg, self.starter_path_note)
+        w.key("train_split", "train")
+        w.key("eval_split", "test", "The file accuracy (or perplexity) is measured on, e.g. dev.")
+        w.key("max_length", 128, "Tokens per row: longer texts are cut; batches are cut to their "
+              "longest row, so short texts cost less.")
+        w.key("batch_size", 32)
+        if request.patience:
+            w.key("val_subset", 500, "Training rows held out as validation data for "
+                  "patience-based fine-tuning.")
+
 
 @DATASETS.register("text")
 class TextClassification(TextSource):
@@ -162,6 +201,8 @@ class TextClassification(TextSource):
     accepts = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
                          "max_length", "tokenizer"})
     required = frozenset({"path"})
+    starter_path_note = ("A folder with <split>.tsv/.csv/.json/.jsonl files holding a text "
+                         "column (sentence or text) and an integer label column.")
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
         import datasets
@@ -207,6 +248,7 @@ class TextLM(TextSource):
 
     accepts = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})
     required = frozenset({"path"})
+    starter_path_note = "A folder with <split>.txt files, cut into token blocks."
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
         tokenizer, files = _prepare(spec, resolve, train, (".txt",))

@@ -3,8 +3,10 @@
 A source is a class with ``accepts`` (the ``model.*`` recipe keys it uses beyond the common
 ones), ``required`` (those it needs), ``check(spec)`` (cheap checks of names) and
 ``build(spec, resolve, pretrained)``; :meth:`compress.registry.SourceRegistry.check_spec`
-holds a ``model`` section to them. Checkpoints are loaded here, once for all sources, so every
-source accepts ``model.checkpoint``.
+holds a ``model`` section to them. For ``compress init`` it also has ``starter_defaults`` and
+``starter(writer, arg, request)`` (see :mod:`compress.starter`); the sources pruned by channels
+share theirs in :mod:`compress.models.base`. Checkpoints are loaded here, once for all sources,
+so every source accepts ``model.checkpoint``.
 
 Example:
     >>> from compress.models import build_model
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
@@ -33,6 +35,7 @@ __all__ = ["MODEL_SOURCES", "ModelSource", "build_model", "check_model_spec"]
 class ModelSource(Protocol):
     accepts: frozenset[str]
     required: frozenset[str]
+    starter_defaults: dict[str, Any]
 
     def build(self, spec: ModelSpec, resolve: Callable[[str], Path], pretrained: bool) -> nn.Module:
         ...

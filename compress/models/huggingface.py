@@ -29,6 +29,7 @@ from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
 from compress.models.hf_hidden import cut_hidden_, stream
 from compress.models.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
+from compress.models.hf_starter import HuggingFaceStarter
 
 __all__ = ["HuggingFaceSource", "HFModel", "TASKS", "count_transformer_macs"]
 
@@ -166,7 +167,7 @@ def _vision_tokens(model: HFModel) -> int:
 
 
 @MODEL_SOURCES.register("huggingface")
-class HuggingFaceSource:
+class HuggingFaceSource(HuggingFaceStarter):
     """Hugging Face transformers models from a local folder, a hub id or a Python package."""
 
     accepts = frozenset({"name", "task", "num_classes", "trust_remote_code", "dtype", "head",
@@ -238,3 +239,4 @@ def _pad_id(path: str, task: str, config: Any) -> int | None:
     if task == "causal-lm" and (pad is None or pad in eos_ids):
         return None
     return pad
+
