@@ -22,6 +22,7 @@ from torch import nn
 
 from compress.checkpoint import FinetuneCheckpoint
 from compress.context import RunContext, resolve_device
+from compress.data import serving_info
 from compress.distributed import Processes, architecture_digest, processes
 from compress.errors import CompressError
 from compress.evaluate import evaluate
@@ -64,21 +65,6 @@ class Result:
 
 def default_out_dir(recipe: Recipe) -> Path:
     return Path("runs") / (recipe.name or "run")
-
-
-def _serving_info(recipe: Recipe, bundle: DataBundle) -> dict[str, Any]:
-    """What model.json tells a service: class names, and how inputs were prepared."""
-    norm = recipe.data.normalize
-    if recipe.data.source in ("text", "text_lm"):
-        return {"classes": list(bundle.class_names),
-                "preprocess": {"tokens": "int64 token ids of the model's tokenizer (saved in "
-                                         "hf/ when written), padded with its pad id",
-                               "max_length": recipe.data.max_length}}
-    return {"classes": list(bundle.class_names),
-            "preprocess": {"pixels": "float32, channels first, scaled to 0..1",
-                           "image_size": recipe.data.image_size,
-                           "resize": "bilinear, antialiased",
-                           "normalize": norm.model_dump() if norm is not None else None}}
 
 
 def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool = False,
@@ -139,7 +125,7 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
         train_head_(model, bundle, recipe, ctx.device)
         timing["head_s"] = time.perf_counter() - t
     model_spec = resolved_model_spec(recipe)
-    serving = _serving_info(recipe, bundle)
+    serving = serving_info(recipe.data, bundle)
 
     def timed_eval(m: nn.Module) -> dict[str, float]:
         t = time.perf_counter()

@@ -2,7 +2,7 @@
 
 ``compress apply`` and ``compress inspect`` both start here, on a recipe that
 :func:`compress.validate.check_recipe` already accepted (each entry point checks once, before
-it writes anything).
+it writes anything): the model and data sections are not checked again here.
 
 Example:
     >>> from compress.recipe import load_recipe
@@ -22,7 +22,7 @@ from compress.context import seed_everything
 from compress.data import DataBundle, build_data
 from compress.data.text import with_default_tokenizer
 from compress.errors import InputError
-from compress.models import build_model
+from compress.models import build_model, model_tokenizer
 from compress.recipe import ModelSpec, Recipe
 
 __all__ = ["Prepared", "prepare", "check_outputs", "resolved_model_spec"]
@@ -43,9 +43,10 @@ def prepare(recipe: Recipe, *, train: bool = True) -> Prepared:
     may be a subset). The probe batch holds enough samples for the pruning proofs and the
     export parity checks."""
     seed_everything(recipe.seed)
-    bundle = build_data(with_default_tokenizer(recipe), resolve=recipe.resolve_path,
-                        seed=recipe.seed, train=train)
-    model = build_model(recipe.model, resolve=recipe.resolve_path)
+    data = with_default_tokenizer(recipe.data, model_tokenizer(recipe.model))
+    bundle = build_data(data, resolve=recipe.resolve_path, seed=recipe.seed, train=train,
+                        check=False)
+    model = build_model(recipe.model, resolve=recipe.resolve_path, check=False)
     probe = bundle.probe_batch(max(recipe.pruning.probe_batch, recipe.export.parity_batch))
     if train:
         check_outputs(model, bundle, probe)

@@ -44,10 +44,18 @@ __all__ = [
 RECIPE_VERSION = 1
 
 
-def _registered(module: str, registry: str, name: str) -> str:
-    """Check ``name`` against a registry; imported lazily (registries import torch)."""
-    getattr(importlib.import_module(module), registry).get(name)
-    return name
+def _registered(field: str, module: str, registry: str) -> Any:
+    """A validator of ``field``: its value must name an entry of ``module.registry``.
+
+    The registry is imported when a recipe is validated, not with this module (registries
+    import torch).
+    """
+
+    def check(name: str) -> str:
+        getattr(importlib.import_module(module), registry).get(name)
+        return name
+
+    return field_validator(field)(check)
 
 
 class _Section(BaseModel):
@@ -94,10 +102,7 @@ class ModelSpec(_Section):
     head_epochs: int = Field(1, gt=0, description="huggingface with head train/finetune: "
                              "epochs of that training.", examples=[2])
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, v: str) -> str:
-        return _registered("compress.models", "MODEL_SOURCES", v)
+    _known_source = _registered("source", "compress.models", "MODEL_SOURCES")
 
 
 class Normalize(_Section):
@@ -166,10 +171,7 @@ class DataSpec(_Section):
                                   "(default: $COMPRESS_CACHE or ~/.cache/compress).",
                                   examples=["/scratch/compress-cache"])
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, v: str) -> str:
-        return _registered("compress.data", "DATASETS", v)
+    _known_source = _registered("source", "compress.data", "DATASETS")
 
 
 class Target(_Section):
@@ -238,10 +240,7 @@ class PruningSpec(_Section):
                                  "fraction as heads keeps the result loadable by stock "
                                  "from_pretrained.", examples=[0.5])
 
-    @field_validator("importance")
-    @classmethod
-    def _known_importance(cls, v: str) -> str:
-        return _registered("compress.pruning", "IMPORTANCE", v)
+    _known_importance = _registered("importance", "compress.pruning", "IMPORTANCE")
 
     @field_validator("round_to")
     @classmethod
@@ -303,10 +302,7 @@ class ScheduleSpec(_Section):
                                      "target of the first (one-shot) step, about 60-80 % of "
                                      "the final target.", examples=[0.6])
 
-    @field_validator("kind")
-    @classmethod
-    def _known_schedule(cls, v: str) -> str:
-        return _registered("compress.schedules", "SCHEDULES", v)
+    _known_schedule = _registered("kind", "compress.schedules", "SCHEDULES")
 
 
 class Distill(_Section):

@@ -1,5 +1,10 @@
 """A small generic registry: config names map to behaviour.
 
+:class:`SourceRegistry` is the registry of a recipe section's ``source`` key (model sources,
+datasets): each entry declares the section keys it ``accepts`` and those it ``required``, and
+:meth:`SourceRegistry.check_spec` holds a section to that, so every source is checked the same
+way, once, by one function.
+
 Example:
     >>> from compress.registry import Registry
     >>> shapes = Registry("shape")
@@ -17,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from compress.errors import InputError
 
-__all__ = ["Registry", "check_entry_fields"]
+__all__ = ["Registry", "SourceRegistry"]
 
 T = TypeVar("T")
 
@@ -61,20 +66,58 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
-def check_entry_fields(spec: Any, *, section: str, kind: str, accepts: frozenset[str],
-                       required: frozenset[str]) -> None:
-    """Reject keys of a recipe section that its registered entry does not use, or misses.
+class SourceRegistry(Registry[T]):
+    """The sources a recipe ``section`` names in its ``source`` key.
 
-    ``spec`` is a pydantic section whose ``source`` names the entry; a key counts as set when
-    the user set it to something other than its default.
+    Entries are classes with ``accepts`` and ``required`` (sets of section keys) and, optionally,
+    ``check(spec)`` for what only the source can tell (a name it does not know). ``common`` are
+    keys every source accepts; ``label`` names a source in messages (default: ``kind``).
     """
-    fields = type(spec).model_fields
-    set_keys = {k for k in spec.model_fields_set
-                if getattr(spec, k) != fields[k].get_default(call_default_factory=True)}
-    unused = sorted(set_keys - accepts)
-    if unused:
-        raise InputError(f"{section}.{unused[0]} is not used by {kind} {spec.source!r}; "
-                         f"it accepts: {', '.join(sorted(accepts))}")
-    missing = sorted(k for k in required if getattr(spec, k) is None)
-    if missing:
-        raise InputError(f"{kind} {spec.source!r} needs {section}.{missing[0]}")
+
+    def __init__(self, kind: str, *, section: str, common: frozenset[str] = frozenset(),
+                 label: str | None = None) -> None:
+        super().__init__(kind)
+        self.section = section
+        self.common = common
+        self.label = label or kind
+
+    def check_spec(self, spec: Any) -> None:
+        """Reject keys of ``spec`` its source does not use, or misses; then the source's check.
+
+        ``spec`` is a pydantic section whose ``source`` names the entry; a key counts as set
+        when the user set it to something other than its default.
+
+        Example:
+            >>> from pydantic import BaseModel
+            >>> class Shape(BaseModel):
+            ...     source: str
+            ...     side: int | None = None
+            ...     radius: int | None = None
+            >>> shapes = SourceRegistry("shape source", section="shape",
+            ...                         common=frozenset({"source"}))
+            >>> @shapes.register("square")
+            ... class Square:
+            ...     accepts = frozenset({"side"})
+            ...     required = frozenset({"side"})
+            >>> shapes.check_spec(Shape(source="square", side=2))
+            >>> shapes.check_spec(Shape(source="square", side=2, radius=1))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            compress.errors.InputError: shape.radius is not used by shape source 'square'; ...
+            >>> shapes.check_spec(Shape(source="square"))
+            Traceback (most recent call last):
+            compress.errors.InputError: shape source 'square' needs shape.side
+        """
+        entry: Any = self.get(spec.source)
+        accepts = entry.accepts | self.common
+        fields = type(spec).model_fields
+        set_keys = {k for k in spec.model_fields_set
+                    if getattr(spec, k) != fields[k].get_default(call_default_factory=True)}
+        unused = sorted(set_keys - accepts)
+        if unused:
+            raise InputError(f"{self.section}.{unused[0]} is not used by {self.label} "
+                             f"{spec.source!r}; it accepts: {', '.join(sorted(accepts))}")
+        missing = sorted(k for k in entry.required if getattr(spec, k) is None)
+        if missing:
+            raise InputError(f"{self.label} {spec.source!r} needs {self.section}.{missing[0]}")
+        if hasattr(entry, "check"):
+            entry().check(spec)

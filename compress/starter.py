@@ -4,6 +4,11 @@ The schedule follows Janusz et al., "One Shot vs. Iterative: Rethinking Pruning 
 Model Compression" (arXiv 2508.13836), and the recipe says why in a comment above it. The text
 is parsed and checked before it is returned, so what ``compress init`` prints always validates.
 
+Only the generic parts live here (regime, schedule, fine-tuning, results). What a model or data
+source writes comes from the source, found through :data:`compress.models.MODEL_SOURCES` and
+:data:`compress.data.DATASETS`: its ``starter_defaults`` (notes, what it prunes, what input it
+takes) and its ``starter(writer, arg, request)`` hook, which writes its section's keys.
+
 Example:
     >>> text = render_starter_recipe("cifar_resnet:resnet56", "digits", target_macs=0.5)
     >>> "kind: one-shot" in text and "below ~80 %" in text
@@ -17,7 +22,6 @@ from __future__ import annotations
 import re
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,8 +29,8 @@ import yaml
 from compress.docs import inline_yaml
 from compress.errors import InputError
 
-__all__ = ["ARCHITECTURES", "TRANSFORMER_MARKERS", "Regime", "choose_regime", "is_transformer",
-           "render_starter_recipe"]
+__all__ = ["ARCHITECTURES", "TRANSFORMER_MARKERS", "Regime", "StarterRequest", "StarterWriter",
+           "choose_regime", "looks_like_transformer", "render_starter_recipe"]
 
 ARCHITECTURES = ("cnn", "transformer")
 TRANSFORMER_MARKERS = ("vit", "bert", "swin", "deit", "llama", "gpt")
@@ -34,9 +38,6 @@ ONE_SHOT_BELOW = 0.8     # the paper: one-shot is as good as iterative below ~80
 ITERATIVE_ABOVE = 0.9    # ... and iterative wins above ~90 %; hybrid in between
 FIRST_STEP_SHARE = 0.7   # hybrid's first step: 60-80 % of the target, the middle of it
 _PAPER = 'Janusz et al., "One Shot vs. Iterative" (arXiv 2508.13836)'
-_IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-_TV_GRAY = frozenset({"MNIST", "FashionMNIST", "KMNIST", "QMNIST", "USPS"})
-_TV_NO_FLIP = frozenset({"MNIST", "KMNIST", "QMNIST", "USPS", "SVHN"})  # digits, letters
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ def choose_regime(target: float, transformer: bool = False) -> Regime:
 
     Below 0.8 one-shot; 0.8 to 0.9 hybrid (first step 0.7 x target, then geometric steps);
     above 0.9 iterative geometric; transformers always iterative.
+
+    Example:
+        >>> choose_regime(0.5).kind, choose_regime(0.5, transformer=True).step_rate
+        ('one-shot', 0.1)
     """
     pct = f"{target * 100:g} %"
     if transformer:
@@ -82,8 +87,16 @@ def choose_regime(target: float, transformer: bool = False) -> Regime:
                   f"between them.", step_rate=_step_rate(target))
 
 
-def is_transformer(name: str, architecture_hint: str | None = None) -> bool:
-    """``architecture_hint`` (cnn, transformer) when given, else: does ``name`` look like one?"""
+def looks_like_transformer(name: str, architecture_hint: str | None = None) -> bool:
+    """``architecture_hint`` (cnn, transformer) when given, else: does ``name`` look like one?
+
+    A guess from the name alone (``vit_b_16``, ``bert_base``); compare
+    :func:`compress.transformer_pruning.is_transformer`, which looks at a built model.
+
+    Example:
+        >>> looks_like_transformer("vit_b_16"), looks_like_transformer("vit_b_16", "cnn")
+        (True, False)
+    """
     if architecture_hint is not None:
         if architecture_hint not in ARCHITECTURES:
             raise InputError(f"unknown architecture {architecture_hint!r}; allowed: "
@@ -92,165 +105,134 @@ def is_transformer(name: str, architecture_hint: str | None = None) -> bool:
     return any(marker in name.lower() for marker in TRANSFORMER_MARKERS)
 
 
-class _Writer:
-    """YAML lines with wrapped comments above keys (yaml.dump would drop the comments)."""
+class StarterWriter:
+    """YAML lines with wrapped comments above keys (yaml.dump would drop the comments).
+
+    Example:
+        >>> w = StarterWriter()
+        >>> w.section("data", "Where the images are.")
+        >>> w.key("batch_size", 64)
+        >>> w.key("augment", ["random_crop"], "Training augmentations.")
+        >>> w.lines[:3]
+        ['', '# Where the images are.', 'data:']
+        >>> w.lines[3:]
+        ['  batch_size: 64', '  # Training augmentations.', '  augment: [random_crop]']
+    """
 
     def __init__(self) -> None:
         self.lines: list[str] = []
 
     def comment(self, text: str, indent: int = 0) -> None:
+        """``text`` as ``# `` lines wrapped at 96 columns, indented by ``indent``."""
         pad = " " * indent + "# "
         # No breaks at hyphens: they would split flags such as --target-macs.
         self.lines += textwrap.wrap(text, width=96, initial_indent=pad, subsequent_indent=pad,
                                     break_on_hyphens=False)
 
     def key(self, name: str, value: Any, note: str | None = None, indent: int = 2) -> None:
+        """``name: value`` in flow style, below ``note`` as a comment when given."""
         if note:
             self.comment(note, indent)
         self.lines.append(f"{' ' * indent}{name}: {inline_yaml(value)}")
 
     def section(self, name: str, note: str | None = None) -> None:
+        """A blank line, ``note`` as a comment, and ``name:``."""
         self.lines.append("")
         if note:
             self.comment(note)
         self.lines.append(f"{name}:")
 
 
-def _split(spec: str, what: str, registry: Any, example: str) -> tuple[str, str]:
+@dataclass(frozen=True)
+class StarterRequest:
+    """What ``compress init`` was asked for, as a source's ``starter`` hook sees it.
+
+    Example:
+        >>> r = StarterRequest(model="torchvision:resnet18", data="imagefolder:./d", num_classes=3)
+        >>> r.data_source, r.classes
+        ('imagefolder', 3)
+    """
+
+    model: str = ""                    # --model as given, SOURCE:ARG
+    data: str = ""                     # --data as given, SOURCE[:ARG]
+    num_classes: int | None = None     # --num-classes
+    data_classes: int | None = None    # what the data says (digits: 10, an imagefolder's train/)
+    checkpoint: str | None = None      # --checkpoint
+    image_size: int | None = None      # --image-size
+    patience: bool = False             # the schedule fine-tunes with patience (validation data)
+    imagenet_input: bool = False       # the model expects ImageNet-sized images (224)
+
+    @property
+    def data_source(self) -> str:
+        return self.data.partition(":")[0]
+
+    @property
+    def classes(self) -> int | None:
+        """``--num-classes``, else what the data says."""
+        return self.num_classes or self.data_classes
+
+
+def _source(registry: Any, spec: str, what: str, example: str) -> tuple[str, str, Any]:
+    """``(source name, argument, source class)`` of ``SOURCE:ARG``; no template is an error."""
     source, _, arg = spec.partition(":")
     if source not in registry:
         raise InputError(f"unknown {what} source {source!r} in {spec!r}; available: "
                          f"{', '.join(registry.names())} (write SOURCE:ARG, e.g. {example})")
-    return source, arg
+    cls = registry.get(source)
+    if not hasattr(cls, "starter"):
+        raise InputError(f"compress init has no template for {what} source {source!r} yet; "
+                         f"write the {what} section by hand (see docs/recipes.md)")
+    return source, arg, cls
 
 
-def _model(w: _Writer, spec: str, classes: int | None, checkpoint: str | None = None,
-           explicit_classes: bool = False) -> tuple[str, bool]:
-    """Write the model section; return (short name, is a torchvision model).
+def _defaults(registry: Any, name: str) -> dict[str, Any]:
+    """A registered source's ``starter_defaults``; empty for names the registry lacks."""
+    return getattr(registry.get(name), "starter_defaults", {}) if name in registry else {}
 
-    ``explicit_classes``: ``classes`` came from ``--num-classes``, not from the data.
-    """
+
+def _model(w: StarterWriter, request: StarterRequest) -> tuple[str, Any]:
+    """Write the model section; return the model's short name (for the recipe's) and source."""
     from compress.models import MODEL_SOURCES, check_model_spec
     from compress.recipe import ModelSpec
 
-    source, arg = _split(spec, "model", MODEL_SOURCES, "torchvision:resnet50")
-    if not arg:
-        raise InputError(f"model {spec!r} names no model after the source; e.g. "
-                         f"torchvision:resnet50, cifar_resnet:resnet56, python:pkg.mod:fn or "
-                         f"python:file.py:fn")
-    w.section("model", "The network to compress.")
-    w.key("source", source)
-    fields: dict[str, Any] = {"source": source}
-    if source == "python":
-        fields["factory"] = arg
-        w.key("factory", arg, "'package.module:function' or 'file.py:function' (relative to "
-              "this file) returning the nn.Module.")
-        if explicit_classes and classes is not None:
-            fields["num_classes"] = classes
-            w.key("num_classes", classes, "Passed to the factory as a keyword argument.")
-        else:
-            w.comment("num_classes: 10   # passed to the factory as a keyword argument", 2)
-    elif source in ("torchvision", "cifar_resnet"):
-        fields["name"] = arg
-        w.key("name", arg)
-        if source == "torchvision" and classes not in (None, 1000):
-            fields["num_classes"] = classes
-            why = (f"torchvision's ImageNet weights have 1000 classes and the data has "
-                   f"{classes}: give weights trained on your data in checkpoint (without them "
-                   f"the model starts from random weights).")
-            if checkpoint:
-                why = "The data's classes, which your checkpoint was trained for."
-            w.key("num_classes", classes, why)
-        elif source == "torchvision" and checkpoint is None:
-            w.key("weights", "DEFAULT", "ImageNet weights from torchvision (downloaded on first "
-                  "use): the data needs ImageNet's 1000 classes. For other data, drop this, set "
-                  "num_classes and give your trained weights in checkpoint.")
-        elif classes is not None:
-            fields["num_classes"] = classes
-            w.key("num_classes", classes)
-    else:
-        raise InputError(f"compress init has no template for model source {source!r} yet; "
-                         f"write the model section by hand (see docs/recipes.md)")
-    if checkpoint:
-        fields["checkpoint"] = checkpoint
-        w.key("checkpoint", checkpoint, "Your trained weights (.safetensors, or .pt/.pth/.th "
-              "loaded with weights_only=True).")
-    else:
-        w.comment("checkpoint: path/to/trained.safetensors   # or .pt/.pth/.th; pruning needs "
-                  "trained weights", 2)
-    check_model_spec(ModelSpec(**fields))  # unknown torchvision/cifar_resnet names, bad factory
-    name = arg.rpartition(":")[2] if source == "python" else arg
-    return name, source == "torchvision"
+    name, arg, cls = _source(MODEL_SOURCES, request.model, "model", "torchvision:resnet50")
+    source = cls()
+    w.section("model", source.starter_defaults["note"])
+    w.key("source", name)
+    fields = source.starter(w, arg, request)
+    check_model_spec(ModelSpec(source=name, **fields))  # unknown names, a bad factory
+    return source.starter_name(arg), source
 
 
-def _data(w: _Writer, spec: str, patience: bool, tv_model: bool,
-          image_size: int | None = None) -> None:
+def _data(w: StarterWriter, request: StarterRequest, inputs: tuple[str, ...]) -> None:
+    """Write the data section, for a model that takes ``inputs`` (images, tokens)."""
     from compress.data import DATASETS
-    from compress.data.torchvision_datasets import SUPPORTED
 
-    source, arg = _split(spec, "data", DATASETS, "imagefolder:./data")
-    w.section("data", "Data for fine-tuning, and for accuracy before and after.")
-    w.key("source", source)
-    rgb, flip = True, True
-    if source == "digits":
-        if arg:
-            raise InputError(f"data source 'digits' takes no argument (got {spec!r}); use digits")
-        rgb, flip = False, False
-    elif source == "imagefolder":
-        if not arg:
-            raise InputError("data source 'imagefolder' needs a path: imagefolder:PATH")
-        w.key("path", arg, "A folder or .tar.gz laid out split/class/*.jpg; the splits are "
-              "train/ and test/ unless train_split/eval_split say otherwise.")
-    elif source == "torchvision":
-        if arg not in SUPPORTED:
-            raise InputError(f"data {spec!r}: torchvision dataset {arg!r} is not supported; "
-                             f"supported: {', '.join(SUPPORTED)}")
-        w.key("name", arg)
-        w.key("path", "./data", "Root folder torchvision reads the dataset from.")
-        w.key("download", False, "Nothing is downloaded unless this is true: set it for the "
-              "first run if ./data does not hold the files yet.")
-        rgb, flip = arg not in _TV_GRAY, arg not in _TV_NO_FLIP
-    else:
+    source, arg, cls = _source(DATASETS, request.data, "data", "imagefolder:./data")
+    if cls.starter_defaults["inputs"] not in inputs:
         raise InputError(f"compress init has no template for data source {source!r} yet; "
                          f"write the data section by hand (see docs/recipes.md)")
-    if image_size is not None:
-        w.key("image_size", image_size, "Images are resized to the input size the model was "
-              "trained at.")
-    elif tv_model:
-        w.key("image_size", 224, "Images are resized to the input size torchvision's "
-              "ImageNet models expect.")
-    w.key("batch_size", 64)
-    if patience:
-        w.key("val_subset", 200 if source == "digits" else 1000, "Training samples held out "
-              "as validation data for patience-based fine-tuning (about a tenth of the "
-              "training split is plenty).")
-    augment = ["random_crop", "horizontal_flip"] if flip else ["random_crop"]
-    w.key("augment", augment, "Training augmentations." + ("" if flip else " No "
-          "horizontal_flip: mirrored digits and letters are different classes."))
-    if source == "digits":
-        w.key("crop_padding", 1, "8x8 images: pad random crops by one pixel.")
-    if rgb:
-        w.key("normalize", _IMAGENET, "Use the statistics the model was trained with "
-              "(these are ImageNet's, which the CIFAR ResNet checkpoints also use).")
+    w.section("data", cls.starter_defaults["note"])
+    w.key("source", source)
+    cls().starter(w, arg, request)
 
 
-def _pruning(w: _Writer, target: float, by_macs: bool) -> None:
+def _pruning(w: StarterWriter, target: float, by_macs: bool, source: Any) -> None:
+    """The pruning section, in the words of the model ``source`` (channels, heads, neurons)."""
+    texts = source.starter_defaults
     pct = f"{target * 100:g}"
-    w.section("pruning", "Structured: whole channels go, the only kind that makes the dense "
-              "model faster (unstructured and n:m only shrink the compressed file).")
+    w.section("pruning", texts["pruning"])
     w.key("kind", "structured")
-    w.key("importance", "l2", "L2 norm of each channel group: needs no gradients or "
-          "calibration data. `compress list` shows the other criteria (taylor, lamp, ...).")
+    w.key("importance", "l2", texts["importance"])
     if by_macs:
         w.key("target", {"macs": target}, f"Remove {pct} % of the multiply-accumulates; the "
               f"channel ratio that does it is found by search.")
     else:
-        w.key("ratio", target, f"Remove {pct} % of every prunable layer's channels.")
-    w.key("round_to", "auto", "Channel counts stay multiples of 8 for convolutional models, "
-          "so onnxruntime's CPU kernels keep the speedup.")
+        w.key("ratio", target, texts["ratio"].format(pct=pct))
+    source.starter_pruning(w, target)
 
 
-def _schedule(w: _Writer, target: float, regime: Regime) -> None:
+def _schedule(w: StarterWriter, target: float, regime: Regime) -> None:
     from compress.recipe import ScheduleSpec
     from compress.schedules import plan_targets
 
@@ -270,7 +252,7 @@ def _schedule(w: _Writer, target: float, regime: Regime) -> None:
               f"accuracy.")
 
 
-def _training(w: _Writer, *, transformer: bool, patience: bool, small: bool) -> None:
+def _training(w: StarterWriter, *, transformer: bool, patience: bool, small: bool) -> None:
     w.section("finetune", "Fine-tuning after each pruning step.")
     if transformer:
         w.key("optimizer", "adamw", "AdamW with a small learning rate, as transformers are "
@@ -295,7 +277,7 @@ def _training(w: _Writer, *, transformer: bool, patience: bool, small: bool) -> 
               "epochs recover more accuracy.")
 
 
-def _results(w: _Writer, target: float, by_macs: bool, tv_model: bool,
+def _results(w: StarterWriter, target: float, by_macs: bool, imagenet_input: bool,
              tokens: bool = False) -> None:
     w.section("export", "ONNX is written only after onnxruntime matched torch on real inputs.")
     w.key("safetensors", True)
@@ -309,7 +291,7 @@ def _results(w: _Writer, target: float, by_macs: bool, tv_model: bool,
         w.key("sample_shape", [128], "Tokens per row timed (the ONNX sequence axis is "
               "dynamic).")
     else:
-        w.key("batch_sizes", [1, 32] if tv_model else [1, 64])
+        w.key("batch_sizes", [1, 32] if imagenet_input else [1, 64])
 
     w.section("gates", "Checked at the end; a failing gate makes `compress apply` exit 1, "
               "so CI can fail on it.")
@@ -328,14 +310,6 @@ def _results(w: _Writer, target: float, by_macs: bool, tv_model: bool,
               "catches a run that pruned far less than asked.")
 
 
-def _imagefolder_classes(path: str) -> int | None:
-    """Class folders under a local imagefolder's ``train/`` (None for archives, absent paths)."""
-    train = Path(path) / "train"
-    if not train.is_dir():
-        return None
-    return sum(1 for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")) or None
-
-
 def render_starter_recipe(model: str, data: str, target_macs: float | None = None,
                           target_sparsity: float | None = None,
                           architecture_hint: str | None = None, *,
@@ -351,8 +325,14 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     weights; ``num_classes`` defaults to what the data says (the class folders of a local
     imagefolder's ``train/``); ``image_size`` is the side images are resized to (default: 224
     for torchvision models, else the images' own size).
+
+    Example:
+        >>> text = render_starter_recipe("cifar_resnet:resnet20", "digits", target_sparsity=0.3)
+        >>> text.splitlines()[1]
+        '#   compress init --model cifar_resnet:resnet20 --data digits --target-sparsity 0.3'
     """
-    from compress.data import check_data_spec
+    from compress.data import DATASETS, check_data_spec
+    from compress.models import MODEL_SOURCES
     from compress.recipe import parse_recipe
     from compress.schedules import plan_targets
 
@@ -364,9 +344,11 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     if not 0 < target < 1:
         raise InputError(f"{'target_macs' if by_macs else 'target_sparsity'} must be a fraction "
                          f"between 0 and 1, e.g. 0.5 (got {target})")
-    hf = model.partition(":")[0] == "huggingface"
-    by_macs = by_macs and not hf  # transformers are pruned by fractions of heads and neurons
-    transformer = hf or is_transformer(model.partition(":")[2], architecture_hint)
+    # An unknown source is reported when its section is written, after the checks below.
+    source_defaults = _defaults(MODEL_SOURCES, model.partition(":")[0])
+    by_macs = by_macs and source_defaults.get("macs_target", True)  # transformers: fractions
+    transformer = (source_defaults.get("transformer", False)
+                   or looks_like_transformer(model.partition(":")[2], architecture_hint))
     regime = choose_regime(target, transformer)
     patience = regime.kind != "one-shot"
     flag = "--target-macs" if by_macs else "--target-sparsity"
@@ -377,7 +359,7 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
         if value is not None and value < 1:
             raise InputError(f"{what} must be a positive whole number (got {value})")
 
-    w = _Writer()
+    w = StarterWriter()
     # The command on a line of its own, unwrapped, so it can be copied back.
     w.lines += ["# Starter recipe, written by",
                 f"#   compress init --model {model} --data {data} {flag} {target:g}{flags}"]
@@ -385,44 +367,28 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
               "validate`, run it with `compress apply`. Relative paths resolve against the "
               "folder this file is in.")
     w.lines.append("version: 1")
-    body = _Writer()
     data_source, _, data_arg = data.partition(":")
-    classes = {"digits": 10, "torchvision": 100 if data_arg == "CIFAR100" else 10}
-    if data_source == "imagefolder" and data_arg:
-        classes["imagefolder"] = _imagefolder_classes(data_arg)
-    if hf:
-        from compress.starter_hf import write_hf_model, write_text_data
-
-        name_arg = model.partition(":")[2]
-        if not name_arg:
-            raise InputError("model huggingface: needs a folder, hub id or module:function "
-                             "after the source, e.g. huggingface:./my-bert")
-        write_hf_model(body, name_arg, data_source, num_classes)
-        module, colon, _ = name_arg.partition(":")
-        short = module.replace(".", "-") if colon else Path(name_arg).name or "model"
-        tv_model = True
-        if data_source in ("text", "text_lm"):
-            write_text_data(body, data_source, data_arg, patience)
-        else:
-            _data(body, data, patience, tv_model, image_size)
-    else:
-        short, tv_model = _model(body, model, num_classes or classes.get(data_source),
-                                 checkpoint, explicit_classes=num_classes is not None)
-        _data(body, data, patience, tv_model, image_size)
-    measure = "macs" if by_macs else "heads" if hf else "channels"
+    data_cls = DATASETS.get(data_source) if data_source in DATASETS else None
+    data_classes = (data_cls().starter_classes(data_arg) if hasattr(data_cls, "starter_classes")
+                    else None)
+    request = StarterRequest(model=model, data=data, num_classes=num_classes,
+                             data_classes=data_classes, checkpoint=checkpoint,
+                             image_size=image_size, patience=patience,
+                             imagenet_input=source_defaults.get("imagenet_input", False))
+    body = StarterWriter()
+    short, source = _model(body, request)
+    _data(body, request, source_defaults["inputs"])
+    data_defaults = _defaults(DATASETS, data_source)
+    measure = "macs" if by_macs else source_defaults["unit"]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{short}-{measure}{target * 100:g}")
     w.lines.append(f"name: {inline_yaml(name)}")
     w.lines += body.lines
 
-    if hf:
-        from compress.starter_hf import write_hf_pruning
-
-        write_hf_pruning(w, target)
-    else:
-        _pruning(w, target, by_macs)
+    _pruning(w, target, by_macs, source)
     _schedule(w, target, regime)
-    _training(w, transformer=transformer, patience=patience, small=data_source == "digits")
-    _results(w, target, by_macs, tv_model, tokens=data_source in ("text", "text_lm"))
+    _training(w, transformer=transformer, patience=patience, small=data_defaults["small"])
+    _results(w, target, by_macs, request.imagenet_input,
+             tokens=data_defaults["inputs"] == "tokens")
     text = "\n".join(w.lines) + "\n"
 
     recipe = parse_recipe(yaml.safe_load(text), source="starter recipe")

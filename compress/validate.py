@@ -106,7 +106,7 @@ def recipe_notes(recipe: Recipe) -> list[str]:
     from transformers import AutoConfig
 
     from compress.models.hf_layout import LAYOUTS
-    from compress.models.huggingface import resolve_hf_name
+    from compress.hf_names import resolve_hf_name
 
     path = Path(resolve_hf_name(recipe.model.name or "", recipe.resolve_path))
     if not (path / "config.json").is_file():

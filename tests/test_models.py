@@ -122,3 +122,25 @@ def test_channel_map_shortcut_general_map_matches_gather() -> None:
     y = sc(x)
     assert torch.equal(y[:, 1], x[:, 0, ::2, ::2]) and torch.equal(y[:, 4], x[:, 2, ::2, ::2])
     assert torch.count_nonzero(y[:, [0, 2, 5]]) == 0
+
+
+def test_build_model_can_skip_a_check_already_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = []
+    monkeypatch.setattr(MODEL_SOURCES, "check_spec", lambda spec: checked.append(spec.source))
+    spec = ModelSpec(source="cifar_resnet", name="resnet20")
+    build_model(spec)
+    assert checked == ["cifar_resnet"]
+    build_model(spec, check=False)  # e.g. after compress.validate.check_recipe
+    assert checked == ["cifar_resnet"]
+
+
+def test_starter_defaults_of_channel_pruned_sources_live_in_one_place() -> None:
+    from compress.models.base import CHANNEL_STARTER, ChannelPrunedSource
+
+    channel = [n for n in MODEL_SOURCES.names()
+               if issubclass(MODEL_SOURCES.get(n), ChannelPrunedSource)]
+    assert channel == ["cifar_resnet", "python", "torchvision"]
+    for name in channel:
+        differs = {k for k, v in MODEL_SOURCES.get(name).starter_defaults.items()
+                   if CHANNEL_STARTER.get(k) != v}
+        assert differs <= {"imagenet_input"}, name  # torchvision's models expect 224 px

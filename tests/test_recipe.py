@@ -109,3 +109,27 @@ def test_every_shipped_recipe_validates(path: Path) -> None:
     if check_recipe_paths and (recipe.model.checkpoint is None
                                or recipe.resolve_path(recipe.model.checkpoint).exists()):
         check_recipe(recipe)
+
+
+def test_registry_names_are_checked_without_importing_registries_early() -> None:
+    import subprocess
+    import sys
+
+    # The source/importance/kind validators import their registries (and torch) only when a
+    # recipe is validated, so `import compress.recipe` stays light.
+    code = ("import sys, compress.recipe; "
+            "print(sorted(m for m in sys.modules if m in ('torch', 'compress.models', "
+            "'compress.data', 'compress.pruning', 'compress.schedules')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("section, key, registry", [
+    ("model", "source", "model source"), ("data", "source", "dataset"),
+    ("pruning", "importance", "importance criterion"), ("schedule", "kind", "schedule")])
+def test_every_registered_name_is_checked_by_its_registry(section: str, key: str,
+                                                          registry: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_recipe(_with(**{f"{section}__{key}": "nope"}))
+    assert f"'{section}.{key}': unknown {registry} 'nope'; available: " in str(info.value)

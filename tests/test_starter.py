@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from compress.errors import InputError
-from compress.starter import choose_regime, is_transformer, render_starter_recipe
+from compress.starter import choose_regime, looks_like_transformer, render_starter_recipe
 
 # One spec per registered source; test_every_source_has_a_spec keeps the lists complete.
 MODELS = {"torchvision": "torchvision:resnet18", "cifar_resnet": "cifar_resnet:resnet56",
@@ -115,7 +115,7 @@ def test_regime_comments_explain_the_choice() -> None:
     ("torchvision:vit_b_16", "cnn", False),
 ])
 def test_transformers_prune_iteratively(model: str, hint: str | None, expected: bool) -> None:
-    assert is_transformer(model.partition(":")[2], hint) is expected
+    assert looks_like_transformer(model.partition(":")[2], hint) is expected
     text = render_starter_recipe(model, "imagefolder:./data", target_macs=0.3,
                                  architecture_hint=hint)
     recipe, targets = _check(text)
@@ -257,3 +257,73 @@ def test_bad_input_is_one_clear_sentence(kwargs: dict, fragment: str) -> None:
     with pytest.raises(InputError) as info:
         render_starter_recipe(**args)
     assert fragment in str(info.value)
+
+
+# What compress.starter reads from every source's starter_defaults.
+MODEL_DEFAULT_KEYS = {"note", "transformer", "imagenet_input", "inputs", "macs_target", "unit",
+                      "pruning", "importance", "ratio"}
+DATA_DEFAULT_KEYS = {"note", "inputs", "small"}
+
+
+@pytest.mark.parametrize("source", sorted({"huggingface", *MODELS}))
+def test_every_model_source_writes_its_own_section(source: str) -> None:
+    from compress.models import MODEL_SOURCES
+
+    cls = MODEL_SOURCES.get(source)
+    assert MODEL_DEFAULT_KEYS <= set(cls.starter_defaults), source
+    for hook in ("starter", "starter_name", "starter_pruning"):
+        assert callable(getattr(cls, hook)), (source, hook)
+    spec = MODELS.get(source, "huggingface:org/tiny-vit")
+    recipe, _ = _check(render_starter_recipe(spec, "imagefolder:./data", target_sparsity=0.5))
+    assert recipe.model.source == source
+    assert recipe.pruning.ratio == 0.5
+
+
+@pytest.mark.parametrize("source", sorted({*DATA, *HF_DATA}))
+def test_every_dataset_writes_its_own_section_and_serving_info(source: str) -> None:
+    from types import SimpleNamespace
+
+    from compress.data import DATASETS
+
+    cls = DATASETS.get(source)
+    assert DATA_DEFAULT_KEYS <= set(cls.starter_defaults), source
+    tokens = cls.starter_defaults["inputs"] == "tokens"
+    model = "huggingface:org/tiny" if tokens else "cifar_resnet:resnet20"
+    data = DATA.get(source) or f"{source}:./corpus"
+    recipe, _ = _check(render_starter_recipe(model, data, target_sparsity=0.5))
+    assert recipe.data.source == source
+    info = cls().serving_info(recipe.data, SimpleNamespace(class_names=["a", "b"]))
+    assert info["classes"] == ["a", "b"]
+    assert ("tokens" if tokens else "pixels") in info["preprocess"]
+
+
+def test_a_new_model_source_brings_its_starter_in_its_own_class(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from compress.models import MODEL_SOURCES
+    from compress.models.base import ChannelPrunedSource
+
+    class Mine(ChannelPrunedSource):
+        accepts = frozenset({"name"})
+        required = frozenset({"name"})
+
+        def starter_keys(self, w, arg, request):
+            w.key("name", arg, "My own model.")
+            return {"name": arg}
+
+    class Bare:  # registered, but with no starter: compress init says so
+        accepts = required = frozenset()
+
+    monkeypatch.setitem(MODEL_SOURCES._entries, "mine", Mine)
+    monkeypatch.setitem(MODEL_SOURCES._entries, "bare", Bare)
+    text = render_starter_recipe("mine:net7", "digits", target_macs=0.5)
+    recipe, _ = _check(text)
+    assert (recipe.model.source, recipe.model.name, recipe.name) == ("mine", "net7", "net7-macs50")
+    assert _comment_above(text, "  name: net7") == "My own model."
+    assert "round_to: auto" in text  # the channel-pruning default, written once for all
+    with pytest.raises(InputError, match="compress init has no template for model source 'bare'"):
+        render_starter_recipe("bare:x", "digits")
+
+
+def test_text_data_needs_a_model_that_takes_tokens() -> None:
+    with pytest.raises(InputError, match="no template for data source 'text' yet"):
+        render_starter_recipe("cifar_resnet:resnet20", "text:./sst2")

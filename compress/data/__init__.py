@@ -1,8 +1,11 @@
 """Dataset sources: one file per source, each registered in :data:`DATASETS`.
 
-A source is a class with ``fields`` (the ``data.*`` recipe keys it uses beyond the common
-ones), ``required`` (those it needs) and ``load(spec, resolve, train) -> RawData``. Subsets,
-resizing, augmentation, normalisation and the loaders are built here, once for all sources.
+A source is a class with ``accepts`` (the ``data.*`` recipe keys it uses beyond the common
+ones), ``required`` (those it needs), ``load(spec, resolve, train) -> RawData`` and
+``serving_info(spec, bundle)`` (how a served model's input is described in model.json). For
+``compress init`` it also has ``starter_defaults`` and ``starter(writer, arg, request)``; the
+image sources share theirs in :mod:`compress.data.images`. Subsets, resizing, augmentation,
+normalisation and the loaders are built here, once for all sources.
 
 Example:
     >>> from compress.data import build_data
@@ -19,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -27,28 +30,33 @@ from torch.utils.data import DataLoader, Dataset
 from compress.data.base import (RawData, SeededShuffle, Transform, View, seeded_holdout,
                                 seeded_subset)
 from compress.errors import InputError
-from compress.registry import Registry, check_entry_fields
+from compress.registry import SourceRegistry
 
 if TYPE_CHECKING:
     from compress.recipe import DataSpec
 
-__all__ = ["DATASETS", "DataBundle", "DatasetSource", "RawData", "build_data", "check_data_spec"]
+__all__ = ["DATASETS", "DataBundle", "DatasetSource", "RawData", "build_data", "check_data_spec",
+           "serving_info"]
 
 
 class DatasetSource(Protocol):
-    fields: frozenset[str]
+    accepts: frozenset[str]
     required: frozenset[str]
+    starter_defaults: dict[str, Any]
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
         ...
 
+    def serving_info(self, spec: DataSpec, bundle: DataBundle) -> dict[str, Any]:
+        """The classes and how inputs are prepared, as model.json tells a service."""
 
-DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
 
-# Keys every source accepts: they act on the raw datasets after loading.
-_COMMON = frozenset({"source", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
-                     "val_subset", "image_size", "augment", "crop_padding", "normalize",
-                     "num_workers"})
+# The common keys act on the raw datasets after loading, so every source accepts them.
+DATASETS: SourceRegistry[type[DatasetSource]] = SourceRegistry(
+    "dataset", section="data", label="dataset source",
+    common=frozenset({"source", "batch_size", "eval_batch_size", "train_subset", "eval_subset",
+                      "val_subset", "image_size", "augment", "crop_padding", "normalize",
+                      "num_workers"}))
 
 # The train order must not replay the permutation that picked the train subset.
 _ORDER_SEED_OFFSET = 1_000_003
@@ -83,10 +91,16 @@ class DataBundle:
 
 
 def check_data_spec(spec: DataSpec) -> None:
-    """Raise :class:`InputError` when ``spec`` sets keys its source does not use or misses some."""
-    source = DATASETS.get(spec.source)
-    check_entry_fields(spec, section="data", kind="dataset source",
-                       accepts=source.fields | _COMMON, required=source.required)
+    """Raise :class:`InputError` when ``spec`` sets keys its source does not use or misses some
+    (the one check of a data section).
+
+    Example:
+        >>> from compress.recipe import DataSpec
+        >>> check_data_spec(DataSpec(source="imagefolder"))
+        Traceback (most recent call last):
+        compress.errors.InputError: dataset source 'imagefolder' needs data.path
+    """
+    DATASETS.check_spec(spec)
     padding_set = spec.crop_padding != type(spec).model_fields["crop_padding"].default
     if padding_set and "random_crop" not in spec.augment:
         raise InputError("data.crop_padding is only used by the random_crop augmentation; "
@@ -104,7 +118,7 @@ def _check_channels(spec: DataSpec, channels: int) -> None:
 
 
 def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: int = 0,
-               train: bool = True) -> DataBundle:
+               train: bool = True, check: bool = True) -> DataBundle:
     """Load the data a recipe describes and wrap it in loaders.
 
     ``resolve`` turns recipe paths into real ones (``Recipe.resolve_path``); ``seed`` fixes the
@@ -113,8 +127,12 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
 
     ``data.val_subset`` is held out of the training split first and ``data.train_subset`` then
     picks from what remains, so validation and training samples never overlap.
+
+    ``check=False`` skips :func:`check_data_spec`, for a spec already checked (as
+    ``compress.validate.check_recipe`` does for a whole recipe).
     """
-    check_data_spec(spec)
+    if check:
+        check_data_spec(spec)
     raw = DATASETS.get(spec.source)().load(spec, resolve, train)
     if _size(raw.eval) == 0:
         raise InputError(f"the evaluation split of dataset source {spec.source!r} is empty")
@@ -160,6 +178,12 @@ def build_data(spec: DataSpec, *, resolve: Callable[[str], Path] = Path, seed: i
     return DataBundle(train=train_loader, eval=eval_loader, num_classes=len(raw.class_names),
                       sample_shape=tuple(eval_set[0][0].shape), class_names=list(raw.class_names),
                       val=val_loader)
+
+
+def serving_info(spec: DataSpec, bundle: DataBundle) -> dict[str, Any]:
+    """What model.json tells a service: the class names and how inputs were prepared, as the
+    data source describes them."""
+    return DATASETS.get(spec.source)().serving_info(spec, bundle)
 
 
 # Registering sources is a side effect of importing their modules.

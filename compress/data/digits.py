@@ -14,13 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from compress.data import DATASETS
 from compress.data.base import RawData, TensorImages
+from compress.data.images import IMAGE_STARTER, ImageSource
+from compress.errors import InputError
+
+if TYPE_CHECKING:
+    from compress.starter import StarterRequest, StarterWriter
 
 __all__ = ["DigitsSource", "load_digits_split"]
 
@@ -47,9 +52,34 @@ def load_digits_split() -> RawData:
 
 
 @DATASETS.register("digits")
-class DigitsSource:
-    fields: frozenset[str] = frozenset()
+class DigitsSource(ImageSource):
+    accepts: frozenset[str] = frozenset()
     required: frozenset[str] = frozenset()
+    starter_defaults = {**IMAGE_STARTER, "small": True, "val_subset": 200,
+                        "crop_padding": (1, "8x8 images: pad random crops by one pixel.")}
+
+    def starter_classes(self, arg: str) -> int:
+        """Ten: the digits 0 to 9.
+
+        Example:
+            >>> DigitsSource().starter_classes("")
+            10
+        """
+        return 10
+
+    def starter_keys(self, w: StarterWriter, arg: str,
+                     request: StarterRequest) -> tuple[bool, bool]:
+        """No keys to write: grayscale digits, which mirroring would turn into other shapes.
+
+        Example:
+            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> DigitsSource().starter_keys(StarterWriter(), "", StarterRequest(data="digits"))
+            (False, False)
+        """
+        if arg:
+            raise InputError(f"data source 'digits' takes no argument (got {request.data!r}); "
+                             f"use digits")
+        return False, False
 
     def load(self, spec: Any, resolve: Callable[[str], Path], train: bool) -> RawData:
         return load_digits_split()

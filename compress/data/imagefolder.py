@@ -27,7 +27,7 @@ import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +36,11 @@ from torch.utils.data import Dataset
 
 from compress.data import DATASETS
 from compress.data.base import RawData, TensorImages
+from compress.data.images import ImageSource
 from compress.errors import InputError
+
+if TYPE_CHECKING:
+    from compress.starter import StarterRequest, StarterWriter
 
 __all__ = ["ImageFolderSource", "LazyImages", "cache_root", "extract_archive"]
 
@@ -267,9 +271,36 @@ def _load_split(files: list[Path], labels: list[int], cache: Path, split: str) -
 
 
 @DATASETS.register("imagefolder")
-class ImageFolderSource:
-    fields = frozenset({"path", "train_split", "eval_split", "cache_dir"})
+class ImageFolderSource(ImageSource):
+    accepts = frozenset({"path", "train_split", "eval_split", "cache_dir"})
     required = frozenset({"path"})
+
+    def starter_classes(self, arg: str) -> int | None:
+        """Class folders under a local folder's ``train/`` (None for archives, absent paths).
+
+        Example:
+            >>> ImageFolderSource().starter_classes("no/such/folder") is None
+            True
+        """
+        train = Path(arg) / "train"
+        if not arg or not train.is_dir():
+            return None
+        return sum(1 for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")) or None
+
+    def starter_keys(self, w: StarterWriter, arg: str,
+                     request: StarterRequest) -> tuple[bool, bool]:
+        """The folder or archive: colour photos, which mirroring leaves in their class.
+
+        Example:
+            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> ImageFolderSource().starter_keys(StarterWriter(), "./data", StarterRequest())
+            (True, True)
+        """
+        if not arg:
+            raise InputError("data source 'imagefolder' needs a path: imagefolder:PATH")
+        w.key("path", arg, "A folder or .tar.gz laid out split/class/*.jpg; the splits are "
+              "train/ and test/ unless train_split/eval_split say otherwise.")
+        return True, True
 
     def load(self, spec: Any, resolve: Callable[[str], Path], train: bool) -> RawData:
         path = resolve(spec.path)

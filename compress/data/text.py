@@ -9,8 +9,9 @@ longest row (:class:`TrimPadding`), so short sentences do not pay for ``max_leng
 ``text_lm``: ``data.path`` is a folder holding ``<split>.txt``; the text is tokenised and cut
 into blocks of ``data.max_length`` tokens (no padding), each its own next-token target.
 
-The tokenizer is ``data.tokenizer``, by default the huggingface model's (see
-:func:`with_default_tokenizer`).
+The tokenizer is ``data.tokenizer``, by default the model's (see :func:`with_default_tokenizer`):
+a folder, a hub id or ``module:function``, named as a transformers model is
+(:func:`compress.hf_names.resolve_hf_name`).
 
 Example:
     >>> spec = DataSpec(source="text", path="../shared/data/sst2", eval_split="dev",
@@ -29,11 +30,15 @@ from torch.utils.data import Dataset, default_collate
 from compress.data import DATASETS
 from compress.data.base import RawData
 from compress.errors import InputError
+from compress.hf_names import resolve_hf_name
 
 if TYPE_CHECKING:
-    from compress.recipe import DataSpec, Recipe
+    from compress.data import DataBundle
+    from compress.recipe import DataSpec
+    from compress.starter import StarterRequest, StarterWriter
 
-__all__ = ["TextClassification", "TextLM", "TokenRows", "TrimPadding", "with_default_tokenizer"]
+__all__ = ["TextClassification", "TextLM", "TextSource", "TokenRows", "TrimPadding",
+           "with_default_tokenizer"]
 
 _FORMATS = {".tsv": ("csv", {"delimiter": "\t"}), ".csv": ("csv", {}), ".json": ("json", {}),
             ".jsonl": ("json", {})}
@@ -78,21 +83,29 @@ class TrimPadding:
         return ids[:, :length], targets
 
 
-def with_default_tokenizer(recipe: Recipe) -> DataSpec:
-    """The data spec, with ``tokenizer`` defaulting to a huggingface model's ``name``."""
-    spec = recipe.data
-    if spec.source in ("text", "text_lm") and spec.tokenizer is None:
-        if recipe.model.source != "huggingface" or recipe.model.name is None:
+def with_default_tokenizer(spec: DataSpec, model_tokenizer: str | None) -> DataSpec:
+    """``spec``, with ``tokenizer`` defaulting to ``model_tokenizer`` where the source takes one.
+
+    ``model_tokenizer`` is the model's own tokenizer (a huggingface model's ``name``), None
+    when the model has none; the caller tells it from the model spec.
+
+    Example:
+        >>> from compress.recipe import DataSpec
+        >>> with_default_tokenizer(DataSpec(source="text", path="d"), "./bert").tokenizer
+        './bert'
+        >>> with_default_tokenizer(DataSpec(source="digits"), "./bert").tokenizer is None
+        True
+    """
+    if spec.tokenizer is None and "tokenizer" in DATASETS.get(spec.source).accepts:
+        if model_tokenizer is None:
             raise InputError(f"data.source {spec.source} needs data.tokenizer (or a "
                              f"huggingface model, whose tokenizer is used)")
-        return spec.model_copy(update={"tokenizer": recipe.model.name})
+        return spec.model_copy(update={"tokenizer": model_tokenizer})
     return spec
 
 
 def _tokenizer(spec: DataSpec, resolve: Callable[[str], Path]) -> Any:
     from transformers import AutoTokenizer
-
-    from compress.models.huggingface import resolve_hf_name
 
     if spec.tokenizer is None:
         raise InputError(f"data.source {spec.source} needs data.tokenizer")
@@ -124,13 +137,72 @@ def _prepare(spec: DataSpec, resolve: Callable[[str], Path], train: bool,
     return _tokenizer(spec, resolve), files
 
 
+class TextSource:
+    """Base of the text sources: token ids in, and the starter's text keys."""
+
+    starter_defaults: dict[str, Any] = {
+        "note": "Local text files, tokenised with the model's tokenizer.",
+        "inputs": "tokens", "small": False,
+    }
+    starter_path_note = ""  # what data.path holds, in the starter recipe
+
+    def serving_info(self, spec: DataSpec, bundle: DataBundle) -> dict[str, Any]:
+        """What model.json tells a service about the classes and the input tokens.
+
+        Example:
+            >>> from types import SimpleNamespace
+            >>> from compress.recipe import DataSpec
+            >>> TextLM().serving_info(DataSpec(source="text_lm", path="d", max_length=64),
+            ...                       SimpleNamespace(class_names=[]))["preprocess"]["max_length"]
+            64
+        """
+        return {"classes": list(bundle.class_names),
+                "preprocess": {"tokens": "int64 token ids of the model's tokenizer (saved in "
+                                         "hf/ when written), padded with its pad id",
+                               "max_length": spec.max_length}}
+
+    def starter_classes(self, arg: str) -> int | None:
+        """Unknown until the files are read.
+
+        Example:
+            >>> TextSource().starter_classes("./sst2") is None
+            True
+        """
+        return None
+
+    def starter(self, w: StarterWriter, arg: str, request: StarterRequest) -> None:
+        """Write the data section's keys after ``source``: the folder, splits and lengths.
+
+        Example:
+            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> w = StarterWriter()
+            >>> TextLM().starter(w, "./corpus", StarterRequest(data="text_lm:./corpus"))
+            >>> [line for line in w.lines if not line.lstrip().startswith("#")][:2]
+            ['  path: ./corpus', '  train_split: train']
+        """
+        source = request.data_source
+        if not arg:
+            raise InputError(f"data source {source!r} needs a folder: {source}:PATH")
+        w.key("path", arg, self.starter_path_note)
+        w.key("train_split", "train")
+        w.key("eval_split", "test", "The file accuracy (or perplexity) is measured on, e.g. dev.")
+        w.key("max_length", 128, "Tokens per row: longer texts are cut; batches are cut to their "
+              "longest row, so short texts cost less.")
+        w.key("batch_size", 32)
+        if request.patience:
+            w.key("val_subset", 500, "Training rows held out as validation data for "
+                  "patience-based fine-tuning.")
+
+
 @DATASETS.register("text")
-class TextClassification:
+class TextClassification(TextSource):
     """Text classification from local TSV/CSV/JSON files, tokenised with the model's tokenizer."""
 
-    fields = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
-                        "max_length", "tokenizer"})
+    accepts = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
+                         "max_length", "tokenizer"})
     required = frozenset({"path"})
+    starter_path_note = ("A folder with <split>.tsv/.csv/.json/.jsonl files holding a text "
+                         "column (sentence or text) and an integer label column.")
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
         import datasets
@@ -171,11 +243,12 @@ class TextClassification:
 
 
 @DATASETS.register("text_lm")
-class TextLM:
+class TextLM(TextSource):
     """Language modelling: a local text file cut into token blocks (perplexity)."""
 
-    fields = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})
+    accepts = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})
     required = frozenset({"path"})
+    starter_path_note = "A folder with <split>.txt files, cut into token blocks."
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
         tokenizer, files = _prepare(spec, resolve, train, (".txt",))

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from compress.data import DATASETS
 from compress.data.base import RawData, pil_to_float
+from compress.data.images import ImageSource
 from compress.errors import InputError
+
+if TYPE_CHECKING:
+    from compress.starter import StarterRequest, StarterWriter
 
 __all__ = ["SUPPORTED", "TorchvisionDataSource"]
 
@@ -32,6 +36,8 @@ SUPPORTED: dict[str, str] = {
     "MNIST": "train", "FashionMNIST": "train", "KMNIST": "train", "QMNIST": "train",
     "CIFAR10": "train", "CIFAR100": "train", "USPS": "train", "SVHN": "split",
 }
+_GRAY = frozenset({"MNIST", "FashionMNIST", "KMNIST", "QMNIST", "USPS"})
+_NO_FLIP = frozenset({"MNIST", "KMNIST", "QMNIST", "USPS", "SVHN"})  # digits and letters
 
 
 def _open(name: str, root: Path, is_train: bool, download: bool) -> Dataset[Any]:
@@ -73,9 +79,36 @@ def _class_names(datasets: list[Dataset[Any]]) -> list[str]:
 
 
 @DATASETS.register("torchvision")
-class TorchvisionDataSource:
-    fields = frozenset({"name", "path", "download"})
+class TorchvisionDataSource(ImageSource):
+    accepts = frozenset({"name", "path", "download"})
     required = frozenset({"name", "path"})
+
+    def starter_classes(self, arg: str) -> int:
+        """CIFAR-100's hundred classes, else ten (every other supported dataset has ten).
+
+        Example:
+            >>> TorchvisionDataSource().starter_classes("CIFAR100")
+            100
+        """
+        return 100 if arg == "CIFAR100" else 10
+
+    def starter_keys(self, w: StarterWriter, arg: str,
+                     request: StarterRequest) -> tuple[bool, bool]:
+        """The dataset and its root folder, never downloaded unless asked to.
+
+        Example:
+            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> TorchvisionDataSource().starter_keys(StarterWriter(), "MNIST", StarterRequest())
+            (False, False)
+        """
+        if arg not in SUPPORTED:
+            raise InputError(f"data {request.data!r}: torchvision dataset {arg!r} is not "
+                             f"supported; supported: {', '.join(SUPPORTED)}")
+        w.key("name", arg)
+        w.key("path", "./data", "Root folder torchvision reads the dataset from.")
+        w.key("download", False, "Nothing is downloaded unless this is true: set it for the "
+              "first run if ./data does not hold the files yet.")
+        return arg not in _GRAY, arg not in _NO_FLIP
 
     def load(self, spec: Any, resolve: Callable[[str], Path], train: bool) -> RawData:
         import torchvision.datasets as tvd

@@ -1,8 +1,12 @@
 """Model sources: one file per source, each registered in :data:`MODEL_SOURCES`.
 
-A source is a class with ``fields`` (the ``model.*`` recipe keys it uses), ``required`` (those it
-needs) and ``build(spec, resolve, pretrained)``. Checkpoints are loaded here, once for all
-sources, so every source accepts ``model.checkpoint``.
+A source is a class with ``accepts`` (the ``model.*`` recipe keys it uses beyond the common
+ones), ``required`` (those it needs), ``check(spec)`` (cheap checks of names) and
+``build(spec, resolve, pretrained)``; :meth:`compress.registry.SourceRegistry.check_spec`
+holds a ``model`` section to them. For ``compress init`` it also has ``starter_defaults`` and
+``starter(writer, arg, request)`` (see :mod:`compress.starter`); the sources pruned by channels
+share theirs in :mod:`compress.models.base`. Checkpoints are loaded here, once for all sources,
+so every source accepts ``model.checkpoint``.
 
 Example:
     >>> from compress.models import build_model
@@ -16,21 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
-from compress.registry import Registry, check_entry_fields
+from compress.registry import SourceRegistry
 
 if TYPE_CHECKING:
     from compress.recipe import ModelSpec
 
-__all__ = ["MODEL_SOURCES", "ModelSource", "build_model", "check_model_spec"]
+__all__ = ["MODEL_SOURCES", "ModelSource", "build_model", "check_model_spec", "model_tokenizer"]
 
 
 class ModelSource(Protocol):
-    fields: frozenset[str]
+    accepts: frozenset[str]
     required: frozenset[str]
+    starter_defaults: dict[str, Any]
 
     def build(self, spec: ModelSpec, resolve: Callable[[str], Path], pretrained: bool) -> nn.Module:
         ...
@@ -38,26 +43,49 @@ class ModelSource(Protocol):
     def check(self, spec: ModelSpec) -> None:
         """Cheap checks of the spec (names), without building anything."""
 
+    def tokenizer(self, spec: ModelSpec) -> str | None:
+        """The tokenizer that comes with the model (text data defaults to it), or None."""
 
-MODEL_SOURCES: Registry[type[ModelSource]] = Registry("model source")
 
-_COMMON = frozenset({"source", "checkpoint", "kwargs"})
+MODEL_SOURCES: SourceRegistry[type[ModelSource]] = SourceRegistry(
+    "model source", section="model", common=frozenset({"source", "checkpoint", "kwargs"}))
 
 
 def check_model_spec(spec: ModelSpec) -> None:
-    """Raise :class:`InputError` when ``spec`` sets keys its source does not use or misses some."""
-    source = MODEL_SOURCES.get(spec.source)
-    check_entry_fields(spec, section="model", kind="model source",
-                       accepts=source.fields | _COMMON, required=source.required)
-    source().check(spec)
+    """Raise :class:`InputError` when ``spec`` sets keys its source does not use, misses some,
+    or names something the source does not know (the one check of a model section).
+
+    Example:
+        >>> from compress.recipe import ModelSpec
+        >>> check_model_spec(ModelSpec(source="cifar_resnet", name="resnet9"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        compress.errors.InputError: unknown cifar_resnet name 'resnet9'; available: resnet20, ...
+    """
+    MODEL_SOURCES.check_spec(spec)
+
+
+def model_tokenizer(spec: ModelSpec) -> str | None:
+    """The tokenizer the model ``spec`` names comes with, as its source says (None for none).
+
+    Example:
+        >>> from compress.recipe import ModelSpec
+        >>> model_tokenizer(ModelSpec(source="cifar_resnet", name="resnet20")) is None
+        True
+    """
+    return MODEL_SOURCES.get(spec.source)().tokenizer(spec)
 
 
 def build_model(spec: ModelSpec, *, resolve: Callable[[str], Path] = Path,
-                pretrained: bool = True) -> nn.Module:
-    """Build the model a recipe describes; with ``pretrained`` also load weights/checkpoint."""
+                pretrained: bool = True, check: bool = True) -> nn.Module:
+    """Build the model a recipe describes; with ``pretrained`` also load weights/checkpoint.
+
+    ``check=False`` skips :func:`check_model_spec`, for a spec already checked (as
+    ``compress.validate.check_recipe`` does for a whole recipe).
+    """
     from compress.models.checkpoint import load_checkpoint_
 
-    check_model_spec(spec)
+    if check:
+        check_model_spec(spec)
     model = MODEL_SOURCES.get(spec.source)().build(spec, resolve, pretrained)
     if pretrained and spec.checkpoint:
         load_checkpoint_(model, resolve(spec.checkpoint))

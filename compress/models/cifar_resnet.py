@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,10 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
+from compress.models.base import ChannelPrunedSource
+
+if TYPE_CHECKING:
+    from compress.starter import StarterRequest, StarterWriter
 
 __all__ = ["ChannelMapShortcut", "CifarResNet", "cifar_resnet"]
 
@@ -152,9 +156,23 @@ def cifar_resnet(name: str = "resnet56", num_classes: int = 10) -> CifarResNet:
 
 
 @MODEL_SOURCES.register("cifar_resnet")
-class CifarResNetSource:
-    fields = frozenset({"name", "num_classes"})
+class CifarResNetSource(ChannelPrunedSource):
+    accepts = frozenset({"name", "num_classes"})
     required = frozenset({"name"})
+
+    def starter_keys(self, w: StarterWriter, arg: str, request: StarterRequest) -> dict[str, Any]:
+        """The architecture, and the data's classes when they are known.
+
+        Example:
+            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> CifarResNetSource().starter_keys(StarterWriter(), "resnet56", StarterRequest())
+            {'name': 'resnet56'}
+        """
+        w.key("name", arg)
+        if request.classes is None:
+            return {"name": arg}
+        w.key("num_classes", request.classes)
+        return {"name": arg, "num_classes": request.classes}
 
     def check(self, spec: Any) -> None:
         if spec.name not in DEPTHS:

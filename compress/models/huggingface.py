@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +25,13 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
+from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
 from compress.models.hf_hidden import cut_hidden_, stream
 from compress.models.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
+from compress.models.hf_starter import HuggingFaceStarter
 
-__all__ = ["HuggingFaceSource", "HFModel", "TASKS", "resolve_hf_name", "count_transformer_macs"]
+__all__ = ["HuggingFaceSource", "HFModel", "TASKS", "count_transformer_macs"]
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +42,6 @@ TASKS = {
     "image-classification": "AutoModelForImageClassification",
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_hf_name(name: str, resolve: Callable[[str], Path]) -> str:
-    """A local folder path, or the hub id unchanged; ``module:function`` is called for a path."""
-    if ":" in name and not Path(name).exists():
-        module, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise InputError(f"model.name {name!r}: cannot import {attr!r} from {module!r} "
-                             f"({err})") from None
-        return str(fn())
-    local = resolve(name)
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise InputError(f"model.name {str(local)!r} is a folder without config.json; point "
-                             f"it at a saved transformers model")
-        return str(local)
-    if name.startswith((".", "/")) or name.count("/") > 1:
-        raise InputError(f"model.name {str(local)!r} does not exist (and is not a hub id)")
-    return name
 
 
 class HFModel(nn.Module):
@@ -187,12 +167,16 @@ def _vision_tokens(model: HFModel) -> int:
 
 
 @MODEL_SOURCES.register("huggingface")
-class HuggingFaceSource:
+class HuggingFaceSource(HuggingFaceStarter):
     """Hugging Face transformers models from a local folder, a hub id or a Python package."""
 
-    fields = frozenset({"name", "task", "num_classes", "trust_remote_code", "dtype", "head",
-                        "head_epochs"})
+    accepts = frozenset({"name", "task", "num_classes", "trust_remote_code", "dtype", "head",
+                         "head_epochs"})
     required = frozenset({"name", "task"})
+
+    def tokenizer(self, spec: ModelSpec) -> str | None:
+        """The model's own: its folder, hub id or package reference (``model.name``)."""
+        return spec.name
 
     def check(self, spec: Any) -> None:
         if spec.task not in TASKS:
@@ -259,3 +243,4 @@ def _pad_id(path: str, task: str, config: Any) -> int | None:
     if task == "causal-lm" and (pad is None or pad in eos_ids):
         return None
     return pad
+

@@ -8,12 +8,16 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
+from compress.models.base import ChannelPrunedSource
+
+if TYPE_CHECKING:
+    from compress.starter import StarterRequest, StarterWriter
 
 __all__ = ["PythonSource", "import_factory"]
 
@@ -53,9 +57,38 @@ def import_factory(ref: str, resolve: Callable[[str], Path] = Path) -> Callable[
 
 
 @MODEL_SOURCES.register("python")
-class PythonSource:
-    fields = frozenset({"factory", "num_classes"})
+class PythonSource(ChannelPrunedSource):
+    accepts = frozenset({"factory", "num_classes"})
     required = frozenset({"factory"})
+
+    def starter_keys(self, w: StarterWriter, arg: str, request: StarterRequest) -> dict[str, Any]:
+        """The factory; ``num_classes`` only when asked for (the factory may not take it).
+
+        Example:
+            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> PythonSource().starter_keys(StarterWriter(), "nets.py:cnn",
+            ...                             StarterRequest(num_classes=3))
+            {'factory': 'nets.py:cnn', 'num_classes': 3}
+        """
+        fields: dict[str, Any] = {"factory": arg}
+        w.key("factory", arg, "'package.module:function' or 'file.py:function' (relative to "
+              "this file) returning the nn.Module.")
+        if request.num_classes is not None:
+            fields["num_classes"] = request.num_classes
+            w.key("num_classes", request.num_classes, "Passed to the factory as a keyword "
+                  "argument.")
+        else:
+            w.comment("num_classes: 10   # passed to the factory as a keyword argument", 2)
+        return fields
+
+    def starter_name(self, arg: str) -> str:
+        """The factory's function name.
+
+        Example:
+            >>> PythonSource().starter_name("models/net.py:build")
+            'build'
+        """
+        return arg.rpartition(":")[2]
 
     def check(self, spec: Any) -> None:
         target, sep, attr = spec.factory.rpartition(":")
