@@ -24,7 +24,7 @@ import yaml
 import compress
 import compress.checkpoint
 import compress.export
-import compress.pipeline
+import compress.runfolder
 from compress.checkpoint import latest_snapshot
 from compress.runfolder import changed_keys, read_status
 from compress.signals import deferred_stop, stop_on_signals, stop_requested
@@ -180,7 +180,7 @@ def test_a_killed_run_resumes_where_it_was_and_ends_as_an_uninterrupted_one(
         _kill_after(monkeypatch, compress.checkpoint, "write_snapshot",
                     lambda folder, snapshot: (out / cut).is_dir())
     else:
-        for module in (compress.pipeline, compress.export):
+        for module in (compress.runfolder, compress.export):
             _kill_after(monkeypatch, module, "write_text_atomic",
                         lambda path, text: path == out / cut)
     with pytest.raises(Killed):
