@@ -3,7 +3,7 @@ whole prune + fine-tune + export + measure run on the GPU.
 
     python benchmarks/gpu_smoke.py [--steps 100] [--batch 128] [--compile] [--json FILE]
 
-1. Throughput: the project's own fine-tuning loop (``compress.finetune.finetune_``) on
+1. Throughput: the project's own fine-tuning loop (``compress.finetune.finetune.finetune_``) on
    synthetic 3x32x32 batches from pinned host memory, after an untimed warm-up per precision;
    images/s and the speedup of each autocast precision over fp32.
 2. ``recipes/resnet56-cifar10.yaml`` with ``device: cuda`` and latency timed on the GPU
@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def throughput(args: argparse.Namespace, checkpoint: Path | None) -> dict[str, Any]:
-    from compress.finetune import finetune_
+    from compress.finetune.finetune import finetune_
     from compress.models import build_model
-    from compress.recipe import FinetuneSpec, ModelSpec
+    from compress.recipe.spec import FinetuneSpec, ModelSpec
 
     device = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
@@ -86,8 +86,8 @@ def _random_imagefolder(root: Path, per_class: int = 8) -> Path:
 
 def pipeline(args: argparse.Namespace, checkpoint: Path | None, archive: Path | None,
              work: Path) -> dict[str, Any]:
-    from compress.pipeline import run_recipe
-    from compress.recipe import load_recipe
+    from compress.run.pipeline import run_recipe
+    from compress.recipe.spec import load_recipe
 
     overrides = ["device=cuda", "report.device=cuda", "report.batch_sizes=[1, 256]",
                  f"finetune.max_steps={args.pipeline_steps}", "finetune.epochs=1",

@@ -50,13 +50,13 @@ def main() -> None:
 
     from transformers import LlamaForCausalLM
 
-    from compress.export import check_parity, export_onnx, onnx_session, onnx_size
-    from compress.export_hf import save_hf_
-    from compress.models.hf_layout import blocks
+    from compress.export.model import check_parity, export_onnx, onnx_session, onnx_size
+    from compress.export.hf import save_hf_
+    from compress.pruning.hf_layout import blocks
     from compress.models.huggingface import HFModel
-    from compress.measure_counts import count_macs_params
-    from compress.recipe import PruningSpec
-    from compress.transformer_pruning import TransformerPruner
+    from compress.measure.counts import count_macs_params
+    from compress.recipe.spec import PruningSpec
+    from compress.pruning.transformer import TransformerPruner
 
     args.out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}

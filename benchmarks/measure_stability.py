@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from compress.measure import Candidate, measure_latency
-from compress.recipe import ReportSpec
+from compress.measure.latency import Candidate, measure_latency
+from compress.recipe.spec import ReportSpec
 
 
 def main() -> None:

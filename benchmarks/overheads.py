@@ -9,7 +9,7 @@
     folder holds a finished run; ``--run DIR`` reads another finished run instead (e.g. the
     shortened one benchmarks/peer_torch_pruning.py leaves in runs/benchmarks/peer/compress).
     Target: at most 10 %.
-(b) Training-loop throughput: compress's fine-tuning loop (``compress.finetune.finetune_``)
+(b) Training-loop throughput: compress's fine-tuning loop (``compress.finetune.finetune.finetune_``)
     against a minimal plain PyTorch loop (SGD with momentum, cosine schedule: the one in
     peer_torch_pruning.py), each with a fresh optimizer per block, on the same model and the
     same pre-loaded batches (so data loading is out of the picture), timed in interleaved
@@ -86,9 +86,9 @@ def loop_throughput(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from compress.data import build_data
-    from compress.finetune import finetune_
+    from compress.finetune.finetune import finetune_
     from compress.models import build_model
-    from compress.recipe import FinetuneSpec, load_recipe
+    from compress.recipe.spec import FinetuneSpec, load_recipe
 
     recipe = load_recipe(RECIPE, p["overrides"] + [f"data.batch_size={p['batch']}"])
     bundle = build_data(recipe.data, resolve=recipe.resolve_path, seed=0)

@@ -148,7 +148,7 @@ def run_peer(recipe: Any, target_macs: int, out: Path) -> dict[str, Any]:
     import torch
 
     from compress.data import build_data
-    from compress.evaluate import evaluate
+    from compress.measure.evaluate import evaluate
     from compress.models import build_model
 
     times: dict[str, float] = {}
@@ -188,8 +188,8 @@ def latency(paths: dict[str, Path], batch_sizes: list[int], rounds: int,
 
     Each side's speedup is against the unpruned model exported its own way (compress's export
     or the README's plain ``torch.onnx.export``)."""
-    from compress.measure import compare_onnx
-    from compress.recipe import ReportSpec
+    from compress.measure.latency import compare_onnx
+    from compress.recipe.spec import ReportSpec
 
     common = dict(batch_sizes=batch_sizes, rounds=rounds,
                   **({"runs_per_round": 1, "min_block_ms": 0, "warmup": 0} if tiny else {}))
@@ -254,7 +254,7 @@ def main() -> None:
     start(args)
     require_shared(RESNET_CKPT["resnet56"])
     import compress
-    from compress.recipe import load_recipe
+    from compress.recipe.spec import load_recipe
 
     profile = "full" if args.full else "tiny" if args.tiny else "cpu"
     p = PROFILES[profile]

@@ -74,13 +74,13 @@ def adapt_baseline(p: dict[str, Any], work: Path) -> tuple[Path, dict[str, Any]]
     """Fine-tune the shared ResNet-20 for one short epoch on the JPEG images; cached."""
     from safetensors.torch import save_file
 
-    from compress.context import resolve_device, seed_everything
+    from compress.run.context import resolve_device, seed_everything
     from compress.data import build_data
-    from compress.evaluate import evaluate
-    from compress.export import plain_state_dict
-    from compress.finetune import finetune_
+    from compress.measure.evaluate import evaluate
+    from compress.export.model import plain_state_dict
+    from compress.finetune.finetune import finetune_
     from compress.models import build_model
-    from compress.recipe import DataSpec, FinetuneSpec, ModelSpec
+    from compress.recipe.spec import DataSpec, FinetuneSpec, ModelSpec
 
     config = {"checkpoint": str(RESNET_CKPT["resnet20"]), "images": p["adapt_images"],
               "batch": p["batch"], "lr": 0.01, "eval_subset": p["eval_subset"]}

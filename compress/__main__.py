@@ -1,5 +1,5 @@
 """``python -m compress``: the CLI, also for launchers (``accelerate launch -m compress apply``)."""
 
-from compress.cli import main
+from compress.cli.app import main
 
 main()

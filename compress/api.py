@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.export import load_model
-from compress.loop import run_schedule_
-from compress.pipeline import Result, run_recipe
+from compress.export.model import load_model
+from compress.run.loop import run_schedule_
+from compress.run.pipeline import Result, run_recipe
 from compress.progress import ProgressFn, progress_to
-from compress.measure_counts import count_macs_params
-from compress.recipe import (FinetuneSpec, PruningSpec, Recipe, ScheduleSpec, apply_overrides,
+from compress.measure.counts import count_macs_params
+from compress.recipe.spec import (FinetuneSpec, PruningSpec, Recipe, ScheduleSpec, apply_overrides,
                              load_recipe, parse_recipe)
 
 __all__ = ["apply", "load", "prune", "Result", "PruneResult"]

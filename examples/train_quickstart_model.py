@@ -20,9 +20,9 @@ sys.path.insert(0, str(HERE / "quickstart"))
 from digits_cnn import digits_cnn  # noqa: E402
 
 from compress.data import build_data  # noqa: E402
-from compress.evaluate import evaluate  # noqa: E402
-from compress.finetune import finetune_  # noqa: E402
-from compress.recipe import DataSpec, FinetuneSpec  # noqa: E402
+from compress.measure.evaluate import evaluate  # noqa: E402
+from compress.finetune.finetune import finetune_  # noqa: E402
+from compress.recipe.spec import DataSpec, FinetuneSpec  # noqa: E402
 
 
 def main() -> None:

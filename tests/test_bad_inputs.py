@@ -27,7 +27,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from compress.cli import app
+from compress.cli.app import app
 from tests.conftest import ROOT
 
 CORPUS = ROOT / "tests" / "bad_inputs"

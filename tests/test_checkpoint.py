@@ -1,4 +1,5 @@
-"""compress.checkpoint: a fine-tune killed or stopped at a snapshot and continued from it ends
+"""compress.finetune.checkpoint: a fine-tune killed or stopped at a snapshot and continued from it
+ends
 bitwise equal to one never interrupted (fixed budget, patience, after a divergence, mid-pass)."""
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import compress.checkpoint as checkpoint
-from compress.checkpoint import FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir
-from compress.evaluate import evaluate
-from compress.finetune import finetune_
-from compress.finetune_stats import FinetuneStats
-from compress.recipe import FinetuneSpec
+import compress.finetune.checkpoint as checkpoint
+from compress.finetune.checkpoint import FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir
+from compress.measure.evaluate import evaluate
+from compress.finetune.finetune import finetune_
+from compress.finetune.stats import FinetuneStats
+from compress.recipe.spec import FinetuneSpec
 from compress.signals import stop_on_signals
 from tests.conftest import tiny_cnn
 from tests.test_finetune import Faulty, same_state, state

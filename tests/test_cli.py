@@ -9,8 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 import compress
-from compress.cli import app
-from compress.export import onnx_session
+from compress.cli.app import app
+from compress.export.model import onnx_session
 from tests.conftest import ROOT, tiny_recipe
 
 runner = CliRunner()
@@ -93,7 +93,7 @@ def test_bad_input_exits_2_with_one_sentence(tmp_path: Path, change: dict, fragm
 
 def test_bad_input_from_a_real_shell_has_no_traceback(tmp_path: Path) -> None:
     path = _write(tmp_path, {"version": 1, "model": {"source": "nope"}})
-    proc = subprocess.run([sys.executable, "-m", "compress.cli", "apply", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "compress.cli.app", "apply", str(path)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -140,7 +140,7 @@ def test_init_writes_a_recipe_that_validates(tmp_path: Path) -> None:
 
 
 def test_list_shows_every_registry() -> None:
-    from compress.docs import list_registries
+    from compress.authoring.reference import list_registries
 
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from compress.cli import app
+from compress.cli.app import app
 from tests.conftest import ROOT, tiny_recipe
 
 runner = CliRunner()
@@ -77,7 +77,7 @@ def test_verbose_adds_debug_logs_on_stderr_only(command: str, tmp_path: Path,
     result = runner.invoke(app, [*args, "--verbose"] + (["--overwrite"] if command == "apply"
                                                          else []))
     assert plain.exit_code == result.exit_code == 0, result.output
-    assert "DEBUG compress.cli: compress " in result.stderr
+    assert "DEBUG compress.cli.app: compress " in result.stderr
     assert "DEBUG" not in plain.stderr and "DEBUG" not in result.stdout
 
 
@@ -115,7 +115,7 @@ def test_quiet_apply_with_a_failing_gate_names_it_on_stderr(tmp_path: Path) -> N
 @pytest.mark.parametrize("terminal", [True, False])
 def test_progress_bars_only_on_a_terminal(terminal: bool, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("compress.cli_output.stderr_is_terminal", lambda: terminal)
+    monkeypatch.setattr("compress.cli.output.stderr_is_terminal", lambda: terminal)
     recipe = _recipe(tmp_path, finetune={"epochs": 1, "max_steps": 40})
     result = runner.invoke(app, ["apply", str(recipe), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output

@@ -11,8 +11,8 @@ import torch
 from compress.api import load
 from compress.data import build_data
 from compress.errors import InputError
-from compress.pipeline import run_recipe
-from compress.recipe import DataSpec, parse_recipe
+from compress.run.pipeline import run_recipe
+from compress.recipe.spec import DataSpec, parse_recipe
 from tests.hf_models import minilm_path, save_tiny
 
 POSITIVE = ["a wonderful , moving film", "great acting and a sharp script", "pure joy"]
@@ -55,7 +55,7 @@ def test_text_source_tokenises_pads_and_labels(sst_like: Path) -> None:
 
 def test_trimmed_batches_give_the_full_length_outputs(sst_like: Path, tmp_path: Path) -> None:
     from compress.models import build_model
-    from compress.recipe import ModelSpec
+    from compress.recipe.spec import ModelSpec
 
     folder, _ = save_tiny("bert", tmp_path / "bert")
     model = build_model(ModelSpec(source="huggingface", name=str(folder),
@@ -141,8 +141,8 @@ def test_tiny_llama_language_model_reports_perplexity(tmp_path: Path) -> None:
 
 
 def test_validate_notes_and_inspect_for_transformers(sst_like: Path, tmp_path: Path) -> None:
-    from compress.inspection import inspect_recipe
-    from compress.validate import recipe_notes
+    from compress.run.inspection import inspect_recipe
+    from compress.run.preflight import recipe_notes
 
     model_dir, task = save_tiny("bert", tmp_path / "bert")
     data = {"task": task, "source": "text", "path": str(sst_like), "eval_split": "dev",
@@ -167,7 +167,7 @@ def test_validate_notes_and_inspect_for_transformers(sst_like: Path, tmp_path: P
 
 def test_sensitivity_scan_for_transformers_prunes_one_group_at_a_time(sst_like: Path,
                                                                       tmp_path: Path) -> None:
-    from compress.inspection import inspect_recipe
+    from compress.run.inspection import inspect_recipe
 
     model_dir, task = save_tiny("bert", tmp_path / "bert")
     data = {"task": task, "source": "text", "path": str(sst_like), "eval_split": "dev",

@@ -1,4 +1,4 @@
-"""compress.distributed: multi-process runs on the CPU (gloo).
+"""compress.finetune.distributed: multi-process runs on the CPU (gloo).
 
 Two processes under ``torchrun`` must finish one run folder, written by rank 0 alone, with the
 pruned architecture a single process gets; the hooks that keep ranks in step (one decision,
@@ -20,10 +20,11 @@ import torch
 import yaml
 from torch import nn
 
-from compress.distributed import AcceleratedProcesses, Processes, architecture_digest, processes
+from compress.finetune.distributed import (AcceleratedProcesses, Processes, architecture_digest,
+                                           processes)
 from compress.errors import CheckFailed, InputError
-from compress.pipeline import run_recipe
-from compress.recipe import load_recipe
+from compress.run.pipeline import run_recipe
+from compress.recipe.spec import load_recipe
 from tests.conftest import ROOT, tiny_cnn, tiny_recipe
 
 

@@ -6,19 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from compress.docs import (inline_yaml, list_registries, recipe_sections, render_recipe_reference,
-                           section_snippets)
+from compress.authoring.reference import (inline_yaml, list_registries, recipe_sections,
+                                          render_recipe_reference, section_snippets)
 
 ROOT = Path(__file__).resolve().parents[1]
 REGEN = "compress schema --markdown > docs/recipes.md"
 
 
 def _registries():
-    import compress.sparsity  # noqa: F401  (registers the unstructured and n:m kinds)
     from compress.data import DATASETS
     from compress.models import MODEL_SOURCES
-    from compress.pruners import PRUNING_KINDS
-    from compress.criteria import IMPORTANCE
+    from compress.pruning.base import PRUNING_KINDS
+    from compress.pruning.criteria import IMPORTANCE
     from compress.schedules import SCHEDULES
 
     return {"model.source": MODEL_SOURCES, "data.source": DATASETS,
@@ -48,7 +47,8 @@ def test_every_field_has_a_description_and_an_example() -> None:
                 missing.append(f"{key}: no description")
             if not field.examples:
                 missing.append(f"{key}: no examples")
-    assert not missing, "add description=/examples= in compress/recipe.py: " + "; ".join(missing)
+    assert not missing, ("add description=/examples= in compress/recipe/spec.py: "
+                         + "; ".join(missing))
 
 
 def test_every_section_and_field_is_in_the_reference() -> None:
@@ -86,7 +86,7 @@ def test_readable_types_and_defaults(row: str) -> None:
 def test_section_snippets_make_a_valid_recipe() -> None:
     from compress.data import check_data_spec
     from compress.models import check_model_spec
-    from compress.recipe import parse_recipe
+    from compress.recipe.spec import parse_recipe
     from compress.schedules import plan_targets
 
     snippets = section_snippets()

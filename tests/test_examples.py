@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from compress.cli import app
+from compress.cli.app import app
 from tests.conftest import ROOT, tiny_recipe
 
 
@@ -120,7 +120,7 @@ def _run_workflow(tmp_path: Path, env: dict[str, str]) -> tuple[list[tuple[str, 
     bin_dir = tmp_path / "bin"  # `compress` on PATH: this checkout's code
     bin_dir.mkdir(exist_ok=True)
     wrapper = bin_dir / "compress"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m compress.cli "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m compress.cli.app "$@"\n')
     wrapper.chmod(0o755)
     base = {**os.environ, **workflow.get("env", {}), **job.get("env", {}), **env,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}

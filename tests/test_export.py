@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed, InputError
-from compress.export import check_parity, export_model, export_onnx, load_model, onnx_session
+from compress.export.model import check_parity, export_model, export_onnx, load_model, onnx_session
 from compress.models.cifar_resnet import cifar_resnet
-from compress.pruning import StructuredPruner
-from compress.recipe import ExportSpec, ModelSpec, PruningSpec
+from compress.pruning.structured import StructuredPruner
+from compress.recipe.spec import ExportSpec, ModelSpec, PruningSpec
 
 
 def _pruned_resnet20() -> nn.Module:

@@ -1,4 +1,5 @@
-"""compress.finetune and compress.patience: budgets, early stopping, restoring, distillation,
+"""compress.finetune.finetune and compress.finetune.patience: budgets, early stopping, restoring,
+distillation,
 divergence (rollback, one restart at a lower learning rate, then CheckFailed)."""
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from pydantic import ValidationError
 
 from compress.errors import CheckFailed, InputError
-from compress.evaluate import evaluate
-from compress.finetune import distillation_loss, finetune_
-from compress.trainloop import build_optimizer
-from compress.patience import Patience
-from compress.recipe import FinetuneSpec
+from compress.measure.evaluate import evaluate
+from compress.finetune.finetune import distillation_loss, finetune_
+from compress.finetune.trainloop import build_optimizer
+from compress.finetune.patience import Patience
+from compress.recipe.spec import FinetuneSpec
 from tests.conftest import tiny_cnn
 
 CPU = torch.device("cpu")
@@ -297,7 +298,7 @@ def test_nan_loss_rolls_back_to_the_start_and_restarts_once_at_a_lower_lr(
     model = Faulty(nan_at={5})  # 4 optimizer steps done, the 5th loss is NaN
     start = state(model.net)
     s = spec(epochs=3, lr_schedule="cosine", momentum=0.9)  # 12 steps; both stateful
-    with caplog.at_level(logging.WARNING, logger="compress.finetune"):
+    with caplog.at_level(logging.WARNING, logger="compress.finetune.finetune"):
         stats = finetune_(model, image_loader(), s, CPU, step=3)
     assert same_state(model.seen[5], start)  # the restart began exactly at the start weights
     assert (stats.divergences, stats.steps, stats.samples) == (1, 12, 12 * 16)
@@ -373,7 +374,7 @@ def test_val_loss_collapse_is_a_rise_or_a_non_number(values: list[float], reason
                                                      caplog: pytest.LogCaptureFixture) -> None:
     validate, _ = scripted(values, key="loss")
     s = spec(patience=5, monitor="val_loss", eval_every=4, max_epochs=len(values) - 1)
-    with caplog.at_level(logging.WARNING, logger="compress.finetune"):
+    with caplog.at_level(logging.WARNING, logger="compress.finetune.finetune"):
         stats = finetune_(Faulty(), image_loader(), s, CPU, validate_fn=validate)
     assert stats.divergences == 1 and stats.evaluations == values and reason in caplog.text
 

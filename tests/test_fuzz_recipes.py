@@ -13,7 +13,7 @@ Four strategies, none of which builds or trains anything:
 
 The only allowed outcomes are success or one :class:`InputError` line (exit 2). The crashes
 this found (OSError on long names, a ValueError from a NUL byte, ZeroDivisionError,
-AssertionError and a hang while planning) are fixed in ``compress/validate.py`` and are cases
+AssertionError and a hang while planning) are fixed in ``compress/run/preflight.py`` and are cases
 in tests/bad_inputs/.
 """
 
@@ -34,14 +34,14 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from compress.cli import app
+from compress.cli.app import app
 from compress.data import DATASETS
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
-from compress.criteria import IMPORTANCE
-from compress.recipe import Recipe, parse_recipe
+from compress.pruning.criteria import IMPORTANCE
+from compress.recipe.spec import Recipe, parse_recipe
 from compress.schedules import SCHEDULES
-from compress.validate import check_recipe
+from compress.run.preflight import check_recipe
 from tests.conftest import ROOT
 
 FACTORY = f"{ROOT}/examples/quickstart/digits_cnn.py:digits_cnn"

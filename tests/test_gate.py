@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from compress.cli import app
+from compress.cli.app import app
 from compress.errors import InputError
-from compress.gate import check_report, evaluate_gates, gate_cells
-from compress.gate_run import GateRun, run_gate
-from compress.recipe import GatesSpec
+from compress.gates.gate import check_report, evaluate_gates, gate_cells
+from compress.gates.run import GateRun, run_gate
+from compress.recipe.spec import GatesSpec
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""compress.gpu: autocast dtype, gradient scaler, channels-last layout, cuDNN autotuning,
+"""compress.finetune.gpu: autocast dtype, gradient scaler, channels-last layout, cuDNN autotuning,
 torch.compile. The CUDA branches are decided by ``device.type`` alone, so they are exercised
 here with CPU tensors; what really runs on a GPU is benchmarks/gpu_smoke.py's job."""
 
@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.finetune import finetune_
-from compress.gpu import amp_dtype, autocast, channels_last_, compiled, cuda_settings, grad_scaler
-from compress.recipe import FinetuneSpec
+from compress.finetune.finetune import finetune_
+from compress.finetune.gpu import (amp_dtype, autocast, channels_last_, compiled, cuda_settings,
+                                   grad_scaler)
+from compress.recipe.spec import FinetuneSpec
 from tests.conftest import ROOT, tiny_cnn, tiny_recipe
 from tests.test_finetune import image_loader, same_state, state
 
@@ -152,8 +153,8 @@ def test_gpu_smoke_script_exits_cleanly_without_a_gpu() -> None:
 def test_report_device_is_checked_like_the_run_device(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from compress.pipeline import run_recipe
-    from compress.recipe import ReportSpec, parse_recipe
+    from compress.run.pipeline import run_recipe
+    from compress.recipe.spec import ReportSpec, parse_recipe
 
     assert ReportSpec().device == "cpu"  # latency stays on the CPU unless asked
     assert ReportSpec(device="cuda:1").device == "cuda:1"

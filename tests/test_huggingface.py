@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from compress.errors import CheckFailed, InputError
-from compress.export import export_model, load_model
-from compress.export_hf import save_hf_
+from compress.export.model import export_model, load_model
+from compress.export.hf import save_hf_
 from compress.models import build_model
-from compress.models.hf_layout import LAYOUTS, blocks
-from compress.measure_counts import count_macs_params
-from compress.recipe import ExportSpec, ModelSpec, PruningSpec
-from compress.transformer_pruning import TransformerPruner
+from compress.pruning.hf_layout import LAYOUTS, blocks
+from compress.measure.counts import count_macs_params
+from compress.recipe.spec import ExportSpec, ModelSpec, PruningSpec
+from compress.pruning.transformer import TransformerPruner
 from tests.hf_models import ARCHS, example_input, minilm_path, save_tiny
 
 # Heads can be pruned AND saved for stock from_pretrained only where the config carries
@@ -128,7 +128,7 @@ def test_stock_reload_needs_no_compress_import(tiny_folders, tmp_path: Path) -> 
 
 
 def test_the_proof_catches_a_wrong_channel_mapping(tiny_folders, monkeypatch) -> None:
-    import compress.transformer_pruning as tpm
+    import compress.pruning.transformer as tpm
 
     folder, task = tiny_folders["bert"]
     model = _build(folder, task)
@@ -268,7 +268,7 @@ def test_hidden_alone_is_not_expressible_and_loads_through_the_manifest(
 
 
 def test_the_proof_catches_a_wrong_hidden_mapping(tiny_folders, monkeypatch) -> None:
-    import compress.transformer_pruning as tp
+    import compress.pruning.transformer as tp
 
     folder, task = tiny_folders["bert"]
     model = _build(folder, task)

@@ -1,4 +1,5 @@
-"""Tests of compress.measure: result layout on real ONNX files, and the A/B arithmetic exactly
+"""Tests of compress.measure.latency: result layout on real ONNX files, and the A/B arithmetic
+exactly
 with a scripted clock. Nothing here asserts on wall time or on a speedup value."""
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.measure import (ABTimings, Candidate, compare_onnx, headline_speedup, latency_summary,
-                              measure_latency, ort_providers, session_options, summarize_ab,
-                              time_ab, time_interleaved)
-from compress.measure_counts import count_params
-from compress.recipe import ReportSpec
+from compress.measure.latency import (ABTimings, Candidate, compare_onnx, headline_speedup,
+                                      latency_summary, measure_latency, ort_providers,
+                                      session_options, summarize_ab, time_ab, time_interleaved)
+from compress.measure.counts import count_params
+from compress.recipe.spec import ReportSpec
 
 SAMPLE = (3, 16, 16)
 CPU = torch.device("cpu")

@@ -8,7 +8,7 @@ from compress.errors import InputError
 from compress.models import MODEL_SOURCES, build_model
 from compress.models.checkpoint import read_state_dict
 from compress.models.cifar_resnet import ChannelMapShortcut, cifar_resnet
-from compress.recipe import ModelSpec
+from compress.recipe.spec import ModelSpec
 from tests.conftest import ROOT, shared_path
 
 TINY_SPECS = {
@@ -130,7 +130,7 @@ def test_build_model_can_skip_a_check_already_made(monkeypatch: pytest.MonkeyPat
     spec = ModelSpec(source="cifar_resnet", name="resnet20")
     build_model(spec)
     assert checked == ["cifar_resnet"]
-    build_model(spec, check=False)  # e.g. after compress.validate.check_recipe
+    build_model(spec, check=False)  # e.g. after compress.run.preflight.check_recipe
     assert checked == ["cifar_resnet"]
 
 

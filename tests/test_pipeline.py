@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import compress
-from compress.recipe import parse_recipe
-from compress.pipeline import run_recipe
+from compress.recipe.spec import parse_recipe
+from compress.run.pipeline import run_recipe
 from tests.conftest import tiny_recipe
 
 FAST = {"report": {"latency": False}}

@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import compress
 from compress.errors import CheckFailed
-from compress.finetune import finetune_
+from compress.finetune.finetune import finetune_
 from compress.progress import ProgressEvent, progress_to, report_progress
-from compress.recipe import FinetuneSpec
+from compress.recipe.spec import FinetuneSpec
 from tests.conftest import tiny_cnn
 
 CPU = torch.device("cpu")

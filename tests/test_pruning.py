@@ -8,12 +8,12 @@ from torch import nn
 
 from compress.errors import CheckFailed, InputError
 from compress.models.cifar_resnet import ChannelMapShortcut, cifar_resnet
-from compress.criteria import IMPORTANCE
-from compress.pruning import StructuredPruner
-from compress.measure_counts import count_macs_params
-from compress.selection import resolve_ignored
-from compress.planning import solve_ratio_for_macs, solve_ratios_for_macs
-from compress.recipe import PruningSpec
+from compress.pruning.criteria import IMPORTANCE
+from compress.pruning.structured import StructuredPruner
+from compress.measure.counts import count_macs_params
+from compress.pruning.selection import resolve_ignored
+from compress.pruning.planning import solve_ratio_for_macs, solve_ratios_for_macs
+from compress.recipe.spec import PruningSpec
 from tests.conftest import tiny_cnn
 
 

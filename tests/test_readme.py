@@ -60,7 +60,7 @@ def test_the_tour_runs_as_pasted(tmp_path: Path) -> None:
     _copy_of_the_repository(repo)
     bin_dir = tmp_path / "bin"  # what `source .venv/bin/activate` gives: compress and python
     bin_dir.mkdir()
-    for name, command in (("compress", f'"{sys.executable}" -m compress.cli'),
+    for name, command in (("compress", f'"{sys.executable}" -m compress.cli.app'),
                           ("python", f'"{sys.executable}"')):
         (bin_dir / name).write_text(f'#!/bin/sh\nexec {command} "$@"\n')
         (bin_dir / name).chmod(0o755)

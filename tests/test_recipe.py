@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from compress.errors import InputError
-from compress.recipe import apply_overrides, load_recipe, parse_recipe, recipe_json_schema
+from compress.recipe.spec import apply_overrides, load_recipe, parse_recipe, recipe_json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"version": 1, "model": {"source": "cifar_resnet", "name": "resnet20"},
@@ -102,7 +102,7 @@ def test_schema_describes_every_field() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path: Path) -> None:
-    from compress.validate import check_recipe
+    from compress.run.preflight import check_recipe
 
     recipe = load_recipe(path)
     check_recipe_paths = recipe.data.path is None or recipe.resolve_path(recipe.data.path).exists()
@@ -116,10 +116,10 @@ def test_registry_names_are_checked_without_importing_registries_early() -> None
     import sys
 
     # The source/importance/kind validators import their registries (and torch) only when a
-    # recipe is validated, so `import compress.recipe` stays light.
-    code = ("import sys, compress.recipe; "
+    # recipe is validated, so `import compress.recipe.spec` stays light.
+    code = ("import sys, compress.recipe.spec; "
             "print(sorted(m for m in sys.modules if m in ('torch', 'compress.models', "
-            "'compress.data', 'compress.pruning', 'compress.schedules')))")
+            "'compress.data', 'compress.pruning.structured', 'compress.schedules')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 import compress
-from compress.cli import app
-from compress.export import onnx_session
-from compress.recipe import load_recipe
+from compress.cli.app import app
+from compress.export.model import onnx_session
+from compress.recipe.spec import load_recipe
 from tests.conftest import ROOT, shared_path
 
 runner = CliRunner()

@@ -3,7 +3,7 @@ import pytest
 from compress.data import DATASETS
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
-from compress.criteria import IMPORTANCE
+from compress.pruning.criteria import IMPORTANCE
 from compress.registry import Registry
 from compress.schedules import SCHEDULES
 
@@ -94,7 +94,7 @@ def test_every_source_declares_its_keys_in_its_own_class(registry, name: str) ->
 def test_sources_are_checked_by_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
     from compress.data import check_data_spec
     from compress.models import check_model_spec
-    from compress.recipe import DataSpec, ModelSpec
+    from compress.recipe.spec import DataSpec, ModelSpec
 
     calls = []
     for registry in (MODEL_SOURCES, DATASETS):

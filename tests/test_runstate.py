@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 import compress
-import compress.checkpoint
-import compress.export
-import compress.runfolder
-from compress.checkpoint import latest_snapshot
-from compress.runfolder import changed_keys, read_status
+import compress.finetune.checkpoint
+import compress.export.model
+import compress.run.folder
+from compress.finetune.checkpoint import latest_snapshot
+from compress.run.folder import changed_keys, read_status
 from compress.signals import deferred_stop, stop_on_signals, stop_requested
 from tests.conftest import ROOT, tiny_recipe
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 RUN = """
 import logging, sys, time
 from pathlib import Path
-import compress, compress.checkpoint, compress.export
+import compress, compress.finetune.checkpoint, compress.export.model
 from compress.signals import stop_requested
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 recipe, out, mode, pause = sys.argv[1:5]
@@ -58,10 +58,10 @@ def after(module, name, when):
     setattr(module, name, wrapper)
 
 if pause.startswith("snapshot:"):  # after writing steps/NN/finetune-SSSSSS
-    after(compress.checkpoint, "write_snapshot", lambda folder, snap: (
+    after(compress.finetune.checkpoint, "write_snapshot", lambda folder, snap: (
         f"{folder.name}:{snap.position.step}" == pause.removeprefix("snapshot:")))
 elif pause == "export":  # the compressed model's safetensors written, its parity unchecked
-    after(compress.export, "save_safetensors", lambda model, folder, *a: folder == Path(out))
+    after(compress.export.model, "save_safetensors", lambda model, folder, *a: folder == Path(out))
 compress.apply(recipe, out_dir=out, resume=mode == "resume")
 """
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -174,13 +174,13 @@ def test_a_killed_run_resumes_where_it_was_and_ends_as_an_uninterrupted_one(
     recipe, expected = references(kind)
     out = tmp_path / "run"
     if cut == "export":
-        _kill_after(monkeypatch, compress.export, "save_safetensors",
+        _kill_after(monkeypatch, compress.export.model, "save_safetensors",
                     lambda model, folder, *a: folder == out)
     elif "finetune-" in cut:
-        _kill_after(monkeypatch, compress.checkpoint, "write_snapshot",
+        _kill_after(monkeypatch, compress.finetune.checkpoint, "write_snapshot",
                     lambda folder, snapshot: (out / cut).is_dir())
     else:
-        for module in (compress.runfolder, compress.export):
+        for module in (compress.run.folder, compress.export.model):
             _kill_after(monkeypatch, module, "write_text_atomic",
                         lambda path, text: path == out / cut)
     with pytest.raises(Killed):
@@ -216,7 +216,8 @@ def test_unfinished_run_needs_resume_or_overwrite_and_the_same_recipe(tmp_path: 
     out = tmp_path / "run"
     out.mkdir()
     stored = yaml.safe_load(recipe.read_text())
-    (out / "recipe.json").write_text(json.dumps(compress.recipe.parse_recipe(stored).to_dict()))
+    recipe = compress.recipe.spec.parse_recipe(stored)
+    (out / "recipe.json").write_text(json.dumps(recipe.to_dict()))
     (out / "status.json").write_text(json.dumps({"state": "running"}))
     with pytest.raises(compress.InputError, match="unfinished run .*--resume"):
         compress.apply(recipe, out_dir=out)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from compress.errors import InputError
-from compress.starter import choose_regime, looks_like_transformer, render_starter_recipe
+from compress.authoring.starter import choose_regime, looks_like_transformer, render_starter_recipe
 
 # One spec per registered source; test_every_source_has_a_spec keeps the lists complete.
 MODELS = {"torchvision": "torchvision:resnet18", "cifar_resnet": "cifar_resnet:resnet56",
@@ -25,7 +25,7 @@ HF_DATA = {"text": "sequence-classification", "text_lm": "causal-lm"}
 def _check(text: str):
     from compress.data import check_data_spec
     from compress.models import check_model_spec
-    from compress.recipe import parse_recipe
+    from compress.recipe.spec import parse_recipe
     from compress.schedules import plan_targets
 
     recipe = parse_recipe(yaml.safe_load(text), source="starter")
@@ -177,7 +177,7 @@ def test_defaults_and_target_kinds() -> None:
 
 
 def test_output_is_deterministic_and_loads_from_a_file(tmp_path: Path) -> None:
-    from compress.recipe import load_recipe
+    from compress.recipe.spec import load_recipe
 
     text = render_starter_recipe("python:models/net.py:build", "imagefolder:./data",
                                  target_macs=0.85)
@@ -259,7 +259,7 @@ def test_bad_input_is_one_clear_sentence(kwargs: dict, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
-# What compress.starter reads from every source's starter_defaults.
+# What compress.authoring.starter reads from every source's starter_defaults.
 MODEL_DEFAULT_KEYS = {"note", "transformer", "imagenet_input", "inputs", "macs_target", "unit",
                       "pruning", "importance", "ratio"}
 DATA_DEFAULT_KEYS = {"note", "inputs", "small"}

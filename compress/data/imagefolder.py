@@ -8,7 +8,7 @@ extraction; otherwise each image is decoded when it is read.
 
 Example:
     >>> from compress.data import build_data
-    >>> from compress.recipe import DataSpec
+    >>> from compress.recipe.spec import DataSpec
     >>> spec = DataSpec(source="imagefolder", path="../shared/data/cifar10-jpg/cifar10-jpg.tar.gz")
     >>> build_data(spec).class_names[:3]  # doctest: +SKIP
     ['airplane', 'automobile', 'bird']
@@ -40,7 +40,7 @@ from compress.data.images import ImageSource
 from compress.errors import InputError
 
 if TYPE_CHECKING:
-    from compress.starter import StarterRequest, StarterWriter
+    from compress.authoring.starter import StarterRequest, StarterWriter
 
 __all__ = ["ImageFolderSource", "LazyImages", "cache_root", "extract_archive"]
 
@@ -292,7 +292,7 @@ class ImageFolderSource(ImageSource):
         """The folder or archive: colour photos, which mirroring leaves in their class.
 
         Example:
-            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.starter import StarterRequest, StarterWriter
             >>> ImageFolderSource().starter_keys(StarterWriter(), "./data", StarterRequest())
             (True, True)
         """

@@ -6,7 +6,7 @@ only what differs (its own keys, whether it is colour, whether mirroring keeps t
 
 Example:
     >>> from types import SimpleNamespace
-    >>> from compress.recipe import DataSpec
+    >>> from compress.recipe.spec import DataSpec
     >>> info = ImageSource().serving_info(DataSpec(source="digits", image_size=16),
     ...                                   SimpleNamespace(class_names=["0", "1"]))
     >>> info["classes"], info["preprocess"]["image_size"]
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from compress.data import DataBundle
-    from compress.recipe import DataSpec
-    from compress.starter import StarterRequest, StarterWriter
+    from compress.recipe.spec import DataSpec
+    from compress.authoring.starter import StarterRequest, StarterWriter
 
 __all__ = ["IMAGENET_STATS", "IMAGE_STARTER", "ImageSource"]
 
 IMAGENET_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
-# Read by compress.starter; a source changes what differs ({**IMAGE_STARTER, key: value}).
+# Read by compress.authoring.starter; a source changes what differs ({**IMAGE_STARTER, key: value}).
 IMAGE_STARTER: dict[str, Any] = {
     "note": "Data for fine-tuning, and for accuracy before and after.",
     "inputs": "images",      # what the model is fed: images or tokens
@@ -46,7 +46,7 @@ class ImageSource:
 
         Example:
             >>> from types import SimpleNamespace
-            >>> from compress.recipe import DataSpec
+            >>> from compress.recipe.spec import DataSpec
             >>> ImageSource().serving_info(DataSpec(source="digits"),
             ...                            SimpleNamespace(class_names=[]))["preprocess"]["pixels"]
             'float32, channels first, scaled to 0..1'
@@ -77,7 +77,7 @@ class ImageSource:
 
         Example:
             >>> from compress.data.digits import DigitsSource
-            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.starter import StarterRequest, StarterWriter
             >>> w = StarterWriter()
             >>> DigitsSource().starter(w, "", StarterRequest(data="digits"))
             >>> [line for line in w.lines if not line.lstrip().startswith("#")]

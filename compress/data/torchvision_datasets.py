@@ -5,7 +5,7 @@
 
 Example:
     >>> from compress.data import build_data
-    >>> from compress.recipe import DataSpec
+    >>> from compress.recipe.spec import DataSpec
     >>> spec = DataSpec(source="torchvision", name="CIFAR10", path="~/data/cifar10")
     >>> build_data(spec).sample_shape  # doctest: +SKIP
     (3, 32, 32)
@@ -26,7 +26,7 @@ from compress.data.images import ImageSource
 from compress.errors import InputError
 
 if TYPE_CHECKING:
-    from compress.starter import StarterRequest, StarterWriter
+    from compress.authoring.starter import StarterRequest, StarterWriter
 
 __all__ = ["SUPPORTED", "TorchvisionDataSource"]
 
@@ -97,7 +97,7 @@ class TorchvisionDataSource(ImageSource):
         """The dataset and its root folder, never downloaded unless asked to.
 
         Example:
-            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.starter import StarterRequest, StarterWriter
             >>> TorchvisionDataSource().starter_keys(StarterWriter(), "MNIST", StarterRequest())
             (False, False)
         """

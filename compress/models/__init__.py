@@ -4,13 +4,13 @@ A source is a class with ``accepts`` (the ``model.*`` recipe keys it uses beyond
 ones), ``required`` (those it needs), ``check(spec)`` (cheap checks of names) and
 ``build(spec, resolve, pretrained)``; :meth:`compress.registry.SourceRegistry.check_spec`
 holds a ``model`` section to them. For ``compress init`` it also has ``starter_defaults`` and
-``starter(writer, arg, request)`` (see :mod:`compress.starter`); the sources pruned by channels
+``starter(writer, arg, request)`` (:mod:`compress.authoring.starter`); sources pruned by channels
 share theirs in :mod:`compress.models.base`. Checkpoints are loaded here, once for all sources,
 so every source accepts ``model.checkpoint``.
 
 Example:
     >>> from compress.models import build_model
-    >>> from compress.recipe import ModelSpec
+    >>> from compress.recipe.spec import ModelSpec
     >>> net = build_model(ModelSpec(source="cifar_resnet", name="resnet20"))
     >>> sum(p.numel() for p in net.parameters())
     269722
@@ -27,7 +27,7 @@ from torch import nn
 from compress.registry import SourceRegistry
 
 if TYPE_CHECKING:
-    from compress.recipe import ModelSpec
+    from compress.recipe.spec import ModelSpec
 
 __all__ = ["MODEL_SOURCES", "ModelSource", "build_model", "check_model_spec", "model_tokenizer"]
 
@@ -56,7 +56,7 @@ def check_model_spec(spec: ModelSpec) -> None:
     or names something the source does not know (the one check of a model section).
 
     Example:
-        >>> from compress.recipe import ModelSpec
+        >>> from compress.recipe.spec import ModelSpec
         >>> check_model_spec(ModelSpec(source="cifar_resnet", name="resnet9"))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         compress.errors.InputError: unknown cifar_resnet name 'resnet9'; available: resnet20, ...
@@ -68,7 +68,7 @@ def model_tokenizer(spec: ModelSpec) -> str | None:
     """The tokenizer the model ``spec`` names comes with, as its source says (None for none).
 
     Example:
-        >>> from compress.recipe import ModelSpec
+        >>> from compress.recipe.spec import ModelSpec
         >>> model_tokenizer(ModelSpec(source="cifar_resnet", name="resnet20")) is None
         True
     """
@@ -80,7 +80,7 @@ def build_model(spec: ModelSpec, *, resolve: Callable[[str], Path] = Path,
     """Build the model a recipe describes; with ``pretrained`` also load weights/checkpoint.
 
     ``check=False`` skips :func:`check_model_spec`, for a spec already checked (as
-    ``compress.validate.check_recipe`` does for a whole recipe).
+    ``compress.run.preflight.check_recipe`` does for a whole recipe).
     """
     from compress.models.checkpoint import load_checkpoint_
 

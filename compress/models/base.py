@@ -6,7 +6,7 @@ Each source writes its own keys (``starter_keys``); the rest is here, once.
 
 Example:
     >>> from compress.models.cifar_resnet import CifarResNetSource
-    >>> from compress.starter import StarterRequest, StarterWriter
+    >>> from compress.authoring.starter import StarterRequest, StarterWriter
     >>> w = StarterWriter()
     >>> CifarResNetSource().starter(w, "resnet20", StarterRequest(data_classes=10))
     {'name': 'resnet20', 'num_classes': 10}
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from compress.errors import InputError
 
 if TYPE_CHECKING:
-    from compress.starter import StarterRequest, StarterWriter
+    from compress.authoring.starter import StarterRequest, StarterWriter
 
 __all__ = ["CHANNEL_STARTER", "ChannelPrunedSource"]
 
-# Read by compress.starter; a source changes what differs ({**CHANNEL_STARTER, key: value}).
+# Read by compress.authoring.starter; a source changes what differs ({**CHANNEL_STARTER, k: v}).
 CHANNEL_STARTER: dict[str, Any] = {
     "note": "The network to compress.",
     "transformer": False,       # True: always pruned as a transformer, not guessed from the name
@@ -59,7 +59,7 @@ class ChannelPrunedSource:
 
         Example:
             >>> from compress.models.torchvision_source import TorchvisionSource
-            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.starter import StarterRequest, StarterWriter
             >>> TorchvisionSource().starter(StarterWriter(), "resnet18",
             ...                             StarterRequest(checkpoint="w.safetensors"))
             {'name': 'resnet18', 'checkpoint': 'w.safetensors'}
@@ -91,7 +91,7 @@ class ChannelPrunedSource:
         """Write the pruning keys that follow the target: rounded channel counts.
 
         Example:
-            >>> from compress.starter import StarterWriter
+            >>> from compress.authoring.starter import StarterWriter
             >>> w = StarterWriter()
             >>> ChannelPrunedSource().starter_pruning(w, 0.5)
             >>> w.lines[-1]

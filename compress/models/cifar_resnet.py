@@ -22,7 +22,7 @@ from compress.models import MODEL_SOURCES
 from compress.models.base import ChannelPrunedSource
 
 if TYPE_CHECKING:
-    from compress.starter import StarterRequest, StarterWriter
+    from compress.authoring.starter import StarterRequest, StarterWriter
 
 __all__ = ["ChannelMapShortcut", "CifarResNet", "cifar_resnet"]
 
@@ -68,7 +68,7 @@ class ChannelMapShortcut(nn.Module):
                              device=x.device)
         return padded.index_select(1, index)
 
-    # The channel protocol used by compress.pruning (duck-typed; no torch_pruning import here).
+    # The channel protocol of compress.pruning.structured (duck-typed: no torch_pruning import).
     def prune_out_channels_(self, idxs: Sequence[int]) -> None:
         drop = set(idxs)
         self.index_map = [v for k, v in enumerate(self.index_map) if k not in drop]
@@ -164,7 +164,7 @@ class CifarResNetSource(ChannelPrunedSource):
         """The architecture, and the data's classes when they are known.
 
         Example:
-            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.starter import StarterRequest, StarterWriter
             >>> CifarResNetSource().starter_keys(StarterWriter(), "resnet56", StarterRequest())
             {'name': 'resnet56'}
         """

@@ -6,7 +6,7 @@ model, ``imagefolder`` → image classification). A local model folder is read (
 recipe trains a new head first (``model.head: finetune``), which is the baseline.
 
 Example:
-    >>> from compress.starter import render_starter_recipe
+    >>> from compress.authoring.starter import render_starter_recipe
     >>> text = render_starter_recipe("huggingface:./my-bert", "text:./sst2",
     ...                              target_sparsity=0.5)  # doctest: +SKIP
 """
@@ -21,7 +21,7 @@ from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 
 if TYPE_CHECKING:
-    from compress.starter import StarterRequest, StarterWriter
+    from compress.authoring.starter import StarterRequest, StarterWriter
 
 __all__ = ["TASK_OF_DATA", "HuggingFaceStarter"]
 
@@ -54,7 +54,7 @@ class HuggingFaceStarter:
         first (``head: finetune``), and that model is the baseline.
 
         Example:
-            >>> from compress.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.starter import StarterRequest, StarterWriter
             >>> HuggingFaceStarter().starter(StarterWriter(), "org/gpt", StarterRequest(
             ...     model="huggingface:org/gpt", data="text_lm:./corpus"))
             {'name': 'org/gpt', 'task': 'causal-lm'}
@@ -106,7 +106,7 @@ class HuggingFaceStarter:
         """Write the pruning keys that follow the ratio: heads and FFN neurons alike.
 
         Example:
-            >>> from compress.starter import StarterWriter
+            >>> from compress.authoring.starter import StarterWriter
             >>> w = StarterWriter()
             >>> HuggingFaceStarter().starter_pruning(w, 0.5)
             >>> w.lines[:2]

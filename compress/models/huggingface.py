@@ -8,7 +8,7 @@ derived from the tokenizer's pad id, so padded positions must hold it) or pixel 
 returns logits (``last_hidden_state`` for ``feature-extraction``).
 
 Example:
-    >>> from compress.recipe import ModelSpec
+    >>> from compress.recipe.spec import ModelSpec
     >>> from compress.models import build_model
     >>> net = build_model(ModelSpec(source="huggingface", name="path/to/model",
     ...                             task="sequence-classification", num_classes=2))  # doctest: +SKIP
@@ -27,8 +27,8 @@ from torch import nn
 from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
-from compress.models.hf_hidden import cut_hidden_, stream
-from compress.models.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
+from compress.pruning.hf_hidden import cut_hidden_, stream
+from compress.pruning.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
 from compress.models.hf_starter import HuggingFaceStarter
 
 __all__ = ["HuggingFaceSource", "HFModel", "TASKS", "count_transformer_macs"]
@@ -76,7 +76,7 @@ class HFModel(nn.Module):
             out = self.hf(input_ids=x, **kwargs)
         return out.last_hidden_state if self.task == "feature-extraction" else out.logits
 
-    # compress.export's manifest hooks: per-block head counts and FFN widths.
+    # compress.export.model's manifest hooks: per-block head counts and FFN widths.
     def manifest_attrs(self) -> dict[str, Any]:
         if self.layout is None:
             return {}

@@ -1,0 +1,325 @@
+"""The ``compress`` command: a thin typer shell over the library.
+
+Each command parses its arguments, calls one library function, prints the outcome and maps
+errors to exit codes: 0 ok, 1 a gate or a proof (equivalence, parity) failed, 2 bad input.
+Every command takes ``--json``, ``--quiet`` and ``--verbose`` (see :mod:`compress.cli.output`).
+
+Example (a CI step):
+    compress gate runs/quickstart --max-accuracy-drop 1.0 --min-speedup 1.5 --junit gates.xml
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from compress.cli.output import JsonOption, Output, QuietOption, VerboseOption
+from compress.cli.render import apply_summary
+from compress.errors import CheckFailed, CompressError, InputError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=True, no_args_is_help=True,
+                  help="Recipe-driven model compression: prune, fine-tune, export, verify, "
+                       "measure.", pretty_exceptions_enable=False)
+
+SetOption = typer.Option(None, "--set", help="Override a recipe key: a.b.c=value (repeatable).")
+
+
+@app.command()
+def apply(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+          out: Path | None = typer.Option(None, "--out", help="Output folder "
+                                          "(default runs/<recipe name>)."),
+          set_: list[str] | None = SetOption,
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing "
+                                         "run folder."),
+          resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run "
+                                      "from its last finished step."),
+          json_out: bool = JsonOption, quiet: bool = QuietOption,
+          verbose: bool = VerboseOption) -> None:
+    """Prune, fine-tune, export and measure the model a recipe describes.
+
+    With --json, stdout holds the report (report.json's content).
+    """
+    o = Output("apply", json_out=json_out, quiet=quiet, verbose=verbose)
+    from compress.run.pipeline import run_recipe
+    from compress.recipe.spec import load_recipe
+
+    try:
+        with o.progress():
+            result = run_recipe(load_recipe(recipe, set_ or []), out, overwrite=overwrite,
+                                resume=resume)
+    except CompressError as err:
+        raise o.fail(err) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the run folder is marked 'interrupted'; continue it with "
+                   "--resume", err=True)
+        raise typer.Exit(130) from None
+    o.result(result.report)
+    o.text(apply_summary(result.report))
+    o.text(f"outputs: {result.out_dir}")
+    if o.json or o.quiet:  # the summary above names failed gates; else say it on stderr
+        for g in result.report.get("gates", []):
+            if not g["passed"]:
+                o.problem(f"gate FAIL: {g['message']}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+             set_: list[str] | None = SetOption, json_out: bool = JsonOption,
+             quiet: bool = QuietOption, verbose: bool = VerboseOption) -> None:
+    """Check a recipe without running it (keys, types, registry names, paths).
+
+    With --json: {"ok": true, "recipe_file": ..., "recipe": the validated recipe, "notes": [...]}.
+    Notes say what a valid recipe will do that may surprise (e.g. no stock transformers folder).
+    """
+    o = Output("validate", json_out=json_out, quiet=quiet, verbose=verbose)
+    from compress.recipe.spec import load_recipe
+    from compress.run.preflight import check_recipe, recipe_notes
+
+    try:
+        r = check_recipe(load_recipe(recipe, set_ or []))
+        notes = recipe_notes(r)
+    except CompressError as err:
+        raise o.fail(err) from None
+    o.result({"ok": True, "recipe_file": str(recipe), "recipe": r.to_dict(), "notes": notes})
+    o.text(f"{recipe}: valid ({r.model.source} model, {r.data.source} data, "
+           f"{r.schedule.kind} schedule)")
+    for note in notes:
+        o.note(f"note: {note}")
+
+
+@app.command()
+def inspect(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+            set_: list[str] | None = SetOption,
+            sensitivity: bool = typer.Option(False, "--sensitivity", help="Also prune each "
+                                             "group alone and measure the accuracy drop."),
+            samples: int = typer.Option(512, "--samples", help="Evaluation samples for "
+                                        "--sensitivity."),
+            plot: Path | None = typer.Option(None, "--plot", help="Write the sensitivity plot "
+                                             "(PNG)."),
+            json_out: bool = JsonOption, quiet: bool = QuietOption,
+            verbose: bool = VerboseOption) -> None:
+    """Dry run: groups, matched patterns and predicted widths/params/MACs per step."""
+    o = Output("inspect", json_out=json_out, quiet=quiet, verbose=verbose)
+    from compress.run.inspection import inspect_recipe, plot_sensitivity
+    from compress.recipe.spec import load_recipe
+
+    try:
+        info = inspect_recipe(load_recipe(recipe, set_ or []), sensitivity=sensitivity,
+                              eval_samples=samples)
+    except CompressError as err:
+        raise o.fail(err) from None
+    if plot is not None and info.get("sensitivity"):
+        plot_sensitivity(info["sensitivity"], plot)
+        o.note(f"wrote {plot}")
+    o.result(info)
+    if not o.json:
+        from compress.cli.render import print_inspection
+
+        print_inspection(info)
+
+
+@app.command()
+def schema(markdown: bool = typer.Option(False, "--markdown", help="Print the Markdown recipe "
+                                         "reference (docs/recipes.md) instead of the JSON "
+                                         "Schema."),
+           json_out: bool = JsonOption, quiet: bool = QuietOption,
+           verbose: bool = VerboseOption) -> None:
+    """Print the recipe JSON Schema, or with --markdown the recipe reference.
+
+    With --json: the JSON Schema, or with --markdown {"markdown": the reference}.
+    """
+    o = Output("schema", json_out=json_out, quiet=quiet, verbose=verbose)
+    if markdown:
+        from compress.authoring.reference import render_recipe_reference
+
+        text = render_recipe_reference()
+        o.result({"markdown": text})
+        # The text ends with its newline: docs/recipes.md must equal it byte for byte.
+        o.product(text, nl=False)
+        return
+    from compress.recipe.spec import recipe_json_schema
+
+    schema_ = recipe_json_schema()
+    o.result(schema_)
+    o.product(json.dumps(schema_, indent=2))
+
+
+@app.command()
+def init(model: str = typer.Option(..., "--model", help="SOURCE:NAME: torchvision:resnet50, "
+                                   "cifar_resnet:resnet56, python:pkg.mod:fn or "
+                                   "python:file.py:fn."),
+         data: str = typer.Option(..., "--data", help="SOURCE[:ARG]: imagefolder:PATH, "
+                                  "torchvision:CIFAR10 or digits."),
+         target_macs: float | None = typer.Option(None, "--target-macs", help="Fraction of "
+                                                  "MACs to remove (default 0.5)."),
+         target_sparsity: float | None = typer.Option(None, "--target-sparsity",
+                                                      help="Fraction of channels to remove, "
+                                                      "instead of a MACs target."),
+         architecture: str | None = typer.Option(None, "--architecture", help="cnn or "
+                                                 "transformer (default: guessed from the "
+                                                 "model name)."),
+         checkpoint: str | None = typer.Option(None, "--checkpoint", help="Your trained "
+                                               "weights (.safetensors, .pt, .pth, .th)."),
+         num_classes: int | None = typer.Option(None, "--num-classes", help="Output classes "
+                                                "(default: what the data says, e.g. the class "
+                                                "folders of a local imagefolder)."),
+         image_size: int | None = typer.Option(None, "--image-size", help="Resize images to "
+                                               "this side (default: 224 for torchvision "
+                                               "models, else the images' own size)."),
+         json_out: bool = JsonOption, quiet: bool = QuietOption,
+         verbose: bool = VerboseOption) -> None:
+    """Print a commented starter recipe for a model, data and target (redirect it to a file).
+
+    With --json: {"yaml": the commented recipe, "recipe": the same as a mapping}.
+    """
+    o = Output("init", json_out=json_out, quiet=quiet, verbose=verbose)
+    import yaml
+
+    from compress.authoring.starter import render_starter_recipe
+
+    try:
+        text = render_starter_recipe(model, data, target_macs=target_macs,
+                                     target_sparsity=target_sparsity,
+                                     architecture_hint=architecture, checkpoint=checkpoint,
+                                     num_classes=num_classes, image_size=image_size)
+    except CompressError as err:
+        raise o.fail(err) from None
+    o.result({"yaml": text, "recipe": yaml.safe_load(text)})
+    o.product(text, nl=False)
+
+
+@app.command("list")
+def list_(json_out: bool = JsonOption, quiet: bool = QuietOption,
+          verbose: bool = VerboseOption) -> None:
+    """List the registered model sources, datasets, criteria, pruning kinds and schedules.
+
+    With --json: {registry title: [{"name": ..., "description": ...}, ...]}.
+    """
+    o = Output("list", json_out=json_out, quiet=quiet, verbose=verbose)
+    from compress.cli.render import print_registries
+    from compress.authoring.reference import list_registries
+
+    registries = list_registries()
+    o.result({title: [{"name": n, "description": d} for n, d in entries]
+              for title, entries in registries.items()})
+    if o.json:
+        return
+    print_registries(registries)
+
+
+def _threshold(flag: str, text: str) -> float | None:
+    return typer.Option(None, flag, help=text)
+
+
+@app.command()
+def gate(report: Path = typer.Argument(..., help="report.json, or the run folder holding it."),
+         max_accuracy_drop: float | None = _threshold(
+             "--max-accuracy-drop", "Largest top-1 drop, absolute percentage points."),
+         max_accuracy_drop_relative: float | None = _threshold(
+             "--max-accuracy-drop-relative", "Largest top-1 drop, percent of the baseline."),
+         min_speedup: float | None = _threshold(
+             "--min-speedup", "Smallest onnxruntime speedup at the largest batch size."),
+         max_size_mb: float | None = _threshold("--max-size-mb", "Largest ONNX file (MB)."),
+         min_macs_reduction: float | None = _threshold(
+             "--min-macs-reduction", "Smallest fraction of MACs removed (0..1)."),
+         junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML: one "
+                                           "testcase per gate."),
+         markdown: Path | None = typer.Option(None, "--markdown", help="Also write a Markdown "
+                                              "table of the gates (e.g. a GitHub step summary)."),
+         json_out: bool = JsonOption, quiet: bool = QuietOption,
+         verbose: bool = VerboseOption) -> None:
+    """Check a finished run against thresholds; exit 1 if any gate fails.
+
+    Thresholds not given here come from the gates in the run's recipe. With --json:
+    {"name", "report", "passed", "failed", "gates": [...], "junit", "markdown"}.
+    """
+    o = Output("gate", json_out=json_out, quiet=quiet, verbose=verbose)
+    from compress.gates.run import run_gate
+
+    overrides = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup,
+                 "max_accuracy_drop_relative": max_accuracy_drop_relative,
+                 "max_size_mb": max_size_mb, "min_macs_reduction": min_macs_reduction}
+    try:
+        run = run_gate(report, overrides, junit=junit, markdown=markdown)
+    except CompressError as err:
+        raise o.fail(err) from None
+    for passed, line in run.lines:
+        (o.text if passed else o.problem)(line)
+    o.text(run.verdict)
+    for path in run.written:
+        o.note(f"wrote {path}")
+    o.result(run.to_dict())
+    if run.failed:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_(run_dir: Path = typer.Argument(..., help="Run folder (or its report.json)."),
+            fmt: str = typer.Option("md", "--format", "-f", help="md, html or json."),
+            out: Path | None = typer.Option(None, "--out", help="Write here instead (default: "
+                                            "stdout for md/json, RUN_DIR/report.html for html)."),
+            json_out: bool = JsonOption, quiet: bool = QuietOption,
+            verbose: bool = VerboseOption) -> None:
+    """Re-render a run's report from its report.json.
+
+    With --json: the report itself when it goes to stdout, else {"wrote": path, "format": ...}.
+    """
+    o = Output("report", json_out=json_out, quiet=quiet, verbose=verbose)
+    from compress.report.build import load_report, render_report, write_text_atomic
+
+    try:
+        data, path = load_report(run_dir)
+        text = render_report(data, fmt)
+    except CompressError as err:
+        raise o.fail(err) from None
+    target = out or (path.parent / "report.html" if fmt == "html" else None)
+    if target is None:
+        o.result(data)
+        o.product(text.rstrip("\n"))
+    else:
+        write_text_atomic(target, text)
+        o.result({"wrote": str(target), "format": fmt})
+        o.text(f"wrote {target}")
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="Run folders (or report.json files), "
+                                              "one column each."),
+            json_out: bool = JsonOption, quiet: bool = QuietOption,
+            verbose: bool = VerboseOption) -> None:
+    """Compare finished runs side by side: accuracy, MACs, size, speed, budget, schedule.
+
+    With --json: {"columns": [run names], "rows": [{"label": ..., "values": [one per run]}]}.
+    """
+    o = Output("compare", json_out=json_out, quiet=quiet, verbose=verbose)
+    from compress.cli.render import print_comparison
+    from compress.report.compare import compare_runs
+
+    try:
+        result = compare_runs(runs)
+    except CompressError as err:
+        raise o.fail(err) from None
+    o.result({"columns": result.columns,
+              "rows": [{"label": label, "values": cells} for label, cells in result.rows]})
+    if o.json:
+        return
+    print_comparison(result)
+
+
+def main() -> None:
+    try:
+        app()
+    except (InputError, CheckFailed) as err:  # raised outside a command body
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

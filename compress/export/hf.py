@@ -1,0 +1,94 @@
+"""Save a pruned transformers model so stock ``from_pretrained`` loads it, and prove it.
+
+``out/hf/`` gets ``save_pretrained`` (safetensors) plus the tokenizer or image processor of the
+source model. The folder is staged, reloaded with the plain ``transformers.AutoModel*`` class
+(no compress code involved), compared with the in-memory model on the probe batch, and only
+then renamed into place. When the model's config cannot describe the pruned shapes (per-block
+widths, or fewer heads where the config derives the head size), nothing is saved there: the
+reason goes to the report and ``compress.load`` rebuilds the model from the manifest instead.
+
+Example:
+    >>> info = save_hf_(model, Path("runs/minilm"), probe)  # doctest: +SKIP
+    >>> info["saved"], info["parity"] < 1e-5  # doctest: +SKIP
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import CheckFailed
+from compress.export.model import check_parity
+from compress.fsutil import temp_path_for
+from compress.pruning.hf_layout import blocks, rewrite_config_
+
+__all__ = ["save_hf_", "HF_FOLDER"]
+
+log = logging.getLogger(__name__)
+
+HF_FOLDER = "hf"
+
+
+def _processor(source: str | None) -> Any:
+    """The tokenizer (or image processor) of the source model, if it has one."""
+    if source is None:
+        return None
+    import transformers
+
+    for auto in (transformers.AutoTokenizer, transformers.AutoImageProcessor):
+        try:
+            return auto.from_pretrained(source)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: float = 1e-5,
+             max_shard_size: str = "2GB") -> dict[str, Any]:
+    """Write ``out_dir/hf`` when the config can express the model; prove the stock reload.
+
+    Returns ``{"saved": bool, "path"?: str, "parity"?: float, "reason"?: str}``. Raises
+    :class:`CheckFailed` when the reloaded model computes something else.
+    """
+    import transformers
+
+    from compress.models.huggingface import TASKS, HFModel
+
+    transformers.utils.logging.disable_progress_bar()  # the library never prints
+    hf = model.hf
+    problems = rewrite_config_(hf.config, model.layout, blocks(hf, model.layout),
+                               model.hidden_width()) if model.layout is not None else []
+    if problems:
+        reason = "; ".join(problems) + " (load it with compress.load instead)"
+        log.info("not writing %s/: %s", HF_FOLDER, reason)
+        return {"saved": False, "reason": reason}
+    target = out_dir / HF_FOLDER
+    stage = temp_path_for(target)
+    hf.save_pretrained(str(stage), max_shard_size=max_shard_size)
+    processor = _processor(model.source_path)
+    if processor is not None:
+        processor.save_pretrained(str(stage))
+    try:
+        auto = getattr(transformers, TASKS[model.task])
+        reloaded = HFModel(auto.from_pretrained(str(stage), dtype=next(hf.parameters()).dtype),
+                           model.task, pad_token_id=model.pad_token_id).eval()
+        with torch.no_grad():
+            diff = check_parity(model.eval()(probe), reloaded(probe),
+                                what=f"stock from_pretrained({HF_FOLDER}/)", atol=atol, rtol=0)
+    except CheckFailed:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    except Exception as err:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise CheckFailed(f"stock from_pretrained could not load the saved model: "
+                          f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+    if target.exists():
+        shutil.rmtree(target)
+    stage.replace(target)
+    return {"saved": True, "path": str(target), "parity": diff}

@@ -1,0 +1,158 @@
+"""What every pruning kind shares: the :class:`Pruner` interface, the step record, the proof.
+
+A kind registers a :class:`PruningKind`: its handler ``build(model, example_inputs, spec,
+cumulative_ratios) -> Pruner``, the criteria ``pruning.importance`` may name for it, and one
+line for ``compress list``. The run drives every kind the same way: one :meth:`Pruner.step_`
+per scheduled step (each step proves its own transformation), then :meth:`Pruner.finalize_`
+before export.
+
+Example:
+    >>> PruningKind(build=dict, criteria=("l1",), description="a kind").criteria
+    ('l1',)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from compress.errors import CheckFailed
+from compress.registry import Registry
+
+__all__ = ["Pruner", "PruningKind", "StepRecord", "PRUNING_KINDS", "prove_removals_",
+           "scheduled_step"]
+
+
+@dataclass
+class StepRecord:
+    """What one pruning step did, and the proof that it is exact.
+
+    ``removed`` counts ``unit``s (channels for structured, weights otherwise); ``layers`` maps
+    layer names to their output width (structured) or weight sparsity (unstructured, n:m).
+    """
+
+    target_ratio: float
+    groups: int
+    removed: int
+    unit: str
+    max_abs_diff: float
+    layers: dict[str, Any] = field(default_factory=dict)
+
+
+class Pruner(Protocol):
+    needs_grad: bool  # its criterion needs accumulate_gradients before each step
+
+    def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
+        ...
+
+    def accumulate_gradients(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                             device: torch.device) -> None:
+        ...
+
+    def finalize_(self) -> None:
+        """Make the result plain: no masks, hooks or re-parametrisations left."""
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-safe state from which :meth:`restore_` rebuilds the pruner after a crash."""
+        ...
+
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors the state needs besides :meth:`get_state` (masks), saved with safetensors."""
+        ...
+
+    def restore_(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """On the freshly built model, redo what the saved steps did (not the weights)."""
+
+    def groups(self) -> list[dict[str, Any]]:
+        """What it prunes, nothing pruned: ``{"root", "channels", "members"}`` per group."""
+        ...
+
+
+@dataclass(frozen=True)
+class PruningKind:
+    """A registered pruning kind: its handler, the criteria it accepts, one line about it."""
+
+    build: Callable[..., Pruner]  # (model, example_inputs, spec, *, cumulative_ratios)
+    criteria: tuple[str, ...]
+    description: str
+
+
+PRUNING_KINDS: Registry[PruningKind] = Registry("pruning kind")
+
+
+@contextlib.contextmanager
+def scheduled_step(model: nn.Module, ratios: Sequence[float], done: int,
+                   target_ratio: float) -> Iterator[None]:
+    """The frame of a structured step: it must be the next scheduled one; inside, the model is
+    in eval mode (frozen normalisation statistics); after, its mode is back and its stale
+    gradients (of the shapes before the step) are gone.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> with scheduled_step(net, [0.5], 0, 0.5):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    assert done < len(ratios), "more steps than scheduled"
+    assert abs(ratios[done] - target_ratio) < 1e-12, (target_ratio, ratios)
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+    model.zero_grad(set_to_none=True)
+
+
+def _run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    out = model(probe)
+    assert isinstance(out, torch.Tensor), "the probe output must be a tensor"
+    return out.detach().float()
+
+
+def prove_removals_(model: nn.Module, probe: torch.Tensor,
+                    removals: Iterable[tuple[str, Callable[[], None]]], *, verify: bool,
+                    atol: float) -> float:
+    """Apply each ``(group name, remove)`` in turn and prove the output did not change.
+
+    Call it once every group is zeroed: the zeroed model's output on ``probe`` is the
+    reference, and each removal must reproduce it (a removal that breaks the forward pass or
+    moves the output past ``atol``, scaled by the output's magnitude, raises
+    :class:`CheckFailed` naming the group). Returns the largest difference seen.
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> prove_removals_(lin, torch.ones(1, 2), [("noop", lambda: None)], verify=True,
+        ...                 atol=1e-6)
+        0.0
+    """
+    with torch.no_grad():
+        reference = _run_probe(model, probe) if verify else None
+        scale = max(1.0, reference.abs().max().item()) if reference is not None else 1.0
+        max_diff = 0.0
+        for name, remove in removals:
+            remove()
+            if reference is None:
+                continue
+            try:
+                out = _run_probe(model, probe)
+            except Exception as err:  # a mis-wired graph often breaks shapes
+                raise CheckFailed(f"pruning group rooted at {name!r} broke the model: "
+                                  f"{type(err).__name__}: {err}") from err
+            diff = (out - reference).abs().max().item() if out.shape == reference.shape \
+                else float("inf")
+            if not diff <= atol * scale:
+                raise CheckFailed(
+                    f"equivalence check failed: removing the pruning group rooted at {name!r} "
+                    f"changed the probe output by {diff:.3g} (tolerance {atol * scale:.3g}); "
+                    f"the dependency graph wired its channels wrongly, add the layer to "
+                    f"pruning.ignored")
+            max_diff = max(max_diff, diff)
+    return max_diff

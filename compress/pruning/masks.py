@@ -1,0 +1,393 @@
+"""Unstructured and n:m weight pruning with masks, each step proven, plus sparsity measures.
+
+Both kinds zero single weights and keep the shapes: the file compresses better, dense MACs do
+not change. Masks live in ``torch.nn.utils.prune`` re-parametrisations (``weight_orig`` *
+``weight_mask``), so they stay applied while fine-tuning: a masked weight gets no gradient
+through the mask, whatever the optimizer does to ``weight_orig``. :meth:`finalize_` folds the
+masks into plain ``weight`` parameters before export. Every step proves that the masks have
+the kind's pattern, that every pruned weight is exactly zero and that the model still runs.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from compress.recipe.spec import PruningSpec
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    >>> x = torch.randn(4, 8)
+    >>> pruner = UnstructuredPruner(model, x[:1], PruningSpec(kind="unstructured", ratio=0.5),
+    ...                             cumulative_ratios=[0.5])
+    >>> pruner.step_(0.5, x).removed, pruner.sparsity()["layers"]["0"]
+    (64, 0.5)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from compress.errors import CheckFailed, InputError
+from compress.pruning.base import PRUNING_KINDS, PruningKind, StepRecord
+from compress.recipe.spec import PruningSpec
+from compress.pruning.selection import protected_layers
+
+__all__ = ["MASK_CRITERIA", "UnstructuredPruner", "NMPruner", "load_state_", "folded_copy"]
+
+log = logging.getLogger(__name__)
+
+# Single weights are ranked by magnitude (l1 and l2 rank them identically) or at random.
+MASK_CRITERIA = ("l1", "l2", "random")
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+_DENSE = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """One prunable tensor; ``key`` is the module name for weights, ``module.param`` else."""
+
+    key: str
+    module: nn.Module
+    param: str
+
+    def mask(self) -> torch.Tensor | None:
+        return getattr(self.module, self.param + "_mask", None)
+
+    def original(self) -> torch.Tensor:
+        """The trained values (``weight_orig`` while masked)."""
+        return getattr(self.module, self.param + ("_orig" if self.mask() is not None else ""))
+
+    def effective(self) -> torch.Tensor:
+        """What the forward uses (the cached attribute may predate an optimizer step)."""
+        mask = self.mask()
+        return (self.original() * mask if mask is not None else self.original()).detach()
+
+    def pruned(self) -> int:
+        mask = self.mask()
+        return int((mask == 0).sum()) if mask is not None else 0
+
+
+def _install_(t: _Tensor, keep: torch.Tensor) -> None:
+    """Apply ``keep`` (bool) as the tensor's mask; a later step replaces the mask in place."""
+    mask = t.mask()
+    if mask is None:
+        prune.custom_from_mask(t.module, t.param, keep)
+    else:  # in place: no PruningContainer, the hook reads the buffer
+        mask.copy_(keep)
+        setattr(t.module, t.param, t.original() * mask)  # what the pre-forward hook computes
+
+
+def _probe_output(model: nn.Module, probe: torch.Tensor, what: str) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as err:
+        raise CheckFailed(f"{what}: the model no longer runs on the probe batch "
+                          f"({type(err).__name__}: {err})") from err
+    finally:
+        model.train(was_training)
+    assert isinstance(out, torch.Tensor), "the probe output must be a tensor"
+    if not torch.isfinite(out).all():
+        raise CheckFailed(f"{what}: the probe output is not finite")
+    return out.detach().float()
+
+
+class _MaskPruner:
+    """What both kinds share: choosing tensors, masking, the proof, finalising.
+
+    A kind defines ``_select(name, module) -> [_Tensor]`` (its prunable tensors),
+    ``_keeps(target) -> [bool mask]`` (the new masks) and ``_check_pattern(target)`` (its own
+    proof on the applied masks, raising CheckFailed).
+    """
+
+    kind = ""
+    needs_grad = False
+    eligible = "is not ignored and not the output layer"
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
+                 cumulative_ratios: Sequence[float]) -> None:
+        self.model, self.spec, self.example_inputs = model, spec, example_inputs
+        self._ratios, self._step, self._probe = list(cumulative_ratios), 0, None
+        assert self._ratios and all(0 <= r < 1 for r in self._ratios), self._ratios
+        self.ignored_names = ignored = protected_layers(model, example_inputs, spec.ignored)
+        # MultiheadAttention reads out_proj.weight without calling out_proj, so the masked
+        # attribute would never be recomputed: leave it dense.
+        mha = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+        self.skipped: dict[str, str] = {}
+        self._tensors: list[_Tensor] = []
+        for name, m in model.named_modules():
+            if not any(name == i or name.startswith(i + ".") for i in ignored) \
+                    and id(m) not in mha:
+                self._tensors += self._select(name, m)
+        if not self._tensors:
+            raise InputError(f"{self.kind} pruning found no eligible layer: a Conv/Linear layer "
+                             f"must be one that {self.eligible} (skipped: "
+                             f"{self.skipped or 'none'}); ignore fewer layers")
+        self._total = sum(t.original().numel() for t in self._tensors)
+
+    def _scores(self, t: _Tensor) -> torch.Tensor:
+        """Higher = more important; pruned weights score -inf, so they are pruned first."""
+        w = t.original().detach()
+        if self.spec.importance == "random":
+            gen = torch.Generator().manual_seed(self._step)  # reproducible per step
+            scores = torch.rand(w.shape, generator=gen).to(w.device)
+        else:
+            scores = w.abs().float()  # l1 and l2 rank single weights identically
+        mask = t.mask()
+        return scores if mask is None else scores.masked_fill(mask == 0, float("-inf"))
+
+    def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
+        """Mask up to the cumulative ``target_ratio`` in place and prove it on ``probe``.
+
+        The proof: the kind's pattern holds, every weight pruned now or before is exactly zero
+        in the weight the forward uses, and the model still runs to a finite output.
+        """
+        assert self._step < len(self._ratios), "more steps than scheduled"
+        assert abs(self._ratios[self._step] - target_ratio) < 1e-12, (target_ratio, self._ratios)
+        self._probe = probe
+        what = f"{self.kind} step {self._step + 1}"
+        before = sum(t.pruned() for t in self._tensors)
+        with torch.no_grad():
+            keeps = self._keeps(target_ratio)
+            for t, keep in zip(self._tensors, keeps, strict=True):
+                old = t.mask()
+                assert old is None or not keep[old == 0].any(), f"{t.key}: a weight came back"
+                _install_(t, keep)
+        if self.spec.verify:
+            self._check_pattern(target_ratio)
+            for t, keep in zip(self._tensors, keeps, strict=True):
+                leak = t.effective()[~keep].abs().max().item() if (~keep).any() else 0.0
+                if leak != 0.0:
+                    raise CheckFailed(f"{what}: a pruned weight of {t.key!r} is {leak:.3g}, not "
+                                      f"zero, in the weight the forward uses")
+            _probe_output(self.model, probe, what)
+        self._step += 1
+        after = sum(t.pruned() for t in self._tensors)
+        touched = sum(1 for t in self._tensors if t.pruned())
+        log.info("%s: %d weights newly pruned in %d tensors (%.2f%% of %d prunable)", what,
+                 after - before, touched, 100 * after / self._total, self._total)
+        return StepRecord(target_ratio, touched, after - before, "weights", 0.0,
+                          self.sparsity()["layers"])
+
+    def accumulate_gradients(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                             device: torch.device) -> None:
+        """Nothing to do: no criterion of these kinds uses gradients."""
+
+    def groups(self) -> list[dict[str, Any]]:
+        """None: these kinds rank single weights, not groups of coupled channels."""
+        return []
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-safe state; with :meth:`get_tensors` (the masks) :meth:`restore_` rebuilds it."""
+        return {"kind": self.kind, "steps_done": self._step}
+
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        return {t.key: mask != 0 for t in self._tensors if (mask := t.mask()) is not None}
+
+    def restore_(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Reinstall the saved masks on the freshly built model and go on after its steps.
+
+        Load the weights after, with :func:`load_state_`.
+        """
+        assert self._step == 0 and state["kind"] == self.kind, (self._step, state["kind"])
+        unknown = set(tensors) - {t.key for t in self._tensors}
+        assert not unknown, f"masks for tensors this pruner does not prune: {sorted(unknown)}"
+        with torch.no_grad():
+            for t in self._tensors:
+                if t.key in tensors:
+                    _install_(t, tensors[t.key].to(t.original().device, torch.bool))
+        self._step = state["steps_done"]
+
+    def sparsity(self) -> dict[str, Any]:
+        """Masked fraction per prunable tensor and overall; n:m's skipped layers read 0.0."""
+        counts = {t.key: (t.pruned() if t.mask() is not None else int((t.effective() == 0).sum()),
+                          t.original().numel()) for t in self._tensors}
+        pruned = sum(c for c, _ in counts.values())
+        layers = {k: c / n for k, (c, n) in counts.items()} | dict.fromkeys(self.skipped, 0.0)
+        out = {"layers": layers, "overall": pruned / self._total, "pruned": pruned,
+               "total": self._total}
+        return out | ({"skipped": dict(self.skipped)} if self.skipped else {})
+
+    def finalize_(self) -> None:
+        """Fold the masks into plain parameters; prove the probe output did not change."""
+        masked = [t for t in self._tensors if t.mask() is not None]
+        if not masked:
+            return
+        probe = self._probe if self._probe is not None else self.example_inputs
+        before = _probe_output(self.model, probe, f"{self.kind} finalize")
+        for t in masked:
+            keep = t.mask() != 0
+            prune.remove(t.module, t.param)
+            # orig * 0 is -0.0 where orig < 0: not a zero bit pattern (compresses worse), and
+            # it would depend on values nothing reads (a resumed run has 0 there, not orig).
+            with torch.no_grad():
+                t.original().masked_fill_(~keep, 0.0)
+        after = _probe_output(self.model, probe, f"{self.kind} finalize")
+        diff = (after - before).abs().max().item() if after.shape == before.shape \
+            else float("inf")
+        if self.spec.verify and not diff <= self.spec.verify_atol:
+            raise CheckFailed(f"{self.kind} finalize changed the probe output by {diff:.3g} "
+                              f"(tolerance {self.spec.verify_atol:.3g})")
+        log.info("%s: folded %d masks into the weights (max |diff| %.2e)", self.kind,
+                 len(masked), diff)
+
+
+class UnstructuredPruner(_MaskPruner):
+    """Zero the smallest (or random) weights up to a cumulative fraction of the original.
+
+    ``scope: local`` prunes that fraction of every tensor, ``global`` ranks all tensors
+    together. Exactly ``round(target * count)`` weights are pruned: ``topk`` cuts ties, where
+    a threshold could overshoot.
+    """
+
+    kind = "unstructured"
+
+    def _select(self, name: str, module: nn.Module) -> list[_Tensor]:
+        params = []
+        if isinstance(module, _DENSE):
+            params = ["weight"] + (["bias"] if self.spec.prune_biases else [])
+        elif isinstance(module, _NORMS) and self.spec.prune_norms:
+            params = ["weight"]  # the scale; a zero shift would not remove anything
+        return [_Tensor(name if p == "weight" else f"{name}.{p}", module, p) for p in params
+                if getattr(module, p, None) is not None]
+
+    @staticmethod
+    def _lowest_off(scores: torch.Tensor, k: int) -> torch.Tensor:
+        keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+        keep[scores.flatten().topk(k, largest=False).indices] = False
+        return keep.view(scores.shape)
+
+    def _keeps(self, target_ratio: float) -> list[torch.Tensor]:
+        scores = [self._scores(t) for t in self._tensors]
+        if self.spec.scope == "local":
+            return [self._lowest_off(s, round(target_ratio * s.numel())) for s in scores]
+        flat = torch.cat([s.flatten().to(scores[0].device) for s in scores])
+        parts = self._lowest_off(flat, round(target_ratio * flat.numel())).split(
+            [s.numel() for s in scores])
+        return [p.view(s.shape).to(s.device) for p, s in zip(parts, scores, strict=True)]
+
+    def _check_pattern(self, target_ratio: float) -> None:
+        counts = [(t.key, t.pruned(), t.original().numel()) for t in self._tensors]
+        if self.spec.scope == "global":
+            counts = [("all prunable tensors", sum(c[1] for c in counts), self._total)]
+        for key, pruned, n in counts:
+            if abs(pruned - target_ratio * n) > 1:
+                raise CheckFailed(f"unstructured step {self._step + 1}: {key!r} has {pruned} "
+                                  f"of {n} weights masked, expected {target_ratio * n:.1f}")
+
+
+class NMPruner(_MaskPruner):
+    """Keep the ``n`` largest of every ``m`` consecutive input weights (e.g. 2:4), one step.
+
+    Blocks run along the input dimension: Linear ``[out, in]`` rows, Conv ``[out, in, *k]``
+    across input channels at each (out, kernel position). A layer whose input width is not a
+    multiple of ``m`` is skipped (:attr:`skipped` says why; its sparsity reads 0.0).
+    """
+
+    kind = "n:m"
+    eligible = "is not ignored, not the output layer and has an input width divisible by m"
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
+                 cumulative_ratios: Sequence[float]) -> None:
+        super().__init__(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
+        assert len(self._ratios) == 1 and abs(self._ratios[0] - (1 - spec.n / spec.m)) < 1e-9
+
+    @staticmethod
+    def _in_dim(module: nn.Module) -> int:
+        # ConvTranspose weights are [in, out/groups, *k]; the others [out, in/groups, *k].
+        return 0 if getattr(module, "transposed", False) else 1
+
+    def _select(self, name: str, module: nn.Module) -> list[_Tensor]:
+        if not isinstance(module, _DENSE):
+            return []
+        width = module.weight.shape[self._in_dim(module)]
+        if width % self.spec.m:
+            self.skipped[name] = f"input width {width} is not divisible by m={self.spec.m}"
+            log.info("n:m: skipping %s: %s", name, self.skipped[name])
+            return []
+        return [_Tensor(name, module, "weight")]
+
+    def _blocks(self, t: _Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``w`` as [..., blocks, m], the blocks running along the input dimension."""
+        w = w.movedim(self._in_dim(t.module), -1)
+        return w.reshape(*w.shape[:-1], -1, self.spec.m)
+
+    def _keeps(self, target_ratio: float) -> list[torch.Tensor]:
+        keeps = []
+        for t in self._tensors:
+            blocks = self._blocks(t, self._scores(t))
+            keep = torch.zeros_like(blocks, dtype=torch.bool)
+            keep.scatter_(-1, blocks.topk(self.spec.n, dim=-1).indices, True)  # exactly n
+            shape = t.original().movedim(self._in_dim(t.module), -1).shape
+            keeps.append(keep.reshape(shape).movedim(-1, self._in_dim(t.module)))
+        return keeps
+
+    def _check_pattern(self, target_ratio: float) -> None:
+        for t in self._tensors:
+            worst = int((self._blocks(t, t.effective()) != 0).sum(dim=-1).max())
+            if worst > self.spec.n:
+                raise CheckFailed(f"n:m step: {t.key!r} has a block of {self.spec.m} weights "
+                                  f"with {worst} non-zeros (at most {self.spec.n} allowed)")
+
+
+def load_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``model`` (masks installed or not), strictly.
+
+    ``state`` may hold the masks and trained values (``w_orig``, ``w_mask``) or the masks
+    folded in (``w``, as ``steps/NN/model.safetensors`` does): then ``w_orig`` is loaded from
+    ``w`` and the installed mask stays. Pruned entries of ``w_orig`` then read 0 instead of
+    their old values, which nothing reads: the forward, the gradients and later steps' scores
+    all go through the mask.
+    """
+    own = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in own.items():
+        base = key.rpartition("_")[0]
+        if key in state:
+            mapped[key] = state[key]
+        elif key.endswith("_orig") and base in state and base + "_mask" in own:
+            mapped[key] = state[base]
+        elif key.endswith("_mask") and base + "_orig" in own and base in state:
+            mapped[key] = value
+    unused = set(state) - set(mapped) - {k.rpartition("_")[0] for k in mapped
+                                         if k.endswith("_orig")}
+    if unused:
+        raise RuntimeError(f"the saved state has keys the model lacks: {sorted(unused)[:5]}")
+    model.load_state_dict(mapped, strict=True)
+
+
+def folded_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy in eval mode with every mask folded into its weight (for mid-run exports).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> with torch.no_grad():  # as the pruners mask: the masked weight stays a leaf
+        ...     _ = prune.random_unstructured(net[0], "weight", amount=0.5)
+        >>> sorted(n for n, _ in folded_copy(net).named_parameters())[:2]
+        ['0.bias', '0.weight']
+    """
+    clone = copy.deepcopy(model).cpu().eval()
+    for module in clone.modules():
+        for name in [k[: -len("_orig")] for k, _ in module.named_parameters(recurse=False)
+                     if k.endswith("_orig")]:
+            prune.remove(module, name)
+    return clone
+
+
+def _kind(cls: type[_MaskPruner]) -> PruningKind:
+    doc = (cls.__doc__ or "").split("\n\n")[0]
+    return PruningKind(cls, criteria=MASK_CRITERIA, description=" ".join(doc.split()))
+
+
+PRUNING_KINDS.register("unstructured")(_kind(UnstructuredPruner))
+PRUNING_KINDS.register("n:m")(_kind(NMPruner))

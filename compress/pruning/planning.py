@@ -1,0 +1,139 @@
+"""Planning for a MACs target: the channel ratio whose pruning removes a given share of MACs.
+
+A schedule's cumulative MACs targets become channel ratios for the structured pruner by
+searching on throw-away copies (nothing is proven: nothing is kept). Copies have no gradients,
+so gradient criteria are planned with l2 where that gives the same widths.
+
+Example:
+    >>> from compress.models.cifar_resnet import cifar_resnet
+    >>> from compress.recipe.spec import PruningSpec
+    >>> net, x = cifar_resnet("resnet20").eval(), torch.randn(1, 3, 32, 32)
+    >>> spec = PruningSpec(target={"macs": 0.5})
+    >>> [round(r, 1) for r in channel_ratios(net, x, spec, [0.5])]
+    [0.1]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from compress.pruning.criteria import IMPORTANCE
+from compress.errors import InputError
+from compress.measure.counts import count_macs_params
+from compress.pruning.structured import build_structured
+from compress.recipe.spec import PruningSpec
+
+__all__ = ["gradient_free", "solve_ratio_for_macs", "solve_ratios_for_macs", "channel_ratios"]
+
+log = logging.getLogger(__name__)
+
+
+def gradient_free(spec: PruningSpec, what: str) -> PruningSpec:
+    """``spec`` for pruning copies that have no gradients: the widths, not the choice, matter.
+
+    With local scope every layer loses the same share whatever the criterion, so a gradient
+    criterion (taylor, hessian) is replaced by l2, which gives exactly the same widths. With
+    global scope the criterion decides the widths: :class:`InputError` naming ``what``.
+
+    Example:
+        >>> gradient_free(PruningSpec(ratio=0.5, importance="taylor"), "x").importance
+        'l2'
+    """
+    if not IMPORTANCE.get(spec.importance).needs_grad:
+        return spec
+    if spec.scope != "local":
+        raise InputError(f"{what} with importance {spec.importance!r} needs scope: local (the "
+                         f"pruned copies have no gradients); with scope: global give a ratio "
+                         f"and use compress apply")
+    return spec.model_copy(update={"importance": "l2"})
+
+
+def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
+                         macs_reduction: float, *, tolerance: float = 0.0,
+                         iterations: int = 7, precision: float = 0.002,
+                         cache: dict[float, float] | None = None) -> tuple[float, float]:
+    """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
+
+    Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
+    reduction is a step function of the ratio; the closest achievable ratio is returned as
+    ``(ratio, achieved_reduction)``. When the target itself is out of reach, the largest
+    reduction is accepted if it falls short by at most ``tolerance``. The bisection stops early
+    once a trial lands within ``precision`` of the target. ``cache`` (ratio -> reduction) may be
+    shared between searches on the same model and spec: the steps of a schedule then start
+    from what earlier searches measured.
+    """
+    base_macs, _ = count_macs_params(model, example_inputs)
+    cache = {} if cache is None else cache
+    trial_spec = gradient_free(spec.model_copy(update={"verify": False}),
+                               "pruning.target.macs (its search prunes copies)")
+
+    def reduction(r: float) -> float:
+        if r not in cache:
+            trial = copy.deepcopy(model).eval()
+            pruner = build_structured(trial, example_inputs, trial_spec, cumulative_ratios=[r])
+            pruner.step_(r, example_inputs)
+            cache[r] = 1.0 - count_macs_params(trial, example_inputs)[0] / base_macs
+        return cache[r]
+
+    # Coarse scan first: with round_to, very high ratios can round a layer to zero width, which
+    # torch-pruning refuses, so the reduction is not monotone near 1. Bracket from below.
+    # (Each trial rebuilds the dependency graph, ~1-2 s for a ResNet-56: keep trials few.)
+    cache[0.0] = 0.0
+    above = [r for r in cache if cache[r] >= macs_reduction]
+    hi = min(above) if above else None
+    lo = max((r for r in cache if cache[r] < macs_reduction and (hi is None or r < hi)),
+             default=0.0)
+    if hi is None:
+        for r in (0.2, 0.4, 0.6, 0.8):
+            if r <= lo:
+                continue
+            if reduction(r) >= macs_reduction:
+                hi = r
+                break
+            lo = r
+    if hi is None:
+        best = max(cache, key=cache.__getitem__)
+        if macs_reduction - cache[best] > tolerance:
+            raise InputError(f"pruning.target.macs={macs_reduction} cannot be reached: at most "
+                             f"{cache[best]:.1%} of the MACs can be removed with these "
+                             f"settings; lower the target, lower round_to, use scope: global "
+                             f"or ignore fewer layers")
+        hi = best  # within tolerance: refine between the best ratio and the one below it
+        lo = max((r for r in cache if r < best), default=0.0)
+    for _ in range(iterations):
+        if min(abs(cache[hi] - macs_reduction), abs(cache[lo] - macs_reduction)) <= precision:
+            break
+        mid = (lo + hi) / 2
+        if reduction(mid) < macs_reduction:
+            lo = mid
+        else:
+            hi = mid
+    # Closest reachable reduction, but never more than `tolerance` short of the target.
+    allowed = [r for r in cache if r > 0 and cache[r] >= macs_reduction - tolerance]
+    assert allowed, cache
+    best = min(allowed, key=lambda r: abs(cache[r] - macs_reduction))
+    log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
+             100 * macs_reduction)
+    return best, cache[best]
+
+
+def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
+                          targets: Sequence[float]) -> list[float]:
+    """The channel ratio of each cumulative MACs target of a schedule, sharing one cache."""
+    assert spec.target is not None
+    cache: dict[float, float] = {}
+    return [solve_ratio_for_macs(model, example_inputs, spec, t, tolerance=spec.target.tolerance,
+                                 cache=cache)[0] for t in targets]
+
+
+def channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,
+                   targets: Sequence[float]) -> list[float]:
+    """Per-step ratios for the pruner: MACs targets are turned into channel ratios by search."""
+    if pruning.target is None:
+        return list(targets)
+    return solve_ratios_for_macs(model, example, pruning, targets)

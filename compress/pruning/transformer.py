@@ -1,0 +1,412 @@
+"""Structured pruning of attention heads and FFN neurons in transformers models, proven exact.
+
+torch-pruning's graph needs per-model hand configuration for attention (head counts, which
+attributes to rewrite) and mis-handles grouped-query attention, so transformers models are cut
+here directly from a :class:`~compress.pruning.hf_layout.Layout`: a head is its query (key,
+value) rows plus its output-projection columns, an FFN neuron its input rows plus its output
+column. Grouped-query models lose the same number of query heads in every key/value group,
+so the q/kv ratio, the head-to-group mapping and RoPE's head size all stay intact.
+
+Each step is proven like a torch-pruning step: every group is zeroed, the probe output is the
+reference, and removing the groups one at a time must reproduce it.
+
+Example:
+    >>> pruner = TransformerPruner(model, example, PruningSpec(ratio=0.5))  # doctest: +SKIP
+    >>> record = pruner.step_(0.5, probe)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.pruning.criteria import IMPORTANCE, transformer_criteria
+from compress.errors import InputError
+from compress.measure.evaluate import task_loss
+from compress.pruning.hf_hidden import Stream, cut_hidden_, masked_norms, stream, zero_hidden_
+from compress.pruning.hf_layout import (
+    LAYOUTS,
+    Block,
+    blocks,
+    keep_in_,
+    keep_out_,
+    out_width,
+    rewrite_config_,
+    set_attention_heads_,
+    zero_in_,
+    zero_out_,
+)
+from compress.pruning.base import StepRecord, prove_removals_, scheduled_step
+from compress.recipe.spec import PruningSpec
+
+__all__ = ["TransformerPruner", "is_transformer"]
+
+log = logging.getLogger(__name__)
+
+def is_transformer(model: nn.Module) -> bool:
+    """Whether ``model`` is compress's wrapper around a transformers model with a layout."""
+    return getattr(model, "layout", None) is not None and hasattr(model, "hf")
+
+
+def _head_rows(block: Block, heads: Sequence[int]) -> torch.Tensor:
+    d = block.head_dim
+    return torch.tensor([h * d + j for h in heads for j in range(d)], dtype=torch.long)
+
+
+class TransformerPruner:
+    """Prunes heads and FFN neurons of every block to the scheduled fractions.
+
+    ``cumulative_ratios`` drive the schedule; the head and FFN fractions removed at step k are
+    ``spec.heads`` and ``spec.ffn`` (default: the ratio itself) times ``ratio_k / ratio_final``;
+    the hidden size's likewise from ``spec.hidden`` (default 0: kept).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
+                 cumulative_ratios: Sequence[float] | None = None,
+                 only: set[tuple[int, str]] | None = None) -> None:
+        assert is_transformer(model)
+        if spec.importance not in transformer_criteria():
+            raise InputError(f"pruning.importance {spec.importance!r} is not supported for "
+                             f"transformers models; available: "
+                             f"{', '.join(transformer_criteria())}")
+        if spec.ignored:
+            raise InputError("pruning.ignored is not used for transformers models (heads and "
+                             "FFN neurons are pruned); set pruning.heads: 0 or pruning.ffn: 0 "
+                             "to keep one kind")
+        self.model, self.spec = model, spec
+        self.needs_grad = IMPORTANCE.get(spec.importance).needs_grad
+        self.layout = model.layout
+        ratios = list(cumulative_ratios) if cumulative_ratios else [spec.ratio or 0.5]
+        final = ratios[-1]
+        head_final = spec.heads if spec.heads is not None else final
+        ffn_final = spec.ffn if spec.ffn is not None else final
+        hidden_final = spec.hidden or 0.0
+        self._plan = [(head_final * r / final, ffn_final * r / final, hidden_final * r / final)
+                      for r in ratios]
+        self._ratios = ratios
+        first = blocks(model.hf, self.layout)
+        self._heads0 = {b.index: b.heads for b in first}
+        self._ffn0 = {b.index: b.ffn for b in first}
+        self.prunes_hidden = hidden_final > 0
+        if self.prunes_hidden:
+            supported = [n for n in LAYOUTS.names() if LAYOUTS.get(n).hidden is not None]
+            if self.layout.hidden is None:
+                raise InputError(f"pruning.hidden is not supported for "
+                                 f"{model.hf.config.model_type} models; supported: "
+                                 f"{', '.join(supported)}")
+            if model.task != "sequence-classification":
+                raise InputError(f"pruning.hidden needs model.task: sequence-classification "
+                                 f"(for {model.task} the hidden size is the output's width)")
+            self._hidden0 = self._stream().width
+        self.round_to = 8 if spec.round_to == "auto" else spec.round_to
+        if spec.scope == "global" and self.layout.gqa:
+            raise InputError("pruning.scope: global is not supported for grouped-query "
+                             "attention models; use scope: local")
+        # (block, "heads"|"ffn") or (-1, "hidden") units pruned; None: all (sensitivity scans).
+        self.only = only
+        self.history: list[list[list[Any]]] = []  # per step: [block, "heads"|"ffn", removed idx]
+        self.config_problems: list[str] = []
+        self.steps_done = 0
+
+    # -- importance ---------------------------------------------------------------------------
+    def accumulate_gradients(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                             device: torch.device) -> None:
+        """Fill ``.grad`` for the taylor criterion from a few training batches."""
+        if self.spec.importance != "taylor":
+            return
+        was_training = self.model.training
+        self.model.eval()
+        self.model.zero_grad(set_to_none=True)
+        n = 0
+        for x, y in batches:
+            task_loss(self.model(x.to(device)), y.to(device)).backward()
+            n += 1
+        if n == 0:
+            raise InputError("importance 'taylor' needs training batches; configure data with "
+                             "a training split")
+        self.model.train(was_training)
+
+    def _score(self, module: nn.Module, idx: torch.Tensor, dim: int) -> torch.Tensor:
+        """Importance of slices ``idx`` (grouped in rows of the result) along ``dim``."""
+        w = module.weight
+        kind = self.spec.importance
+        if kind == "taylor":
+            if w.grad is None:
+                raise InputError("importance 'taylor' found no gradients; it needs training "
+                                 "data (data with a training split)")
+            values = (w.detach() * w.grad).abs()
+        else:
+            values = w.detach().abs() if kind == "l1" else w.detach().pow(2)
+        values = values.index_select(dim, idx.to(w.device)).float()
+        return values.transpose(0, dim).reshape(idx.numel(), -1).sum(dim=1).cpu()
+
+    def _dim(self, module: nn.Module, out: bool) -> int:
+        is_linear = isinstance(module, nn.Linear)
+        return (0 if is_linear else 1) if out else (1 if is_linear else 0)
+
+    def _head_scores(self, block: Block) -> torch.Tensor:
+        d, h = block.head_dim, block.heads
+        if self.spec.importance == "random":
+            return torch.rand(h, generator=self._generator(block, 0))
+        rows = torch.arange(h * d)
+        projections = block.qkv[:1] if self.layout.gqa else block.qkv
+        if len(block.qkv) == 1:  # fused [q | k | v]: score the three slices of each head
+            total = sum(self._score(block.qkv[0], rows + part * h * d, self._dim(block.qkv[0], True))
+                        for part in range(3))
+        else:
+            total = sum(self._score(m, rows, self._dim(m, True)) for m in projections)
+        total = total + self._score(block.out, rows, self._dim(block.out, False))
+        per_head = total.view(h, d).sum(dim=1)
+        return per_head if self.spec.importance != "l2" else per_head.sqrt()
+
+    def _ffn_scores(self, block: Block) -> torch.Tensor:
+        f = block.ffn
+        if self.spec.importance == "random":
+            return torch.rand(f, generator=self._generator(block, 1))
+        idx = torch.arange(f)
+        total = sum(self._score(m, idx, self._dim(m, True)) for m in block.ffn_in)
+        total = total + self._score(block.ffn_out, idx, self._dim(block.ffn_out, False))
+        return total if self.spec.importance != "l2" else total.sqrt()
+
+    def _stream(self) -> Stream:
+        return stream(self.model.hf, self.layout, blocks(self.model.hf, self.layout))
+
+    def _hidden_cut(self, s: Stream, fraction: float) -> tuple[list[int], list[int]]:
+        """(hidden channels, head square-layer outputs) to remove: the same count of each."""
+        n_remove = s.width - self._keep_count(self._hidden0, fraction)
+        if n_remove <= 0:
+            return [], []
+        if self.spec.importance == "random":
+            gen = torch.Generator().manual_seed(1000 * self.steps_done + 7)
+            channel, head = torch.rand(s.width, generator=gen), torch.rand(s.width, generator=gen)
+        else:
+            channel = sum(self._score(m, torch.arange(s.width), d) for m, d in s.slices())
+            head = (self._score(s.square, torch.arange(s.width), 0)
+                    + self._score(s.head_out, torch.arange(s.width), 1))
+            if self.spec.importance == "l2":
+                channel, head = channel.sqrt(), head.sqrt()
+        return (sorted(channel.argsort()[:n_remove].tolist()),
+                sorted(head.argsort()[:n_remove].tolist()))
+
+    def _generator(self, block: Block, kind: int) -> torch.Generator:
+        return torch.Generator().manual_seed(1000 * self.steps_done + 10 * block.index + kind)
+
+    # -- planning -----------------------------------------------------------------------------
+    def _heads_to_remove(self, block: Block, fraction: float,
+                         scores: torch.Tensor) -> list[int]:
+        groups = block.kv_heads if self.layout.gqa else 1
+        per_group0 = self._heads0[block.index] // groups
+        keep_per_group = max(1, per_group0 - round(per_group0 * fraction))
+        per_group = block.heads // groups
+        remove: list[int] = []
+        for g in range(groups):
+            members = list(range(g * per_group, (g + 1) * per_group))
+            order = sorted(members, key=lambda h: float(scores[h]))
+            remove += order[: max(0, per_group - keep_per_group)]
+        return sorted(remove)
+
+    def _keep_count(self, size0: int, fraction: float) -> int:
+        """Units left of ``size0`` after removing ``fraction``, rounded up to ``round_to``."""
+        keep = max(1, size0 - round(size0 * fraction))
+        if self.round_to and self.round_to > 1:
+            keep = min(size0, max(self.round_to, -(-keep // self.round_to) * self.round_to))
+        return keep
+
+    def _plan_step(self, all_blocks: list[Block], head_frac: float,
+                   ffn_frac: float) -> list[tuple[Block, str, list[int]]]:
+        plan = []
+        if self.spec.scope == "global":
+            return self._plan_global(all_blocks, head_frac, ffn_frac)
+        for block in all_blocks:
+            if head_frac > 0:
+                heads = self._heads_to_remove(block, head_frac, self._head_scores(block))
+                if heads:
+                    plan.append((block, "heads", heads))
+            if ffn_frac > 0:
+                scores = self._ffn_scores(block)
+                n_remove = block.ffn - self._keep_count(self._ffn0[block.index], ffn_frac)
+                if n_remove > 0:
+                    plan.append((block, "ffn", sorted(scores.argsort()[:n_remove].tolist())))
+        return plan
+
+    def _plan_global(self, all_blocks: list[Block], head_frac: float,
+                     ffn_frac: float) -> list[tuple[Block, str, list[int]]]:
+        """Rank units across blocks by importance relative to their block's mean."""
+        plan: list[tuple[Block, str, list[int]]] = []
+        for kind, frac, scorer, size0 in (("heads", head_frac, self._head_scores, self._heads0),
+                                          ("ffn", ffn_frac, self._ffn_scores, self._ffn0)):
+            if frac <= 0:
+                continue
+            units = []
+            for block in all_blocks:
+                s = scorer(block)
+                s = s / s.mean().clamp_min(1e-12)
+                units += [(float(v), block.index, i) for i, v in enumerate(s)]
+            total0 = sum(size0.values())
+            current = len(units)
+            n_remove = current - (total0 - round(total0 * frac))
+            cap = {b.index: size0[b.index] - max(1, round(size0[b.index] *
+                                                         (1 - self.spec.max_layer_ratio)))
+                   for b in all_blocks}
+            removed_so_far = {b.index: size0[b.index] - (b.heads if kind == "heads" else b.ffn)
+                              for b in all_blocks}
+            chosen: dict[int, list[int]] = {}
+            for _, bi, i in sorted(units):
+                if n_remove <= 0:
+                    break
+                if removed_so_far[bi] >= cap[bi]:
+                    continue
+                chosen.setdefault(bi, []).append(i)
+                removed_so_far[bi] += 1
+                n_remove -= 1
+            plan += [(b, kind, sorted(chosen[b.index])) for b in all_blocks if b.index in chosen]
+        return plan
+
+    # -- surgery --------------------------------------------------------------------------------
+    def _slices(self, block: Block, kind: str, units: list[int]) -> tuple[list, torch.Tensor]:
+        """(``(module, is_out)`` pairs, channel indices) that a head or FFN unit set owns."""
+        if kind == "ffn":
+            idx = torch.tensor(units, dtype=torch.long)
+            return [(m, True) for m in block.ffn_in] + [(block.ffn_out, False)], idx
+        rows = _head_rows(block, units)
+        if len(block.qkv) == 1:
+            width = block.heads * block.head_dim
+            fused = torch.cat([rows + part * width for part in range(3)])
+            return [(block.qkv[0], True, fused), (block.out, False, rows)], rows  # type: ignore
+        projections = block.qkv[:1] if self.layout.gqa else block.qkv
+        return [(m, True) for m in projections] + [(block.out, False)], rows
+
+    def _apply(self, block: Block, kind: str, units: list[int], zero: bool) -> None:
+        pairs, idx = self._slices(block, kind, units)
+        for entry in pairs:
+            module, is_out = entry[0], entry[1]
+            cols = entry[2] if len(entry) == 3 else idx
+            if zero:
+                (zero_out_ if is_out else zero_in_)(module, cols)
+            else:
+                width = out_width(module) if is_out else module.weight.shape[
+                    self._dim(module, False)]
+                keep = torch.tensor(sorted(set(range(width)) - set(cols.tolist())))
+                (keep_out_ if is_out else keep_in_)(module, keep)
+        if not zero and kind == "heads":
+            set_attention_heads_(block, self.layout, block.heads - len(units))
+
+    def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
+        """Prune to the next scheduled fractions in place and prove the result on ``probe``."""
+        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
+            head_frac, ffn_frac, hidden_frac = self._plan[self.steps_done]
+            all_blocks = blocks(self.model.hf, self.layout)
+            with torch.no_grad():
+                plan = [p for p in self._plan_step(all_blocks, head_frac, ffn_frac)
+                        if self.only is None or (p[0].index, p[1]) in self.only]
+                if self.only is not None and (-1, "hidden") not in self.only:
+                    hidden_frac = 0.0
+                for block, kind, units in plan:
+                    self._apply(block, kind, units, zero=True)
+                # Hidden channels are scored once the heads and neurons above are zeroed.
+                s = self._stream() if hidden_frac > 0 else None
+                cut = self._hidden_cut(s, hidden_frac) if s is not None else ([], [])
+                hidden_keep = None
+                if cut[0]:
+                    zero_hidden_(s, torch.tensor(cut[0]), torch.tensor(cut[1]))
+                    hidden_keep = _complement(s.width, cut[0])
+
+                def removal(block: Block, kind: str, units: list[int]) -> tuple[str, Callable]:
+                    return f"block {block.index} {kind}", lambda: self._apply(block, kind, units,
+                                                                             zero=False)
+
+                masking = masked_norms(s, hidden_keep) if hidden_keep is not None else nullcontext()
+                with masking as release:
+                    removals = [removal(*p) for p in plan]
+                    if hidden_keep is not None:
+                        def remove_hidden() -> None:
+                            release()  # the cut model normalises over the kept channels itself
+                            self._cut_hidden(s, cut)
+                        removals.append(("hidden size", remove_hidden))
+                    max_diff = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
+                                               atol=self.spec.verify_atol)
+            self.history.append([[b.index, kind, units] for b, kind, units in plan]
+                                + ([[-1, "hidden", cut[0], cut[1]]] if cut[0] else []))
+            self.steps_done += 1
+            self._rewrite_config()
+        removed = sum(len(u) for _, _, u in plan) + len(cut[0])
+        log.info("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
+                 "removed| = %.2e", self.steps_done, removed, len(plan) + bool(cut[0]),
+                 max_diff)
+        return StepRecord(target_ratio, len(plan) + bool(cut[0]), removed, "heads+neurons",
+                          max_diff, self.widths())
+
+    def _cut_hidden(self, s: Stream, cut: Sequence[list[int]]) -> None:
+        cut_hidden_(s, _complement(s.width, cut[0]), _complement(s.width, cut[1]))
+
+    def _rewrite_config(self) -> None:
+        self.config_problems = rewrite_config_(self.model.hf.config, self.layout,
+                                               blocks(self.model.hf, self.layout),
+                                               self.model.hidden_width())
+
+    def widths(self) -> dict[str, int]:
+        """Query heads and FFN width of every block."""
+        out = {}
+        for b in blocks(self.model.hf, self.layout):
+            out[f"block{b.index}.heads"] = b.heads
+            out[f"block{b.index}.ffn"] = b.ffn
+        if self.prunes_hidden:
+            out["hidden"] = self._stream().width
+        return out
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The prunable groups: each block's query heads and its FFN neurons, with their layers."""
+        model = self.model
+        names = {m: n for n, m in model.named_modules()}
+        out = []
+        for b in blocks(model.hf, model.layout):
+            q_side = b.qkv[:1] if model.layout.gqa else b.qkv
+            out.append({"root": f"block {b.index} heads", "channels": b.heads,
+                        "members": sorted([f"{names[m]} (out)" for m in q_side]
+                                          + [f"{names[b.out]} (in)"])})
+            out.append({"root": f"block {b.index} ffn", "channels": b.ffn,
+                        "members": sorted([f"{names[m]} (out)" for m in b.ffn_in]
+                                          + [f"{names[b.ffn_out]} (in)"])})
+        width = model.hidden_width()
+        if width is not None:
+            s = stream(model.hf, model.layout, blocks(model.hf, model.layout))
+            members = ([names[m] for m in s.embeddings + s.norms]
+                       + [f"{names[m]} (in)" for m in s.readers + [s.square]]
+                       + [f"{names[m]} (out)" for m in s.writers])
+            out.append({"root": "hidden size (pruning.hidden)", "channels": width,
+                        "members": sorted(members)})
+        return out
+
+    def finalize_(self) -> None:
+        """Nothing to do: removed heads and neurons are gone physically."""
+
+    def get_state(self) -> dict[str, Any]:
+        return {"kind": "transformer", "steps_done": self.steps_done, "history": self.history}
+
+    def get_tensors(self) -> dict[str, torch.Tensor]:
+        """None: :meth:`get_state` holds the removed heads' and neurons' indices."""
+        return {}
+
+    def restore_(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Replay recorded removals on the freshly built model (resume after a crash)."""
+        assert self.steps_done == 0 and state["kind"] == "transformer"
+        with torch.no_grad():
+            for step in state["history"]:
+                by_index = {b.index: b for b in blocks(self.model.hf, self.layout)}
+                for entry in step:
+                    if entry[1] == "hidden":
+                        self._cut_hidden(self._stream(), entry[2:])
+                    else:
+                        self._apply(by_index[entry[0]], entry[1], entry[2], zero=False)
+        self.steps_done = state["steps_done"]
+        self.history = [list(h) for h in state["history"]]
+        self._rewrite_config()
+
+
+def _complement(width: int, removed: Sequence[int]) -> torch.Tensor:
+    return torch.tensor(sorted(set(range(width)) - set(removed)), dtype=torch.long)

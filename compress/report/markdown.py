@@ -1,0 +1,163 @@
+"""``report.md``: a run's report as Markdown, and the cell formatters every renderer shares.
+
+Leaf of the report modules: :mod:`compress.report.build` (building, writing, loading),
+:mod:`compress.report.html` and :mod:`compress.report.compare` import from here, never the reverse.
+
+Example:
+    >>> md = render_markdown({"name": "demo", "status": "passed", "baseline": {"accuracy": 90.0},
+    ...                       "compressed": {"accuracy": 89.0}, "steps": [], "gates": []})
+    >>> md.splitlines()[0]
+    '# compress report: demo'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["render_markdown", "gates_markdown", "human_count", "zeroes_weights"]
+
+# The unit a step records when it masks weights inside dense tensors (unstructured, n:m); a
+# step that removes whole channels, heads or neurons records those instead.
+_MASKED_UNIT = "weights"
+
+
+def zeroes_weights(steps: Sequence[Mapping[str, Any]]) -> bool:
+    """Did the pruning steps zero weights in place (dense shapes kept) rather than remove them?
+
+    Read from the last step's ``removed_unit`` (what the pruner says it removed), so a new
+    pruning kind needs no change here. Reports from before masking kinds existed carry no
+    unit: those removed channels.
+
+    Example:
+        >>> zeroes_weights([{"removed_unit": "weights"}]), zeroes_weights([{"removed_unit":
+        ...                                                                  "channels"}])
+        (True, False)
+        >>> zeroes_weights([{"step": 1}]), zeroes_weights([])
+        (False, False)
+    """
+    return bool(steps) and steps[-1].get("removed_unit") == _MASKED_UNIT
+
+
+def gates_markdown(gates: list[dict[str, Any]], *, title: str | None = None) -> str:
+    """A Markdown table of gate outcomes (``GateOutcome.to_dict()``), e.g. for a step summary.
+
+    Example:
+        >>> print(gates_markdown([{"name": "min_speedup", "passed": True, "measured": 1.8,
+        ...                        "threshold": 1.5, "comparison": ">="}]))
+        | gate | measured | threshold | result |
+        |---|---|---|---|
+        | speedup | 1.80x | >= 1.5 | ✅ pass |
+    """
+    # Lazy: compress.gates.gate pulls in the recipe schema (pydantic), which plain rendering skips.
+    from compress.gates.gate import gate_cells
+
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| gate | measured | threshold | result |", "|---|---|---|---|"]
+    for g in gates:
+        label, measured, threshold = (c.replace("|", "\\|") for c in gate_cells(g))
+        verdict = "✅ pass" if g.get("passed") else "❌ FAIL"
+        lines.append(f"| {label} | {measured} | {threshold} | {verdict} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        return f"{value:{spec}}{suffix}"
+    return str(value)
+
+
+def human_count(n: Any) -> str:
+    """``1234567`` -> ``'1.23M'``; anything that is not a number -> ``'n/a'``.
+
+    Example:
+        >>> human_count(1234567), human_count(950), human_count(None)
+        ('1.23M', '950', 'n/a')
+    """
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "n/a"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A report that fits a CI comment or a GitHub step summary.
+
+    Example:
+        >>> md = render_markdown({"name": "demo", "baseline": {"accuracy": 90.0},
+        ...                       "compressed": {"accuracy": 89.0}})
+        >>> [line for line in md.splitlines() if line.startswith("| top-1")]
+        ['| top-1 accuracy (%) | 90.00 | 89.00 | -1.00 points |']
+    """
+    b, c = report.get("baseline", {}), report.get("compressed", {})
+    lines = [f"# compress report: {report.get('name', 'run')}", ""]
+    status = report.get("status", "unknown")
+    lines += [f"**Status:** {status}", ""]
+    lines += ["| | baseline | compressed | change |", "|---|---|---|---|"]
+    acc_b, acc_c = b.get("accuracy"), c.get("accuracy")
+    drop = None if acc_b is None or acc_c is None else acc_b - acc_c
+    lines.append(f"| top-1 accuracy (%) | {_fmt(acc_b, '.2f')} | {_fmt(acc_c, '.2f')} | "
+                 f"{_fmt(None if drop is None else -drop, '+.2f')} points |")
+    if b.get("perplexity") is not None:
+        lines.append(f"| perplexity | {_fmt(b.get('perplexity'), '.2f')} | "
+                     f"{_fmt(c.get('perplexity'), '.2f')} | |")
+    for key, label in (("macs", "MACs"), ("params", "parameters"),
+                       ("onnx_bytes", "ONNX size (bytes)")):
+        vb, vc = b.get(key), c.get(key)
+        ratio = f"{vb / vc:.2f}x smaller" if isinstance(vb, (int, float)) and vc else "n/a"
+        lines.append(f"| {label} | {human_count(vb)} | {human_count(vc)} | {ratio} |")
+    speed = report.get("speedup") or {}
+    for engine in ("onnxruntime", "torch"):
+        for bs, ratio in (speed.get(engine) or {}).items():
+            lb = (b.get("latency_ms") or {}).get(engine, {}).get(bs, {})
+            lc = (c.get("latency_ms") or {}).get(engine, {}).get(bs, {})
+            lines.append(f"| {engine} latency, batch {bs} (ms, median) | "
+                         f"{_fmt(lb.get('median'), '.3f')} | {_fmt(lc.get('median'), '.3f')} | "
+                         f"{_fmt(ratio, '.2f')}x faster |")
+    lines.append("")
+    eff = report.get("speedup_per_macs_reduction")
+    if eff is not None:
+        lines += [f"Measured speedup ÷ MACs reduction: **{eff:.2f}** (1.0 = every MAC removed "
+                  f"turned into time saved; onnxruntime, largest batch).", ""]
+    steps = report.get("steps") or []
+    if steps:
+        lines += ["## Pruning steps", "",
+                  "| step | target | ratio | MACs | params | accuracy (%) | "
+                  "fine-tune epochs | proof max diff |", "|---|---|---|---|---|---|---|---|"]
+        for s in steps:
+            lines.append(f"| {s['step']} | {_fmt(s.get('target'), '.3f')} | "
+                         f"{_fmt(s.get('ratio'), '.3f')} | {human_count(s.get('macs'))} | "
+                         f"{human_count(s.get('params'))} | {_fmt(s.get('accuracy'), '.2f')} | "
+                         f"{_fmt(s.get('finetune_epochs'), '.2f')} | "
+                         f"{_fmt(s.get('max_abs_diff'), '.1e')} |")
+        lines.append("")
+    total = report.get("finetune_epochs_total")
+    if steps and total is not None:
+        lines += [f"Fine-tuning budget: {total:.2f} epochs in total over {len(steps)} step(s).",
+                  ""]
+    notes = report.get("notes") or []
+    if notes:
+        lines += [f"> {n}" for n in notes] + [""]
+    sparsity = (report.get("compressed") or {}).get("weight_sparsity")
+    if sparsity:
+        size = (report.get("compressed") or {}).get("safetensors_compressed_bytes") or {}
+        gz = f", gzip {human_count(size.get('gzip_bytes'))}B" if size.get("gzip_bytes") else ""
+        lines += [f"Weight sparsity: {sparsity:.1%} of conv/linear weights are zero{gz}.", ""]
+    parity = report.get("parity") or {}
+    if parity:
+        lines += ["## Export parity", ""]
+        lines += [f"- {k}: max |diff| {_fmt(v, '.2e')} (passed)" for k, v in parity.items()]
+        lines.append("")
+    gates = report.get("gates") or []
+    if gates:
+        lines += ["## Gates", "", gates_markdown(gates), ""]
+    env = report.get("environment") or {}
+    if env:
+        lines += ["## Environment", ""]
+        lines += [f"- {k}: {v}" for k, v in env.items()]
+        lines.append("")
+    return "\n".join(lines)

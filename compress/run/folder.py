@@ -1,0 +1,220 @@
+"""The run folder: its status, its guarded reuse, its step checkpoints, and resuming from them.
+
+One module owns the folder's on-disk format:
+
+* ``status.json`` says ``running``, ``done``, ``failed`` or ``interrupted`` (with a reason). It
+  is written when a run starts and rewritten when it ends, ``done`` only after every artifact.
+* A finished folder is never overwritten unless asked; an unfinished one is resumed or
+  replaced only when asked.
+* After each pruning step, ``steps/NN/`` holds the model (safetensors + manifest), the pruner's
+  state and the RNG states; ``steps/NN/state.json`` is written last, so a step folder without
+  it is not trusted. In a step's fine-tune :mod:`compress.finetune.checkpoint` saves snapshots in
+  the same ``steps/NN/`` (``finetune-*``); :meth:`RunFolder.resume_point` reads both back.
+
+Example:
+    >>> import tempfile
+    >>> folder = RunFolder(Path(tempfile.mkdtemp()) / "run")
+    >>> folder.open_({"name": "demo"}, overwrite=False, resume=False)
+    False
+    >>> read_status(folder.path)["state"], folder.last_finished_step(), folder.step_dir(3).name
+    ('running', 0, '03')
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.finetune.checkpoint import (FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir,
+                                 remove_snapshots)
+from compress.errors import InputError
+from compress.fsutil import write_text_atomic
+from compress.run.loop import ResumePoint
+from compress.pruning.base import Pruner, StepRecord
+from compress.rng import restore_rng_state, rng_state
+
+__all__ = ["STATES", "RunFolder", "read_status", "write_status", "prepare_run_dir",
+           "recipe_digest", "changed_keys", "last_finished_step"]
+
+STATES = ("running", "done", "failed", "interrupted")
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "status.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError):
+        return {"state": "failed", "reason": "status.json is unreadable"}
+
+
+def write_status(run_dir: Path, state: str, reason: str | None = None, **extra: Any) -> None:
+    assert state in STATES, state
+    body = {"state": state, "reason": reason,
+            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra}
+    write_text_atomic(run_dir / "status.json", json.dumps(body, indent=2) + "\n")
+
+
+def recipe_digest(recipe_dict: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recipe_dict, sort_keys=True).encode()).hexdigest()
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two recipe dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bool,
+                    resume: bool) -> bool:
+    """Check that ``run_dir`` may be used; return True when an earlier run is to be resumed."""
+    if overwrite and resume:
+        raise InputError("choose one of --overwrite (start over) and --resume (continue)")
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == run_dir else f"is inside {str(parent)!r}, a file"
+            raise InputError(f"--out {str(run_dir)!r} {where}, not a folder; choose another "
+                             f"--out")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        if resume:
+            raise InputError(f"nothing to resume in {str(run_dir)!r}: the folder is empty or "
+                             f"missing; run without --resume")
+        return False
+    status = read_status(run_dir)
+    if overwrite:
+        shutil.rmtree(run_dir)
+        return False
+    if status is None:
+        raise InputError(f"{str(run_dir)!r} exists and is not a compress run folder; choose "
+                         f"another --out or pass --overwrite")
+    if status["state"] == "done":
+        raise InputError(f"{str(run_dir)!r} holds a finished run; pass --overwrite to replace "
+                         f"it or choose another --out")
+    if not resume:
+        raise InputError(f"{str(run_dir)!r} holds an unfinished run ({status['state']}); pass "
+                         f"--resume to continue it or --overwrite to start over")
+    stored = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
+    keys = changed_keys(stored, recipe_dict)
+    if keys:
+        raise InputError(f"cannot resume {str(run_dir)!r}: the recipe changed since the run "
+                         f"started ({', '.join(keys[:5])}); restore them or use --overwrite")
+    return True
+
+
+def last_finished_step(run_dir: Path) -> int:
+    """The highest step whose folder has its state.json (0 when none finished)."""
+    done = [int(p.parent.name) for p in (run_dir / "steps").glob("*/state.json")
+            if p.parent.name.isdigit()]
+    return max(done, default=0)
+
+
+def _step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "steps" / f"{step:02d}"
+
+
+class RunFolder:
+    """One run's folder: opened once, then written step by step, and read back to resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def step_dir(self, step: int) -> Path:
+        return _step_dir(self.path, step)
+
+    def last_finished_step(self) -> int:
+        return last_finished_step(self.path)
+
+    def open_(self, recipe_dict: dict[str, Any], *, overwrite: bool, resume: bool) -> bool:
+        """Create (or reopen with ``resume``) the folder, marked running; True when resuming."""
+        resuming = prepare_run_dir(self.path, recipe_dict, overwrite=overwrite, resume=resume)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"--out {str(self.path)!r} cannot be created ({err.strerror}); "
+                             f"choose another --out") from None
+        if not resuming:
+            write_text_atomic(self.path / "recipe.json", json.dumps(recipe_dict, indent=2))
+        write_status(self.path, "running", recipe_sha256=recipe_digest(recipe_dict))
+        return resuming
+
+    def stopped(self, state: str, message: str, **extra: Any) -> None:
+        """Mark the run ``failed`` or ``interrupted``, naming its last finished step."""
+        write_status(self.path, state, message, last_finished_step=self.last_finished_step(),
+                     **extra)
+
+    def interrupted(self) -> None:
+        """Mark the run interrupted, naming the fine-tune snapshot a resume will continue."""
+        snapshot = latest_snapshot_dir(self.step_dir(self.last_finished_step() + 1))
+        self.stopped("interrupted", "interrupted by a signal; continue with --resume",
+                     finetune_checkpoint=str(snapshot) if snapshot else None)
+
+    def save_step(self, step: int, row: dict[str, Any], pruner: Pruner,
+                  rows: list[dict[str, Any]], sampler: torch.Generator | None,
+                  write_model: Callable[[Path], dict[str, Any] | None]) -> None:
+        """Checkpoint a finished step: ``write_model(step_dir)`` writes the model (returning
+        export details for the row, or None), then the RNG and pruner states; ``row`` joins
+        ``rows``. ``state.json`` is written last."""
+        from safetensors.torch import save_file
+
+        step_dir = self.step_dir(step)
+        (step_dir / "state.json").unlink(missing_ok=True)
+        exported = write_model(step_dir)
+        if exported is not None:
+            row["export"] = exported
+        row["checkpoint"] = str(step_dir)
+        rows.append(row)
+        save_file(rng_state(sampler), str(step_dir / "rng.safetensors"))
+        if tensors := pruner.get_tensors():
+            save_file(tensors, str(step_dir / "pruner.safetensors"))
+        state = {"step": step, "pruner": pruner.get_state(), "rows": rows}
+        # Written last: a step folder without state.json is never resumed from.
+        write_text_atomic(step_dir / "state.json", json.dumps(state))
+        remove_snapshots(step_dir)  # the fine-tune's own checkpoints are superseded
+
+    def finetune_checkpoint(self, step: int, pruner: Pruner, record: StepRecord,
+                            rows: list[dict[str, Any]], every: float) -> FinetuneCheckpoint:
+        """How step ``step``'s fine-tune checkpoints itself inside ``steps/NN/``."""
+        context = {"step": step, "pruner": pruner.get_state(), "record": asdict(record),
+                   "rows": rows}
+        return FinetuneCheckpoint(self.step_dir(step), every, context=context,
+                                  tensors=pruner.get_tensors())
+
+    def resume_point(self, sampler: torch.Generator | None) -> ResumePoint:
+        """Where to go on: inside the fine-tune after the last finished step, or after it."""
+        from safetensors.torch import load_file
+
+        step = self.last_finished_step()
+        for finished in range(1, step + 1):  # a kill between state.json and their removal
+            remove_snapshots(self.step_dir(finished))
+        partial = latest_snapshot(self.step_dir(step + 1))
+        if partial is not None:
+            context = partial.context
+            return ResumePoint(step=step, pruner_state=context["pruner"],
+                               pruner_tensors=partial.tensors, model_state=partial.model,
+                               rows=context["rows"], restore_rng=lambda: None,
+                               finetune=partial, record=StepRecord(**context["record"]))
+        if step == 0:
+            raise InputError(f"nothing to resume in {str(self.path)!r}: no pruning step "
+                             f"finished; start over with --overwrite")
+        step_dir = self.step_dir(step)
+        state = json.loads((step_dir / "state.json").read_text(encoding="utf-8"))
+        rng = load_file(str(step_dir / "rng.safetensors"))
+        tensors = step_dir / "pruner.safetensors"
+        return ResumePoint(step=step, pruner_state=state["pruner"],
+                           pruner_tensors=load_file(str(tensors)) if tensors.is_file() else {},
+                           model_state=load_file(str(step_dir / "model.safetensors")),
+                           rows=state["rows"],
+                           restore_rng=lambda: restore_rng_state(rng, sampler))

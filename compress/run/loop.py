@@ -1,0 +1,158 @@
+"""The schedule loop: (prune step -> fine-tune -> evaluate)* on a model, in place.
+
+Shared by ``compress apply`` (through :mod:`compress.run.pipeline`) and the ``compress.prune`` API.
+Each pruning step proves itself (see :mod:`compress.pruning.base`);
+this loop adds the fine-tuning, the evaluation and one row per step for the report.
+
+Example:
+    >>> rows = run_schedule_(model, example=x[:1], probe=x, pruning=spec.pruning,
+    ...                      schedule=spec.schedule, finetune=spec.finetune, train=loader,
+    ...                      evaluate_fn=my_eval, device=torch.device("cpu"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.finetune.checkpoint import FinetuneCheckpoint, Snapshot
+from compress.finetune.distributed import Processes
+from compress.errors import InputError
+from compress.finetune.finetune import finetune_
+from compress.pruning.base import Pruner, StepRecord
+from compress.pruning import build_pruner
+from compress.measure.counts import count_macs_params
+from compress.pruning.planning import channel_ratios
+from compress.recipe.spec import FinetuneSpec, PruningSpec, ScheduleSpec
+from compress.signals import stop_requested
+from compress.schedules import plan_targets
+from compress.pruning.masks import load_state_
+
+__all__ = ["run_schedule_", "StepCallback", "CheckpointFactory", "ResumePoint"]
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, nn.Module, dict[str, Any], Pruner], None]
+# (step, pruner, record of the step's pruning) -> how that step's fine-tune checkpoints itself
+CheckpointFactory = Callable[[int, Pruner, StepRecord], FinetuneCheckpoint]
+
+
+@dataclass
+class ResumePoint:
+    """Where an interrupted run stopped: after ``step``, with everything needed to go on.
+
+    With ``finetune`` (a snapshot taken inside step ``step + 1``'s fine-tune) and ``record``
+    (what that step's pruning did), the run continues that fine-tune: ``pruner_state``,
+    ``pruner_tensors`` and ``model_state`` are then the snapshot's, and ``restore_rng`` is
+    left to the fine-tune, which restores the snapshot's random states itself.
+    """
+
+    step: int
+    pruner_state: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    rows: list[dict[str, Any]]
+    restore_rng: Callable[[], None]
+    pruner_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    finetune: Snapshot | None = None
+    record: StepRecord | None = None
+
+
+def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tensor,
+                  pruning: PruningSpec, schedule: ScheduleSpec, finetune: FinetuneSpec,
+                  train: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
+                  evaluate_fn: Callable[[nn.Module], dict[str, float]],
+                  device: torch.device,
+                  val: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  teacher: nn.Module | None = None,
+                  on_step: StepCallback | None = None,
+                  resume: ResumePoint | None = None,
+                  checkpoints: CheckpointFactory | None = None,
+                  dist: Processes | None = None) -> tuple[list[dict[str, Any]], Pruner]:
+    """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
+
+    Returns one row per step and the pruner (call its ``finalize_`` before export).
+    ``on_step(step, model, row, pruner)`` runs after each step (checkpoints, per-step export);
+    ``checkpoints`` gives each step's fine-tune its :class:`FinetuneCheckpoint`.
+    With ``resume``, the finished steps are replayed (not recomputed) and the run goes on from
+    the next one, or from inside its fine-tune. A SIGINT/SIGTERM that asked to stop during a
+    fine-tune that finished anyway stops the run after ``on_step`` (KeyboardInterrupt).
+    ``dist``: the processes of a multi-process launch, which fine-tune together.
+    """
+    base_macs, base_params = count_macs_params(model, example)
+    targets = plan_targets(schedule, pruning.final_target())
+    ratios = channel_ratios(model, example, pruning, targets)
+    pruner = build_pruner(model, example, pruning, ratios)
+    if pruner.needs_grad and train is None:
+        raise InputError(f"importance {pruning.importance!r} needs gradients; provide "
+                         f"training data")
+    rows: list[dict[str, Any]] = []
+    done = 0
+    if resume is not None:
+        pruner.restore_(resume.pruner_state, resume.pruner_tensors)
+        load_state_(model, resume.model_state)
+        rows, done = list(resume.rows), resume.step
+        resume.restore_rng()
+        log.info("resumed after step %d of %d%s", done, len(targets),
+                 "" if resume.finetune is None else
+                 f", inside step {done + 1}'s fine-tune after optimizer step "
+                 f"{resume.finetune.position.step}")
+    for i, (target, ratio) in enumerate(zip(targets, ratios), start=1):
+        if i <= done:
+            continue
+        snapshot = resume.finetune if resume is not None and i == done + 1 else None
+        if snapshot is not None:
+            assert resume is not None and resume.record is not None
+            record = resume.record  # the step's pruning is in the restored pruner already
+        else:
+            if pruner.needs_grad:
+                assert train is not None
+                pruner.accumulate_gradients(
+                    itertools.islice(train, pruning.calibration_batches), device)
+            record = pruner.step_(ratio, probe)
+        stats = None
+        if train is not None:
+            ckpt = checkpoints(i, pruner, record) if checkpoints is not None else None
+            if ckpt is not None:
+                ckpt.resume = snapshot
+            stats = finetune_(model, train, finetune, device, step=i, val_loader=val,
+                              teacher=teacher, description=f"step {i}/{len(targets)} fine-tune",
+                              checkpoint=ckpt, dist=dist)
+        metrics = evaluate_fn(model)
+        macs, params = count_macs_params(model, example)
+        row = _row(i, target, ratio, record, stats, metrics, macs, params, base_macs, base_params)
+        rows.append(row)
+        log.info("step %d/%d: target %.3f, MACs -%.1f%%, accuracy %s", i, len(targets), target,
+                 100 * row["macs_reduction"],
+                 "n/a" if metrics.get("accuracy") is None else f"{metrics['accuracy']:.2f}%")
+        if on_step is not None:
+            on_step(i, model, row, pruner)
+        if stop_requested():
+            raise KeyboardInterrupt(f"signal {stop_requested()} (stopped after step {i})")
+    return rows, pruner
+
+
+def _row(step: int, target: float, ratio: float, record: StepRecord, stats: Any,
+         metrics: dict[str, float], macs: int, params: int, base_macs: int,
+         base_params: int) -> dict[str, Any]:
+    return {
+        "step": step, "target": target, "ratio": ratio,
+        "macs": macs, "params": params,
+        "macs_reduction": 1 - macs / base_macs, "params_reduction": 1 - params / base_params,
+        "accuracy": metrics.get("accuracy"), "loss": metrics.get("loss"),
+        **({"perplexity": metrics["perplexity"]} if "perplexity" in metrics else {}),
+        "finetune_epochs": stats.epochs if stats else 0.0,
+        "finetune_steps": stats.steps if stats else 0,
+        "finetune_s": stats.seconds if stats else 0.0,
+        "stopped_early": getattr(stats, "stopped_early", False),
+        "divergences": getattr(stats, "divergences", 0),
+        "lr_final": getattr(stats, "lr_final", None),
+        "val_history": list(getattr(stats, "evaluations", []) or []),
+        "groups": record.groups, "removed": record.removed, "removed_unit": record.unit,
+        "max_abs_diff": record.max_abs_diff, "layers": record.layers,
+    }

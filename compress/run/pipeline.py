@@ -1,0 +1,235 @@
+"""One recipe end to end: model -> data -> baseline -> (prune -> fine-tune -> eval)* -> export
+-> measure -> report -> gates.
+
+Example:
+    >>> result = run_recipe(load_recipe("recipes/quickstart.yaml"))  # doctest: +SKIP
+    >>> result.ok  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.finetune.checkpoint import FinetuneCheckpoint
+from compress.run.context import RunContext, resolve_device
+from compress.data import serving_info
+from compress.finetune.distributed import Processes, architecture_digest, processes
+from compress.errors import CompressError
+from compress.measure.evaluate import evaluate
+from compress.export.model import export_model, export_onnx, onnx_size, save_safetensors
+from compress.export.hf import save_hf_
+from compress.gates.gate import GateOutcome, evaluate_gates, gates_passed
+from compress.finetune.gpu import cuda_settings
+from compress.finetune.head import train_head_
+from compress.run.loop import run_schedule_
+from compress.measure.latency import Candidate, measure_latency
+from compress.measure.counts import count_macs_params
+from compress.run.prepare import prepare, resolved_model_spec
+from compress.pruning.base import Pruner, StepRecord
+from compress.recipe.spec import Recipe
+from compress.report.build import build_report, write_report
+from compress.rng import sampler_generator
+from compress.run.folder import RunFolder, recipe_digest, write_status
+from compress.signals import stop_on_signals
+from compress.pruning.masks import folded_copy
+from compress.pruning.transformer import is_transformer
+from compress.run.preflight import check_recipe
+
+__all__ = ["Result", "run_recipe", "default_out_dir"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """What :func:`run_recipe` returns: where the outputs are, the report and the gates."""
+
+    out_dir: Path
+    report: dict[str, Any]
+    gates: list[GateOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return gates_passed(self.gates)
+
+
+def default_out_dir(recipe: Recipe) -> Path:
+    return Path("runs") / (recipe.name or "run")
+
+
+def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool = False,
+               resume: bool = False) -> Result:
+    """Run ``recipe``; outputs go to ``out_dir`` (default ``runs/<recipe name>``).
+
+    A finished run folder is never overwritten unless ``overwrite``; an unfinished one (crash,
+    kill, Ctrl-C) continues from its last finished step with ``resume``. ``status.json`` in the
+    folder says ``done`` only once every artifact is written.
+
+    Raises :class:`InputError` for bad input and :class:`CheckFailed` when a proof (pruning
+    equivalence, export parity) fails. Failing gates do not raise: see ``Result.ok``.
+
+    Launched by ``torchrun`` or ``accelerate launch`` (``WORLD_SIZE`` > 1), every process runs
+    this and fine-tunes data-parallel; only rank 0 writes, and every rank returns its Result
+    (see :mod:`compress.finetune.distributed`).
+    """
+    check_recipe(recipe)  # everything `compress validate` catches fails before any output
+    folder = RunFolder(Path(out_dir) if out_dir else default_out_dir(recipe))
+    recipe_dict = recipe.to_dict()
+    device = resolve_device(recipe.device)
+    resolve_device(recipe.report.device)  # a GPU that is not there fails before any output
+    dist = processes(device)
+    resuming = dist.on_main(lambda: folder.open_(recipe_dict, overwrite=overwrite,
+                                                 resume=resume))
+    try:
+        with stop_on_signals(), cuda_settings(device):
+            result = _run(recipe, folder, resuming, dist)
+    except KeyboardInterrupt:
+        if dist.is_main:
+            folder.interrupted()
+        raise
+    except CompressError as err:
+        if dist.is_main:
+            folder.stopped("failed", str(err))
+        raise
+    except Exception as err:
+        if dist.is_main:
+            folder.stopped("failed", f"{type(err).__name__}: {err}")
+        raise
+    if dist.is_main:
+        write_status(folder.path, "done", None, report_status=result.report["status"],
+                     recipe_sha256=recipe_digest(recipe_dict))
+    return result
+
+
+def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> Result:
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {"eval_s": 0.0}
+    ctx = RunContext.create(recipe, folder.path)
+    ctx.device = dist.device(ctx.device)  # each rank of a multi-GPU launch on its own GPU
+    prepared = prepare(recipe)
+    bundle, model, probe = prepared.bundle, prepared.model, prepared.probe
+    example = probe[:1].to(ctx.device)
+    model.to(ctx.device)
+    if recipe.model.head != "pretrained":
+        t = time.perf_counter()
+        train_head_(model, bundle, recipe, ctx.device)
+        timing["head_s"] = time.perf_counter() - t
+    model_spec = resolved_model_spec(recipe)
+    serving = serving_info(recipe.data, bundle)
+
+    def timed_eval(m: nn.Module) -> dict[str, float]:
+        t = time.perf_counter()
+        res = evaluate(m, bundle.eval, ctx.device)
+        timing["eval_s"] += time.perf_counter() - t
+        return res
+
+    baseline_eval = timed_eval(model)
+    base_macs, base_params = count_macs_params(model, example)
+    log.info("baseline: top-1 %.2f%%, %d MACs, %d params", baseline_eval["accuracy"],
+             base_macs, base_params)
+    baseline_model = copy.deepcopy(model).cpu().eval()
+    baseline_onnx = None
+    t = time.perf_counter()
+    if recipe.report.latency and "onnxruntime" in recipe.report.engines and dist.is_main:
+        baseline_onnx = export_onnx(baseline_model, ctx.out_dir / "baseline" / "model.onnx",
+                                    probe[:2], recipe.export.opset)
+    timing["baseline_export_s"] = time.perf_counter() - t
+    teacher = None
+    if recipe.finetune.distill is not None:
+        teacher = copy.deepcopy(baseline_model).to(ctx.device).eval().requires_grad_(False)
+
+    sampler = sampler_generator(bundle.train)
+    resume = folder.resume_point(sampler) if resuming else None
+    rows_so_far: list[dict[str, Any]] = list(resume.rows) if resume else []
+
+    def write_model(m: nn.Module) -> Callable[[Path], dict[str, Any] | None]:
+        def write(step_dir: Path) -> dict[str, Any] | None:
+            if recipe.export.steps == "all":
+                return export_model(folded_copy(m), step_dir, recipe.export, model_spec, probe,
+                                    serving)
+            save_safetensors(m, step_dir, model_spec, tuple(probe.shape[1:]))
+            return None
+        return write
+
+    def on_step(step: int, m: nn.Module, row: dict[str, Any], pruner: Pruner) -> None:
+        dist.check_same(f"architecture after step {step}", architecture_digest(m))
+        dist.on_main(lambda: folder.save_step(step, row, pruner, rows_so_far, sampler,
+                                              write_model(m)))
+
+    def checkpoints(step: int, pruner: Pruner, record: StepRecord) -> FinetuneCheckpoint:
+        return folder.finetune_checkpoint(step, pruner, record, rows_so_far,
+                                          recipe.finetune.checkpoint_every)
+
+    t = time.perf_counter()
+    steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
+                                  pruning=recipe.pruning, schedule=recipe.schedule,
+                                  finetune=recipe.finetune, train=bundle.train,
+                                  evaluate_fn=timed_eval, device=ctx.device, val=bundle.val,
+                                  teacher=teacher, on_step=on_step, resume=resume,
+                                  # mid-fine-tune snapshots: single-process runs only
+                                  checkpoints=checkpoints if dist.describe() is None else None,
+                                  dist=dist)
+    timing["schedule_s"] = time.perf_counter() - t
+    pruner.finalize_()
+    return dist.on_main(lambda: _finish(recipe, ctx.out_dir, model, baseline_model, baseline_onnx,
+                                        baseline_eval, base_macs, base_params, steps, probe,
+                                        timing, t0, dist, serving))
+
+
+def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.Module,
+            baseline_onnx: Path | None, baseline_eval: dict[str, Any], base_macs: int,
+            base_params: int, steps: list[dict[str, Any]], probe: torch.Tensor,
+            timing: dict[str, float], t0: float, dist: Processes,
+            serving: dict[str, Any]) -> Result:
+    """Export, measure, report and gates: rank 0 only under a launcher."""
+    model_spec = resolved_model_spec(recipe)
+    t = time.perf_counter()
+    model = model.cpu().eval()
+    exported = export_model(model, out_dir, recipe.export, model_spec, probe, serving)
+    if is_transformer(model) and recipe.export.safetensors:
+        exported["hf"] = save_hf_(model, out_dir, probe[: recipe.export.parity_batch])
+    timing["export_s"] = time.perf_counter() - t
+
+    latency = None
+    t = time.perf_counter()
+    if recipe.report.latency:
+        compressed_onnx = Path(exported["onnx"]) if "onnx" in exported else None
+        # torch says whether there is a GPU, never onnxruntime's provider list.
+        where = resolve_device(recipe.report.device)
+        latency = measure_latency(Candidate(baseline_model.to(where), baseline_onnx),
+                                  Candidate(model.to(where), compressed_onnx),
+                                  sample_shape=tuple(recipe.report.sample_shape
+                                                     or probe.shape[1:]), spec=recipe.report,
+                                  device=where, seed=recipe.seed,
+                                  vocab_size=_vocab_size(model))
+    timing["measure_s"] = time.perf_counter() - t
+    timing["total_s"] = time.perf_counter() - t0
+    baseline = {**baseline_eval, "macs": base_macs, "params": base_params,
+                "onnx_bytes": onnx_size(baseline_onnx) if baseline_onnx else None}
+    report = build_report(recipe, baseline=baseline, steps=steps, exported=exported,
+                          latency=latency, timing=timing, model=model)
+    gates = evaluate_gates(report, recipe.gates)
+    report["gates"] = [g.to_dict() for g in gates]
+    report["status"] = "passed" if gates_passed(gates) else "gate_failed"
+    if dist.describe() is not None:
+        report["distributed"] = dist.describe()
+    write_report(report, out_dir)
+    log.info("wrote %s", out_dir)
+    return Result(out_dir, report, gates)
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    """Token-id models are timed on random ids below this; None for float inputs."""
+    if getattr(model, "input_name", None) == "input_ids":
+        return int(model.hf.config.vocab_size)
+    return None

@@ -1,0 +1,133 @@
+"""Checks of a recipe that need more than its schema: source-specific keys and paths.
+
+Cheap: nothing is built or loaded, so ``compress validate`` answers in about a second.
+
+Example:
+    >>> check_recipe(load_recipe("recipes/quickstart.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from compress.data import check_data_spec
+from compress.errors import InputError
+from compress.models import check_model_spec
+from compress.models.checkpoint import _TORCH_SUFFIXES as TORCH_SUFFIXES
+from compress.recipe.spec import Recipe
+from compress.schedules import plan_targets
+
+__all__ = ["check_recipe", "recipe_notes", "MAX_STEPS"]
+
+# Every pruning step is followed by a fine-tune; far more steps than this is a typo.
+MAX_STEPS = 1000
+
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """Raise :class:`InputError` for keys a source does not use and for missing files."""
+    _check_schedule(recipe)
+    check_model_spec(recipe.model)
+    check_data_spec(recipe.data)
+    for pattern in recipe.pruning.ignored:  # whether they match is known once the model is built
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as err:
+                raise InputError(f"pruning.ignored: {pattern!r} is not a valid regular "
+                                 f"expression ({err})") from None
+    if recipe.model.checkpoint:
+        path = recipe.resolve_path(recipe.model.checkpoint)
+        kind = _kind(path, "model.checkpoint")
+        if kind == "missing":
+            raise InputError(f"checkpoint {str(path)!r} does not exist; fix model.checkpoint")
+        if kind != "file":
+            raise InputError(f"checkpoint {str(path)!r} is a {kind}, not a file; point "
+                             f"model.checkpoint at a .safetensors or .pt file")
+        if path.suffix != ".safetensors" and path.suffix not in TORCH_SUFFIXES:
+            raise InputError(f"checkpoint {str(path)!r} has an unknown extension; use "
+                             f".safetensors or one of {', '.join(sorted(TORCH_SUFFIXES))}")
+    if recipe.model.factory and ".py:" in recipe.model.factory:
+        path = recipe.resolve_path(recipe.model.factory.rpartition(":")[0])
+        if _kind(path, "model.factory") != "file":
+            raise InputError(f"model.factory file {str(path)!r} does not exist")
+    if recipe.data.path and not recipe.data.download:
+        path = recipe.resolve_path(recipe.data.path)
+        if _kind(path, "data.path") == "missing":
+            raise InputError(f"data.path {str(path)!r} does not exist")
+    return recipe
+
+
+def _kind(path: Path, key: str) -> str:
+    """``file``, ``folder``, ``special file`` or ``missing``; an unusable path is an InputError."""
+    try:
+        if path.is_file():
+            return "file"
+        if path.is_dir():
+            return "folder"
+        return "special file" if path.exists() else "missing"
+    except OSError as err:  # a name too long, a folder we may not enter
+        raise InputError(f"{key} {str(path)!r} cannot be checked "
+                         f"({err.strerror or err}); fix {key}") from None
+
+
+def _check_schedule(recipe: Recipe) -> None:
+    """Plan the schedule, refusing plans too long to run or with steps that prune nothing."""
+    spec, final = recipe.schedule, recipe.pruning.final_target()
+    if spec.steps is not None and spec.steps > MAX_STEPS:
+        raise InputError(f"schedule.steps is {spec.steps}, more than the {MAX_STEPS} pruning "
+                         f"steps supported (each one is followed by a fine-tune)")
+    if spec.step_rate is not None and 1.0 - spec.step_rate == 1.0:
+        raise InputError(f"schedule.step_rate {spec.step_rate:g} is too small: 1 - step_rate "
+                         f"rounds to 1, so no step would prune anything; raise "
+                         f"schedule.step_rate")
+    if spec.step_rate is not None and 0.0 < final < 1.0:
+        start = spec.first_step if spec.kind == "hybrid" and spec.first_step else 0.0
+        if start < final:
+            # The formula of schedules.iterative.rate_targets, before it builds the list.
+            needed = math.log((1 - final) / (1 - start)) / math.log(1 - spec.step_rate)
+            if needed > MAX_STEPS:
+                raise InputError(f"schedule.step_rate {spec.step_rate:g} needs about "
+                                 f"{needed:.3g} steps to reach the target {final:g}, more than "
+                                 f"the {MAX_STEPS} supported; raise schedule.step_rate")
+    plan_targets(spec, final)
+
+
+def recipe_notes(recipe: Recipe) -> list[str]:
+    """What a valid recipe will do that its author may not expect (printed by validate).
+
+    For transformers models: whether the pruned model stays loadable by stock
+    ``from_pretrained`` (``hf/``), judged from the local ``config.json`` without loading
+    weights. Hub ids are not fetched here.
+    """
+    if recipe.model.source != "huggingface" or recipe.pruning.kind != "structured":
+        return []
+    from transformers import AutoConfig
+
+    from compress.pruning.hf_layout import LAYOUTS
+    from compress.hf_names import resolve_hf_name
+
+    path = Path(resolve_hf_name(recipe.model.name or "", recipe.resolve_path))
+    if not (path / "config.json").is_file():
+        return []
+    config = AutoConfig.from_pretrained(str(path))
+    if config.model_type not in LAYOUTS:
+        return [f"{config.model_type} has no head/FFN layout in compress (supported: "
+                f"{', '.join(LAYOUTS.names())}); torch-pruning's generic graph will be used"]
+    layout, pruning = LAYOUTS.get(config.model_type), recipe.pruning
+    notes = []
+    heads = pruning.heads if pruning.heads is not None else pruning.ratio
+    hidden = pruning.hidden or 0.0
+    if (heads or hidden) and heads != hidden and not layout.head_dim_in_config:
+        notes.append(f"{config.model_type} configs derive the head size from hidden_size / "
+                     f"num_attention_heads, so with heads ({heads or 0:g}) and hidden "
+                     f"({hidden:g}) pruned by different fractions no stock from_pretrained "
+                     f"folder (hf/) is written; compress.load rebuilds the model. Set "
+                     f"pruning.hidden equal to pruning.heads (both shrink, the head size stays), "
+                     f"or pruning.heads: 0 to prune FFN neurons only, to keep hf/")
+    if pruning.scope == "global":
+        notes.append("scope: global gives blocks different widths, which a transformers "
+                     "config cannot express: no hf/ folder is written; compress.load rebuilds "
+                     "the model")
+    return notes
