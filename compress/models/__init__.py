@@ -27,7 +27,7 @@ from torch import nn
 from compress.registry import SourceRegistry
 
 if TYPE_CHECKING:
-    from compress.recipe.spec import ModelSpec
+    from compress.recipe.spec import ModelSpec, PruningSpec
 
 __all__ = ["MODEL_SOURCES", "ModelSource", "build_model", "check_model_spec", "model_tokenizer"]
 
@@ -45,6 +45,10 @@ class ModelSource(Protocol):
 
     def tokenizer(self, spec: ModelSpec) -> str | None:
         """The tokenizer that comes with the model (text data defaults to it), or None."""
+
+    def notes(self, spec: ModelSpec, pruning: PruningSpec,
+              resolve: Callable[[str], Path]) -> list[str]:
+        """What a valid recipe will do that its author may not expect (``compress validate``)."""
 
 
 MODEL_SOURCES: SourceRegistry[type[ModelSource]] = SourceRegistry(

@@ -50,6 +50,10 @@ class ChannelPrunedSource:
         """None: these models take images (or whatever tensors their data gives)."""
         return None
 
+    def notes(self, spec: Any, pruning: Any, resolve: Any) -> list[str]:
+        """None: torch-pruning's graph handles these models alike, nothing to warn about."""
+        return []
+
     def starter_keys(self, w: StarterWriter, arg: str, request: StarterRequest) -> dict[str, Any]:
         """Write the keys naming the model (after ``source``); return them as recipe fields."""
         raise NotImplementedError

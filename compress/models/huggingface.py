@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from compress.models import MODEL_SOURCES
 from compress.pruning.hf_hidden import cut_hidden_, stream
 from compress.pruning.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
 from compress.models.hf_starter import HuggingFaceStarter
+
+if TYPE_CHECKING:
+    from compress.recipe.spec import ModelSpec, PruningSpec
 
 __all__ = ["HuggingFaceSource", "HFModel", "TASKS", "count_transformer_macs"]
 
@@ -177,6 +180,40 @@ class HuggingFaceSource(HuggingFaceStarter):
     def tokenizer(self, spec: ModelSpec) -> str | None:
         """The model's own: its folder, hub id or package reference (``model.name``)."""
         return spec.name
+
+    def notes(self, spec: ModelSpec, pruning: PruningSpec,
+              resolve: Callable[[str], Path]) -> list[str]:
+        """Whether a pruned model stays loadable by stock ``from_pretrained`` (``hf/``), judged
+        from the local ``config.json``; hub ids are not fetched here."""
+        from transformers import AutoConfig
+
+        from compress.pruning import pruning_kind  # the kinds import torch-pruning
+
+        if not pruning_kind(pruning.kind).shrinks_shapes:
+            return []
+        path = Path(resolve_hf_name(spec.name or "", resolve))
+        if not (path / "config.json").is_file():
+            return []
+        config = AutoConfig.from_pretrained(str(path))
+        if config.model_type not in LAYOUTS:
+            return [f"{config.model_type} has no head/FFN layout in compress (supported: "
+                    f"{', '.join(LAYOUTS.names())}); torch-pruning's generic graph will be used"]
+        layout = LAYOUTS.get(config.model_type)
+        notes = []
+        heads = pruning.heads if pruning.heads is not None else pruning.ratio
+        hidden = pruning.hidden or 0.0
+        if (heads or hidden) and heads != hidden and not layout.head_dim_in_config:
+            notes.append(f"{config.model_type} configs derive the head size from hidden_size / "
+                         f"num_attention_heads, so with heads ({heads or 0:g}) and hidden "
+                         f"({hidden:g}) pruned by different fractions no stock from_pretrained "
+                         f"folder (hf/) is written; compress.load rebuilds the model. Set "
+                         f"pruning.hidden equal to pruning.heads (both shrink, the head size "
+                         f"stays), or pruning.heads: 0 to prune FFN neurons only, to keep hf/")
+        if pruning.scope == "global":
+            notes.append("scope: global gives blocks different widths, which a transformers "
+                         "config cannot express: no hf/ folder is written; compress.load "
+                         "rebuilds the model")
+        return notes
 
     def check(self, spec: Any) -> None:
         if spec.task not in TASKS:

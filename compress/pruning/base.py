@@ -25,7 +25,8 @@ from compress.errors import CheckFailed
 from compress.registry import Registry
 
 __all__ = ["Pruner", "PruningKind", "StepRecord", "PRUNING_KINDS", "prove_removals_",
-           "scheduled_step"]
+           "scheduled_step", "ratio_or_macs", "check_ratio_or_target",
+           "check_transformer_fractions"]
 
 
 @dataclass
@@ -75,11 +76,39 @@ class Pruner(Protocol):
 
 @dataclass(frozen=True)
 class PruningKind:
-    """A registered pruning kind: its handler, the criteria it accepts, one line about it."""
+    """A registered pruning kind: its handler, the criteria it accepts, one line about it, the
+    checks of its recipe keys (``check(spec)`` raises ValueError, reported at the recipe's
+    ``pruning`` path) and the cumulative target its schedule must reach."""
 
     build: Callable[..., Pruner]  # (model, example_inputs, spec, *, cumulative_ratios)
     criteria: tuple[str, ...]
     description: str
+    check: Callable[[Any], None] = field(default=lambda spec: None)
+    final_target: Callable[[Any], float] = field(default=lambda spec: ratio_or_macs(spec))
+    shrinks_shapes: bool = False  # removes whole channels/heads (dense speedup, MACs targets)
+    single_step: bool = False  # a fixed pattern reached in one step (one-shot schedules only)
+
+
+def ratio_or_macs(spec: Any) -> float:
+    """The target of kinds that take ``ratio`` or ``target.macs``: whichever is given."""
+    value = spec.target.macs if spec.target is not None else spec.ratio
+    assert value is not None, "checked by the kind"
+    return value
+
+
+def check_ratio_or_target(spec: Any) -> None:
+    """Exactly one of ``ratio`` and ``target``."""
+    if (spec.ratio is None) == (spec.target is None):
+        raise ValueError("give exactly one of 'ratio' (e.g. 0.5) or 'target' "
+                         "(e.g. {macs: 0.5})")
+
+
+def check_transformer_fractions(spec: Any, *, structured: bool) -> None:
+    """``heads``, ``ffn`` and ``hidden`` only with structured pruning by ``ratio``."""
+    if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None) and (
+            not structured or spec.ratio is None):
+        raise ValueError("'heads', 'ffn' and 'hidden' need kind: structured with 'ratio' "
+                         "(they scale with the schedule like the ratio does)")
 
 
 PRUNING_KINDS: Registry[PruningKind] = Registry("pruning kind")

@@ -35,7 +35,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from compress.errors import CheckFailed, InputError
-from compress.pruning.base import PRUNING_KINDS, PruningKind, StepRecord
+from compress.pruning.base import (PRUNING_KINDS, PruningKind, StepRecord, check_ratio_or_target,
+                                   check_transformer_fractions)
 from compress.recipe.spec import PruningSpec
 from compress.pruning.selection import protected_layers
 
@@ -384,10 +385,26 @@ def folded_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _kind(cls: type[_MaskPruner]) -> PruningKind:
+def _check_unstructured(spec: PruningSpec) -> None:
+    check_ratio_or_target(spec)
+    check_transformer_fractions(spec, structured=False)
+    if spec.target is not None:
+        raise ValueError("unstructured pruning does not reduce dense MACs; give "
+                         "'ratio' (the weight sparsity) instead of 'target'")
+
+
+def _check_nm(spec: PruningSpec) -> None:
+    if spec.n >= spec.m:
+        raise ValueError(f"n:m pruning needs n < m (got {spec.n}:{spec.m})")
+    if spec.ratio is not None or spec.target is not None:
+        raise ValueError("n:m pruning fixes the sparsity at 1 - n/m; remove 'ratio'/'target'")
+
+
+def _kind(cls: type[_MaskPruner], **hooks: Any) -> PruningKind:
     doc = (cls.__doc__ or "").split("\n\n")[0]
-    return PruningKind(cls, criteria=MASK_CRITERIA, description=" ".join(doc.split()))
+    return PruningKind(cls, criteria=MASK_CRITERIA, description=" ".join(doc.split()), **hooks)
 
 
-PRUNING_KINDS.register("unstructured")(_kind(UnstructuredPruner))
-PRUNING_KINDS.register("n:m")(_kind(NMPruner))
+PRUNING_KINDS.register("unstructured")(_kind(UnstructuredPruner, check=_check_unstructured))
+PRUNING_KINDS.register("n:m")(_kind(NMPruner, check=_check_nm, single_step=True,
+                                    final_target=lambda spec: 1.0 - spec.n / spec.m))

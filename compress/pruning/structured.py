@@ -37,8 +37,8 @@ from torch import nn
 from compress.pruning.criteria import IMPORTANCE
 from compress.errors import CheckFailed, InputError
 from compress.measure.evaluate import task_loss
-from compress.pruning.base import (PRUNING_KINDS, PruningKind, StepRecord, prove_removals_,
-                              scheduled_step)
+from compress.pruning.base import (PRUNING_KINDS, PruningKind, StepRecord, check_ratio_or_target,
+                                   check_transformer_fractions, prove_removals_, scheduled_step)
 from compress.recipe.spec import PruningSpec
 from compress.pruning.selection import default_round_to, protected_layers
 
@@ -325,7 +325,12 @@ class StructuredPruner:
         self.history = [list(h) for h in state["history"]]
 
 
+def _check(spec: PruningSpec) -> None:
+    check_ratio_or_target(spec)
+    check_transformer_fractions(spec, structured=True)
+
+
 PRUNING_KINDS.register("structured")(PruningKind(
     build_structured, criteria=tuple(IMPORTANCE.names()),
     description="Structured pruning through torch-pruning's dependency graph, with a proof for "
-                "every step"))
+                "every step", check=_check, shrinks_shapes=True))

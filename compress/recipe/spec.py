@@ -186,7 +186,7 @@ class Target(_Section):
 class PruningSpec(_Section):
     """What to prune and how much."""
 
-    kind: Literal["structured", "unstructured", "n:m"] = Field(
+    kind: str = Field(
         "structured", description="structured removes channels (dense speedup); unstructured "
         "zeroes single weights (smaller compressed file, no dense speedup); n:m keeps n of "
         "every m consecutive input weights (e.g. 2:4).", examples=["structured"])
@@ -240,6 +240,7 @@ class PruningSpec(_Section):
                                  "fraction as heads keeps the result loadable by stock "
                                  "from_pretrained.", examples=[0.5])
 
+    _known_kind = _registered("kind", "compress.pruning", "PRUNING_KINDS")
     _known_importance = _registered("importance", "compress.pruning.criteria", "IMPORTANCE")
 
     @field_validator("round_to")
@@ -250,38 +251,22 @@ class PruningSpec(_Section):
         return v
 
     @model_validator(mode="after")
-    def _ratio_or_target(self) -> PruningSpec:
-        criteria = importlib.import_module("compress.pruning").pruning_kind(self.kind).criteria
-        if self.importance not in criteria:
-            raise ValueError(f"{self.kind} pruning supports importance {', '.join(criteria)} "
-                             f"(got {self.importance!r})")
-        if self.kind == "n:m":
-            if self.n >= self.m:
-                raise ValueError(f"n:m pruning needs n < m (got {self.n}:{self.m})")
-            if self.ratio is not None or self.target is not None:
-                raise ValueError("n:m pruning fixes the sparsity at 1 - n/m; remove "
-                                 "'ratio'/'target'")
-            return self
-        if (self.ratio is None) == (self.target is None):
-            raise ValueError("give exactly one of 'ratio' (e.g. 0.5) or 'target' "
-                             "(e.g. {macs: 0.5})")
-        if (self.heads is not None or self.ffn is not None or self.hidden is not None) and (
-                self.kind != "structured" or self.ratio is None):
-            raise ValueError("'heads', 'ffn' and 'hidden' need kind: structured with 'ratio' "
-                             "(they scale with the schedule like the ratio does)")
-        if self.kind == "unstructured":
-            if self.target is not None:
-                raise ValueError("unstructured pruning does not reduce dense MACs; give "
-                                 "'ratio' (the weight sparsity) instead of 'target'")
+    def _kind_accepts(self) -> PruningSpec:
+        kind = _pruning_kind(self.kind)
+        if self.importance not in kind.criteria:
+            raise ValueError(f"{self.kind} pruning supports importance "
+                             f"{', '.join(kind.criteria)} (got {self.importance!r})")
+        kind.check(self)
         return self
 
     def final_target(self) -> float:
         """The cumulative target the schedule must reach (MACs fraction, ratio or 1 - n/m)."""
-        if self.kind == "n:m":
-            return 1.0 - self.n / self.m
-        value = self.target.macs if self.target is not None else self.ratio
-        assert value is not None
-        return value
+        return _pruning_kind(self.kind).final_target(self)
+
+
+def _pruning_kind(name: str) -> Any:
+    """The registered kind; imported when a recipe is validated (the kinds import torch)."""
+    return importlib.import_module("compress.pruning").pruning_kind(name)
 
 
 class ScheduleSpec(_Section):
@@ -536,8 +521,9 @@ class Recipe(_Section):
         if self.finetune.patience is not None and self.data.val_subset is None:
             raise ValueError("finetune.patience monitors validation data: set data.val_subset "
                              "(samples held out of the training split)")
-        if self.pruning.kind == "n:m" and self.schedule.kind != "one-shot":
-            raise ValueError("n:m pruning has a fixed pattern: use schedule.kind: one-shot")
+        if _pruning_kind(self.pruning.kind).single_step and self.schedule.kind != "one-shot":
+            raise ValueError(f"{self.pruning.kind} pruning has a fixed pattern: use "
+                             f"schedule.kind: one-shot")
         return self
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:

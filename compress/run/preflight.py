@@ -95,39 +95,9 @@ def _check_schedule(recipe: Recipe) -> None:
 
 
 def recipe_notes(recipe: Recipe) -> list[str]:
-    """What a valid recipe will do that its author may not expect (printed by validate).
+    """What a valid recipe will do that its author may not expect (printed by validate), as
+    the model source tells from its spec and the pruning section, without loading weights."""
+    from compress.models import MODEL_SOURCES
 
-    For transformers models: whether the pruned model stays loadable by stock
-    ``from_pretrained`` (``hf/``), judged from the local ``config.json`` without loading
-    weights. Hub ids are not fetched here.
-    """
-    if recipe.model.source != "huggingface" or recipe.pruning.kind != "structured":
-        return []
-    from transformers import AutoConfig
-
-    from compress.pruning.hf_layout import LAYOUTS
-    from compress.hf_names import resolve_hf_name
-
-    path = Path(resolve_hf_name(recipe.model.name or "", recipe.resolve_path))
-    if not (path / "config.json").is_file():
-        return []
-    config = AutoConfig.from_pretrained(str(path))
-    if config.model_type not in LAYOUTS:
-        return [f"{config.model_type} has no head/FFN layout in compress (supported: "
-                f"{', '.join(LAYOUTS.names())}); torch-pruning's generic graph will be used"]
-    layout, pruning = LAYOUTS.get(config.model_type), recipe.pruning
-    notes = []
-    heads = pruning.heads if pruning.heads is not None else pruning.ratio
-    hidden = pruning.hidden or 0.0
-    if (heads or hidden) and heads != hidden and not layout.head_dim_in_config:
-        notes.append(f"{config.model_type} configs derive the head size from hidden_size / "
-                     f"num_attention_heads, so with heads ({heads or 0:g}) and hidden "
-                     f"({hidden:g}) pruned by different fractions no stock from_pretrained "
-                     f"folder (hf/) is written; compress.load rebuilds the model. Set "
-                     f"pruning.hidden equal to pruning.heads (both shrink, the head size stays), "
-                     f"or pruning.heads: 0 to prune FFN neurons only, to keep hf/")
-    if pruning.scope == "global":
-        notes.append("scope: global gives blocks different widths, which a transformers "
-                     "config cannot express: no hf/ folder is written; compress.load rebuilds "
-                     "the model")
-    return notes
+    return MODEL_SOURCES.get(recipe.model.source)().notes(recipe.model, recipe.pruning,
+                                                          recipe.resolve_path)
