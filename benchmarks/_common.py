@@ -54,7 +54,7 @@ def machine() -> dict[str, Any]:
     import torch
     import torch_pruning
 
-    from compress.measure.latency import environment
+    from compress.measure.machine import environment
 
     env = environment(torch.get_num_threads(), torch.device("cpu"))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

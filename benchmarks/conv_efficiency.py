@@ -34,8 +34,8 @@ def _session(cin: int, cout: int, hw: int, work: Any) -> Any:
     import onnxruntime as ort
     import torch
 
-    from compress.export.model import export_onnx
-    from compress.measure.latency import session_options
+    from compress.export.onnx import export_onnx
+    from compress.measure.machine import session_options
 
     net = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU()).eval()
     path = export_onnx(net, work / f"conv_{cin}_{cout}_{hw}.onnx", torch.randn(2, cin, hw, hw))

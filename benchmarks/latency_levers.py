@@ -49,11 +49,11 @@ LEVERS: dict[str, tuple[str, list[str], int, bool, str]] = {
 def build(model: Any, name: str, lever: tuple, work: Path, target: float) -> dict[str, Any]:
     import torch
 
-    from compress.export.model import export_onnx
+    from compress.export.onnx import export_onnx
     from compress.pruning.structured import StructuredPruner
     from compress.measure.counts import count_macs_params
     from compress.pruning.planning import solve_ratio_for_macs
-    from compress.recipe.spec import PruningSpec
+    from compress.recipe.pruning import PruningSpec
 
     _, ignored, round_to, conv, _ = lever
     example = torch.zeros(1, 3, 32, 32)
@@ -81,12 +81,13 @@ def main() -> None:
     require_shared(RESNET_CKPT[net])
     import torch
 
-    from compress.export.model import export_onnx
+    from compress.export.onnx import export_onnx
     from compress.errors import InputError
     from compress.measure.latency import compare_onnx
     from compress.models import build_model
     from compress.measure.counts import count_macs_params
-    from compress.recipe.spec import ModelSpec, ReportSpec
+    from compress.recipe.sources import ModelSpec
+    from compress.recipe.stages import ReportSpec
 
     work = args.work / ("levers-tiny" if args.tiny else "levers")
     work.mkdir(parents=True, exist_ok=True)

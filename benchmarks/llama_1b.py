@@ -50,12 +50,12 @@ def main() -> None:
 
     from transformers import LlamaForCausalLM
 
-    from compress.export.model import check_parity, export_onnx, onnx_session, onnx_size
+    from compress.export.onnx import check_parity, export_onnx, onnx_session, onnx_size
     from compress.export.hf import save_hf_
     from compress.pruning.hf_layout import blocks
     from compress.models.huggingface import HFModel
     from compress.measure.counts import count_macs_params
-    from compress.recipe.spec import PruningSpec
+    from compress.recipe.pruning import PruningSpec
     from compress.pruning.transformer import TransformerPruner
 
     args.out.mkdir(parents=True, exist_ok=True)

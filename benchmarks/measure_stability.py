@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from compress.measure.latency import Candidate, measure_latency
-from compress.recipe.spec import ReportSpec
+from compress.recipe.stages import ReportSpec
 
 
 def main() -> None:

@@ -88,7 +88,8 @@ def loop_throughput(p: dict[str, Any]) -> dict[str, Any]:
     from compress.data import build_data
     from compress.finetune.finetune import finetune_
     from compress.models import build_model
-    from compress.recipe.spec import FinetuneSpec, load_recipe
+    from compress.recipe.stages import FinetuneSpec
+    from compress.recipe.load import load_recipe
 
     recipe = load_recipe(RECIPE, p["overrides"] + [f"data.batch_size={p['batch']}"])
     bundle = build_data(recipe.data, resolve=recipe.resolve_path, seed=0)

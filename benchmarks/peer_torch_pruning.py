@@ -189,7 +189,7 @@ def latency(paths: dict[str, Path], batch_sizes: list[int], rounds: int,
     Each side's speedup is against the unpruned model exported its own way (compress's export
     or the README's plain ``torch.onnx.export``)."""
     from compress.measure.latency import compare_onnx
-    from compress.recipe.spec import ReportSpec
+    from compress.recipe.stages import ReportSpec
 
     common = dict(batch_sizes=batch_sizes, rounds=rounds,
                   **({"runs_per_round": 1, "min_block_ms": 0, "warmup": 0} if tiny else {}))
@@ -254,7 +254,7 @@ def main() -> None:
     start(args)
     require_shared(RESNET_CKPT["resnet56"])
     import compress
-    from compress.recipe.spec import load_recipe
+    from compress.recipe.load import load_recipe
 
     profile = "full" if args.full else "tiny" if args.tiny else "cpu"
     p = PROFILES[profile]

@@ -77,10 +77,11 @@ def adapt_baseline(p: dict[str, Any], work: Path) -> tuple[Path, dict[str, Any]]
     from compress.run.context import resolve_device, seed_everything
     from compress.data import build_data
     from compress.measure.evaluate import evaluate
-    from compress.export.model import plain_state_dict
+    from compress.export.safetensors import plain_state_dict
     from compress.finetune.finetune import finetune_
     from compress.models import build_model
-    from compress.recipe.spec import DataSpec, FinetuneSpec, ModelSpec
+    from compress.recipe.sources import DataSpec, ModelSpec
+    from compress.recipe.stages import FinetuneSpec
 
     config = {"checkpoint": str(RESNET_CKPT["resnet20"]), "images": p["adapt_images"],
               "batch": p["batch"], "lr": 0.01, "eval_subset": p["eval_subset"]}

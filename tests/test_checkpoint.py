@@ -21,7 +21,7 @@ from compress.finetune.checkpoint import FinetuneCheckpoint, latest_snapshot, la
 from compress.measure.evaluate import evaluate
 from compress.finetune.finetune import finetune_
 from compress.finetune.stats import FinetuneStats
-from compress.recipe.spec import FinetuneSpec
+from compress.recipe.stages import FinetuneSpec
 from compress.signals import stop_on_signals
 from tests.conftest import tiny_cnn
 from tests.test_finetune import Faulty, same_state, state

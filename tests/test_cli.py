@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import compress
 from compress.cli.app import app
-from compress.export.model import onnx_session
+from compress.export.onnx import onnx_session
 from tests.conftest import ROOT, tiny_recipe
 
 runner = CliRunner()

@@ -12,7 +12,8 @@ from compress.api import load
 from compress.data import build_data
 from compress.errors import InputError
 from compress.run.pipeline import run_recipe
-from compress.recipe.spec import DataSpec, parse_recipe
+from compress.recipe.sources import DataSpec
+from compress.recipe.load import parse_recipe
 from tests.hf_models import minilm_path, save_tiny
 
 POSITIVE = ["a wonderful , moving film", "great acting and a sharp script", "pure joy"]
@@ -55,7 +56,7 @@ def test_text_source_tokenises_pads_and_labels(sst_like: Path) -> None:
 
 def test_trimmed_batches_give_the_full_length_outputs(sst_like: Path, tmp_path: Path) -> None:
     from compress.models import build_model
-    from compress.recipe.spec import ModelSpec
+    from compress.recipe.sources import ModelSpec
 
     folder, _ = save_tiny("bert", tmp_path / "bert")
     model = build_model(ModelSpec(source="huggingface", name=str(folder),

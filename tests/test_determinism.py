@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from compress.run.pipeline import run_recipe
-from compress.recipe.spec import parse_recipe
+from compress.recipe.load import parse_recipe
 from tests.conftest import tiny_recipe
 
 STEP_KEYS = ("layers", "macs", "params", "accuracy", "loss", "finetune_steps", "removed")

@@ -24,7 +24,7 @@ from compress.finetune.distributed import (AcceleratedProcesses, Processes, arch
                                            processes)
 from compress.errors import CheckFailed, InputError
 from compress.run.pipeline import run_recipe
-from compress.recipe.spec import load_recipe
+from compress.recipe.load import load_recipe
 from tests.conftest import ROOT, tiny_cnn, tiny_recipe
 
 

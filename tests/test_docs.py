@@ -47,7 +47,7 @@ def test_every_field_has_a_description_and_an_example() -> None:
                 missing.append(f"{key}: no description")
             if not field.examples:
                 missing.append(f"{key}: no examples")
-    assert not missing, ("add description=/examples= in compress/recipe/spec.py: "
+    assert not missing, ("add description=/examples= in compress/recipe/: "
                          + "; ".join(missing))
 
 
@@ -86,7 +86,7 @@ def test_readable_types_and_defaults(row: str) -> None:
 def test_section_snippets_make_a_valid_recipe() -> None:
     from compress.data import check_data_spec
     from compress.models import check_model_spec
-    from compress.recipe.spec import parse_recipe
+    from compress.recipe.load import parse_recipe
     from compress.schedules import plan_targets
 
     snippets = section_snippets()

@@ -22,7 +22,7 @@ from compress.measure.evaluate import evaluate
 from compress.finetune.finetune import distillation_loss, finetune_
 from compress.finetune.trainloop import build_optimizer
 from compress.finetune.patience import Patience
-from compress.recipe.spec import FinetuneSpec
+from compress.recipe.stages import FinetuneSpec
 from tests.conftest import tiny_cnn
 
 CPU = torch.device("cpu")

@@ -39,7 +39,8 @@ from compress.data import DATASETS
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
 from compress.pruning.criteria import IMPORTANCE
-from compress.recipe.spec import Recipe, parse_recipe
+from compress.recipe.spec import Recipe
+from compress.recipe.load import parse_recipe
 from compress.schedules import SCHEDULES
 from compress.run.preflight import check_recipe
 from tests.conftest import ROOT

@@ -15,7 +15,7 @@ from compress.cli.app import app
 from compress.errors import InputError
 from compress.gates.gate import check_report, evaluate_gates, gate_cells
 from compress.gates.run import GateRun, run_gate
-from compress.recipe.spec import GatesSpec
+from compress.recipe.stages import GatesSpec
 
 runner = CliRunner()
 

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.measure.latency import (ABTimings, Candidate, compare_onnx, headline_speedup,
-                                      latency_summary, measure_latency, ort_providers,
-                                      session_options, summarize_ab, time_ab, time_interleaved)
+from compress.measure.timing import ABTimings, summarize_ab, time_ab, time_interleaved
+from compress.measure.latency import (Candidate, compare_onnx, headline_speedup, latency_summary,
+                                      measure_latency)
+from compress.measure.machine import ort_providers, session_options
 from compress.measure.counts import count_params
-from compress.recipe.spec import ReportSpec
+from compress.recipe.stages import ReportSpec
 
 SAMPLE = (3, 16, 16)
 CPU = torch.device("cpu")

@@ -8,7 +8,7 @@ from compress.errors import InputError
 from compress.models import MODEL_SOURCES, build_model
 from compress.models.checkpoint import read_state_dict
 from compress.models.cifar_resnet import ChannelMapShortcut, cifar_resnet
-from compress.recipe.spec import ModelSpec
+from compress.recipe.sources import ModelSpec
 from tests.conftest import ROOT, shared_path
 
 TINY_SPECS = {

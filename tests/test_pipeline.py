@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import compress
-from compress.recipe.spec import parse_recipe
+from compress.recipe.load import parse_recipe
 from compress.run.pipeline import run_recipe
 from tests.conftest import tiny_recipe
 

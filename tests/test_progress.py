@@ -12,7 +12,7 @@ import compress
 from compress.errors import CheckFailed
 from compress.finetune.finetune import finetune_
 from compress.progress import ProgressEvent, progress_to, report_progress
-from compress.recipe.spec import FinetuneSpec
+from compress.recipe.stages import FinetuneSpec
 from tests.conftest import tiny_cnn
 
 CPU = torch.device("cpu")

@@ -13,7 +13,7 @@ from compress.pruning.structured import StructuredPruner
 from compress.measure.counts import count_macs_params
 from compress.pruning.selection import resolve_ignored
 from compress.pruning.planning import solve_ratio_for_macs, solve_ratios_for_macs
-from compress.recipe.spec import PruningSpec
+from compress.recipe.pruning import PruningSpec
 from tests.conftest import tiny_cnn
 
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from compress.errors import InputError
-from compress.recipe.spec import apply_overrides, load_recipe, parse_recipe, recipe_json_schema
+from compress.recipe.load import apply_overrides, load_recipe, parse_recipe, recipe_json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"version": 1, "model": {"source": "cifar_resnet", "name": "resnet20"},

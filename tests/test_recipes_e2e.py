@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 import compress
 from compress.cli.app import app
-from compress.export.model import onnx_session
-from compress.recipe.spec import load_recipe
+from compress.export.onnx import onnx_session
+from compress.recipe.load import load_recipe
 from tests.conftest import ROOT, shared_path
 
 runner = CliRunner()

@@ -94,7 +94,7 @@ def test_every_source_declares_its_keys_in_its_own_class(registry, name: str) ->
 def test_sources_are_checked_by_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
     from compress.data import check_data_spec
     from compress.models import check_model_spec
-    from compress.recipe.spec import DataSpec, ModelSpec
+    from compress.recipe.sources import DataSpec, ModelSpec
 
     calls = []
     for registry in (MODEL_SOURCES, DATASETS):

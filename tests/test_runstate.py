@@ -24,6 +24,7 @@ import yaml
 import compress
 import compress.finetune.checkpoint
 import compress.export.model
+import compress.export.safetensors
 import compress.run.folder
 from compress.finetune.checkpoint import latest_snapshot
 from compress.run.folder import changed_keys, read_status
@@ -180,7 +181,7 @@ def test_a_killed_run_resumes_where_it_was_and_ends_as_an_uninterrupted_one(
         _kill_after(monkeypatch, compress.finetune.checkpoint, "write_snapshot",
                     lambda folder, snapshot: (out / cut).is_dir())
     else:
-        for module in (compress.run.folder, compress.export.model):
+        for module in (compress.run.folder, compress.export.safetensors):
             _kill_after(monkeypatch, module, "write_text_atomic",
                         lambda path, text: path == out / cut)
     with pytest.raises(Killed):
@@ -216,7 +217,7 @@ def test_unfinished_run_needs_resume_or_overwrite_and_the_same_recipe(tmp_path: 
     out = tmp_path / "run"
     out.mkdir()
     stored = yaml.safe_load(recipe.read_text())
-    recipe = compress.recipe.spec.parse_recipe(stored)
+    recipe = compress.recipe.load.parse_recipe(stored)
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict()))
     (out / "status.json").write_text(json.dumps({"state": "running"}))
     with pytest.raises(compress.InputError, match="unfinished run .*--resume"):

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from compress.errors import InputError
-from compress.recipe.spec import ScheduleSpec
+from compress.recipe.pruning import ScheduleSpec
 from compress.schedules import SCHEDULES, plan_targets, step_increments
 
 

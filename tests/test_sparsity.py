@@ -9,7 +9,7 @@ from torch import nn
 import compress.pruning.masks as sparsity
 from compress.errors import CheckFailed, InputError
 from compress.pruning import build_pruner
-from compress.recipe.spec import PruningSpec
+from compress.recipe.pruning import PruningSpec
 from compress.pruning.masks import NMPruner, UnstructuredPruner
 from compress.measure.counts import compressed_size, weight_sparsity
 from tests.conftest import tiny_cnn
@@ -247,7 +247,7 @@ def test_compressed_size(tmp_path):
 @pytest.mark.parametrize("importance", ["l1", "random"])
 def test_a_restored_pruner_continues_like_the_original(importance):
     """get_state + get_tensors (the masks) + the plain per-step weights rebuild the pruner."""
-    from compress.export.model import plain_state_dict
+    from compress.export.safetensors import plain_state_dict
 
     spec = PruningSpec(kind="unstructured", ratio=0.75, importance=importance)
     probe = _probe((6, 12))

@@ -25,7 +25,7 @@ HF_DATA = {"text": "sequence-classification", "text_lm": "causal-lm"}
 def _check(text: str):
     from compress.data import check_data_spec
     from compress.models import check_model_spec
-    from compress.recipe.spec import parse_recipe
+    from compress.recipe.load import parse_recipe
     from compress.schedules import plan_targets
 
     recipe = parse_recipe(yaml.safe_load(text), source="starter")
@@ -177,7 +177,7 @@ def test_defaults_and_target_kinds() -> None:
 
 
 def test_output_is_deterministic_and_loads_from_a_file(tmp_path: Path) -> None:
-    from compress.recipe.spec import load_recipe
+    from compress.recipe.load import load_recipe
 
     text = render_starter_recipe("python:models/net.py:build", "imagefolder:./data",
                                  target_macs=0.85)

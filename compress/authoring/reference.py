@@ -247,7 +247,7 @@ def render_recipe_reference() -> str:
     sections = recipe_sections()
     snippets = section_snippets()
     out = ["# Recipe reference", "",
-           "<!-- Generated from compress/recipe/spec.py and the registries by "
+           "<!-- Generated from compress/recipe/ and the registries by "
            "`compress schema --markdown > docs/recipes.md`; do not edit by hand. -->", "",
            "A recipe is a YAML mapping of the sections below. Every key is checked: an unknown "
            "key, a wrong type or an unknown name fails with the key's YAML path and the allowed "

@@ -193,7 +193,7 @@ def _defaults(registry: Any, name: str) -> dict[str, Any]:
 def _model(w: StarterWriter, request: StarterRequest) -> tuple[str, Any]:
     """Write the model section; return the model's short name (for the recipe's) and source."""
     from compress.models import MODEL_SOURCES, check_model_spec
-    from compress.recipe.spec import ModelSpec
+    from compress.recipe.sources import ModelSpec
 
     name, arg, cls = _source(MODEL_SOURCES, request.model, "model", "torchvision:resnet50")
     source = cls()
@@ -233,7 +233,7 @@ def _pruning(w: StarterWriter, target: float, by_macs: bool, source: Any) -> Non
 
 
 def _schedule(w: StarterWriter, target: float, regime: Regime) -> None:
-    from compress.recipe.spec import ScheduleSpec
+    from compress.recipe.pruning import ScheduleSpec
     from compress.schedules import plan_targets
 
     steps = len(plan_targets(ScheduleSpec(kind=regime.kind, first_step=regime.first_step,
@@ -333,7 +333,7 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     """
     from compress.data import DATASETS, check_data_spec
     from compress.models import MODEL_SOURCES
-    from compress.recipe.spec import parse_recipe
+    from compress.recipe.load import parse_recipe
     from compress.schedules import plan_targets
 
     if target_macs is not None and target_sparsity is not None:

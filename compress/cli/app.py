@@ -46,7 +46,7 @@ def apply(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     """
     o = Output("apply", json_out=json_out, quiet=quiet, verbose=verbose)
     from compress.run.pipeline import run_recipe
-    from compress.recipe.spec import load_recipe
+    from compress.recipe.load import load_recipe
 
     try:
         with o.progress():
@@ -79,7 +79,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     Notes say what a valid recipe will do that may surprise (e.g. no stock transformers folder).
     """
     o = Output("validate", json_out=json_out, quiet=quiet, verbose=verbose)
-    from compress.recipe.spec import load_recipe
+    from compress.recipe.load import load_recipe
     from compress.run.preflight import check_recipe, recipe_notes
 
     try:
@@ -108,7 +108,7 @@ def inspect(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     """Dry run: groups, matched patterns and predicted widths/params/MACs per step."""
     o = Output("inspect", json_out=json_out, quiet=quiet, verbose=verbose)
     from compress.run.inspection import inspect_recipe, plot_sensitivity
-    from compress.recipe.spec import load_recipe
+    from compress.recipe.load import load_recipe
 
     try:
         info = inspect_recipe(load_recipe(recipe, set_ or []), sensitivity=sensitivity,
@@ -144,7 +144,7 @@ def schema(markdown: bool = typer.Option(False, "--markdown", help="Print the Ma
         # The text ends with its newline: docs/recipes.md must equal it byte for byte.
         o.product(text, nl=False)
         return
-    from compress.recipe.spec import recipe_json_schema
+    from compress.recipe.load import recipe_json_schema
 
     schema_ = recipe_json_schema()
     o.result(schema_)

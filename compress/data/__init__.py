@@ -9,7 +9,7 @@ normalisation and the loaders are built here, once for all sources.
 
 Example:
     >>> from compress.data import build_data
-    >>> from compress.recipe.spec import DataSpec
+    >>> from compress.recipe.sources import DataSpec
     >>> data = build_data(DataSpec(source="digits", eval_subset=100, val_subset=200))
     >>> data.num_classes, data.sample_shape, len(data.eval.dataset)
     (10, (1, 8, 8), 100)
@@ -33,7 +33,7 @@ from compress.errors import InputError
 from compress.registry import SourceRegistry
 
 if TYPE_CHECKING:
-    from compress.recipe.spec import DataSpec
+    from compress.recipe.sources import DataSpec
 
 __all__ = ["DATASETS", "DataBundle", "DatasetSource", "RawData", "build_data", "check_data_spec",
            "serving_info"]
@@ -95,7 +95,7 @@ def check_data_spec(spec: DataSpec) -> None:
     (the one check of a data section).
 
     Example:
-        >>> from compress.recipe.spec import DataSpec
+        >>> from compress.recipe.sources import DataSpec
         >>> check_data_spec(DataSpec(source="imagefolder"))
         Traceback (most recent call last):
         compress.errors.InputError: dataset source 'imagefolder' needs data.path

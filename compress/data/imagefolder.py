@@ -8,7 +8,7 @@ extraction; otherwise each image is decoded when it is read.
 
 Example:
     >>> from compress.data import build_data
-    >>> from compress.recipe.spec import DataSpec
+    >>> from compress.recipe.sources import DataSpec
     >>> spec = DataSpec(source="imagefolder", path="../shared/data/cifar10-jpg/cifar10-jpg.tar.gz")
     >>> build_data(spec).class_names[:3]  # doctest: +SKIP
     ['airplane', 'automobile', 'bird']

@@ -6,7 +6,7 @@ only what differs (its own keys, whether it is colour, whether mirroring keeps t
 
 Example:
     >>> from types import SimpleNamespace
-    >>> from compress.recipe.spec import DataSpec
+    >>> from compress.recipe.sources import DataSpec
     >>> info = ImageSource().serving_info(DataSpec(source="digits", image_size=16),
     ...                                   SimpleNamespace(class_names=["0", "1"]))
     >>> info["classes"], info["preprocess"]["image_size"]
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from compress.data import DataBundle
-    from compress.recipe.spec import DataSpec
+    from compress.recipe.sources import DataSpec
     from compress.authoring.starter import StarterRequest, StarterWriter
 
 __all__ = ["IMAGENET_STATS", "IMAGE_STARTER", "ImageSource"]
@@ -46,7 +46,7 @@ class ImageSource:
 
         Example:
             >>> from types import SimpleNamespace
-            >>> from compress.recipe.spec import DataSpec
+            >>> from compress.recipe.sources import DataSpec
             >>> ImageSource().serving_info(DataSpec(source="digits"),
             ...                            SimpleNamespace(class_names=[]))["preprocess"]["pixels"]
             'float32, channels first, scaled to 0..1'

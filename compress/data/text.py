@@ -34,7 +34,7 @@ from compress.hf_names import resolve_hf_name
 
 if TYPE_CHECKING:
     from compress.data import DataBundle
-    from compress.recipe.spec import DataSpec
+    from compress.recipe.sources import DataSpec
     from compress.authoring.starter import StarterRequest, StarterWriter
 
 __all__ = ["TextClassification", "TextLM", "TextSource", "TokenRows", "TrimPadding",
@@ -90,7 +90,7 @@ def with_default_tokenizer(spec: DataSpec, model_tokenizer: str | None) -> DataS
     when the model has none; the caller tells it from the model spec.
 
     Example:
-        >>> from compress.recipe.spec import DataSpec
+        >>> from compress.recipe.sources import DataSpec
         >>> with_default_tokenizer(DataSpec(source="text", path="d"), "./bert").tokenizer
         './bert'
         >>> with_default_tokenizer(DataSpec(source="digits"), "./bert").tokenizer is None
@@ -151,7 +151,7 @@ class TextSource:
 
         Example:
             >>> from types import SimpleNamespace
-            >>> from compress.recipe.spec import DataSpec
+            >>> from compress.recipe.sources import DataSpec
             >>> TextLM().serving_info(DataSpec(source="text_lm", path="d", max_length=64),
             ...                       SimpleNamespace(class_names=[]))["preprocess"]["max_length"]
             64

@@ -5,7 +5,7 @@
 
 Example:
     >>> from compress.data import build_data
-    >>> from compress.recipe.spec import DataSpec
+    >>> from compress.recipe.sources import DataSpec
     >>> spec = DataSpec(source="torchvision", name="CIFAR10", path="~/data/cifar10")
     >>> build_data(spec).sample_shape  # doctest: +SKIP
     (3, 32, 32)

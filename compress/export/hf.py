@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed
-from compress.export.model import check_parity
+from compress.export.onnx import check_parity
 from compress.fsutil import temp_path_for
 from compress.pruning.hf_layout import blocks, rewrite_config_
 

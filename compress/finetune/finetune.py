@@ -27,7 +27,7 @@ exact position every ``checkpoint_every`` passes over the data and when a signal
 continues a saved position to the result an uninterrupted fine-tune would have had.
 
 Example:
-    >>> from compress.recipe.spec import FinetuneSpec
+    >>> from compress.recipe.stages import FinetuneSpec
     >>> stats = finetune_(model, bundle.train, FinetuneSpec(epochs=1), device)  # doctest: +SKIP
     >>> spec = FinetuneSpec(patience=[20, 5], max_epochs=30)
     >>> stats = finetune_(model, bundle.train, spec, device, step=2,
@@ -56,7 +56,7 @@ from compress.finetune.gpu import channels_last_, compiled
 from compress.measure.evaluate import evaluate, task_loss
 from compress.finetune.stats import FinetuneStats
 from compress.finetune.patience import BestWeights, Monitor, ValidateFn
-from compress.recipe.spec import FinetuneSpec
+from compress.recipe.stages import FinetuneSpec
 from compress.finetune.trainloop import Fit, fit
 
 __all__ = ["finetune_", "distillation_loss"]

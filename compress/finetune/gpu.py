@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.recipe.spec import FinetuneSpec
+from compress.recipe.stages import FinetuneSpec
 
 __all__ = ["amp_dtype", "autocast", "grad_scaler", "channels_last_", "compiled", "cuda_settings"]
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from compress.finetune.divergence import metric_collapse
 from compress.finetune.stats import FinetuneStats
-from compress.recipe.spec import FinetuneSpec
+from compress.recipe.stages import FinetuneSpec
 
 __all__ = ["Patience", "BestWeights", "Monitor", "ValidateFn", "MONITORS"]
 
@@ -119,7 +119,7 @@ class Monitor:
     followed by an evaluation (every ``every``, and always the last of ``total``).
 
     Example:
-        >>> from compress.recipe.spec import FinetuneSpec
+        >>> from compress.recipe.stages import FinetuneSpec
         >>> m = Monitor(FinetuneSpec(patience=1), 1, lambda _: {"accuracy": 50.0}, 4, 10)
         >>> m.evaluate(nn.Linear(1, 1)), [s for s in range(1, 11) if m.due(s)]
         (False, [4, 8, 10])

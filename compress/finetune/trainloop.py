@@ -34,7 +34,7 @@ from compress.finetune.checkpoint import FinetuneCheckpoint, Position, Snapshot
 from compress.finetune.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
 from compress.errors import CheckFailed
 from compress.finetune.patience import BestWeights, Monitor
-from compress.recipe.spec import FinetuneSpec
+from compress.recipe.stages import FinetuneSpec
 
 __all__ = ["Fit", "fit", "build_optimizer"]
 

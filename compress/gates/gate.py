@@ -6,7 +6,7 @@ report and writes JUnit/Markdown) evaluates a stored report against thresholds f
 line, falling back to the recipe's gates per threshold.
 
 Example:
-    >>> from compress.recipe.spec import GatesSpec
+    >>> from compress.recipe.stages import GatesSpec
     >>> report = {"baseline": {"accuracy": 90.0}, "compressed": {"accuracy": 89.5}}
     >>> [g.message for g in evaluate_gates(report, GatesSpec(max_accuracy_drop=1.0))]
     ['accuracy drop: 0.50 points <= 1.0']
@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from compress.errors import InputError
-from compress.recipe.spec import GatesSpec
+from compress.recipe.stages import GatesSpec
 
 __all__ = ["GateOutcome", "GATE_NAMES", "evaluate_gates", "gates_passed", "resolve_gates",
            "check_report", "gate_cells", "cli_flag"]

@@ -5,7 +5,7 @@ A B, B A, A B ... so that machine drift (turbo, thermal, neighbours) hits both a
 speedup is the median of the per-round ratios rather than a ratio of two separate runs.
 
 Example:
-    >>> from compress.recipe.spec import ReportSpec
+    >>> from compress.recipe.stages import ReportSpec
     >>> spec = ReportSpec(engines=["torch"], batch_sizes=[1], rounds=3, runs_per_round=2)
     >>> net = torch.nn.Linear(8, 2).eval()
     >>> r = measure_latency(Candidate(net), Candidate(net), sample_shape=(8,), spec=spec,
@@ -20,34 +20,32 @@ import gc
 import logging
 import math
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from compress.errors import CompressError, InputError
+from compress.errors import InputError
+from compress.measure.machine import environment, ort_providers, session_options
+from compress.measure.timing import (Timer, latency_stats, summarize_ab, time_ab,
+                                     time_interleaved)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from compress.recipe.spec import ReportSpec
-
-__all__ = ["Candidate", "ABTimings", "measure_latency", "time_ab", "summarize_ab",
-           "time_interleaved", "compare_onnx", "session_options", "ort_providers",
-           "latency_summary", "headline_speedup", "environment"]
+    from compress.recipe.stages import ReportSpec
 
 logger = logging.getLogger(__name__)
 
 ENGINES = ("onnxruntime", "torch")
-Timer = Callable[[], float]
+
+__all__ = ["Candidate", "ENGINES", "measure_latency", "compare_onnx", "latency_summary", "headline_speedup"]
 
 
 @dataclass
@@ -56,125 +54,6 @@ class Candidate:
 
     model: nn.Module
     onnx_path: Path | None = None
-
-
-@dataclass
-class ABTimings:
-    """Durations in seconds, one list per round; ``order`` says which block ran first."""
-
-    baseline: list[list[float]] = field(default_factory=list)
-    compressed: list[list[float]] = field(default_factory=list)
-    order: list[tuple[str, str]] = field(default_factory=list)
-
-
-def time_interleaved(runners: dict[str, Callable[[], None]], *, warmup: int, rounds: int,
-                     runs_per_round: int, timer: Timer = time.perf_counter
-                     ) -> tuple[dict[str, list[list[float]]], list[tuple[str, ...]]]:
-    """Time ``rounds`` rounds of one block per runner; the order rotates every round.
-
-    Each block is ``warmup`` untimed calls then ``runs_per_round`` timed calls. Returns the
-    durations per runner (one list per round) and each round's order. Rotating (A B C, B C A,
-    C A B, ...) puts every runner first equally often, so drift hits all of them alike.
-
-    Example:
-        >>> t, order = time_interleaved({"a": lambda: None, "b": lambda: None}, warmup=0,
-        ...                             rounds=2, runs_per_round=1)
-        >>> order
-        [('a', 'b'), ('b', 'a')]
-    """
-    names = list(runners)
-    out: dict[str, list[list[float]]] = {n: [] for n in names}
-    orders: list[tuple[str, ...]] = []
-    for r in range(rounds):
-        k = r % len(names)
-        order = tuple(names[k:] + names[:k])
-        orders.append(order)
-        for name in order:
-            fn = runners[name]
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(runs_per_round):
-                t0 = timer()
-                fn()
-                times.append(timer() - t0)
-            out[name].append(times)
-    return out, orders
-
-
-def time_ab(run_baseline: Callable[[], None], run_compressed: Callable[[], None], *,
-            warmup: int, rounds: int, runs_per_round: int,
-            timer: Timer = time.perf_counter) -> ABTimings:
-    """Time ``rounds`` interleaved block pairs; even rounds run the baseline first, odd last.
-
-    Each block is ``warmup`` untimed calls then ``runs_per_round`` timed calls.
-    """
-    times, orders = time_interleaved({"baseline": run_baseline, "compressed": run_compressed},
-                                     warmup=warmup, rounds=rounds,
-                                     runs_per_round=runs_per_round, timer=timer)
-    return ABTimings(times["baseline"], times["compressed"],
-                     [(a, b) for a, b in orders])  # type: ignore[misc]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    # Linear interpolation between closest ranks (numpy's default), so p90 >= median always.
-    v = sorted(values)
-    pos = q * (len(v) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
-def _stats(rounds: list[list[float]], batch: int) -> dict[str, float]:
-    flat = [t for block in rounds for t in block]
-    median = statistics.median(flat)
-    return {"median_ms": median * 1e3, "p90_ms": _percentile(flat, 0.9) * 1e3,
-            "throughput": batch / median, "runs": len(flat)}
-
-
-def summarize_ab(timings: ABTimings, batch: int) -> dict[str, Any]:
-    """Latency stats per candidate and the speedup as the median of per-round ratios."""
-    assert timings.baseline and len(timings.baseline) == len(timings.compressed)
-    ratios = []
-    for base, comp in zip(timings.baseline, timings.compressed):
-        b, c = statistics.median(base), statistics.median(comp)
-        if b <= 0 or c <= 0:
-            raise CompressError("the timer measured a zero duration; the clock is too coarse "
-                                "for this model, raise report.batch_sizes")
-        ratios.append(b / c)
-    return {"baseline": _stats(timings.baseline, batch),
-            "compressed": _stats(timings.compressed, batch),
-            "speedup": statistics.median(ratios), "speedup_min": min(ratios),
-            "speedup_max": max(ratios), "round_ratios": ratios}
-
-
-def session_options(threads: int, optimization: str = "all") -> ort.SessionOptions:
-    """onnxruntime options for timing: fixed threads, full optimisation, no spinning.
-
-    ``optimization`` other than ``all`` is for comparisons only: ``all`` adds the blocked
-    (NCHWc) convolution layout, which is what makes CPU convolutions fast.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[optimization]
-    # Spinning workers of one session steal cycles from the other when timed back to back.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
-def ort_providers(device: torch.device) -> list[Any]:
-    """CUDA first only when torch sees a GPU and the run is on it (the ORT list lies)."""
-    if device.type == "cuda" and torch.cuda.is_available():
-        return [("CUDAExecutionProvider", {"device_id": device.index or 0}),
-                "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 def _validate(sample_shape: tuple[int, ...], spec: ReportSpec, device: torch.device,
@@ -204,31 +83,6 @@ def _validate(sample_shape: tuple[int, ...], spec: ReportSpec, device: torch.dev
             raise InputError(f"the {name} model is on {p.device}, not on {device}")
         if cand.onnx_path is not None and not Path(cand.onnx_path).is_file():
             raise InputError(f"the {name} ONNX file {str(cand.onnx_path)!r} does not exist")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(threads: int, device: torch.device,
-                providers: list[str] | None = None) -> dict:
-    """Where a measurement ran: CPU, cores, threads, versions, device, ORT providers."""
-    import onnxruntime as ort
-
-    # The vector unit decides kernel choices (onnxruntime blocks NCHWc by 8 channels with AVX2,
-    # by 16 with AVX-512), so latency ratios are only comparable between equal capabilities.
-    return {"cpu": _cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "logical_cores": os.cpu_count(), "threads": threads,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "platform": sys.platform, "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "providers": providers}
 
 
 def _ort_session(name: str, path: Path, threads: int, device: torch.device,
@@ -432,7 +286,7 @@ def compare_onnx(paths: dict[str, Path], *, reference: str | dict[str, str],
                                         runs_per_round=per_block, timer=timer)
             row: dict[str, Any] = {}
             for name in paths:
-                row[name] = _stats(times[name], batch)
+                row[name] = latency_stats(times[name], batch)
                 if name in refs:
                     ratios = [statistics.median(r) / statistics.median(c)
                               for r, c in zip(times[refs[name]], times[name])]

@@ -10,7 +10,7 @@ so every source accepts ``model.checkpoint``.
 
 Example:
     >>> from compress.models import build_model
-    >>> from compress.recipe.spec import ModelSpec
+    >>> from compress.recipe.sources import ModelSpec
     >>> net = build_model(ModelSpec(source="cifar_resnet", name="resnet20"))
     >>> sum(p.numel() for p in net.parameters())
     269722
@@ -27,7 +27,8 @@ from torch import nn
 from compress.registry import SourceRegistry
 
 if TYPE_CHECKING:
-    from compress.recipe.spec import ModelSpec, PruningSpec
+    from compress.recipe.sources import ModelSpec
+    from compress.recipe.pruning import PruningSpec
 
 __all__ = ["MODEL_SOURCES", "ModelSource", "build_model", "check_model_spec", "model_tokenizer"]
 
@@ -60,7 +61,7 @@ def check_model_spec(spec: ModelSpec) -> None:
     or names something the source does not know (the one check of a model section).
 
     Example:
-        >>> from compress.recipe.spec import ModelSpec
+        >>> from compress.recipe.sources import ModelSpec
         >>> check_model_spec(ModelSpec(source="cifar_resnet", name="resnet9"))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         compress.errors.InputError: unknown cifar_resnet name 'resnet9'; available: resnet20, ...
@@ -72,7 +73,7 @@ def model_tokenizer(spec: ModelSpec) -> str | None:
     """The tokenizer the model ``spec`` names comes with, as its source says (None for none).
 
     Example:
-        >>> from compress.recipe.spec import ModelSpec
+        >>> from compress.recipe.sources import ModelSpec
         >>> model_tokenizer(ModelSpec(source="cifar_resnet", name="resnet20")) is None
         True
     """

@@ -8,7 +8,7 @@ derived from the tokenizer's pad id, so padded positions must hold it) or pixel 
 returns logits (``last_hidden_state`` for ``feature-extraction``).
 
 Example:
-    >>> from compress.recipe.spec import ModelSpec
+    >>> from compress.recipe.sources import ModelSpec
     >>> from compress.models import build_model
     >>> net = build_model(ModelSpec(source="huggingface", name="path/to/model",
     ...                             task="sequence-classification", num_classes=2))  # doctest: +SKIP
@@ -32,7 +32,8 @@ from compress.pruning.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set
 from compress.models.hf_starter import HuggingFaceStarter
 
 if TYPE_CHECKING:
-    from compress.recipe.spec import ModelSpec, PruningSpec
+    from compress.recipe.sources import ModelSpec
+    from compress.recipe.pruning import PruningSpec
 
 __all__ = ["HuggingFaceSource", "HFModel", "TASKS", "count_transformer_macs"]
 

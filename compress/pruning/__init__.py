@@ -15,7 +15,7 @@ Beside them: :mod:`~compress.pruning.criteria` (the structured criteria),
 here plus its import line at the bottom of this file.
 
 Example:
-    >>> from compress.recipe.spec import PruningSpec
+    >>> from compress.recipe.pruning import PruningSpec
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
     >>> pruner = build_pruner(net, torch.randn(1, 8), PruningSpec(kind="unstructured", ratio=0.5),
     ...                       [0.5])
@@ -34,7 +34,7 @@ from torch import nn
 from compress.pruning.base import PRUNING_KINDS, Pruner, PruningKind
 
 if TYPE_CHECKING:
-    from compress.recipe.spec import PruningSpec
+    from compress.recipe.pruning import PruningSpec
 
 __all__ = ["build_pruner", "pruning_kind"]
 

@@ -10,7 +10,7 @@ the kind's pattern, that every pruned weight is exactly zero and that the model 
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from compress.recipe.spec import PruningSpec
+    >>> from compress.recipe.pruning import PruningSpec
     >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     >>> x = torch.randn(4, 8)
     >>> pruner = UnstructuredPruner(model, x[:1], PruningSpec(kind="unstructured", ratio=0.5),
@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +34,7 @@ from torch.nn.utils import prune
 from compress.errors import CheckFailed, InputError
 from compress.pruning.base import (PRUNING_KINDS, PruningKind, StepRecord, check_ratio_or_target,
                                    check_transformer_fractions)
-from compress.recipe.spec import PruningSpec
+from compress.recipe.pruning import PruningSpec
 from compress.pruning.selection import protected_layers
 
 __all__ = ["MASK_CRITERIA", "UnstructuredPruner", "NMPruner", "load_state_", "folded_copy"]

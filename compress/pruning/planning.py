@@ -6,7 +6,7 @@ so gradient criteria are planned with l2 where that gives the same widths.
 
 Example:
     >>> from compress.models.cifar_resnet import cifar_resnet
-    >>> from compress.recipe.spec import PruningSpec
+    >>> from compress.recipe.pruning import PruningSpec
     >>> net, x = cifar_resnet("resnet20").eval(), torch.randn(1, 3, 32, 32)
     >>> spec = PruningSpec(target={"macs": 0.5})
     >>> [round(r, 1) for r in channel_ratios(net, x, spec, [0.5])]
@@ -26,7 +26,7 @@ from compress.pruning.criteria import IMPORTANCE
 from compress.errors import InputError
 from compress.measure.counts import count_macs_params
 from compress.pruning.structured import build_structured
-from compress.recipe.spec import PruningSpec
+from compress.recipe.pruning import PruningSpec
 
 __all__ = ["gradient_free", "solve_ratio_for_macs", "solve_ratios_for_macs", "channel_ratios"]
 

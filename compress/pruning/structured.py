@@ -15,7 +15,7 @@ element-wise) makes the removed model compute something else, and the check catc
 Example:
     >>> import torch
     >>> from compress.models.cifar_resnet import cifar_resnet
-    >>> from compress.recipe.spec import PruningSpec
+    >>> from compress.recipe.pruning import PruningSpec
     >>> model = cifar_resnet("resnet20").eval()
     >>> x = torch.randn(2, 3, 32, 32)
     >>> pruner = StructuredPruner(model, x[:1], PruningSpec(ratio=0.5))
@@ -39,7 +39,7 @@ from compress.errors import CheckFailed, InputError
 from compress.measure.evaluate import task_loss
 from compress.pruning.base import (PRUNING_KINDS, PruningKind, StepRecord, check_ratio_or_target,
                                    check_transformer_fractions, prove_removals_, scheduled_step)
-from compress.recipe.spec import PruningSpec
+from compress.recipe.pruning import PruningSpec
 from compress.pruning.selection import default_round_to, protected_layers
 
 __all__ = ["StructuredPruner", "build_structured"]

@@ -42,7 +42,7 @@ from compress.pruning.hf_layout import (
     zero_out_,
 )
 from compress.pruning.base import StepRecord, prove_removals_, scheduled_step
-from compress.recipe.spec import PruningSpec
+from compress.recipe.pruning import PruningSpec
 
 __all__ = ["TransformerPruner", "is_transformer"]
 

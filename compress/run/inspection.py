@@ -30,7 +30,8 @@ from compress.measure.counts import count_macs_params
 from compress.pruning.planning import gradient_free, solve_ratios_for_macs
 from compress.pruning.selection import resolve_ignored
 from compress.run.prepare import prepare
-from compress.recipe.spec import PruningSpec, Recipe
+from compress.recipe.pruning import PruningSpec
+from compress.recipe.spec import Recipe
 from compress.schedules import plan_targets
 from compress.run.preflight import check_recipe
 

@@ -29,7 +29,8 @@ from compress.pruning.base import Pruner, StepRecord
 from compress.pruning import build_pruner
 from compress.measure.counts import count_macs_params
 from compress.pruning.planning import channel_ratios
-from compress.recipe.spec import FinetuneSpec, PruningSpec, ScheduleSpec
+from compress.recipe.stages import FinetuneSpec
+from compress.recipe.pruning import PruningSpec, ScheduleSpec
 from compress.signals import stop_requested
 from compress.schedules import plan_targets
 from compress.pruning.masks import load_state_

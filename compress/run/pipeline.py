@@ -26,7 +26,9 @@ from compress.data import serving_info
 from compress.finetune.distributed import Processes, architecture_digest, processes
 from compress.errors import CompressError
 from compress.measure.evaluate import evaluate
-from compress.export.model import export_model, export_onnx, onnx_size, save_safetensors
+from compress.export.model import export_model
+from compress.export.onnx import export_onnx, onnx_size
+from compress.export.safetensors import save_safetensors
 from compress.export.hf import save_hf_
 from compress.gates.gate import GateOutcome, evaluate_gates, gates_passed
 from compress.finetune.gpu import cuda_settings

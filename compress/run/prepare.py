@@ -5,7 +5,7 @@
 it writes anything): the model and data sections are not checked again here.
 
 Example:
-    >>> from compress.recipe.spec import load_recipe
+    >>> from compress.recipe.load import load_recipe
     >>> p = prepare(load_recipe("recipes/quickstart.yaml"), train=False)
     >>> tuple(p.probe.shape), p.bundle.num_classes
     ((8, 1, 8, 8), 10)
@@ -23,7 +23,8 @@ from compress.data import DataBundle, build_data
 from compress.data.text import with_default_tokenizer
 from compress.errors import InputError
 from compress.models import build_model, model_tokenizer
-from compress.recipe.spec import ModelSpec, Recipe
+from compress.recipe.sources import ModelSpec
+from compress.recipe.spec import Recipe
 
 __all__ = ["Prepared", "prepare", "check_outputs", "resolved_model_spec"]
 

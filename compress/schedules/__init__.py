@@ -5,7 +5,7 @@ that returns the cumulative target after each step, as fractions of the ORIGINAL
 amount; the last entry is ``final``.
 
 Example:
-    >>> from compress.recipe.spec import ScheduleSpec
+    >>> from compress.recipe.pruning import ScheduleSpec
     >>> plan_targets(ScheduleSpec(kind="one-shot"), 0.5)
     [0.5]
 """
@@ -19,7 +19,7 @@ from compress.errors import InputError
 from compress.registry import Registry
 
 if TYPE_CHECKING:
-    from compress.recipe.spec import ScheduleSpec
+    from compress.recipe.pruning import ScheduleSpec
 
 __all__ = ["SCHEDULES", "plan_targets", "step_increments"]
 

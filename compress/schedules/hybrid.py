@@ -21,7 +21,7 @@ def hybrid(spec: Any, final: float) -> list[float]:
     """Cumulative targets: ``[first_step, ...geometric steps..., final]``.
 
     Example:
-        >>> from compress.recipe.spec import ScheduleSpec
+        >>> from compress.recipe.pruning import ScheduleSpec
         >>> [round(t, 6) for t in hybrid(ScheduleSpec(kind="hybrid", first_step=0.6, steps=1), 0.88)]
         [0.6, 0.88]
     """

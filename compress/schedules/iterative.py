@@ -52,7 +52,7 @@ def iterative(spec: Any, final: float) -> list[float]:
     """Cumulative targets of an iterative schedule.
 
     Example:
-        >>> from compress.recipe.spec import ScheduleSpec
+        >>> from compress.recipe.pruning import ScheduleSpec
         >>> iterative(ScheduleSpec(kind="iterative", steps=4, step_rule="constant"), 0.5)
         [0.125, 0.25, 0.375, 0.5]
     """

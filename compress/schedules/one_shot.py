@@ -15,7 +15,7 @@ def one_shot(spec: Any, final: float) -> list[float]:
     """``[final]``: prune everything at once, then fine-tune once.
 
     Example:
-        >>> from compress.recipe.spec import ScheduleSpec
+        >>> from compress.recipe.pruning import ScheduleSpec
         >>> one_shot(ScheduleSpec(), 0.5)
         [0.5]
     """

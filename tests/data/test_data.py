@@ -16,7 +16,7 @@ from PIL import Image
 from compress.data import DATASETS, build_data, imagefolder
 from compress.data.imagefolder import COMPLETE, LazyImages
 from compress.errors import InputError
-from compress.recipe.spec import DataSpec
+from compress.recipe.sources import DataSpec
 from tests.conftest import shared_path
 
 COLORS = {"dog": (0, 255, 0), "cat": (255, 0, 0)}  # not sorted: indices must follow sorted names

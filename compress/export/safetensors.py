@@ -1,0 +1,100 @@
+"""``model.safetensors`` and its ``model.json`` manifest: the weights, the architecture's source
+spec and every resized layer's widths, from which :mod:`compress.export.load` rebuilds the
+shrunk model with no pickle.
+
+Example:
+    >>> from torch import nn
+    >>> plain_state_dict(nn.Linear(2, 1)).keys()
+    dict_keys(['weight', 'bias'])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.fsutil import temp_path_for, write_text_atomic
+from compress.recipe.sources import ModelSpec
+
+__all__ = ["MANIFEST_FORMAT", "plain_state_dict", "save_safetensors"]
+
+
+MANIFEST_FORMAT = "compress.model/1"
+
+
+# Constructor attributes that change when a layer is pruned (the weights carry the shapes).
+_WIDTH_ATTRS: list[tuple[type, tuple[str, ...]]] = [
+    (nn.modules.conv._ConvNd, ("in_channels", "out_channels", "groups")),
+    (nn.Linear, ("in_features", "out_features")),
+    (nn.modules.batchnorm._BatchNorm, ("num_features",)),
+    (nn.LayerNorm, ("normalized_shape",)),
+    (nn.GroupNorm, ("num_groups", "num_channels")),
+    (nn.Embedding, ("num_embeddings", "embedding_dim")),
+    (nn.PReLU, ("num_parameters",)),
+]
+
+
+def _layer_attrs(module: nn.Module) -> dict[str, Any] | None:
+    if hasattr(module, "manifest_attrs"):
+        return dict(module.manifest_attrs())
+    for cls, names in _WIDTH_ATTRS:
+        if isinstance(module, cls):
+            return {n: (list(v) if isinstance(v, tuple) else v)
+                    for n in names for v in [getattr(module, n)]}
+    return None
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with pruning masks folded in (``w_orig * w_mask`` saved as ``w``)."""
+    state = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            continue
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
+            base = key[: -len("_orig")]
+            out[base] = value * state[base + "_mask"]
+        else:
+            out[key] = value
+    # Tied weights (e.g. embeddings shared with the LM head) share storage, which
+    # safetensors refuses: later names get their own copy.
+    seen: set[int] = set()
+    plain: dict[str, torch.Tensor] = {}
+    for key, value in out.items():
+        tensor = value.detach().cpu().contiguous()
+        if tensor.numel() and tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        plain[key] = tensor
+    return plain
+
+
+def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
+                     sample_shape: tuple[int, ...],
+                     serving: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``model.safetensors`` and the ``model.json`` manifest atomically.
+
+    ``serving`` adds top-level manifest keys a service needs and the weights do not say (the
+    pipeline's: ``classes``, the class names in output order, and ``preprocess``).
+    """
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = plain_state_dict(model)
+    weights = out_dir / "model.safetensors"
+    tmp = temp_path_for(weights)
+    save_file(state, str(tmp), metadata={"format": MANIFEST_FORMAT})
+    tmp.replace(weights)
+    spec = model_spec.model_dump(exclude={"checkpoint", "weights"})
+    layers = {name: {"type": type(m).__name__, **attrs} for name, m in model.named_modules()
+              for attrs in [_layer_attrs(m)] if attrs is not None}
+    manifest = {"format": MANIFEST_FORMAT, "model": spec, "layers": layers,
+                "input": {"shape": list(sample_shape), "dtype": "float32"}, **(serving or {})}
+    path = out_dir / "model.json"
+    write_text_atomic(path, json.dumps(manifest, indent=2))
+    return weights, path

@@ -1,0 +1,129 @@
+"""The recipe's ``pruning`` and ``schedule`` sections: what to prune, how much, in what steps.
+
+A kind's own keys are checked by the kind (its ``PruningKind.check`` in compress/pruning).
+
+Example:
+    >>> PruningSpec(target={"macs": 0.5}).final_target(), ScheduleSpec().kind
+    (0.5, 'one-shot')
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from compress.recipe.base import Section, pruning_kind_of, registered
+
+__all__ = ["Target", "PruningSpec", "ScheduleSpec"]
+
+
+class Target(Section):
+    macs: float = Field(gt=0, lt=1, description="Fraction of MACs to remove (0.5 halves them).",
+                        examples=[0.5])
+    tolerance: float = Field(0.02, ge=0, lt=1, description="How far below the target the "
+                             "closest reachable reduction may fall (channel rounding makes "
+                             "the reduction a step function); beyond it the run is refused.",
+                             examples=[0.01])
+
+
+class PruningSpec(Section):
+    """What to prune and how much."""
+
+    kind: str = Field(
+        "structured", description="structured removes channels (dense speedup); unstructured "
+        "zeroes single weights (smaller compressed file, no dense speedup); n:m keeps n of "
+        "every m consecutive input weights (e.g. 2:4).", examples=["structured"])
+    importance: str = Field("l2", description="Importance criterion that ranks channels "
+                            "(structured) or weights (unstructured: l1, l2, random).",
+                            examples=["l2", "taylor"])
+    ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of channels (weights "
+                                "for unstructured) to remove from each prunable group (local) "
+                                "or overall (global).", examples=[0.5])
+    target: Target | None = Field(None, description="Reach a resource target instead of a "
+                                  "ratio; the channel ratio is found by search.",
+                                  examples=[{"macs": 0.5}])
+    ignored: list[str] = Field(default_factory=list, description="Module names whose output "
+                               "channels are kept; 're:' prefixes a regular expression.",
+                               examples=[["linear", "re:layer\\d\\.\\d+\\.conv2"]])
+    round_to: int | Literal["auto"] = Field("auto", description="Keep channel counts multiples "
+                                            "of this; auto = 8 for models with convolutions "
+                                            "(onnxruntime's CPU block on AVX2; AVX-512 CPUs "
+                                            "block by 16, see BENCHMARKS.md).",
+                                            examples=[8, "auto"])
+    scope: Literal["local", "global"] = Field("local", description="Rank channels (or "
+                                              "weights) within each layer (local) or across "
+                                              "all layers (global).", examples=["global"])
+    n: int = Field(2, gt=0, description="n:m kind: weights kept in each block.", examples=[2])
+    m: int = Field(4, gt=1, description="n:m kind: block size along the input dimension.",
+                   examples=[4])
+    prune_biases: bool = Field(False, description="unstructured: also prune biases.",
+                               examples=[True])
+    prune_norms: bool = Field(False, description="unstructured: also prune normalisation "
+                              "weights.", examples=[True])
+    max_layer_ratio: float = Field(0.9, gt=0, le=1, description="Global scope: most any one "
+                                   "layer may lose.", examples=[0.8])
+    calibration_batches: int = Field(4, gt=0, description="Training batches used by "
+                                     "gradient-based criteria (taylor, hessian).", examples=[8])
+    verify: bool = Field(True, description="Prove each step: zeroed group == removed group on a "
+                         "probe batch. A mismatch fails the run.", examples=[True])
+    verify_atol: float = Field(1e-4, gt=0, description="Absolute tolerance of the proof.",
+                               examples=[0.001])
+    probe_batch: int = Field(8, gt=0, description="Samples in the probe batch.", examples=[16])
+    heads: float | None = Field(None, ge=0, lt=1, description="Transformers: fraction of "
+                                "attention heads removed by the end of the schedule (default: "
+                                "ratio; 0 keeps all heads). Needs ratio, not target.",
+                                examples=[0.5])
+    ffn: float | None = Field(None, ge=0, lt=1, description="Transformers: fraction of FFN "
+                              "neurons removed by the end of the schedule (default: ratio).",
+                              examples=[0.5])
+    hidden: float | None = Field(None, ge=0, lt=1, description="Transformers (BERT-family and "
+                                 "DistilBERT sequence classifiers): fraction of the hidden size "
+                                 "removed by the end of the schedule (default: 0, kept). These "
+                                 "configs derive the head size from hidden / heads, so the same "
+                                 "fraction as heads keeps the result loadable by stock "
+                                 "from_pretrained.", examples=[0.5])
+
+    _known_kind = registered("kind", "compress.pruning", "PRUNING_KINDS")
+    _known_importance = registered("importance", "compress.pruning.criteria", "IMPORTANCE")
+
+    @field_validator("round_to")
+    @classmethod
+    def _positive_round(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("round_to must be >= 1 or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_accepts(self) -> PruningSpec:
+        kind = pruning_kind_of(self.kind)
+        if self.importance not in kind.criteria:
+            raise ValueError(f"{self.kind} pruning supports importance "
+                             f"{', '.join(kind.criteria)} (got {self.importance!r})")
+        kind.check(self)
+        return self
+
+    def final_target(self) -> float:
+        """The cumulative target the schedule must reach (MACs fraction, ratio or 1 - n/m)."""
+        return pruning_kind_of(self.kind).final_target(self)
+
+
+class ScheduleSpec(Section):
+    """How the pruning is spread over steps."""
+
+    kind: str = Field("one-shot", description="Pruning schedule: one-shot, iterative or "
+                      "hybrid.", examples=["iterative"])
+    steps: int | None = Field(None, ge=1, description="iterative: number of steps; hybrid: "
+                              "number of steps after the first.", examples=[5])
+    step_rule: Literal["constant", "geometric"] = Field(
+        "geometric", description="iterative: constant removes p/n of the original per step; "
+        "geometric removes the same fraction s of what remains per step.",
+        examples=["geometric"])
+    step_rate: float | None = Field(None, gt=0, lt=1, description="Instead of steps: the "
+                                    "geometric per-step rate s; the last step is trimmed to "
+                                    "land exactly on the target.", examples=[0.1])
+    first_step: float | None = Field(None, gt=0, lt=1, description="hybrid: the cumulative "
+                                     "target of the first (one-shot) step, about 60-80 % of "
+                                     "the final target.", examples=[0.6])
+
+    _known_schedule = registered("kind", "compress.schedules", "SCHEDULES")
