@@ -16,7 +16,7 @@ from compress.pruning.base import PRUNING_KINDS, PruningKind, StepRecord
 from compress.pruning.criteria import IMPORTANCE
 from compress.recipe.stages import FinetuneSpec
 from compress.recipe.pruning import PruningSpec, ScheduleSpec
-from compress.recipe.load import parse_recipe
+from compress.recipe.load import parse_recipe, recipe_json_schema
 from compress.run.loop import run_schedule_
 
 
@@ -84,6 +84,8 @@ def test_a_new_kind_is_one_registration(toy_kind: str) -> None:
                            "pruning": {"kind": toy_kind, "importance": "random"}})
     assert recipe.pruning.kind == toy_kind
     assert ("toy", "a toy kind") in list_registries()["Pruning kinds (pruning.kind)"]
+    kind_schema = recipe_json_schema()["$defs"]["PruningSpec"]["properties"]["kind"]
+    assert kind_schema["enum"] == ["n:m", "structured", "toy", "unstructured"]
     net = nn.Sequential(nn.Linear(4, 4))
     assert isinstance(build_pruner(net, torch.randn(1, 4), spec, [0.25]), _HalfZero)
     rows, _ = run_schedule_(net, example=torch.randn(1, 4), probe=torch.randn(2, 4),

@@ -10,11 +10,12 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-__all__ = ["Section", "registered", "pruning_kind_of", "device_name"]
+__all__ = ["Section", "registered", "registered_names", "pruning_kind_of", "device_name"]
 
 
 def registered(field: str, module: str, registry: str) -> Any:
@@ -29,6 +30,16 @@ def registered(field: str, module: str, registry: str) -> Any:
         return name
 
     return field_validator(field)(check)
+
+
+def registered_names(module: str, registry: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` of a field ``registered`` checks: the JSON schema lists the names
+    registered when the schema is made, so editors can complete and check them."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["enum"] = getattr(importlib.import_module(module), registry).names()
+
+    return extra
 
 
 class Section(BaseModel):

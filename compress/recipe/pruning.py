@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from compress.recipe.base import Section, pruning_kind_of, registered
+from compress.recipe.base import Section, pruning_kind_of, registered, registered_names
 
 __all__ = ["Target", "PruningSpec", "ScheduleSpec"]
 
@@ -33,10 +33,13 @@ class PruningSpec(Section):
     kind: str = Field(
         "structured", description="structured removes channels (dense speedup); unstructured "
         "zeroes single weights (smaller compressed file, no dense speedup); n:m keeps n of "
-        "every m consecutive input weights (e.g. 2:4).", examples=["structured"])
+        "every m consecutive input weights (e.g. 2:4).", examples=["structured"],
+        json_schema_extra=registered_names("compress.pruning", "PRUNING_KINDS"))
     importance: str = Field("l2", description="Importance criterion that ranks channels "
                             "(structured) or weights (unstructured: l1, l2, random).",
-                            examples=["l2", "taylor"])
+                            examples=["l2", "taylor"],
+                            json_schema_extra=registered_names("compress.pruning.criteria",
+                                                               "IMPORTANCE"))
     ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of channels (weights "
                                 "for unstructured) to remove from each prunable group (local) "
                                 "or overall (global).", examples=[0.5])
@@ -112,7 +115,8 @@ class ScheduleSpec(Section):
     """How the pruning is spread over steps."""
 
     kind: str = Field("one-shot", description="Pruning schedule: one-shot, iterative or "
-                      "hybrid.", examples=["iterative"])
+                      "hybrid.", examples=["iterative"],
+                      json_schema_extra=registered_names("compress.schedules", "SCHEDULES"))
     steps: int | None = Field(None, ge=1, description="iterative: number of steps; hybrid: "
                               "number of steps after the first.", examples=[5])
     step_rule: Literal["constant", "geometric"] = Field(

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from compress.recipe.base import Section, registered
+from compress.recipe.base import Section, registered, registered_names
 
 __all__ = ["ModelSpec", "Normalize", "DataSpec"]
 
@@ -24,7 +24,8 @@ class ModelSpec(Section):
 
     source: str = Field(description="Model source: torchvision, cifar_resnet, python or "
                         "huggingface.",
-                        examples=["cifar_resnet"])
+                        examples=["cifar_resnet"],
+                        json_schema_extra=registered_names("compress.models", "MODEL_SOURCES"))
     name: str | None = Field(None, description="Architecture name (torchvision model name, or "
                              "resnet20/32/44/56/110 for cifar_resnet); huggingface: a model "
                              "folder, a hub id, or 'module:function' returning a folder.",
@@ -81,7 +82,8 @@ class DataSpec(Section):
     """Training and evaluation data."""
 
     source: str = Field(description="Dataset source: digits, imagefolder or torchvision.",
-                        examples=["imagefolder"])
+                        examples=["imagefolder"],
+                        json_schema_extra=registered_names("compress.data", "DATASETS"))
     name: str | None = Field(None, description="torchvision dataset class name.",
                              examples=["CIFAR10"])
     path: str | None = Field(None, description="imagefolder: a folder or .tar.gz of "
