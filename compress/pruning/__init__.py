@@ -7,7 +7,9 @@ their handler, their criteria and one line for ``compress list``:
   dependency graph; transformers models get heads, FFN neurons and the hidden size cut by
   :mod:`~compress.pruning.transformer` on the layouts of :mod:`~compress.pruning.hf_layout`
   and :mod:`~compress.pruning.hf_hidden` (the transformer surgery);
-* ``unstructured`` and ``n:m`` (:mod:`~compress.pruning.masks`): single weights under masks.
+* ``unstructured`` (:mod:`~compress.pruning.unstructured`) and ``n:m``
+  (:mod:`~compress.pruning.nm`): single weights under masks, sharing
+  :mod:`~compress.pruning.masks`.
 
 Beside them: :mod:`~compress.pruning.criteria` (the structured criteria),
 :mod:`~compress.pruning.selection` (which layers may be pruned) and
@@ -52,4 +54,4 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSp
 
 
 # Registering kinds is a side effect of importing their modules.
-from compress.pruning import masks, structured  # noqa: E402,F401
+from compress.pruning import nm, structured, unstructured  # noqa: E402,F401

@@ -1,4 +1,5 @@
-"""Unstructured and n:m weight pruning with masks, each step proven, plus sparsity measures.
+"""What the mask kinds (:mod:`~compress.pruning.unstructured`, :mod:`~compress.pruning.nm`)
+share: masked tensors, the per-step proof, finalising, loading state into a masked model.
 
 Both kinds zero single weights and keep the shapes: the file compresses better, dense MACs do
 not change. Masks live in ``torch.nn.utils.prune`` re-parametrisations (``weight_orig`` *
@@ -8,15 +9,12 @@ masks into plain ``weight`` parameters before export. Every step proves that the
 the kind's pattern, that every pruned weight is exactly zero and that the model still runs.
 
 Example:
-    >>> import torch
     >>> from torch import nn
-    >>> from compress.recipe.pruning import PruningSpec
-    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    >>> x = torch.randn(4, 8)
-    >>> pruner = UnstructuredPruner(model, x[:1], PruningSpec(kind="unstructured", ratio=0.5),
-    ...                             cumulative_ratios=[0.5])
-    >>> pruner.step_(0.5, x).removed, pruner.sparsity()["layers"]["0"]
-    (64, 0.5)
+    >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    >>> with torch.no_grad():
+    ...     _ = prune.random_unstructured(net[0], "weight", amount=0.5)
+    >>> MaskedTensor("0", net[0], "weight").pruned()
+    8
 """
 
 from __future__ import annotations
@@ -32,24 +30,23 @@ from torch import nn
 from torch.nn.utils import prune
 
 from compress.errors import CheckFailed, InputError
-from compress.pruning.base import (PRUNING_KINDS, PruningKind, StepRecord, check_ratio_or_target,
-                                   check_transformer_fractions)
+from compress.pruning.base import PruningKind, StepRecord
 from compress.recipe.pruning import PruningSpec
 from compress.pruning.selection import protected_layers
-
-__all__ = ["MASK_CRITERIA", "UnstructuredPruner", "NMPruner", "load_state_", "folded_copy"]
 
 log = logging.getLogger(__name__)
 
 # Single weights are ranked by magnitude (l1 and l2 rank them identically) or at random.
 MASK_CRITERIA = ("l1", "l2", "random")
 
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-_DENSE = (nn.modules.conv._ConvNd, nn.Linear)
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+DENSE_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+__all__ = ["MASK_CRITERIA", "MaskedTensor", "MaskPruner", "probe_output", "load_state_", "folded_copy", "mask_kind", "DENSE_LAYERS", "NORM_LAYERS"]
 
 
 @dataclass(frozen=True)
-class _Tensor:
+class MaskedTensor:
     """One prunable tensor; ``key`` is the module name for weights, ``module.param`` else."""
 
     key: str
@@ -73,7 +70,7 @@ class _Tensor:
         return int((mask == 0).sum()) if mask is not None else 0
 
 
-def _install_(t: _Tensor, keep: torch.Tensor) -> None:
+def _install_(t: MaskedTensor, keep: torch.Tensor) -> None:
     """Apply ``keep`` (bool) as the tensor's mask; a later step replaces the mask in place."""
     mask = t.mask()
     if mask is None:
@@ -83,7 +80,7 @@ def _install_(t: _Tensor, keep: torch.Tensor) -> None:
         setattr(t.module, t.param, t.original() * mask)  # what the pre-forward hook computes
 
 
-def _probe_output(model: nn.Module, probe: torch.Tensor, what: str) -> torch.Tensor:
+def probe_output(model: nn.Module, probe: torch.Tensor, what: str) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
@@ -100,10 +97,10 @@ def _probe_output(model: nn.Module, probe: torch.Tensor, what: str) -> torch.Ten
     return out.detach().float()
 
 
-class _MaskPruner:
+class MaskPruner:
     """What both kinds share: choosing tensors, masking, the proof, finalising.
 
-    A kind defines ``_select(name, module) -> [_Tensor]`` (its prunable tensors),
+    A kind defines ``_select(name, module) -> [MaskedTensor]`` (its prunable tensors),
     ``_keeps(target) -> [bool mask]`` (the new masks) and ``_check_pattern(target)`` (its own
     proof on the applied masks, raising CheckFailed).
     """
@@ -122,7 +119,7 @@ class _MaskPruner:
         # attribute would never be recomputed: leave it dense.
         mha = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
         self.skipped: dict[str, str] = {}
-        self._tensors: list[_Tensor] = []
+        self._tensors: list[MaskedTensor] = []
         for name, m in model.named_modules():
             if not any(name == i or name.startswith(i + ".") for i in ignored) \
                     and id(m) not in mha:
@@ -133,7 +130,7 @@ class _MaskPruner:
                              f"{self.skipped or 'none'}); ignore fewer layers")
         self._total = sum(t.original().numel() for t in self._tensors)
 
-    def _scores(self, t: _Tensor) -> torch.Tensor:
+    def _scores(self, t: MaskedTensor) -> torch.Tensor:
         """Higher = more important; pruned weights score -inf, so they are pruned first."""
         w = t.original().detach()
         if self.spec.importance == "random":
@@ -168,7 +165,7 @@ class _MaskPruner:
                 if leak != 0.0:
                     raise CheckFailed(f"{what}: a pruned weight of {t.key!r} is {leak:.3g}, not "
                                       f"zero, in the weight the forward uses")
-            _probe_output(self.model, probe, what)
+            probe_output(self.model, probe, what)
         self._step += 1
         after = sum(t.pruned() for t in self._tensors)
         touched = sum(1 for t in self._tensors if t.pruned())
@@ -222,7 +219,7 @@ class _MaskPruner:
         if not masked:
             return
         probe = self._probe if self._probe is not None else self.example_inputs
-        before = _probe_output(self.model, probe, f"{self.kind} finalize")
+        before = probe_output(self.model, probe, f"{self.kind} finalize")
         for t in masked:
             keep = t.mask() != 0
             prune.remove(t.module, t.param)
@@ -230,7 +227,7 @@ class _MaskPruner:
             # it would depend on values nothing reads (a resumed run has 0 there, not orig).
             with torch.no_grad():
                 t.original().masked_fill_(~keep, 0.0)
-        after = _probe_output(self.model, probe, f"{self.kind} finalize")
+        after = probe_output(self.model, probe, f"{self.kind} finalize")
         diff = (after - before).abs().max().item() if after.shape == before.shape \
             else float("inf")
         if self.spec.verify and not diff <= self.spec.verify_atol:
@@ -238,104 +235,6 @@ class _MaskPruner:
                               f"(tolerance {self.spec.verify_atol:.3g})")
         log.info("%s: folded %d masks into the weights (max |diff| %.2e)", self.kind,
                  len(masked), diff)
-
-
-class UnstructuredPruner(_MaskPruner):
-    """Zero the smallest (or random) weights up to a cumulative fraction of the original.
-
-    ``scope: local`` prunes that fraction of every tensor, ``global`` ranks all tensors
-    together. Exactly ``round(target * count)`` weights are pruned: ``topk`` cuts ties, where
-    a threshold could overshoot.
-    """
-
-    kind = "unstructured"
-
-    def _select(self, name: str, module: nn.Module) -> list[_Tensor]:
-        params = []
-        if isinstance(module, _DENSE):
-            params = ["weight"] + (["bias"] if self.spec.prune_biases else [])
-        elif isinstance(module, _NORMS) and self.spec.prune_norms:
-            params = ["weight"]  # the scale; a zero shift would not remove anything
-        return [_Tensor(name if p == "weight" else f"{name}.{p}", module, p) for p in params
-                if getattr(module, p, None) is not None]
-
-    @staticmethod
-    def _lowest_off(scores: torch.Tensor, k: int) -> torch.Tensor:
-        keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
-        keep[scores.flatten().topk(k, largest=False).indices] = False
-        return keep.view(scores.shape)
-
-    def _keeps(self, target_ratio: float) -> list[torch.Tensor]:
-        scores = [self._scores(t) for t in self._tensors]
-        if self.spec.scope == "local":
-            return [self._lowest_off(s, round(target_ratio * s.numel())) for s in scores]
-        flat = torch.cat([s.flatten().to(scores[0].device) for s in scores])
-        parts = self._lowest_off(flat, round(target_ratio * flat.numel())).split(
-            [s.numel() for s in scores])
-        return [p.view(s.shape).to(s.device) for p, s in zip(parts, scores, strict=True)]
-
-    def _check_pattern(self, target_ratio: float) -> None:
-        counts = [(t.key, t.pruned(), t.original().numel()) for t in self._tensors]
-        if self.spec.scope == "global":
-            counts = [("all prunable tensors", sum(c[1] for c in counts), self._total)]
-        for key, pruned, n in counts:
-            if abs(pruned - target_ratio * n) > 1:
-                raise CheckFailed(f"unstructured step {self._step + 1}: {key!r} has {pruned} "
-                                  f"of {n} weights masked, expected {target_ratio * n:.1f}")
-
-
-class NMPruner(_MaskPruner):
-    """Keep the ``n`` largest of every ``m`` consecutive input weights (e.g. 2:4), one step.
-
-    Blocks run along the input dimension: Linear ``[out, in]`` rows, Conv ``[out, in, *k]``
-    across input channels at each (out, kernel position). A layer whose input width is not a
-    multiple of ``m`` is skipped (:attr:`skipped` says why; its sparsity reads 0.0).
-    """
-
-    kind = "n:m"
-    eligible = "is not ignored, not the output layer and has an input width divisible by m"
-
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
-                 cumulative_ratios: Sequence[float]) -> None:
-        super().__init__(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
-        assert len(self._ratios) == 1 and abs(self._ratios[0] - (1 - spec.n / spec.m)) < 1e-9
-
-    @staticmethod
-    def _in_dim(module: nn.Module) -> int:
-        # ConvTranspose weights are [in, out/groups, *k]; the others [out, in/groups, *k].
-        return 0 if getattr(module, "transposed", False) else 1
-
-    def _select(self, name: str, module: nn.Module) -> list[_Tensor]:
-        if not isinstance(module, _DENSE):
-            return []
-        width = module.weight.shape[self._in_dim(module)]
-        if width % self.spec.m:
-            self.skipped[name] = f"input width {width} is not divisible by m={self.spec.m}"
-            log.info("n:m: skipping %s: %s", name, self.skipped[name])
-            return []
-        return [_Tensor(name, module, "weight")]
-
-    def _blocks(self, t: _Tensor, w: torch.Tensor) -> torch.Tensor:
-        """``w`` as [..., blocks, m], the blocks running along the input dimension."""
-        w = w.movedim(self._in_dim(t.module), -1)
-        return w.reshape(*w.shape[:-1], -1, self.spec.m)
-
-    def _keeps(self, target_ratio: float) -> list[torch.Tensor]:
-        keeps = []
-        for t in self._tensors:
-            blocks = self._blocks(t, self._scores(t))
-            keep = torch.zeros_like(blocks, dtype=torch.bool)
-            keep.scatter_(-1, blocks.topk(self.spec.n, dim=-1).indices, True)  # exactly n
-            shape = t.original().movedim(self._in_dim(t.module), -1).shape
-            keeps.append(keep.reshape(shape).movedim(-1, self._in_dim(t.module)))
-        return keeps
-
-    def _check_pattern(self, target_ratio: float) -> None:
-        for t in self._tensors:
-            worst = int((self._blocks(t, t.effective()) != 0).sum(dim=-1).max())
-            if worst > self.spec.n:
-                raise CheckFailed(f"n:m step: {t.key!r} has a block of {self.spec.m} weights "
-                                  f"with {worst} non-zeros (at most {self.spec.n} allowed)")
 
 
 def load_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -382,26 +281,6 @@ def folded_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _check_unstructured(spec: PruningSpec) -> None:
-    check_ratio_or_target(spec)
-    check_transformer_fractions(spec, structured=False)
-    if spec.target is not None:
-        raise ValueError("unstructured pruning does not reduce dense MACs; give "
-                         "'ratio' (the weight sparsity) instead of 'target'")
-
-
-def _check_nm(spec: PruningSpec) -> None:
-    if spec.n >= spec.m:
-        raise ValueError(f"n:m pruning needs n < m (got {spec.n}:{spec.m})")
-    if spec.ratio is not None or spec.target is not None:
-        raise ValueError("n:m pruning fixes the sparsity at 1 - n/m; remove 'ratio'/'target'")
-
-
-def _kind(cls: type[_MaskPruner], **hooks: Any) -> PruningKind:
+def mask_kind(cls: type[MaskPruner], **hooks: Any) -> PruningKind:
     doc = (cls.__doc__ or "").split("\n\n")[0]
     return PruningKind(cls, criteria=MASK_CRITERIA, description=" ".join(doc.split()), **hooks)
-
-
-PRUNING_KINDS.register("unstructured")(_kind(UnstructuredPruner, check=_check_unstructured))
-PRUNING_KINDS.register("n:m")(_kind(NMPruner, check=_check_nm, single_step=True,
-                                    final_target=lambda spec: 1.0 - spec.n / spec.m))

@@ -1,0 +1,81 @@
+"""The ``unstructured`` kind: the smallest (or random) single weights masked to zero, locally
+per tensor or globally, up to a cumulative fraction of the original.
+
+Example:
+    >>> from torch import nn
+    >>> from compress.recipe.pruning import PruningSpec
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    >>> x = torch.randn(4, 8)
+    >>> pruner = UnstructuredPruner(model, x[:1], PruningSpec(kind="unstructured", ratio=0.5),
+    ...                             cumulative_ratios=[0.5])
+    >>> pruner.step_(0.5, x).removed, pruner.sparsity()["layers"]["0"]
+    (64, 0.5)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compress.errors import CheckFailed
+from compress.pruning.base import (PRUNING_KINDS, check_ratio_or_target,
+                                   check_transformer_fractions)
+from compress.pruning.masks import DENSE_LAYERS, NORM_LAYERS, MaskedTensor, MaskPruner, mask_kind
+from compress.recipe.pruning import PruningSpec
+
+__all__ = ["UnstructuredPruner"]
+
+
+class UnstructuredPruner(MaskPruner):
+    """Zero the smallest (or random) weights up to a cumulative fraction of the original.
+
+    ``scope: local`` prunes that fraction of every tensor, ``global`` ranks all tensors
+    together. Exactly ``round(target * count)`` weights are pruned: ``topk`` cuts ties, where
+    a threshold could overshoot.
+    """
+
+    kind = "unstructured"
+
+    def _select(self, name: str, module: nn.Module) -> list[MaskedTensor]:
+        params = []
+        if isinstance(module, DENSE_LAYERS):
+            params = ["weight"] + (["bias"] if self.spec.prune_biases else [])
+        elif isinstance(module, NORM_LAYERS) and self.spec.prune_norms:
+            params = ["weight"]  # the scale; a zero shift would not remove anything
+        return [MaskedTensor(name if p == "weight" else f"{name}.{p}", module, p) for p in params
+                if getattr(module, p, None) is not None]
+
+    @staticmethod
+    def _lowest_off(scores: torch.Tensor, k: int) -> torch.Tensor:
+        keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+        keep[scores.flatten().topk(k, largest=False).indices] = False
+        return keep.view(scores.shape)
+
+    def _keeps(self, target_ratio: float) -> list[torch.Tensor]:
+        scores = [self._scores(t) for t in self._tensors]
+        if self.spec.scope == "local":
+            return [self._lowest_off(s, round(target_ratio * s.numel())) for s in scores]
+        flat = torch.cat([s.flatten().to(scores[0].device) for s in scores])
+        parts = self._lowest_off(flat, round(target_ratio * flat.numel())).split(
+            [s.numel() for s in scores])
+        return [p.view(s.shape).to(s.device) for p, s in zip(parts, scores, strict=True)]
+
+    def _check_pattern(self, target_ratio: float) -> None:
+        counts = [(t.key, t.pruned(), t.original().numel()) for t in self._tensors]
+        if self.spec.scope == "global":
+            counts = [("all prunable tensors", sum(c[1] for c in counts), self._total)]
+        for key, pruned, n in counts:
+            if abs(pruned - target_ratio * n) > 1:
+                raise CheckFailed(f"unstructured step {self._step + 1}: {key!r} has {pruned} "
+                                  f"of {n} weights masked, expected {target_ratio * n:.1f}")
+
+
+def _check_unstructured(spec: PruningSpec) -> None:
+    check_ratio_or_target(spec)
+    check_transformer_fractions(spec, structured=False)
+    if spec.target is not None:
+        raise ValueError("unstructured pruning does not reduce dense MACs; give "
+                         "'ratio' (the weight sparsity) instead of 'target'")
+
+
+PRUNING_KINDS.register("unstructured")(mask_kind(UnstructuredPruner, check=_check_unstructured))
