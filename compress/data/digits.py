@@ -25,7 +25,7 @@ from compress.data.images import IMAGE_STARTER, ImageSource
 from compress.errors import InputError
 
 if TYPE_CHECKING:
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["DigitsSource", "load_digits_split"]
 
@@ -72,7 +72,7 @@ class DigitsSource(ImageSource):
         """No keys to write: grayscale digits, which mirroring would turn into other shapes.
 
         Example:
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> DigitsSource().starter_keys(StarterWriter(), "", StarterRequest(data="digits"))
             (False, False)
         """

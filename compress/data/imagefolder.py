@@ -40,7 +40,7 @@ from compress.data.images import ImageSource
 from compress.errors import InputError
 
 if TYPE_CHECKING:
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["ImageFolderSource", "LazyImages", "cache_root", "extract_archive"]
 
@@ -292,7 +292,7 @@ class ImageFolderSource(ImageSource):
         """The folder or archive: colour photos, which mirroring leaves in their class.
 
         Example:
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> ImageFolderSource().starter_keys(StarterWriter(), "./data", StarterRequest())
             (True, True)
         """

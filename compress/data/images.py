@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from compress.data import DataBundle
     from compress.recipe.sources import DataSpec
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["IMAGENET_STATS", "IMAGE_STARTER", "ImageSource"]
 
@@ -77,7 +77,7 @@ class ImageSource:
 
         Example:
             >>> from compress.data.digits import DigitsSource
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> w = StarterWriter()
             >>> DigitsSource().starter(w, "", StarterRequest(data="digits"))
             >>> [line for line in w.lines if not line.lstrip().startswith("#")]

@@ -35,7 +35,7 @@ from compress.hf_names import resolve_hf_name
 if TYPE_CHECKING:
     from compress.data import DataBundle
     from compress.recipe.sources import DataSpec
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["TextClassification", "TextLM", "TextSource", "TokenRows", "TrimPadding",
            "with_default_tokenizer"]
@@ -174,7 +174,7 @@ class TextSource:
         """Write the data section's keys after ``source``: the folder, splits and lengths.
 
         Example:
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> w = StarterWriter()
             >>> TextLM().starter(w, "./corpus", StarterRequest(data="text_lm:./corpus"))
             >>> [line for line in w.lines if not line.lstrip().startswith("#")][:2]

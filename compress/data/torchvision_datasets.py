@@ -26,7 +26,7 @@ from compress.data.images import ImageSource
 from compress.errors import InputError
 
 if TYPE_CHECKING:
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["SUPPORTED", "TorchvisionDataSource"]
 
@@ -97,7 +97,7 @@ class TorchvisionDataSource(ImageSource):
         """The dataset and its root folder, never downloaded unless asked to.
 
         Example:
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> TorchvisionDataSource().starter_keys(StarterWriter(), "MNIST", StarterRequest())
             (False, False)
         """

@@ -6,7 +6,7 @@ Each source writes its own keys (``starter_keys``); the rest is here, once.
 
 Example:
     >>> from compress.models.cifar_resnet import CifarResNetSource
-    >>> from compress.authoring.starter import StarterRequest, StarterWriter
+    >>> from compress.authoring.writer import StarterRequest, StarterWriter
     >>> w = StarterWriter()
     >>> CifarResNetSource().starter(w, "resnet20", StarterRequest(data_classes=10))
     {'name': 'resnet20', 'num_classes': 10}
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from compress.errors import InputError
 
 if TYPE_CHECKING:
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["CHANNEL_STARTER", "ChannelPrunedSource"]
 
@@ -63,7 +63,7 @@ class ChannelPrunedSource:
 
         Example:
             >>> from compress.models.torchvision_source import TorchvisionSource
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> TorchvisionSource().starter(StarterWriter(), "resnet18",
             ...                             StarterRequest(checkpoint="w.safetensors"))
             {'name': 'resnet18', 'checkpoint': 'w.safetensors'}
@@ -95,7 +95,7 @@ class ChannelPrunedSource:
         """Write the pruning keys that follow the target: rounded channel counts.
 
         Example:
-            >>> from compress.authoring.starter import StarterWriter
+            >>> from compress.authoring.writer import StarterWriter
             >>> w = StarterWriter()
             >>> ChannelPrunedSource().starter_pruning(w, 0.5)
             >>> w.lines[-1]

@@ -22,7 +22,7 @@ from compress.models import MODEL_SOURCES
 from compress.models.base import ChannelPrunedSource
 
 if TYPE_CHECKING:
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["ChannelMapShortcut", "CifarResNet", "cifar_resnet"]
 
@@ -164,7 +164,7 @@ class CifarResNetSource(ChannelPrunedSource):
         """The architecture, and the data's classes when they are known.
 
         Example:
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> CifarResNetSource().starter_keys(StarterWriter(), "resnet56", StarterRequest())
             {'name': 'resnet56'}
         """

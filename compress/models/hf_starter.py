@@ -21,7 +21,7 @@ from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 
 if TYPE_CHECKING:
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["TASK_OF_DATA", "HuggingFaceStarter"]
 
@@ -54,7 +54,7 @@ class HuggingFaceStarter:
         first (``head: finetune``), and that model is the baseline.
 
         Example:
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> HuggingFaceStarter().starter(StarterWriter(), "org/gpt", StarterRequest(
             ...     model="huggingface:org/gpt", data="text_lm:./corpus"))
             {'name': 'org/gpt', 'task': 'causal-lm'}
@@ -106,7 +106,7 @@ class HuggingFaceStarter:
         """Write the pruning keys that follow the ratio: heads and FFN neurons alike.
 
         Example:
-            >>> from compress.authoring.starter import StarterWriter
+            >>> from compress.authoring.writer import StarterWriter
             >>> w = StarterWriter()
             >>> HuggingFaceStarter().starter_pruning(w, 0.5)
             >>> w.lines[:2]

@@ -17,7 +17,7 @@ from compress.models import MODEL_SOURCES
 from compress.models.base import ChannelPrunedSource
 
 if TYPE_CHECKING:
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["PythonSource", "import_factory"]
 
@@ -65,7 +65,7 @@ class PythonSource(ChannelPrunedSource):
         """The factory; ``num_classes`` only when asked for (the factory may not take it).
 
         Example:
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> PythonSource().starter_keys(StarterWriter(), "nets.py:cnn",
             ...                             StarterRequest(num_classes=3))
             {'factory': 'nets.py:cnn', 'num_classes': 3}

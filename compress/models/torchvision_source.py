@@ -13,7 +13,7 @@ from compress.models import MODEL_SOURCES
 from compress.models.base import CHANNEL_STARTER, ChannelPrunedSource
 
 if TYPE_CHECKING:
-    from compress.authoring.starter import StarterRequest, StarterWriter
+    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["TorchvisionSource"]
 
@@ -28,7 +28,7 @@ class TorchvisionSource(ChannelPrunedSource):
         """The architecture; ImageNet weights for ImageNet's 1000 classes, else the data's.
 
         Example:
-            >>> from compress.authoring.starter import StarterRequest, StarterWriter
+            >>> from compress.authoring.writer import StarterRequest, StarterWriter
             >>> TorchvisionSource().starter_keys(StarterWriter(), "resnet18", StarterRequest())
             {'name': 'resnet18'}
         """
