@@ -1,8 +1,8 @@
 """The recipe reference (``docs/recipes.md``) and the registry listing, generated from the code.
 
 Both read the pydantic recipe models and the live registries, so a new field or a newly
-registered name shows up here without anyone editing a document; ``tests/test_docs.py`` fails
-when the committed ``docs/recipes.md`` is stale.
+registered name shows up here without anyone editing a document;
+``tests/authoring/test_reference.py`` fails when the committed ``docs/recipes.md`` is stale.
 
 Example:
     >>> from compress.authoring.reference import list_registries, render_recipe_reference
@@ -32,8 +32,8 @@ __all__ = ["inline_yaml", "list_registries", "recipe_sections", "render_recipe_r
 
 # Keys of each section shown in its YAML snippet. The VALUES come from the fields' `examples`;
 # only the choice of keys is made here, because not every example combines with every other
-# (ratio vs target, hybrid-only keys) and a snippet must be a valid recipe. tests/test_docs.py
-# validates all snippets together as one recipe.
+# (ratio vs target, hybrid-only keys) and a snippet must be a valid recipe.
+# tests/authoring/test_reference.py validates all snippets together as one recipe.
 _SNIPPET_KEYS: dict[str, tuple[str, ...]] = {
     "": ("version", "name", "seed", "device"),
     "model": ("source", "name", "checkpoint"),

@@ -70,7 +70,7 @@ def tiny(source: str, tmp_path: Path) -> tuple[dict[str, Any], tuple[int, ...], 
     pytest.fail(f"dataset source {source!r} has no tiny test data; add it to tiny()")
 
 
-# Token sources (text, text_lm) yield int64 ids, not images: tests/test_data_text.py covers them.
+# Token sources (text, text_lm) yield int64 ids, not images: tests/data/test_text.py covers them.
 TOKEN_SOURCES = {"text", "text_lm"}
 
 

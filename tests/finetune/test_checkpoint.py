@@ -24,7 +24,7 @@ from compress.finetune.stats import FinetuneStats
 from compress.recipe.stages import FinetuneSpec
 from compress.signals import stop_on_signals
 from tests.conftest import tiny_cnn
-from tests.test_finetune import Faulty, same_state, state
+from tests.finetune.test_finetune import Faulty, same_state, state
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -19,7 +19,7 @@ from compress.finetune.gpu import (amp_dtype, autocast, channels_last_, compiled
                                    grad_scaler)
 from compress.recipe.stages import FinetuneSpec
 from tests.conftest import ROOT, tiny_cnn, tiny_recipe
-from tests.test_finetune import image_loader, same_state, state
+from tests.finetune.test_finetune import image_loader, same_state, state
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -6,7 +6,7 @@ import yaml
 from compress.errors import InputError
 from compress.recipe.load import apply_overrides, load_recipe, parse_recipe, recipe_json_schema
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = {"version": 1, "model": {"source": "cifar_resnet", "name": "resnet20"},
         "data": {"source": "digits"}, "pruning": {"ratio": 0.5}}
 

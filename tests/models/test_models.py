@@ -19,7 +19,8 @@ TINY_SPECS = {
 }
 
 
-# huggingface models load from folders; tests/test_huggingface.py builds, prunes and reloads them.
+# huggingface models load from folders; tests/models/test_huggingface.py builds, prunes and
+# reloads them.
 @pytest.mark.parametrize("source", [n for n in MODEL_SOURCES.names() if n != "huggingface"])
 def test_every_source_builds_and_loads_its_own_checkpoint(source: str, tmp_path: Path) -> None:
     spec = ModelSpec(source=source, **TINY_SPECS[source])

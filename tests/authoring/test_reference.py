@@ -9,7 +9,7 @@ import pytest
 from compress.authoring.reference import (inline_yaml, list_registries, recipe_sections,
                                           render_recipe_reference, section_snippets)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REGEN = "compress schema --markdown > docs/recipes.md"
 
 

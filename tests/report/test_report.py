@@ -23,7 +23,7 @@ from compress.measure.counts import onnx_widths
 from compress.report.build import build_report, render_report, write_report
 from compress.report.html import markdown_to_html, report_plots
 from compress.report.markdown import zeroes_weights
-from tests.test_gate import make_report, write_run
+from tests.gates.test_gate import make_report, write_run
 
 runner = CliRunner()
 _IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
