@@ -75,7 +75,7 @@ TOKEN_SOURCES = {"text", "text_lm"}
 
 
 def test_token_sources_have_their_own_tests() -> None:
-    from tests import test_data_text
+    from tests.data import test_text as test_data_text
 
     assert TOKEN_SOURCES <= set(DATASETS.names())
     assert hasattr(test_data_text, "test_text_source_tokenises_pads_and_labels")
