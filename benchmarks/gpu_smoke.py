@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def throughput(args: argparse.Namespace, checkpoint: Path | None) -> dict[str, Any]:
     from compress.finetune.finetune import finetune_
     from compress.models import build_model
-    from compress.recipe.stages import FinetuneSpec
     from compress.recipe.sources import ModelSpec
+    from compress.recipe.stages import FinetuneSpec
 
     device = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
@@ -87,8 +87,8 @@ def _random_imagefolder(root: Path, per_class: int = 8) -> Path:
 
 def pipeline(args: argparse.Namespace, checkpoint: Path | None, archive: Path | None,
              work: Path) -> dict[str, Any]:
-    from compress.run.pipeline import run_recipe
     from compress.recipe.load import load_recipe
+    from compress.run.pipeline import run_recipe
 
     overrides = ["device=cuda", "report.device=cuda", "report.batch_sizes=[1, 256]",
                  f"finetune.max_steps={args.pipeline_steps}", "finetune.epochs=1",

@@ -22,8 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (RESNET_CKPT, add_common_args, finish, fmt_table, make_parser,
-                     require_shared, start)
+from _common import (
+    RESNET_CKPT,
+    add_common_args,
+    finish,
+    fmt_table,
+    make_parser,
+    require_shared,
+    start,
+)
 
 log = logging.getLogger("bench")
 
@@ -50,9 +57,9 @@ def build(model: Any, name: str, lever: tuple, work: Path, target: float) -> dic
     import torch
 
     from compress.export.onnx import export_onnx
-    from compress.pruning.structured import StructuredPruner
     from compress.measure.counts import count_macs_params
     from compress.pruning.planning import solve_ratio_for_macs
+    from compress.pruning.structured import StructuredPruner
     from compress.recipe.pruning import PruningSpec
 
     _, ignored, round_to, conv, _ = lever
@@ -81,11 +88,11 @@ def main() -> None:
     require_shared(RESNET_CKPT[net])
     import torch
 
-    from compress.export.onnx import export_onnx
     from compress.errors import InputError
+    from compress.export.onnx import export_onnx
+    from compress.measure.counts import count_macs_params
     from compress.measure.latency import compare_onnx
     from compress.models import build_model
-    from compress.measure.counts import count_macs_params
     from compress.recipe.sources import ModelSpec
     from compress.recipe.stages import ReportSpec
 

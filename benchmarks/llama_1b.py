@@ -50,13 +50,13 @@ def main() -> None:
 
     from transformers import LlamaForCausalLM
 
-    from compress.export.onnx import check_parity, export_onnx, onnx_session, onnx_size
     from compress.export.hf import save_hf_
-    from compress.pruning.hf_layout import blocks
-    from compress.models.huggingface import HFModel
+    from compress.export.onnx import check_parity, export_onnx, onnx_session, onnx_size
     from compress.measure.counts import count_macs_params
-    from compress.recipe.pruning import PruningSpec
+    from compress.models.huggingface import HFModel
+    from compress.pruning.hf_layout import blocks
     from compress.pruning.transformer import TransformerPruner
+    from compress.recipe.pruning import PruningSpec
 
     args.out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}

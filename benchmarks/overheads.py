@@ -28,8 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (RESNET_CKPT, ROOT, add_common_args, finish, fmt_table, make_parser,
-                     require_shared, shown_path, start)
+from _common import (
+    RESNET_CKPT,
+    ROOT,
+    add_common_args,
+    finish,
+    fmt_table,
+    make_parser,
+    require_shared,
+    shown_path,
+    start,
+)
 from peer_torch_pruning import plain_finetune
 
 log = logging.getLogger("bench")
@@ -88,8 +97,8 @@ def loop_throughput(p: dict[str, Any]) -> dict[str, Any]:
     from compress.data import build_data
     from compress.finetune.finetune import finetune_
     from compress.models import build_model
-    from compress.recipe.stages import FinetuneSpec
     from compress.recipe.load import load_recipe
+    from compress.recipe.stages import FinetuneSpec
 
     recipe = load_recipe(RECIPE, p["overrides"] + [f"data.batch_size={p['batch']}"])
     bundle = build_data(recipe.data, resolve=recipe.resolve_path, seed=0)

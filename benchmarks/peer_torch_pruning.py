@@ -28,8 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (RESNET_CKPT, ROOT, add_common_args, finish, fmt_table, make_parser,
-                     require_shared, start, stopwatch)
+from _common import (
+    RESNET_CKPT,
+    ROOT,
+    add_common_args,
+    finish,
+    fmt_table,
+    make_parser,
+    require_shared,
+    start,
+    stopwatch,
+)
 
 log = logging.getLogger("bench")
 

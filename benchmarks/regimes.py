@@ -35,8 +35,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import (CIFAR_JPG, NORMALIZE, RESNET_CKPT, add_common_args, finish, fmt_table,
-                     make_parser, require_shared, start, stopwatch)
+from _common import (
+    CIFAR_JPG,
+    NORMALIZE,
+    RESNET_CKPT,
+    add_common_args,
+    finish,
+    fmt_table,
+    make_parser,
+    require_shared,
+    start,
+    stopwatch,
+)
 
 log = logging.getLogger("bench")
 
@@ -74,14 +84,14 @@ def adapt_baseline(p: dict[str, Any], work: Path) -> tuple[Path, dict[str, Any]]
     """Fine-tune the shared ResNet-20 for one short epoch on the JPEG images; cached."""
     from safetensors.torch import save_file
 
-    from compress.run.context import resolve_device, seed_everything
     from compress.data import build_data
-    from compress.measure.evaluate import evaluate
     from compress.export.safetensors import plain_state_dict
     from compress.finetune.finetune import finetune_
+    from compress.measure.evaluate import evaluate
     from compress.models import build_model
     from compress.recipe.sources import DataSpec, ModelSpec
     from compress.recipe.stages import FinetuneSpec
+    from compress.run.context import resolve_device, seed_everything
 
     config = {"checkpoint": str(RESNET_CKPT["resnet20"]), "images": p["adapt_images"],
               "batch": p["batch"], "lr": 0.01, "eval_subset": p["eval_subset"]}

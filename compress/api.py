@@ -21,14 +21,14 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.export.load import load_model
-from compress.run.loop import run_schedule_
-from compress.run.pipeline import Result, run_recipe
-from compress.progress import ProgressFn, progress_to
 from compress.measure.counts import count_macs_params
-from compress.recipe.stages import FinetuneSpec
+from compress.progress import ProgressFn, progress_to
+from compress.recipe.load import apply_overrides, load_recipe, parse_recipe
 from compress.recipe.pruning import PruningSpec, ScheduleSpec
 from compress.recipe.spec import Recipe
-from compress.recipe.load import apply_overrides, load_recipe, parse_recipe
+from compress.recipe.stages import FinetuneSpec
+from compress.run.loop import run_schedule_
+from compress.run.pipeline import Result, run_recipe
 
 __all__ = ["apply", "load", "prune", "Result", "PruneResult"]
 

@@ -20,8 +20,8 @@ sys.path.insert(0, str(HERE / "quickstart"))
 from digits_cnn import digits_cnn  # noqa: E402
 
 from compress.data import build_data  # noqa: E402
-from compress.measure.evaluate import evaluate  # noqa: E402
 from compress.finetune.finetune import finetune_  # noqa: E402
+from compress.measure.evaluate import evaluate  # noqa: E402
 from compress.recipe.sources import DataSpec
 from compress.recipe.stages import FinetuneSpec  # noqa: E402
 

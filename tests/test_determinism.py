@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compress.run.pipeline import run_recipe
 from compress.recipe.load import parse_recipe
+from compress.run.pipeline import run_recipe
 from tests.conftest import tiny_recipe
 
 STEP_KEYS = ("layers", "macs", "params", "accuracy", "loss", "finetune_steps", "removed")

@@ -39,10 +39,10 @@ from compress.data import DATASETS
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES
 from compress.pruning.criteria import IMPORTANCE
-from compress.recipe.spec import Recipe
 from compress.recipe.load import parse_recipe
-from compress.schedules import SCHEDULES
+from compress.recipe.spec import Recipe
 from compress.run.preflight import check_recipe
+from compress.schedules import SCHEDULES
 from tests.conftest import ROOT
 
 FACTORY = f"{ROOT}/examples/quickstart/digits_cnn.py:digits_cnn"

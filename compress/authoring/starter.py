@@ -25,8 +25,13 @@ from typing import Any
 import yaml
 
 from compress.authoring.reference import inline_yaml
-from compress.authoring.regime import (FIRST_STEP_SHARE, ONE_SHOT_BELOW, Regime, choose_regime,
-                                       looks_like_transformer)
+from compress.authoring.regime import (
+    FIRST_STEP_SHARE,
+    ONE_SHOT_BELOW,
+    Regime,
+    choose_regime,
+    looks_like_transformer,
+)
 from compress.authoring.writer import StarterRequest, StarterWriter
 from compress.errors import InputError
 

@@ -45,8 +45,8 @@ def apply(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     With --json, stdout holds the report (report.json's content).
     """
     o = Output("apply", json_out=json_out, quiet=quiet, verbose=verbose)
-    from compress.run.pipeline import run_recipe
     from compress.recipe.load import load_recipe
+    from compress.run.pipeline import run_recipe
 
     try:
         with o.progress():
@@ -107,8 +107,8 @@ def inspect(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
             verbose: bool = VerboseOption) -> None:
     """Dry run: groups, matched patterns and predicted widths/params/MACs per step."""
     o = Output("inspect", json_out=json_out, quiet=quiet, verbose=verbose)
-    from compress.run.inspection import inspect_recipe, plot_sensitivity
     from compress.recipe.load import load_recipe
+    from compress.run.inspection import inspect_recipe, plot_sensitivity
 
     try:
         info = inspect_recipe(load_recipe(recipe, set_ or []), sensitivity=sensitivity,
@@ -203,8 +203,8 @@ def list_(json_out: bool = JsonOption, quiet: bool = QuietOption,
     With --json: {registry title: [{"name": ..., "description": ...}, ...]}.
     """
     o = Output("list", json_out=json_out, quiet=quiet, verbose=verbose)
-    from compress.cli.render import print_registries
     from compress.authoring.reference import list_registries
+    from compress.cli.render import print_registries
 
     registries = list_registries()
     o.result({title: [{"name": n, "description": d} for n, d in entries]

@@ -60,8 +60,7 @@ class ProgressBars:
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.progress is None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
-                                       TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             self.progress = Progress("[progress.description]{task.description}", BarColumn(),
                                      MofNCompleteColumn(), TimeRemainingColumn(),

@@ -27,8 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from compress.data.base import (RawData, SeededShuffle, Transform, View, seeded_holdout,
-                                seeded_subset)
+from compress.data.base import (
+    RawData,
+    SeededShuffle,
+    Transform,
+    View,
+    seeded_holdout,
+    seeded_subset,
+)
 from compress.errors import InputError
 from compress.registry import SourceRegistry
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from compress.authoring.writer import StarterRequest, StarterWriter
     from compress.data import DataBundle
     from compress.recipe.sources import DataSpec
-    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["IMAGENET_STATS", "IMAGE_STARTER", "ImageSource"]
 

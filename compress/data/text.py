@@ -33,9 +33,9 @@ from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 
 if TYPE_CHECKING:
+    from compress.authoring.writer import StarterRequest, StarterWriter
     from compress.data import DataBundle
     from compress.recipe.sources import DataSpec
-    from compress.authoring.writer import StarterRequest, StarterWriter
 
 __all__ = ["TextClassification", "TextLM", "TextSource", "TokenRows", "TrimPadding",
            "with_default_tokenizer"]

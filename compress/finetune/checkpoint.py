@@ -40,10 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.fsutil import write_text_atomic
 from compress.finetune.patience import BestWeights, Monitor
-from compress.signals import deferred_stop, stop_requested
+from compress.fsutil import write_text_atomic
 from compress.rng import restore_rng_state, rng_state, sampler_generator
+from compress.signals import deferred_stop, stop_requested
 
 __all__ = ["Position", "Snapshot", "FinetuneCheckpoint", "write_snapshot", "read_snapshot",
            "latest_snapshot", "latest_snapshot_dir", "remove_snapshots"]

@@ -49,15 +49,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compress.errors import InputError
 from compress.finetune.checkpoint import FinetuneCheckpoint
 from compress.finetune.distributed import Processes
-from compress.errors import InputError
 from compress.finetune.gpu import channels_last_, compiled
-from compress.measure.evaluate import evaluate, task_loss
-from compress.finetune.stats import FinetuneStats
 from compress.finetune.patience import BestWeights, Monitor, ValidateFn
-from compress.recipe.stages import FinetuneSpec
+from compress.finetune.stats import FinetuneStats
 from compress.finetune.trainloop import Fit, fit
+from compress.measure.evaluate import evaluate, task_loss
+from compress.recipe.stages import FinetuneSpec
 
 __all__ = ["finetune_", "distillation_loss"]
 

@@ -28,12 +28,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compress.progress import report_progress
-from compress.finetune.gpu import autocast, grad_scaler
+from compress.errors import CheckFailed
 from compress.finetune.checkpoint import FinetuneCheckpoint, Position, Snapshot
 from compress.finetune.divergence import Divergence, diverged_twice, loss_divergence, weights_finite
-from compress.errors import CheckFailed
+from compress.finetune.gpu import autocast, grad_scaler
 from compress.finetune.patience import BestWeights, Monitor
+from compress.progress import report_progress
 from compress.recipe.stages import FinetuneSpec
 
 __all__ = ["Fit", "fit", "build_optimizer"]

@@ -33,8 +33,7 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.measure.machine import environment, ort_providers, session_options
-from compress.measure.timing import (Timer, latency_stats, summarize_ab, time_ab,
-                                     time_interleaved)
+from compress.measure.timing import Timer, latency_stats, summarize_ab, time_ab, time_interleaved
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -27,8 +27,8 @@ from torch import nn
 from compress.registry import SourceRegistry
 
 if TYPE_CHECKING:
-    from compress.recipe.sources import ModelSpec
     from compress.recipe.pruning import PruningSpec
+    from compress.recipe.sources import ModelSpec
 
 __all__ = ["MODEL_SOURCES", "ModelSource", "build_model", "check_model_spec", "model_tokenizer"]
 
@@ -98,5 +98,4 @@ def build_model(spec: ModelSpec, *, resolve: Callable[[str], Path] = Path,
 
 
 # Registering sources is a side effect of importing their modules.
-from compress.models import (cifar_resnet, huggingface, python_source,  # noqa: E402,F401
-                             torchvision_source)
+from compress.models import cifar_resnet, huggingface, python_source, torchvision_source  # noqa: E402,F401

@@ -27,13 +27,13 @@ from torch import nn
 from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
+from compress.models.hf_starter import HuggingFaceStarter
 from compress.pruning.hf_hidden import cut_hidden_, stream
 from compress.pruning.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
-from compress.models.hf_starter import HuggingFaceStarter
 
 if TYPE_CHECKING:
-    from compress.recipe.sources import ModelSpec
     from compress.recipe.pruning import PruningSpec
+    from compress.recipe.sources import ModelSpec
 
 __all__ = ["HuggingFaceSource", "HFModel", "TASKS", "count_transformer_macs"]
 

@@ -31,8 +31,8 @@ from torch.nn.utils import prune
 
 from compress.errors import CheckFailed, InputError
 from compress.pruning.base import PruningKind, StepRecord
-from compress.recipe.pruning import PruningSpec
 from compress.pruning.selection import protected_layers
+from compress.recipe.pruning import PruningSpec
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from compress.pruning.criteria import IMPORTANCE
 from compress.errors import InputError
 from compress.measure.counts import count_macs_params
+from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.structured import build_structured
 from compress.recipe.pruning import PruningSpec
 

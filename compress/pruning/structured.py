@@ -34,13 +34,20 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.pruning.criteria import IMPORTANCE
 from compress.errors import CheckFailed, InputError
 from compress.measure.evaluate import task_loss
-from compress.pruning.base import (PRUNING_KINDS, PruningKind, StepRecord, check_ratio_or_target,
-                                   check_transformer_fractions, prove_removals_, scheduled_step)
-from compress.recipe.pruning import PruningSpec
+from compress.pruning.base import (
+    PRUNING_KINDS,
+    PruningKind,
+    StepRecord,
+    check_ratio_or_target,
+    check_transformer_fractions,
+    prove_removals_,
+    scheduled_step,
+)
+from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.selection import default_round_to, protected_layers
+from compress.recipe.pruning import PruningSpec
 
 __all__ = ["StructuredPruner", "build_structured"]
 

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.pruning.criteria import IMPORTANCE, transformer_criteria
 from compress.errors import InputError
+from compress.pruning.base import StepRecord, prove_removals_, scheduled_step
+from compress.pruning.criteria import IMPORTANCE, transformer_criteria
 from compress.pruning.hf_hidden import Stream, cut_hidden_, masked_norms, stream, zero_hidden_
 from compress.pruning.hf_layout import (
     LAYOUTS,
@@ -40,7 +41,6 @@ from compress.pruning.hf_layout import (
     zero_in_,
     zero_out_,
 )
-from compress.pruning.base import StepRecord, prove_removals_, scheduled_step
 from compress.pruning.transformer_plan import TransformerPlanner
 from compress.recipe.pruning import PruningSpec
 

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed
-from compress.pruning.base import (PRUNING_KINDS, check_ratio_or_target,
-                                   check_transformer_fractions)
+from compress.pruning.base import PRUNING_KINDS, check_ratio_or_target, check_transformer_fractions
 from compress.pruning.masks import DENSE_LAYERS, NORM_LAYERS, MaskedTensor, MaskPruner, mask_kind
 from compress.recipe.pruning import PruningSpec
 

@@ -90,9 +90,9 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     """Assemble ``report.json``'s content (status and gates are added by the caller)."""
     import torch
 
-    from compress.measure.machine import environment
-    from compress.measure.latency import headline_speedup
     from compress.measure.counts import compressed_size, onnx_widths, weight_sparsity
+    from compress.measure.latency import headline_speedup
+    from compress.measure.machine import environment
 
     last = steps[-1]
     lat_b, lat_c, speed = latency_blocks(latency)

@@ -33,13 +33,17 @@ from typing import Any
 
 import torch
 
-from compress.finetune.checkpoint import (FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir,
-                                 remove_snapshots)
 from compress.errors import InputError
+from compress.finetune.checkpoint import (
+    FinetuneCheckpoint,
+    latest_snapshot,
+    latest_snapshot_dir,
+    remove_snapshots,
+)
 from compress.fsutil import write_text_atomic
-from compress.run.loop import ResumePoint
 from compress.pruning.base import Pruner, StepRecord
 from compress.rng import restore_rng_state, rng_state
+from compress.run.loop import ResumePoint
 
 __all__ = ["STATES", "RunFolder", "read_status", "write_status", "prepare_run_dir",
            "recipe_digest", "changed_keys", "last_finished_step"]

@@ -23,17 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
 from compress.pruning import build_pruner
-from compress.pruning.transformer import TransformerPruner, is_transformer
-from compress.measure.counts import count_macs_params
 from compress.pruning.planning import gradient_free, solve_ratios_for_macs
 from compress.pruning.selection import resolve_ignored
-from compress.run.prepare import prepare
+from compress.pruning.transformer import TransformerPruner, is_transformer
 from compress.recipe.pruning import PruningSpec
 from compress.recipe.spec import Recipe
-from compress.schedules import plan_targets
 from compress.run.preflight import check_recipe
+from compress.run.prepare import prepare
+from compress.schedules import plan_targets
 
 __all__ = ["inspect_recipe", "list_groups", "sensitivity_scan", "plot_sensitivity"]
 

@@ -21,19 +21,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.errors import InputError
 from compress.finetune.checkpoint import FinetuneCheckpoint, Snapshot
 from compress.finetune.distributed import Processes
-from compress.errors import InputError
 from compress.finetune.finetune import finetune_
-from compress.pruning.base import Pruner, StepRecord
-from compress.pruning import build_pruner
 from compress.measure.counts import count_macs_params
-from compress.pruning.planning import channel_ratios
-from compress.recipe.stages import FinetuneSpec
-from compress.recipe.pruning import PruningSpec, ScheduleSpec
-from compress.signals import stop_requested
-from compress.schedules import plan_targets
+from compress.pruning import build_pruner
+from compress.pruning.base import Pruner, StepRecord
 from compress.pruning.masks import load_state_
+from compress.pruning.planning import channel_ratios
+from compress.recipe.pruning import PruningSpec, ScheduleSpec
+from compress.recipe.stages import FinetuneSpec
+from compress.schedules import plan_targets
+from compress.signals import stop_requested
 
 __all__ = ["run_schedule_", "StepCallback", "CheckpointFactory", "ResumePoint"]
 

@@ -20,32 +20,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.finetune.checkpoint import FinetuneCheckpoint
-from compress.run.context import RunContext, resolve_device
 from compress.data import serving_info
-from compress.finetune.distributed import Processes, architecture_digest, processes
 from compress.errors import CompressError
-from compress.measure.evaluate import evaluate
+from compress.export.hf import save_hf_
 from compress.export.model import export_model
 from compress.export.onnx import export_onnx, onnx_size
 from compress.export.safetensors import save_safetensors
-from compress.export.hf import save_hf_
-from compress.gates.gate import GateOutcome, evaluate_gates, gates_passed
+from compress.finetune.checkpoint import FinetuneCheckpoint
+from compress.finetune.distributed import Processes, architecture_digest, processes
 from compress.finetune.gpu import cuda_settings
 from compress.finetune.head import train_head_
-from compress.run.loop import run_schedule_
-from compress.measure.latency import Candidate, measure_latency
+from compress.gates.gate import GateOutcome, evaluate_gates, gates_passed
 from compress.measure.counts import count_macs_params
-from compress.run.prepare import prepare, resolved_model_spec
+from compress.measure.evaluate import evaluate
+from compress.measure.latency import Candidate, measure_latency
 from compress.pruning.base import Pruner, StepRecord
+from compress.pruning.masks import folded_copy
+from compress.pruning.transformer import is_transformer
 from compress.recipe.spec import Recipe
 from compress.report.build import build_report, write_report
 from compress.rng import sampler_generator
+from compress.run.context import RunContext, resolve_device
 from compress.run.folder import RunFolder, recipe_digest, write_status
-from compress.signals import stop_on_signals
-from compress.pruning.masks import folded_copy
-from compress.pruning.transformer import is_transformer
+from compress.run.loop import run_schedule_
 from compress.run.preflight import check_recipe
+from compress.run.prepare import prepare, resolved_model_spec
+from compress.signals import stop_on_signals
 
 __all__ = ["Result", "run_recipe", "default_out_dir"]
 

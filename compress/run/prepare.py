@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.run.context import seed_everything
 from compress.data import DataBundle, build_data
 from compress.data.text import with_default_tokenizer
 from compress.errors import InputError
 from compress.models import build_model, model_tokenizer
 from compress.recipe.sources import ModelSpec
 from compress.recipe.spec import Recipe
+from compress.run.context import seed_everything
 
 __all__ = ["Prepared", "prepare", "check_outputs", "resolved_model_spec"]
 

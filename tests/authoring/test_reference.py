@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from compress.authoring.reference import (inline_yaml, list_registries, recipe_sections,
-                                          render_recipe_reference, section_snippets)
+from compress.authoring.reference import (
+    inline_yaml,
+    list_registries,
+    recipe_sections,
+    render_recipe_reference,
+    section_snippets,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 REGEN = "compress schema --markdown > docs/recipes.md"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress.errors import InputError
 from compress.authoring.regime import choose_regime, looks_like_transformer
 from compress.authoring.starter import render_starter_recipe
+from compress.errors import InputError
 
 # One spec per registered source; test_every_source_has_a_spec keeps the lists complete.
 MODELS = {"torchvision": "torchvision:resnet18", "cifar_resnet": "cifar_resnet:resnet56",

@@ -11,9 +11,9 @@ import torch
 from compress.api import load
 from compress.data import build_data
 from compress.errors import InputError
-from compress.run.pipeline import run_recipe
-from compress.recipe.sources import DataSpec
 from compress.recipe.load import parse_recipe
+from compress.recipe.sources import DataSpec
+from compress.run.pipeline import run_recipe
 from tests.hf_models import minilm_path, save_tiny
 
 POSITIVE = ["a wonderful , moving film", "great acting and a sharp script", "pure joy"]

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed, InputError
-from compress.export.onnx import check_parity, export_onnx, onnx_session
-from compress.export.model import export_model
 from compress.export.load import load_model
+from compress.export.model import export_model
+from compress.export.onnx import check_parity, export_onnx, onnx_session
 from compress.models.cifar_resnet import cifar_resnet
 from compress.pruning.structured import StructuredPruner
-from compress.recipe.stages import ExportSpec
-from compress.recipe.sources import ModelSpec
 from compress.recipe.pruning import PruningSpec
+from compress.recipe.sources import ModelSpec
+from compress.recipe.stages import ExportSpec
 
 
 def _pruned_resnet20() -> nn.Module:

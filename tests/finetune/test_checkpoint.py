@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import compress.finetune.checkpoint as checkpoint
 from compress.finetune.checkpoint import FinetuneCheckpoint, latest_snapshot, latest_snapshot_dir
-from compress.measure.evaluate import evaluate
 from compress.finetune.finetune import finetune_
 from compress.finetune.stats import FinetuneStats
+from compress.measure.evaluate import evaluate
 from compress.recipe.stages import FinetuneSpec
 from compress.signals import stop_on_signals
 from tests.conftest import tiny_cnn

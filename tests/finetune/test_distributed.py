@@ -20,11 +20,15 @@ import torch
 import yaml
 from torch import nn
 
-from compress.finetune.distributed import (AcceleratedProcesses, Processes, architecture_digest,
-                                           processes)
 from compress.errors import CheckFailed, InputError
-from compress.run.pipeline import run_recipe
+from compress.finetune.distributed import (
+    AcceleratedProcesses,
+    Processes,
+    architecture_digest,
+    processes,
+)
 from compress.recipe.load import load_recipe
+from compress.run.pipeline import run_recipe
 from tests.conftest import ROOT, tiny_cnn, tiny_recipe
 
 

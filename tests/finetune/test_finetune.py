@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pydantic import ValidationError
-
 from compress.errors import CheckFailed, InputError
-from compress.measure.evaluate import evaluate
 from compress.finetune.finetune import distillation_loss, finetune_
-from compress.finetune.trainloop import build_optimizer
 from compress.finetune.patience import Patience
+from compress.finetune.trainloop import build_optimizer
+from compress.measure.evaluate import evaluate
 from compress.recipe.stages import FinetuneSpec
 from tests.conftest import tiny_cnn
 

@@ -15,8 +15,14 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.finetune.finetune import finetune_
-from compress.finetune.gpu import (amp_dtype, autocast, channels_last_, compiled, cuda_settings,
-                                   grad_scaler)
+from compress.finetune.gpu import (
+    amp_dtype,
+    autocast,
+    channels_last_,
+    compiled,
+    cuda_settings,
+    grad_scaler,
+)
 from compress.recipe.stages import FinetuneSpec
 from tests.conftest import ROOT, tiny_cnn, tiny_recipe
 from tests.finetune.test_finetune import image_loader, same_state, state
@@ -153,9 +159,9 @@ def test_gpu_smoke_script_exits_cleanly_without_a_gpu() -> None:
 def test_report_device_is_checked_like_the_run_device(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from compress.run.pipeline import run_recipe
-    from compress.recipe.stages import ReportSpec
     from compress.recipe.load import parse_recipe
+    from compress.recipe.stages import ReportSpec
+    from compress.run.pipeline import run_recipe
 
     assert ReportSpec().device == "cpu"  # latency stays on the CPU unless asked
     assert ReportSpec(device="cuda:1").device == "cuda:1"

@@ -14,11 +14,16 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.measure.timing import ABTimings, summarize_ab, time_ab, time_interleaved
-from compress.measure.latency import (Candidate, compare_onnx, headline_speedup, latency_summary,
-                                      measure_latency)
-from compress.measure.machine import ort_providers, session_options
 from compress.measure.counts import count_params
+from compress.measure.latency import (
+    Candidate,
+    compare_onnx,
+    headline_speedup,
+    latency_summary,
+    measure_latency,
+)
+from compress.measure.machine import ort_providers, session_options
+from compress.measure.timing import ABTimings, summarize_ab, time_ab, time_interleaved
 from compress.recipe.stages import ReportSpec
 
 SAMPLE = (3, 16, 16)

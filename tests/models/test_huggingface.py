@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from compress.errors import CheckFailed, InputError
-from compress.export.model import export_model
-from compress.export.load import load_model
 from compress.export.hf import save_hf_
+from compress.export.load import load_model
+from compress.export.model import export_model
+from compress.measure.counts import count_macs_params
 from compress.models import build_model
 from compress.pruning.hf_layout import LAYOUTS, blocks
-from compress.measure.counts import count_macs_params
-from compress.recipe.stages import ExportSpec
-from compress.recipe.sources import ModelSpec
-from compress.recipe.pruning import PruningSpec
 from compress.pruning.transformer import TransformerPruner
+from compress.recipe.pruning import PruningSpec
+from compress.recipe.sources import ModelSpec
+from compress.recipe.stages import ExportSpec
 from tests.hf_models import ARCHS, example_input, minilm_path, save_tiny
 
 # Heads can be pruned AND saved for stock from_pretrained only where the config carries

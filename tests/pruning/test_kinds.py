@@ -14,9 +14,9 @@ from compress.authoring.reference import list_registries
 from compress.pruning import build_pruner, pruning_kind
 from compress.pruning.base import PRUNING_KINDS, PruningKind, StepRecord
 from compress.pruning.criteria import IMPORTANCE
-from compress.recipe.stages import FinetuneSpec
-from compress.recipe.pruning import PruningSpec, ScheduleSpec
 from compress.recipe.load import parse_recipe, recipe_json_schema
+from compress.recipe.pruning import PruningSpec, ScheduleSpec
+from compress.recipe.stages import FinetuneSpec
 from compress.run.loop import run_schedule_
 
 

@@ -8,11 +8,11 @@ from torch import nn
 
 import compress.pruning.masks as sparsity
 from compress.errors import CheckFailed, InputError
+from compress.measure.counts import compressed_size, weight_sparsity
 from compress.pruning import build_pruner
-from compress.recipe.pruning import PruningSpec
 from compress.pruning.nm import NMPruner
 from compress.pruning.unstructured import UnstructuredPruner
-from compress.measure.counts import compressed_size, weight_sparsity
+from compress.recipe.pruning import PruningSpec
 from tests.conftest import tiny_cnn
 
 

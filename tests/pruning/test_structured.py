@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import CheckFailed, InputError
+from compress.measure.counts import count_macs_params
 from compress.models.cifar_resnet import ChannelMapShortcut, cifar_resnet
 from compress.pruning.criteria import IMPORTANCE
-from compress.pruning.structured import StructuredPruner
-from compress.measure.counts import count_macs_params
-from compress.pruning.selection import resolve_ignored
 from compress.pruning.planning import solve_ratio_for_macs, solve_ratios_for_macs
+from compress.pruning.selection import resolve_ignored
+from compress.pruning.structured import StructuredPruner
 from compress.recipe.pruning import PruningSpec
 from tests.conftest import tiny_cnn
 

@@ -18,9 +18,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from compress.cli.app import app
-from compress.report.compare import COMPARE_ROWS, compare_reports, compare_runs
 from compress.measure.counts import onnx_widths
 from compress.report.build import build_report, render_report, write_report
+from compress.report.compare import COMPARE_ROWS, compare_reports, compare_runs
 from compress.report.html import markdown_to_html, report_plots
 from compress.report.markdown import zeroes_weights
 from tests.gates.test_gate import make_report, write_run

@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 import compress
-import compress.finetune.checkpoint
 import compress.export.model
 import compress.export.safetensors
+import compress.finetune.checkpoint
 import compress.run.folder
 from compress.finetune.checkpoint import latest_snapshot
 from compress.run.folder import changed_keys, read_status
