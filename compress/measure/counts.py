@@ -64,19 +64,13 @@ def weight_sparsity(model: nn.Module) -> dict[str, Any]:
         >>> weight_sparsity(nn.Sequential(nn.Linear(2, 2)))["layers"].keys()
         dict_keys(['0'])
     """
+    from compress.pruning.masks import MaskedTensor  # the one reading of a masked weight
+
     counts = {name: (int((w == 0).sum()), w.numel()) for name, m in model.named_modules()
-              if isinstance(m, _DENSE) for w in [_effective_weight(m)]}
+              if isinstance(m, _DENSE) for w in [MaskedTensor(name, m, "weight").effective()]}
     zeros, total = sum(z for z, _ in counts.values()), sum(n for _, n in counts.values())
     return {"layers": {k: z / max(n, 1) for k, (z, n) in counts.items()},
             "overall": zeros / max(total, 1), "zeros": zeros, "total": total}
-
-
-def _effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the forward uses: ``weight_orig * weight_mask`` while a mask is installed."""
-    mask = getattr(module, "weight_mask", None)
-    if mask is None:
-        return module.weight.detach()
-    return (module.weight_orig * mask).detach()
 
 
 def compressed_size(path: str | os.PathLike[str]) -> dict[str, int]:

@@ -3,7 +3,7 @@
 key/value groups kept intact for grouped-query attention, counts rounded to ``round_to``).
 
 :class:`~compress.pruning.transformer.TransformerPruner` adds the surgery and its proof; this
-base only reads the model. It expects ``model``, ``spec``, ``layout``, ``round_to``,
+base only reads the model. It expects ``model``, ``spec``, ``needs_grad``, ``layout``, ``round_to``,
 ``steps_done`` and the original sizes ``_heads0``, ``_ffn0`` (and ``_hidden0`` when the hidden
 size is pruned), which the pruner sets.
 
@@ -36,7 +36,7 @@ class TransformerPlanner:
     def accumulate_gradients(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                              device: torch.device) -> None:
         """Fill ``.grad`` for the taylor criterion from a few training batches."""
-        if self.spec.importance != "taylor":
+        if not self.needs_grad:
             return
         was_training = self.model.training
         self.model.eval()
