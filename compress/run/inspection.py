@@ -26,7 +26,7 @@ from torch import nn
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
 from compress.pruning import build_pruner
-from compress.pruning.planning import gradient_free, solve_ratios_for_macs
+from compress.pruning.planning import channel_ratios, gradient_free
 from compress.pruning.selection import resolve_ignored
 from compress.pruning.transformer import TransformerPruner, is_transformer
 from compress.recipe.pruning import PruningSpec
@@ -57,10 +57,7 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     }
     targets = plan_targets(recipe.schedule, pruning.final_target())
     trial = copy.deepcopy(model)
-    if pruning.target is not None:
-        ratios_per_step = solve_ratios_for_macs(model, example, pruning, targets)
-    else:
-        ratios_per_step = list(targets)
+    ratios_per_step = channel_ratios(model, example, pruning, targets)
     pruner = build_pruner(trial, example, pruning, ratios_per_step)
     steps = []
     for i, (target, ratio) in enumerate(zip(targets, ratios_per_step), start=1):
