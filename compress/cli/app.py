@@ -11,6 +11,8 @@ Example (a CI step):
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -315,10 +317,37 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run folders (or report.
 
 def main() -> None:
     try:
-        app()
-    except (InputError, CheckFailed) as err:  # raised outside a command body
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(err.exit_code)
+        try:
+            app()
+        except (InputError, CheckFailed) as err:  # raised outside a command body
+            typer.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+    except SystemExit as done:
+        _end_rank(done)
+        raise
+
+
+def _end_rank(done: SystemExit) -> None:
+    """Under a launcher, end this rank now that its output is out, skipping C++ teardown.
+
+    A rank of a finished multi-process run was aborted (SIGABRT from std::terminate on the
+    process-group backend's threads) while the interpreter tore down, turning a successful run
+    into a failed launch; leaving the group and exiting with ``os._exit`` keeps the exit code.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or "torch" not in sys.modules:
+        return
+    from compress.finetune.distributed import leave_processes
+
+    if not leave_processes():
+        return
+    code = done.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ from torch.utils.data import DataLoader
 from compress.errors import CheckFailed, CompressError
 from compress.finetune.patience import ValidateFn
 
-__all__ = ["Processes", "AcceleratedProcesses", "processes", "architecture_digest"]
+__all__ = ["Processes", "AcceleratedProcesses", "processes", "architecture_digest",
+           "leave_processes"]
 
 T = TypeVar("T")
 
@@ -176,12 +177,27 @@ class AcceleratedProcesses(Processes):
 _ACTIVE: AcceleratedProcesses | None = None  # one process group per process, made once
 
 
-def _leave_process_group() -> None:
-    # Left to interpreter teardown, the backend's threads can still be joinable when C++
-    # destroys them and std::terminate aborts the rank after a finished run (SIGABRT, seen
-    # under load). No barrier: a rank that failed alone must not keep the others waiting.
+def leave_processes() -> bool:
+    """Leave the process group this process joined, if any; True when there was one.
+
+    Left to interpreter teardown, the backend's threads can still be joinable when C++
+    destroys them and std::terminate aborts the rank after a finished run (SIGABRT, seen
+    under load), so the CLI calls this and then ends the process without the C++ teardown.
+    No barrier: a rank that failed alone must not keep the others waiting.
+
+    Example:
+        >>> leave_processes()  # one process: nothing joined
+        False
+    """
+    if _ACTIVE is None:
+        return False
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    return True
+
+
+def _leave_process_group() -> None:
+    leave_processes()  # for API callers under a launcher, whose process ends normally
 
 
 def processes(device: torch.device) -> Processes:
