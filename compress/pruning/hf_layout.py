@@ -209,10 +209,13 @@ def rewrite_config_(config: Any, layout: Layout, all_blocks: Sequence[Block],
     hidden_key = layout.hidden.config_key if layout.hidden else "hidden_size"
     width = hidden if hidden is not None else getattr(config, hidden_key)
     if not layout.head_dim_in_config and n_heads * head_dim != width:
+        # Advise pruning.hidden only where this layout can prune it (GPT-2's cannot).
+        advice = ("prune pruning.hidden by the same fraction as pruning.heads" if layout.hidden
+                  else f"{config.model_type} cannot prune pruning.hidden, so leave "
+                       f"pruning.heads out")
         problems.append(f"{config.model_type} configs derive the head size from the hidden "
                         f"size / heads, so {n_heads} heads of size {head_dim} beside hidden "
-                        f"size {width} cannot be expressed (prune pruning.hidden by the same "
-                        f"fraction as pruning.heads)")
+                        f"size {width} cannot be expressed ({advice})")
     if problems:
         return problems
     updates = {"num_attention_heads": n_heads, layout.ffn_config_key: next(iter(ffn)),
