@@ -39,6 +39,10 @@ def test_defaults() -> None:
     ({"pruning__target": {"macs": 0.5}}, "give exactly one of 'ratio'"),
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda, cuda:N"),
     ({"version": 2}, "'version': Input should be 1"),
+    # A tolerance large enough passes any proof or parity check: bounded, named by its path.
+    ({"pruning__verify_atol": 1.0}, "'pruning.verify_atol': Input should be less than or equal"),
+    ({"export__parity_atol": 0.5}, "'export.parity_atol': Input should be less than or equal"),
+    ({"export__parity_rtol": 2.0}, "'export.parity_rtol': Input should be less than or equal"),
 ])
 def test_errors_name_the_yaml_path(changes, fragment) -> None:
     with pytest.raises(InputError) as info:
