@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from compress.errors import InputError
 from compress.recipe.spec import Recipe
+from compress.recipe.yamlsafe import read_yaml
 
 __all__ = ["parse_recipe", "apply_overrides", "load_recipe", "recipe_json_schema"]
 
@@ -97,10 +97,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
             key, sep, raw = item.partition("=")
             if not sep or not key.strip():
                 raise InputError(f"override {item!r} is not of the form a.b.c=value")
-            try:
-                items.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
-            except yaml.YAMLError:
-                raise InputError(f"override {item!r}: the value is not valid YAML") from None
+            value = read_yaml(raw, source=f"override {item!r}") if raw.strip() else None
+            items.append((key.strip(), value))
     for key, value in items:
         node = out
         parts = key.split(".")
@@ -124,16 +122,16 @@ def load_recipe(path: str | os.PathLike[str],
     if not p.is_file():
         raise InputError(f"recipe file {str(p)!r} does not exist; pass the path of a YAML recipe")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"{p}: not valid YAML{where}; check indentation and quoting") from None
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a UTF-8 text file") from None
+    data = read_yaml(text, source=str(p))
     if data is None:
         raise InputError(f"{p}: the recipe is empty")
     if overrides:
+        if not isinstance(data, dict):
+            raise InputError(f"{p}: a recipe must be a mapping of sections, got "
+                             f"{type(data).__name__}")
         data = apply_overrides(data, overrides)
     recipe = parse_recipe(data, source=str(p), base_dir=p.parent)
     if recipe.name is None:

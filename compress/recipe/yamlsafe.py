@@ -1,0 +1,93 @@
+"""A bounded safe YAML reader: caps on file size, nesting depth and alias-expanded size.
+
+PyYAML shares an anchored node between its aliases, so a few lines of nested anchors stand for
+~10^10 nodes that later code (validation, JSON dumps) expands; the size is counted on the node
+graph before anything is constructed.
+
+Example:
+    >>> read_yaml("a: [1, 2]", source="x")
+    {'a': [1, 2]}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from compress.errors import InputError
+
+__all__ = ["read_yaml", "MAX_BYTES", "MAX_DEPTH", "MAX_NODES"]
+
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 100
+MAX_NODES = 100_000
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting deeper than MAX_DEPTH while composing (before recursing)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep()
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(root: yaml.Node, source: str) -> None:
+    """Count nodes as aliases expand them (memoised per node); refuse cycles and large totals."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise InputError(f"{source}: a YAML alias refers to itself; remove the "
+                             "self-referencing anchor")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        if total > MAX_NODES:
+            raise InputError(f"{source}: the YAML expands to more than {MAX_NODES} nodes "
+                             "through aliases; write the values out instead")
+        return total
+
+    size(root)
+
+
+def read_yaml(text: str, *, source: str) -> Any:
+    """Parse ``text`` as one YAML document within the caps; raise InputError in one sentence."""
+    if len(text) > MAX_BYTES:
+        raise InputError(f"{source}: the YAML is larger than {MAX_BYTES // 1024} KiB")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, source)
+        return loader.construct_document(node)
+    except _TooDeep:
+        raise InputError(f"{source}: the YAML is nested deeper than {MAX_DEPTH} levels") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"{source}: not valid YAML{where}; check indentation and "
+                         "quoting") from None
+    finally:
+        loader.dispose()
