@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.fsutil import temp_path_for, write_text_atomic
+from compress.fsutil import chmod_as_umask_, temp_path_for, write_text_atomic
 from compress.recipe.sources import ModelSpec
 
 __all__ = ["MANIFEST_FORMAT", "plain_state_dict", "save_safetensors"]
@@ -88,8 +88,12 @@ def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
     state = plain_state_dict(model)
     weights = out_dir / "model.safetensors"
     tmp = temp_path_for(weights)
-    save_file(state, str(tmp), metadata={"format": MANIFEST_FORMAT})
-    tmp.replace(weights)
+    try:
+        save_file(state, str(tmp), metadata={"format": MANIFEST_FORMAT})
+        chmod_as_umask_(tmp)
+        tmp.replace(weights)
+    finally:
+        tmp.unlink(missing_ok=True)
     spec = model_spec.model_dump(exclude={"checkpoint", "weights"})
     layers = {name: {"type": type(m).__name__, **attrs} for name, m in model.named_modules()
               for attrs in [_layer_attrs(m)] if attrs is not None}

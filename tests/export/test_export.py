@@ -140,3 +140,20 @@ def test_exported_shortcuts_keep_the_blocked_layout(exported, tmp_path: Path) ->
     # model's 8-wide convs can stay blocked, so the count itself is not asserted.
     rewritten = _ort_layout_conversions(out / "model.onnx", tmp_path)
     assert rewritten < _ort_layout_conversions(plain, tmp_path / "plain")
+
+
+def test_weights_honour_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from compress.export.safetensors import save_safetensors
+
+    old = os.umask(0o022)
+    try:
+        weights, manifest = save_safetensors(cifar_resnet("resnet20"), tmp_path,
+                                             ModelSpec(source="cifar_resnet", name="resnet20"),
+                                             (1, 3, 32, 32))
+    finally:
+        os.umask(old)
+    # safetensors creates 0o600 files; outputs must read like any other file the run wrote.
+    assert oct(weights.stat().st_mode & 0o777) == oct(manifest.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
