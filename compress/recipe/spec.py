@@ -67,6 +67,18 @@ class Recipe(Section):
     def _device(cls, v: str) -> str:
         return device_name(v)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, v: str | None) -> str | None:
+        # The name becomes a folder under runs/: a path in it would write elsewhere.
+        if v is None:
+            return v
+        if not v or len(v) > 100:
+            raise ValueError("must be 1 to 100 characters")
+        if any(c in v for c in "/\\\0") or v.startswith("."):
+            raise ValueError("must be a plain folder name (no '/', '\\', NUL or leading dot)")
+        return v
+
     @model_validator(mode="after")
     def _cross_section(self) -> Recipe:
         if self.finetune.patience is not None and self.data.val_subset is None:
