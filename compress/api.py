@@ -78,12 +78,16 @@ def _reparse(recipe: Recipe, flat: dict[str, Any], strings: Sequence[str] = ()) 
     return new
 
 
-def load(run_dir: str | os.PathLike[str], *, force: bool = False) -> nn.Module:
+def load(run_dir: str | os.PathLike[str], *, force: bool = False,
+         build: Callable[..., nn.Module] | None = None, trust_code: bool = False) -> nn.Module:
     """Rebuild the compressed model of a run folder from safetensors + manifest (no pickle).
 
-    An unfinished run folder (status not ``done``) is refused unless ``force``.
+    An unfinished run folder (status not ``done``) is refused unless ``force``. A manifest
+    whose model would run code (a ``python`` factory, a ``module:function`` name,
+    ``trust_remote_code``) is refused unless ``build`` (your constructor, called with the
+    manifest's kwargs) or ``trust_code=True``.
     """
-    return load_model(run_dir, force=force)
+    return load_model(run_dir, force=force, build=build, trust_code=trust_code)
 
 
 @dataclass

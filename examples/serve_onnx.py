@@ -1,6 +1,6 @@
 """Serve a compressed model with onnxruntime, and load its safetensors back into PyTorch.
 
-    python examples/serve_onnx.py runs/quickstart --check       # torch == onnxruntime? exit 0/1
+    python examples/serve_onnx.py runs/quickstart --check --trust-code  # torch == onnxruntime?
     python examples/serve_onnx.py runs/quickstart --port 8000    # serve until Ctrl-C
 
     curl -s localhost:8000/                                       # the model: input, classes
@@ -136,14 +136,19 @@ def make_server(model: OnnxClassifier, host: str = "127.0.0.1", port: int = 8000
     return ThreadingHTTPServer((host, port), Handler)
 
 
-def check_against_torch(run_dir: str | Path, samples: int = 8, atol: float = 1e-4) -> float:
+def check_against_torch(run_dir: str | Path, samples: int = 8, atol: float = 1e-4,
+                        trust_code: bool = False) -> float:
     """Rebuild the model from safetensors (``compress.load``) and compare it with onnxruntime
-    on the same inputs; return the largest difference (raise ``SystemExit`` above ``atol``)."""
+    on the same inputs; return the largest difference (raise ``SystemExit`` above ``atol``).
+
+    ``trust_code``: let ``compress.load`` run the model factory the manifest names (a run of
+    your own ``python`` model); without it such a run is refused."""
     import torch
 
     import compress
 
-    model = compress.load(run_dir)  # nn.Module from model.safetensors + model.json, no pickle
+    # nn.Module from model.safetensors + model.json, no pickle
+    model = compress.load(run_dir, trust_code=trust_code)
     onnx = OnnxClassifier(run_dir)
     x = torch.rand((samples, *onnx.shape), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -176,13 +181,15 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="A finished compress run folder.")
     parser.add_argument("--check", action="store_true", help="Check safetensors-in-PyTorch "
                         "against onnxruntime and one HTTP request, then exit.")
+    parser.add_argument("--trust-code", action="store_true", help="--check: run the model "
+                        "factory model.json names (a run of your own python model).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port.")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads.")
     args = parser.parse_args()
     model = OnnxClassifier(args.run_dir, threads=args.threads)
     if args.check:
-        diff = check_against_torch(args.run_dir)
+        diff = check_against_torch(args.run_dir, trust_code=args.trust_code)
         print(f"PyTorch (model.safetensors via compress.load) and onnxruntime (model.onnx) "
               f"agree: max |diff| {diff:.2e}")
         reply = _round_trip(model)

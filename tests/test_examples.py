@@ -39,7 +39,7 @@ def test_train_quickstart_model_script(tmp_path: Path) -> None:
 
 def test_serve_onnx_check_agrees_with_pytorch(finished_run: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "examples/serve_onnx.py"),
-                           str(finished_run), "--check"],
+                           str(finished_run), "--check", "--trust-code"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "agree: max |diff|" in proc.stdout and "HTTP /predict answered" in proc.stdout
@@ -72,7 +72,7 @@ def test_serve_onnx_answers_tensors_and_images_like_the_pytorch_model(finished_r
         assert info["classes"] == manifest["classes"] and len(info["classes"]) == 10
         assert info["input_shape"] == ["batch", *shape]
 
-        model = compress.load(finished_run)
+        model = compress.load(finished_run, trust_code=True)
         x = torch.rand((5, *shape), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1)

@@ -1,7 +1,9 @@
 """Loading a run back: a shrunk model rebuilt from ``model.json`` + ``model.safetensors``.
 
-Nothing the caller did not name runs: the manifest's model spec goes through the registered
-model sources, the weights through safetensors (no pickle), and an unfinished run is refused.
+Nothing the caller did not name runs: a manifest whose model would import or call code (the
+``python`` source's factory, a ``module:function`` name, ``trust_remote_code``) is refused unless
+the caller passes ``build`` (its own constructor) or ``trust_code=True``; the weights go through
+safetensors (no pickle), and an unfinished run is refused.
 
 Example:
     >>> model = load_model("runs/quickstart")  # doctest: +SKIP
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +24,27 @@ from compress.errors import InputError
 from compress.export.safetensors import MANIFEST_FORMAT
 from compress.recipe.sources import ModelSpec
 
-__all__ = ["load_model"]
+__all__ = ["load_model", "read_manifest", "code_asked"]
+
+_MAX_MANIFEST_BYTES = 64 * 2**20  # a manifest lists layer widths: megabytes even for an LLM
+_SCALAR = (bool, int, float, str, type(None))
 
 
-def load_model(run_dir: str | os.PathLike[str], *, force: bool = False) -> nn.Module:
+def load_model(run_dir: str | os.PathLike[str], *, force: bool = False,
+               build: Callable[..., nn.Module] | None = None,
+               trust_code: bool = False) -> nn.Module:
     """Rebuild a shrunk model from ``model.json`` + ``model.safetensors`` (no pickle).
 
     A run folder whose ``status.json`` does not say ``done`` (a crashed, killed or failed run)
-    is refused unless ``force``.
+    is refused unless ``force``. ``build`` replaces the manifest's model source (called with the
+    manifest's ``kwargs``, and ``num_classes`` when set); a manifest that names code to run is
+    refused unless ``build`` is given or ``trust_code``.
 
     Example:
         >>> model = load_model("runs/quickstart")  # doctest: +SKIP
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from compress.models import build_model
 
     run_dir = Path(run_dir)
     status_path = run_dir / "status.json"
@@ -53,23 +61,105 @@ def load_model(run_dir: str | os.PathLike[str], *, force: bool = False) -> nn.Mo
         if not p.is_file():
             raise InputError(f"{str(p)!r} does not exist; pass a folder written by "
                              f"'compress apply' with export.safetensors enabled")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise InputError(f"{str(manifest_path)!r} is not a compress manifest "
-                         f"(format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r})")
+    spec, layers = read_manifest(manifest_path)
+    model = _build(spec, manifest_path, build, trust_code)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise InputError(f"{str(weights_path)!r} is not a readable safetensors file "
                          f"({err})") from None
-    model = build_model(ModelSpec.model_validate(manifest["model"]), pretrained=False)
     modules = dict(model.named_modules())
-    for name, attrs in manifest["layers"].items():
+    for name, attrs in layers.items():
         if name not in modules:
             raise InputError(f"manifest layer {name!r} does not exist in the rebuilt model")
         _reshape_(modules[name], name, {k: v for k, v in attrs.items() if k != "type"}, state)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def read_manifest(path: Path) -> tuple[ModelSpec, dict[str, dict[str, Any]]]:
+    """The model spec and the per-layer widths of a ``model.json``, checked (one sentence if bad).
+
+    Example:
+        >>> read_manifest(Path("no-such/model.json"))
+        Traceback (most recent call last):
+        compress.errors.InputError: 'no-such/model.json' cannot be read (No such file or directory)
+    """
+    from pydantic import ValidationError
+
+    where = repr(str(path))
+    try:
+        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise InputError(f"{where} is larger than {_MAX_MANIFEST_BYTES >> 20} MiB; "
+                             f"a compress manifest is far smaller")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"{where} cannot be read ({err.strerror or err})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise InputError(f"{where} is not JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{where} holds a JSON {type(manifest).__name__}, not the object "
+                         f"of a compress manifest")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{where} is not a compress manifest "
+                         f"(format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r})")
+    for key in ("model", "layers"):
+        if not isinstance(manifest.get(key), dict):
+            got = "missing" if key not in manifest else type(manifest[key]).__name__
+            raise InputError(f"{where}: '{key}' must be an object (got {got})")
+    try:
+        spec = ModelSpec.model_validate(manifest["model"])
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"{where}: 'model.{loc}': {first['msg']}") from None
+    layers = manifest["layers"]
+    for name, attrs in layers.items():
+        if not isinstance(attrs, dict) or not all(
+                isinstance(v, _SCALAR) or (isinstance(v, list) and all(
+                    isinstance(x, _SCALAR) for x in v)) for v in attrs.values()):
+            raise InputError(f"{where}: 'layers.{name}' must be an object of numbers, strings "
+                             f"or lists of them (got {attrs!r:.80})")
+    return spec, layers
+
+
+def code_asked(spec: ModelSpec) -> str | None:
+    """What building ``spec`` would import or call, in words; ``None`` when it runs no code.
+
+    Example:
+        >>> code_asked(ModelSpec(source="python", factory="os:system"))
+        "the factory 'os:system'"
+        >>> code_asked(ModelSpec(source="cifar_resnet", name="resnet20")) is None
+        True
+    """
+    if spec.source == "python" or spec.factory is not None:
+        return f"the factory {spec.factory!r}"
+    # The rule compress.hf_names applies: a name with ':' that is no existing path is called.
+    if spec.name is not None and ":" in spec.name and not Path(spec.name).exists():
+        return f"the function {spec.name!r}"
+    if spec.trust_remote_code:
+        return "the model repository's own code (trust_remote_code: true)"
+    return None
+
+
+def _build(spec: ModelSpec, manifest_path: Path, build: Callable[..., nn.Module] | None,
+           trust_code: bool) -> nn.Module:
+    """The caller's ``build`` with the manifest's kwargs, or the manifest's source if safe."""
+    from compress.models import build_model
+
+    if build is None:
+        asked = code_asked(spec)
+        if asked is not None and not trust_code:
+            raise InputError(f"{str(manifest_path)!r} asks to run {asked}, which the caller "
+                             f"did not name; pass build=... or trust_code=True to load it")
+        return build_model(spec, pretrained=False)
+    kwargs = dict(spec.kwargs)
+    if spec.num_classes is not None:
+        kwargs["num_classes"] = spec.num_classes
+    model = build(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"build returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _reshape_(module: nn.Module, name: str, attrs: dict[str, Any],

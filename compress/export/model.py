@@ -52,7 +52,8 @@ def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: 
         weights, manifest = save_safetensors(model, out_dir, model_spec, tuple(probe.shape[1:]),
                                              serving)
         with torch.no_grad():
-            reloaded = load_model(out_dir, force=True)(probe)
+            # The recipe being run named this model's source, factory included.
+            reloaded = load_model(out_dir, force=True, trust_code=True)(probe)
         result["parity"]["safetensors"] = check_parity(
             reference, reloaded, what="reloaded safetensors model", atol=1e-6, rtol=1e-6)
         result["safetensors"] = str(weights)

@@ -1,0 +1,168 @@
+"""Hostile run folders for ``compress.load``: a manifest never runs code the caller did not name,
+and a broken manifest is refused in one sentence."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import compress
+from compress.errors import InputError
+from compress.export.load import load_model
+from compress.export.safetensors import save_safetensors
+from compress.recipe.sources import ModelSpec
+from tests.hostile import MARKER_NAME, assert_no_marker, hostile
+
+_NET = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    def net(width: int = 4) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, width, 3), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(width * 36, 3))
+''')
+_namespace: dict[str, Any] = {}
+exec(_NET, _namespace)  # the same factory as the file the manifest names, for build=
+_net = _namespace["net"]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """A finished folder of a ``python``-source model whose factory is a legit local file."""
+    (tmp_path / "legit.py").write_text(_NET)
+    model = _net(width=4)
+    spec = ModelSpec(source="python", factory=f"{tmp_path / 'legit.py'}:net", kwargs={"width": 4})
+    save_safetensors(model, tmp_path / "run", spec, (1, 8, 8))
+    return tmp_path / "run"
+
+
+def _set_model(run: Path, model: Any) -> None:
+    manifest = json.loads((run / "model.json").read_text())
+    manifest["model"] = model
+    (run / "model.json").write_text(json.dumps(manifest))
+
+
+def _refused(run: Path, *fragments: str, **kwargs: Any) -> str:
+    with pytest.raises(InputError) as info:
+        load_model(run, **kwargs)
+    line = str(info.value)
+    assert "\n" not in line, line
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
+@hostile
+def test_os_system_factory_is_refused_and_never_runs(run: Path) -> None:
+    marker = run.parent / MARKER_NAME
+    _set_model(run, {"source": "python", "factory": "os:system",
+                     "kwargs": {"command": f"touch {marker}"}})
+    _refused(run, "'os:system'", "pass build=... or trust_code=True")
+    with pytest.raises(InputError, match="trust_code=True"):
+        compress.load(run)  # the public API refuses it the same way
+    assert_no_marker(run.parent)
+
+
+@hostile
+def test_py_file_factory_that_runs_at_import_is_refused(run: Path) -> None:
+    marker = run.parent / MARKER_NAME
+    evil = run.parent / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').close()\n" + _NET)
+    _set_model(run, {"source": "python", "factory": f"{evil}:net", "kwargs": {"width": 4}})
+    _refused(run, "evil.py:net", "pass build=... or trust_code=True")
+    assert_no_marker(run.parent)
+
+
+@hostile
+def test_factory_under_another_source_is_refused(run: Path) -> None:
+    _set_model(run, {"source": "cifar_resnet", "name": "resnet20", "factory": "os:system"})
+    _refused(run, "'os:system'")
+
+
+@hostile
+def test_trust_remote_code_in_the_manifest_is_refused(run: Path) -> None:
+    _set_model(run, {"source": "huggingface", "name": str(run), "task": "feature-extraction",
+                     "trust_remote_code": True})
+    _refused(run, "trust_remote_code", "pass build=... or trust_code=True")
+
+
+@hostile
+def test_module_function_name_is_refused(run: Path) -> None:
+    _set_model(run, {"source": "huggingface", "name": "os:getcwd", "task": "feature-extraction"})
+    _refused(run, "'os:getcwd'", "pass build=... or trust_code=True")
+    assert_no_marker(run.parent)
+
+
+def test_build_replaces_the_factory_with_equal_outputs(run: Path) -> None:
+    _set_model(run, {"source": "python", "factory": "os:system", "kwargs": {"width": 4}})
+    calls: list[dict[str, Any]] = []
+
+    def build(**kwargs: Any) -> nn.Module:
+        calls.append(kwargs)
+        return _net(**kwargs)
+
+    loaded = load_model(run, build=build)
+    assert calls == [{"width": 4}]
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), _net(width=4).eval()(x))
+
+
+def test_build_must_return_a_module(run: Path) -> None:
+    with pytest.raises(InputError, match="build returned int"):
+        load_model(run, build=lambda **kw: 3)
+
+
+def test_trust_code_runs_a_legit_factory(run: Path) -> None:
+    _refused(run, "legit.py:net")  # not without asking
+    loaded = compress.load(run, trust_code=True)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), _net(width=4).eval()(x))
+
+
+@hostile
+@pytest.mark.parametrize("text, fragment", [
+    ("{not json", "is not JSON"),
+    ("\xff\xfe", "is not JSON"),
+    ("[1, 2]", "holds a JSON list"),
+    ('"compress"', "holds a JSON str"),
+    ("[" * 100_000 + "]" * 100_000, "is not JSON"),
+])
+def test_unreadable_manifests_are_refused(run: Path, text: str, fragment: str) -> None:
+    (run / "model.json").write_bytes(text.encode("latin-1"))
+    _refused(run, fragment, trust_code=True)
+
+
+@hostile
+@pytest.mark.parametrize("change, fragment", [
+    ({"layers": None}, "'layers' must be an object (got NoneType)"),
+    ({"layers": [1]}, "'layers' must be an object (got list)"),
+    ({"model": "os:system"}, "'model' must be an object (got str)"),
+    ({"model": {"source": "cifar_resnet", "name": "resnet20", "kwargs": [1]}}, "'model.kwargs'"),
+    ({"model": {"source": "cifar_resnet", "evil": 1}}, "'model.evil'"),
+    ({"layers": {"0": "wide"}}, "'layers.0' must be an object"),
+    ({"layers": {"0": {"out_channels": {"a": 1}}}}, "'layers.0' must be an object"),
+])
+def test_wrong_manifest_types_are_refused(run: Path, change: dict[str, Any],
+                                          fragment: str) -> None:
+    manifest = json.loads((run / "model.json").read_text())
+    manifest.update(change)
+    (run / "model.json").write_text(json.dumps(manifest))
+    _refused(run, fragment, trust_code=True)
+
+
+@hostile
+def test_missing_layers_is_refused(run: Path) -> None:
+    manifest = json.loads((run / "model.json").read_text())
+    del manifest["layers"]
+    (run / "model.json").write_text(json.dumps(manifest))
+    _refused(run, "'layers' must be an object (got missing)", trust_code=True)
