@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from compress.errors import InputError
 from compress.recipe.spec import Recipe
-from compress.recipe.yamlsafe import read_yaml
+from compress.recipe.yamlsafe import MAX_BYTES, read_yaml
 
 __all__ = ["parse_recipe", "apply_overrides", "load_recipe", "recipe_json_schema"]
 
@@ -72,7 +72,8 @@ def parse_recipe(data: dict[str, Any], *, source: str = "recipe",
     if "base_dir" in data:
         raise InputError(f"{source}: unknown key 'base_dir'")
     try:
-        recipe = Recipe.model_validate(data)
+        # Strict where input enters: '0.5' is not a number, true is not 1 (an int is a float).
+        recipe = Recipe.model_validate(data, strict=True)
     except ValidationError as err:
         raise InputError(_validation_message(err, source)) from None
     if base_dir is not None:
@@ -121,8 +122,10 @@ def load_recipe(path: str | os.PathLike[str],
     p = Path(path)
     if not p.is_file():
         raise InputError(f"recipe file {str(p)!r} does not exist; pass the path of a YAML recipe")
+    with open(p, "rb") as f:  # one byte past the cap is enough to refuse a huge file
+        raw = f.read(MAX_BYTES + 1)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a UTF-8 text file") from None
     data = read_yaml(text, source=str(p))

@@ -55,8 +55,9 @@ class Recipe(Section):
                                "report.", examples=[{"batch_sizes": [1, 64]}])
     gates: GatesSpec = Field(default_factory=GatesSpec, description="Thresholds checked at the "
                              "end; a failing gate exits 1.", examples=[{"max_accuracy_drop": 2.0}])
-    seed: int = Field(0, ge=0, description="Random seed for data order, subsets and probes.",
-                      examples=[0])
+    # numpy seeds only take 32 bits (torch and random take more): refuse here, not mid-run.
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Random seed for data order, subsets "
+                      "and probes (0 to 4294967295).", examples=[0])
     device: str = Field("auto", description="auto (CUDA when torch sees one), cpu, cuda or "
                         "cuda:N.", examples=["auto", "cuda:0"])
     base_dir: str | None = Field(None, exclude=True, description="Folder that relative paths "

@@ -42,6 +42,16 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError):  # a date like 2024-13-45, an int of 5000 digits
+            value = str(node.value)
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown!r} is not a valid {node.tag.rsplit(':', 1)[-1]}",
+                node.start_mark) from None
+
 
 def _expanded_size(root: yaml.Node, source: str) -> None:
     """Count nodes as aliases expand them (memoised per node); refuse cycles and large totals."""
@@ -87,7 +97,8 @@ def read_yaml(text: str, *, source: str) -> Any:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"{source}: not valid YAML{where}; check indentation and "
+        problem = f" ({err.problem})" if isinstance(err, yaml.constructor.ConstructorError) else ""
+        raise InputError(f"{source}: not valid YAML{where}{problem}; check indentation and "
                          "quoting") from None
     finally:
         loader.dispose()
