@@ -54,11 +54,13 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 def _expanded_size(root: yaml.Node, source: str) -> None:
-    """Count nodes as aliases expand them (memoised per node); refuse cycles and large totals."""
-    sizes: dict[int, int] = {}
+    """Count nodes and levels as aliases expand them (memoised per node); refuse cycles, large
+    totals and deep expansions (a chain of anchors, each an alias of the previous one, nests one
+    level per anchor although each line is shallow)."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, expanded levels)
     active: set[int] = set()
 
-    def size(node: yaml.Node) -> int:
+    def size(node: yaml.Node) -> tuple[int, int]:
         key = id(node)
         if key in sizes:
             return sizes[key]
@@ -66,17 +68,23 @@ def _expanded_size(root: yaml.Node, source: str) -> None:
             raise InputError(f"{source}: a YAML alias refers to itself; remove the "
                              "self-referencing anchor")
         active.add(key)
-        total = 1
+        children: list[yaml.Node] = []
         if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
+            children = list(node.value)
         elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
+            children = [n for pair in node.value for n in pair]
+        measured = [size(child) for child in children]
+        total = 1 + sum(t for t, _ in measured)
+        levels = 1 + max((d for _, d in measured), default=0)
         active.discard(key)
-        sizes[key] = total
+        sizes[key] = (total, levels)
         if total > MAX_NODES:
             raise InputError(f"{source}: the YAML expands to more than {MAX_NODES} nodes "
                              "through aliases; write the values out instead")
-        return total
+        if levels > MAX_DEPTH:
+            raise InputError(f"{source}: the YAML is nested deeper than {MAX_DEPTH} levels once "
+                             "its aliases are expanded")
+        return sizes[key]
 
     size(root)
 

@@ -72,3 +72,11 @@ def test_unbuildable_scalar_is_one_sentence(tmp_path: Path, line: str,
                                             fragments: tuple[str, ...]) -> None:
     text = BASE + line + "pruning: {ratio: 0.5}\n"
     assert_refused(_validate(tmp_path, text), *fragments)
+
+
+def test_chain_of_aliases_nesting_past_the_limit_is_refused(tmp_path: Path) -> None:
+    # Each line is shallow, but a440 expands to 440 levels: pydantic's JSON dump raised.
+    chain = "".join(f"    a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 440))
+    text = ("version: 1\nmodel:\n  source: python\n  factory: 'm:f'\n  kwargs:\n"
+            "    a0: &a0 [1]\n" + chain + "data: {source: digits}\npruning: {ratio: 0.5}\n")
+    assert_refused(_validate(tmp_path, text), "nested deeper than 100 levels once its aliases")
