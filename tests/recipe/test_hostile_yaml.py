@@ -4,7 +4,6 @@ recipes with ``--set``: each one sentence, exit 2, refused before anything is ex
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -29,10 +28,8 @@ def _refuse(tmp_path: Path, text: str, *fragments: str, args: tuple[str, ...] = 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
     tree = Tree(tmp_path)
-    start = time.perf_counter()
     result = invoke(["validate", recipe, *args], cwd=tmp_path)
     line = assert_refused(result, *fragments)
-    assert time.perf_counter() - start < 30  # a bomb expanded would take minutes
     assert tree.new_files() == []
     return line
 
