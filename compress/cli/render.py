@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from compress.report.markdown import proof_cell
+
 __all__ = ["apply_summary", "print_inspection", "print_registries", "print_comparison"]
 
 
 def apply_summary(report: dict[str, Any]) -> str:
-    """``compress apply``'s closing lines: accuracy, MACs, parameters, latency, gates."""
+    """``compress apply``'s closing lines: accuracy, MACs, parameters, latency, the pruning
+    proof of each step (its max difference, or "not proven"), gates."""
     b, c = report["baseline"], report["compressed"]
     lines = [f"top-1 accuracy  {b['accuracy']:.2f}% -> {c['accuracy']:.2f}% "
              f"({c['accuracy'] - b['accuracy']:+.2f} points)",
@@ -34,6 +37,10 @@ def apply_summary(report: dict[str, Any]) -> str:
             lb = b["latency_ms"][engine][bs]["median"]
             lc = c["latency_ms"][engine][bs]["median"]
             lines.append(f"{engine:<11} b{bs:<3} {lb:.3f} ms -> {lc:.3f} ms ({ratio:.2f}x)")
+    steps = report.get("steps") or []
+    if steps:
+        lines.append("pruning proof   " + ", ".join(
+            f"step {st['step']}: {proof_cell(st)}" for st in steps))
     for g in report.get("gates", []):
         lines.append(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g['message']}")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from compress.errors import CheckFailed
 from compress.registry import Registry
 
 __all__ = ["Pruner", "PruningKind", "StepRecord", "PRUNING_KINDS", "prove_removals_",
+           "PROVEN", "NOT_PROVEN", "COUNT_CHECK",
            "scheduled_step", "ratio_or_macs", "check_ratio_or_target",
            "check_transformer_fractions"]
 
@@ -35,14 +36,40 @@ class StepRecord:
 
     ``removed`` counts ``unit``s (channels for structured, weights otherwise); ``layers`` maps
     layer names to their output width (structured) or weight sparsity (unstructured, n:m).
+    ``max_abs_diff`` is the measured output difference of the proof, ``None`` when none was
+    measured; ``proof`` says which: :data:`PROVEN`, :data:`NOT_PROVEN` (``pruning.verify:
+    false``) or :data:`COUNT_CHECK` (a pattern check that compares no outputs). Left out, it
+    follows from ``max_abs_diff``: a number was measured, ``None`` was not.
+
+    Example:
+        >>> StepRecord(0.5, 1, 2, "channels", None).proof
+        'not proven'
     """
 
     target_ratio: float
     groups: int
     removed: int
     unit: str
-    max_abs_diff: float
+    max_abs_diff: float | None
     layers: dict[str, Any] = field(default_factory=dict)
+    proof: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.proof is None:
+            self.proof = PROVEN if self.max_abs_diff is not None else NOT_PROVEN
+        assert self.proof in (PROVEN, NOT_PROVEN, COUNT_CHECK), self.proof
+        assert (self.max_abs_diff is None) == (self.proof != PROVEN), (self.proof,
+                                                                        self.max_abs_diff)
+
+    def describe_proof(self) -> str:
+        """The measured difference (``1.2e-06``) or, when none was measured, why not."""
+        return self.proof if self.max_abs_diff is None else f"{self.max_abs_diff:.2e}"
+
+
+# What a step record's ``proof`` says; report.json, report.md and the CLI show these words.
+PROVEN = "proven"
+NOT_PROVEN = "not proven"
+COUNT_CHECK = "not applicable (count check)"
 
 
 class Pruner(Protocol):
@@ -148,19 +175,22 @@ def _run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
 
 def prove_removals_(model: nn.Module, probe: torch.Tensor,
                     removals: Iterable[tuple[str, Callable[[], None]]], *, verify: bool,
-                    atol: float) -> float:
+                    atol: float) -> float | None:
     """Apply each ``(group name, remove)`` in turn and prove the output did not change.
 
     Call it once every group is zeroed: the zeroed model's output on ``probe`` is the
     reference, and each removal must reproduce it (a removal that breaks the forward pass or
     moves the output past ``atol``, scaled by the output's magnitude, raises
-    :class:`CheckFailed` naming the group). Returns the largest difference seen.
+    :class:`CheckFailed` naming the group). Returns the largest difference seen, or ``None``
+    without ``verify`` (the removals are applied, nothing is measured).
 
     Example:
         >>> lin = nn.Linear(2, 2)
         >>> prove_removals_(lin, torch.ones(1, 2), [("noop", lambda: None)], verify=True,
         ...                 atol=1e-6)
         0.0
+        >>> prove_removals_(lin, torch.ones(1, 2), [], verify=False, atol=1e-6) is None
+        True
     """
     with torch.no_grad():
         reference = _run_probe(model, probe) if verify else None
@@ -184,4 +214,4 @@ def prove_removals_(model: nn.Module, probe: torch.Tensor,
                     f"the dependency graph wired its channels wrongly, add the layer to "
                     f"pruning.ignored")
             max_diff = max(max_diff, diff)
-    return max_diff
+    return max_diff if verify else None

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from compress.errors import CheckFailed, InputError
-from compress.pruning.base import PruningKind, StepRecord
+from compress.pruning.base import COUNT_CHECK, NOT_PROVEN, PruningKind, StepRecord
 from compress.pruning.selection import protected_layers
 from compress.recipe.pruning import PruningSpec
 
@@ -171,8 +171,10 @@ class MaskPruner:
         touched = sum(1 for t in self._tensors if t.pruned())
         log.info("%s: %d weights newly pruned in %d tensors (%.2f%% of %d prunable)", what,
                  after - before, touched, 100 * after / self._total, self._total)
-        return StepRecord(target_ratio, touched, after - before, "weights", 0.0,
-                          self.sparsity()["layers"])
+        # The check counts and compares weights, not outputs: no output difference to report.
+        return StepRecord(target_ratio, touched, after - before, "weights", None,
+                          self.sparsity()["layers"],
+                          COUNT_CHECK if self.spec.verify else NOT_PROVEN)
 
     def accumulate_gradients(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                              device: torch.device) -> None:

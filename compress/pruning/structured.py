@@ -271,10 +271,11 @@ class StructuredPruner:
                 max_diff = prove_removals_(self.model, probe, [removal(g) for g in groups],
                                            verify=self.spec.verify, atol=self.spec.verify_atol)
             self.history.append(history)
-        log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %.2e",
-                 self.steps_done, removed, len(groups), max_diff)
-        return StepRecord(target_ratio, len(groups), removed, "channels", max_diff,
-                          self.widths())
+        record = StepRecord(target_ratio, len(groups), removed, "channels", max_diff,
+                            self.widths())
+        log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %s",
+                 self.steps_done, removed, len(groups), record.describe_proof())
+        return record
 
     @property
     def needs_grad(self) -> bool:

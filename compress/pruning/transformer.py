@@ -181,11 +181,12 @@ class TransformerPruner(TransformerPlanner):
             self.steps_done += 1
             self._rewrite_config()
         removed = sum(len(u) for _, _, u in plan) + len(cut[0])
+        record = StepRecord(target_ratio, len(plan) + bool(cut[0]), removed, "heads+neurons",
+                            max_diff, self.widths())
         log.info("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
-                 "removed| = %.2e", self.steps_done, removed, len(plan) + bool(cut[0]),
-                 max_diff)
-        return StepRecord(target_ratio, len(plan) + bool(cut[0]), removed, "heads+neurons",
-                          max_diff, self.widths())
+                 "removed| = %s", self.steps_done, removed, record.groups,
+                 record.describe_proof())
+        return record
 
     def _cut_hidden(self, s: Stream, cut: Sequence[list[int]]) -> None:
         cut_hidden_(s, _complement(s.width, cut[0]), _complement(s.width, cut[1]))

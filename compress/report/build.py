@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from compress.fsutil import write_text_atomic
 from compress.report.html import render_html
-from compress.report.markdown import render_markdown, zeroes_weights
+from compress.report.markdown import render_markdown, unproven_steps, zeroes_weights
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,6 +114,10 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     hf = exported.get("hf")
     if hf and not hf.get("saved"):
         notes.append(f"no stock transformers folder (hf/) was written: {hf['reason']}.")
+    unproven = unproven_steps(steps)
+    if unproven:
+        notes.append(f"pruning step(s) {', '.join(map(str, unproven))}: not proven "
+                     f"(pruning.verify is false, no equivalence check ran).")
     # Read from what the steps removed, not the kind's name: masks keep every dense shape.
     masked = zeroes_weights(steps)
     if masked:

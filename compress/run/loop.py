@@ -155,5 +155,5 @@ def _row(step: int, target: float, ratio: float, record: StepRecord, stats: Any,
         "lr_final": getattr(stats, "lr_final", None),
         "val_history": list(getattr(stats, "evaluations", []) or []),
         "groups": record.groups, "removed": record.removed, "removed_unit": record.unit,
-        "max_abs_diff": record.max_abs_diff, "layers": record.layers,
+        "max_abs_diff": record.max_abs_diff, "proof": record.proof, "layers": record.layers,
     }

@@ -59,7 +59,9 @@ def test_iterative_unstructured_reaches_targets_and_keeps_pruned(which, scope, i
     previous: dict[str, torch.Tensor] = {}
     for target in (0.5, 0.75):
         record = pruner.step_(target, probe)
-        assert record.unit == "weights" and record.max_abs_diff == 0.0
+        # The check counts zeros; it compares no outputs, so no difference is reported.
+        assert record.unit == "weights" and record.max_abs_diff is None
+        assert record.proof == "not applicable (count check)"
         masked = _masked(model)
         assert out_name not in masked and set(masked) == set(record.layers)
         for name, was in previous.items():

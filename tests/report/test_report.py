@@ -67,6 +67,29 @@ def test_markdown_and_json_render() -> None:
     assert json.loads(render_report(report, "json")) == report
 
 
+@pytest.mark.parametrize(("diff", "proof", "cell"), [
+    (1.43e-06, "proven", "1.4e-06"),
+    (None, "not proven", "not proven"),
+    (None, "not applicable (count check)", "not applicable (count check)")])
+def test_step_proof_cell_in_md_html_and_summary(diff, proof, cell) -> None:
+    from compress.cli.render import apply_summary
+
+    report = make_report()
+    report["steps"][0].update(max_abs_diff=diff, proof=proof)
+    md = render_report(report, "md")
+    row = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    assert row.endswith(f"| {cell} |") and (diff is not None or "e+00" not in row)
+    assert f"<td>{cell}</td>" in render_report(report, "html")
+    assert f"pruning proof   step 1: {cell}" in apply_summary(report)
+
+
+def test_build_report_notes_unproven_steps(tmp_path: Path) -> None:
+    report = _one_step_build(tmp_path, "structured", "channels", diff=None)
+    assert report["steps"][0]["max_abs_diff"] is None
+    assert report["notes"] == ["pruning step(s) 1: not proven (pruning.verify is false, no "
+                               "equivalence check ran)."]
+
+
 @pytest.mark.parametrize("report", [make_report(), _iterative_unstructured(), _old_format(),
                                     make_report(steps=[], speedup={"headline": None},
                                                 baseline={"accuracy": 90.0, "macs": 1})],
@@ -125,7 +148,8 @@ def test_plots_follow_what_the_steps_removed_not_the_kind_name() -> None:
     assert report_plots(as_channels)[2] != report_plots(sparse)[2]
 
 
-def _one_step_build(tmp_path: Path, kind: str, unit: str) -> dict[str, Any]:
+def _one_step_build(tmp_path: Path, kind: str, unit: str,
+                    diff: float | None = 0.0) -> dict[str, Any]:
     """build_report for a recipe of pruning kind ``kind`` whose one step removed ``unit``s."""
     import onnx
     from onnx import TensorProto, helper
@@ -140,7 +164,8 @@ def _one_step_build(tmp_path: Path, kind: str, unit: str) -> dict[str, Any]:
     step = {"step": 1, "target": 0.5, "ratio": 0.5, "macs": 50, "params": 5,
             "macs_reduction": 0.5, "params_reduction": 0.5, "accuracy": 80.0, "loss": 0.5,
             "finetune_epochs": 1.0, "groups": 1, "removed": 8, "removed_unit": unit,
-            "max_abs_diff": 0.0, "layers": {"conv": 8 if unit != "weights" else 0.5}}
+            "max_abs_diff": diff, "proof": "proven" if diff is not None else "not proven",
+            "layers": {"conv": 8 if unit != "weights" else 0.5}}
     return build_report(recipe, baseline={"accuracy": 81.0, "loss": 0.4, "samples": 10,
                                           "macs": 100, "params": 10, "onnx_bytes": 1000},
                         steps=[step], exported={"parity": {}, "onnx": str(tmp_path / "m.onnx")},
