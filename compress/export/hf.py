@@ -25,7 +25,7 @@ from torch import nn
 
 from compress.errors import CheckFailed
 from compress.export.onnx import check_parity
-from compress.fsutil import temp_path_for
+from compress.fsutil import honour_umask_, temp_path_for
 from compress.pruning.hf_layout import blocks, rewrite_config_
 
 __all__ = ["save_hf_", "HF_FOLDER"]
@@ -88,6 +88,9 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
         shutil.rmtree(stage, ignore_errors=True)
         raise CheckFailed(f"stock from_pretrained could not load the saved model: "
                           f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+    for file in stage.rglob("*"):
+        if file.is_file():
+            honour_umask_(file)  # save_pretrained's safetensors shards are created 0600
     if target.exists():
         shutil.rmtree(target)
     stage.replace(target)

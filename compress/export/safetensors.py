@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.fsutil import chmod_as_umask_, temp_path_for, write_text_atomic
+from compress.fsutil import save_tensors_atomic, write_text_atomic
 from compress.recipe.sources import ModelSpec
 
 __all__ = ["MANIFEST_FORMAT", "plain_state_dict", "save_safetensors"]
@@ -82,18 +82,10 @@ def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
     ``serving`` adds top-level manifest keys a service needs and the weights do not say (the
     pipeline's: ``classes``, the class names in output order, and ``preprocess``).
     """
-    from safetensors.torch import save_file
-
     out_dir.mkdir(parents=True, exist_ok=True)
     state = plain_state_dict(model)
     weights = out_dir / "model.safetensors"
-    tmp = temp_path_for(weights)
-    try:
-        save_file(state, str(tmp), metadata={"format": MANIFEST_FORMAT})
-        chmod_as_umask_(tmp)
-        tmp.replace(weights)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_tensors_atomic(state, weights, metadata={"format": MANIFEST_FORMAT})
     spec = model_spec.model_dump(exclude={"checkpoint", "weights"})
     layers = {name: {"type": type(m).__name__, **attrs} for name, m in model.named_modules()
               for attrs in [_layer_attrs(m)] if attrs is not None}

@@ -40,7 +40,7 @@ from compress.finetune.checkpoint import (
     latest_snapshot_dir,
     remove_snapshots,
 )
-from compress.fsutil import write_text_atomic
+from compress.fsutil import save_tensors_atomic, write_text_atomic
 from compress.pruning.base import Pruner, StepRecord
 from compress.rng import restore_rng_state, rng_state
 from compress.run.loop import ResumePoint
@@ -171,8 +171,6 @@ class RunFolder:
         """Checkpoint a finished step: ``write_model(step_dir)`` writes the model (returning
         export details for the row, or None), then the RNG and pruner states; ``row`` joins
         ``rows``. ``state.json`` is written last."""
-        from safetensors.torch import save_file
-
         step_dir = self.step_dir(step)
         (step_dir / "state.json").unlink(missing_ok=True)
         exported = write_model(step_dir)
@@ -180,9 +178,9 @@ class RunFolder:
             row["export"] = exported
         row["checkpoint"] = str(step_dir)
         rows.append(row)
-        save_file(rng_state(sampler), str(step_dir / "rng.safetensors"))
+        save_tensors_atomic(rng_state(sampler), step_dir / "rng.safetensors")
         if tensors := pruner.get_tensors():
-            save_file(tensors, str(step_dir / "pruner.safetensors"))
+            save_tensors_atomic(tensors, step_dir / "pruner.safetensors")
         state = {"step": step, "pruner": pruner.get_state(), "rows": rows}
         # Written last: a step folder without state.json is never resumed from.
         write_text_atomic(step_dir / "state.json", json.dumps(state))

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,11 @@ def _write(tmp_path: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     tmp = tmp_path_factory.mktemp("apply")
     recipe = _write(tmp, tiny_recipe(tmp, gates={"max_accuracy_drop": 100.0}))
-    result = runner.invoke(app, ["apply", str(recipe), "--out", str(tmp / "run")])
+    old = os.umask(0o022)  # the usual umask, whatever the test runner's is
+    try:
+        result = runner.invoke(app, ["apply", str(recipe), "--out", str(tmp / "run")])
+    finally:
+        os.umask(old)
     return tmp / "run", result
 
 
@@ -53,6 +58,15 @@ def test_apply_end_to_end(tiny_run) -> None:
     assert "not proven" not in result.output + (out / "report.md").read_text()
     assert report["speedup"]["headline"] > 0
     assert "# compress report: tiny" in (out / "report.md").read_text()
+
+
+def test_outputs_honour_the_umask(tiny_run) -> None:
+    out, result = tiny_run
+    assert result.exit_code == 0, result.output
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777)
+             for p in out.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and any(name.startswith("steps/") for name in modes)
+    assert {name: mode for name, mode in modes.items() if mode != "0o644"} == {}
 
 
 def test_loaded_model_equals_onnx_output(tiny_run) -> None:
