@@ -45,20 +45,47 @@ from compress.pruning.base import Pruner, StepRecord
 from compress.rng import restore_rng_state, rng_state
 from compress.run.loop import ResumePoint
 
-__all__ = ["STATES", "RunFolder", "read_status", "write_status", "prepare_run_dir",
+__all__ = ["STATES", "RunFolder", "read_run_file", "read_status", "write_status", "prepare_run_dir",
            "recipe_digest", "changed_keys", "last_finished_step"]
 
 STATES = ("running", "done", "failed", "interrupted")
 
 
+def read_run_file(path: Path, keys: dict[str, type] | None = None) -> dict[str, Any]:
+    """The JSON object in the run file ``path``, with ``keys`` of those types; any other
+    content (missing, not JSON, not an object, a key missing or wrong-typed) is an InputError
+    naming the file: everything this module reads back goes through here."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem = "is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        problem = "is not readable JSON"
+    else:
+        wrong = [k for k, kind in (keys or {}).items()
+                 if not isinstance(body, dict) or not isinstance(body.get(k), kind)]
+        if isinstance(body, dict) and not wrong:
+            return body
+        problem = (f"has no valid {wrong[0]!r}" if isinstance(body, dict)
+                   else "is not a JSON object")
+    raise _damaged(path, problem)
+
+
+def _damaged(path: Path, problem: str) -> InputError:
+    return InputError(f"the run file {str(path)!r} {problem}; the folder was not written by "
+                      f"compress or was damaged: pass --overwrite to start over or choose another "
+                      f"--out")
+
+
 def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """``status.json`` (None when there is none), its ``state`` one of :data:`STATES`."""
     path = run_dir / "status.json"
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError):
-        return {"state": "failed", "reason": "status.json is unreadable"}
+    status = read_run_file(path, {"state": str})
+    if status["state"] not in STATES:
+        raise _damaged(path, f"has no valid 'state' (one of {', '.join(STATES)})")
+    return status
 
 
 def write_status(run_dir: Path, state: str, reason: str | None = None, **extra: Any) -> None:
@@ -97,10 +124,10 @@ def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bo
             raise InputError(f"nothing to resume in {str(run_dir)!r}: the folder is empty or "
                              f"missing; run without --resume")
         return False
-    status = read_status(run_dir)
     if overwrite:
         shutil.rmtree(run_dir)
         return False
+    status = read_status(run_dir)
     if status is None:
         raise InputError(f"{str(run_dir)!r} exists and is not a compress run folder; choose "
                          f"another --out or pass --overwrite")
@@ -110,7 +137,7 @@ def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bo
     if not resume:
         raise InputError(f"{str(run_dir)!r} holds an unfinished run ({status['state']}); pass "
                          f"--resume to continue it or --overwrite to start over")
-    stored = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
+    stored = read_run_file(run_dir / "recipe.json")
     keys = changed_keys(stored, recipe_dict)
     if keys:
         raise InputError(f"cannot resume {str(run_dir)!r}: the recipe changed since the run "
@@ -123,6 +150,18 @@ def last_finished_step(run_dir: Path) -> int:
     done = [int(p.parent.name) for p in (run_dir / "steps").glob("*/state.json")
             if p.parent.name.isdigit()]
     return max(done, default=0)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A step's safetensors file; missing or damaged is an InputError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        problem = "is missing" if isinstance(err, FileNotFoundError) else "is not readable"
+        raise _damaged(path, problem) from None
 
 
 def _step_dir(run_dir: Path, step: int) -> Path:
@@ -196,8 +235,6 @@ class RunFolder:
 
     def resume_point(self, sampler: torch.Generator | None) -> ResumePoint:
         """Where to go on: inside the fine-tune after the last finished step, or after it."""
-        from safetensors.torch import load_file
-
         step = self.last_finished_step()
         for finished in range(1, step + 1):  # a kill between state.json and their removal
             remove_snapshots(self.step_dir(finished))
@@ -212,11 +249,11 @@ class RunFolder:
             raise InputError(f"nothing to resume in {str(self.path)!r}: no pruning step "
                              f"finished; start over with --overwrite")
         step_dir = self.step_dir(step)
-        state = json.loads((step_dir / "state.json").read_text(encoding="utf-8"))
-        rng = load_file(str(step_dir / "rng.safetensors"))
+        state = read_run_file(step_dir / "state.json", {"pruner": dict, "rows": list})
+        rng = _load_tensors(step_dir / "rng.safetensors")
         tensors = step_dir / "pruner.safetensors"
         return ResumePoint(step=step, pruner_state=state["pruner"],
-                           pruner_tensors=load_file(str(tensors)) if tensors.is_file() else {},
-                           model_state=load_file(str(step_dir / "model.safetensors")),
+                           pruner_tensors=_load_tensors(tensors) if tensors.is_file() else {},
+                           model_state=_load_tensors(step_dir / "model.safetensors"),
                            rows=state["rows"],
                            restore_rng=lambda: restore_rng_state(rng, sampler))
