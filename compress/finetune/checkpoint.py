@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from compress.finetune.patience import BestWeights, Monitor
-from compress.fsutil import honour_umask_, write_text_atomic
+from compress.fsutil import save_tensors_atomic, write_text_atomic
 from compress.rng import restore_rng_state, rng_state, sampler_generator
 from compress.signals import deferred_stop, stop_requested
 
@@ -145,12 +145,7 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(_cpu(tensors), str(path))
-    honour_umask_(path)  # safetensors creates it 0600
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    save_tensors_atomic(_cpu(tensors), path)
 
 
 def _prefixed(parts: dict[str, dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:
