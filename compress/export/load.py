@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,13 +20,11 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.export.safetensors import MANIFEST_FORMAT
+from compress.export.manifest import check_weight_shapes, read_manifest, weight_shapes
+from compress.jsonio import read_json_object
 from compress.recipe.sources import ModelSpec
 
-__all__ = ["load_model", "read_manifest", "code_asked"]
-
-_MAX_MANIFEST_BYTES = 64 * 2**20  # a manifest lists layer widths: megabytes even for an LLM
-_SCALAR = (bool, int, float, str, type(None))
+__all__ = ["load_model", "code_asked"]
 
 
 def load_model(run_dir: str | os.PathLike[str], *, force: bool = False,
@@ -50,8 +47,8 @@ def load_model(run_dir: str | os.PathLike[str], *, force: bool = False,
     status_path = run_dir / "status.json"
     if status_path.is_file() and not force:
         try:
-            state = json.loads(status_path.read_text(encoding="utf-8")).get("state")
-        except json.JSONDecodeError:
+            state = read_json_object(status_path).get("state")
+        except InputError:
             state = "unreadable"
         if state != "done":
             raise InputError(f"{str(run_dir)!r} holds an unfinished run (status {state!r}); "
@@ -62,6 +59,8 @@ def load_model(run_dir: str | os.PathLike[str], *, force: bool = False,
             raise InputError(f"{str(p)!r} does not exist; pass a folder written by "
                              f"'compress apply' with export.safetensors enabled")
     spec, layers = read_manifest(manifest_path)
+    # Before anything is built: the widths the manifest states are the weights' shapes.
+    check_weight_shapes(layers, weight_shapes(weights_path), repr(str(manifest_path)))
     model = _build(spec, manifest_path, build, trust_code)
     try:
         state = load_file(str(weights_path))
@@ -73,54 +72,28 @@ def load_model(run_dir: str | os.PathLike[str], *, force: bool = False,
         if name not in modules:
             raise InputError(f"manifest layer {name!r} does not exist in the rebuilt model")
         _reshape_(modules[name], name, {k: v for k, v in attrs.items() if k != "type"}, state)
+    _check_state(model, state, weights_path)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def read_manifest(path: Path) -> tuple[ModelSpec, dict[str, dict[str, Any]]]:
-    """The model spec and the per-layer widths of a ``model.json``, checked (one sentence if bad).
-
-    Example:
-        >>> read_manifest(Path("no-such/model.json"))
-        Traceback (most recent call last):
-        compress.errors.InputError: 'no-such/model.json' cannot be read (No such file or directory)
-    """
-    from pydantic import ValidationError
-
-    where = repr(str(path))
-    try:
-        if path.stat().st_size > _MAX_MANIFEST_BYTES:
-            raise InputError(f"{where} is larger than {_MAX_MANIFEST_BYTES >> 20} MiB; "
-                             f"a compress manifest is far smaller")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InputError(f"{where} cannot be read ({err.strerror or err})") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise InputError(f"{where} is not JSON ({str(err).splitlines()[0]})") from None
-    if not isinstance(manifest, dict):
-        raise InputError(f"{where} holds a JSON {type(manifest).__name__}, not the object "
-                         f"of a compress manifest")
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise InputError(f"{where} is not a compress manifest "
-                         f"(format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r})")
-    for key in ("model", "layers"):
-        if not isinstance(manifest.get(key), dict):
-            got = "missing" if key not in manifest else type(manifest[key]).__name__
-            raise InputError(f"{where}: '{key}' must be an object (got {got})")
-    try:
-        spec = ModelSpec.model_validate(manifest["model"])
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"{where}: 'model.{loc}': {first['msg']}") from None
-    layers = manifest["layers"]
-    for name, attrs in layers.items():
-        if not isinstance(attrs, dict) or not all(
-                isinstance(v, _SCALAR) or (isinstance(v, list) and all(
-                    isinstance(x, _SCALAR) for x in v)) for v in attrs.values()):
-            raise InputError(f"{where}: 'layers.{name}' must be an object of numbers, strings "
-                             f"or lists of them (got {attrs!r:.80})")
-    return spec, layers
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights_path: Path) -> None:
+    """The rebuilt model has exactly the weights' tensors, of the same shapes (else
+    ``load_state_dict`` would raise a multi-line RuntimeError)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    where = repr(str(weights_path))
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        what = (f"lacks {missing[0]!r}" if missing else f"holds {extra[0]!r}, which")
+        raise InputError(f"{where} {what} the model rebuilt from the manifest "
+                         f"{'needs' if missing else 'does not have'}; the manifest and the "
+                         f"weights do not belong together")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise InputError(f"{where} holds {key!r} of shape {list(state[key].shape)} where "
+                             f"the model rebuilt from the manifest has {list(shape)}; the "
+                             f"manifest and the weights do not belong together")
 
 
 def code_asked(spec: ModelSpec) -> str | None:

@@ -41,6 +41,7 @@ from compress.finetune.checkpoint import (
     remove_snapshots,
 )
 from compress.fsutil import save_tensors_atomic, write_text_atomic
+from compress.jsonio import read_json_object
 from compress.pruning.base import Pruner, StepRecord
 from compress.rng import restore_rng_state, rng_state
 from compress.run.loop import ResumePoint
@@ -53,28 +54,21 @@ STATES = ("running", "done", "failed", "interrupted")
 
 def read_run_file(path: Path, keys: dict[str, type] | None = None) -> dict[str, Any]:
     """The JSON object in the run file ``path``, with ``keys`` of those types; any other
-    content (missing, not JSON, not an object, a key missing or wrong-typed) is an InputError
-    naming the file: everything this module reads back goes through here."""
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problem = "is missing"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        problem = "is not readable JSON"
-    else:
-        wrong = [k for k, kind in (keys or {}).items()
-                 if not isinstance(body, dict) or not isinstance(body.get(k), kind)]
-        if isinstance(body, dict) and not wrong:
-            return body
-        problem = (f"has no valid {wrong[0]!r}" if isinstance(body, dict)
-                   else "is not a JSON object")
-    raise _damaged(path, problem)
+    content (missing, not bounded JSON, not an object, a key missing or wrong-typed) is an
+    InputError naming the file: everything this module reads back goes through here."""
+    body = read_json_object(path, label="the run file ", hint=_DAMAGED_HINT)
+    wrong = [k for k, kind in (keys or {}).items() if not isinstance(body.get(k), kind)]
+    if wrong:
+        raise _damaged(path, f"has no valid {wrong[0]!r}")
+    return body
+
+
+_DAMAGED_HINT = ("the folder was not written by compress or was damaged: pass --overwrite to "
+                 "start over or choose another --out")
 
 
 def _damaged(path: Path, problem: str) -> InputError:
-    return InputError(f"the run file {str(path)!r} {problem}; the folder was not written by "
-                      f"compress or was damaged: pass --overwrite to start over or choose another "
-                      f"--out")
+    return InputError(f"the run file {str(path)!r} {problem}; {_DAMAGED_HINT}")
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:

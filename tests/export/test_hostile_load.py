@@ -132,10 +132,13 @@ def test_trust_code_runs_a_legit_factory(run: Path) -> None:
 @hostile
 @pytest.mark.parametrize("text, fragment", [
     ("{not json", "is not JSON"),
-    ("\xff\xfe", "is not JSON"),
-    ("[1, 2]", "holds a JSON list"),
-    ('"compress"', "holds a JSON str"),
-    ("[" * 100_000 + "]" * 100_000, "is not JSON"),
+    ("\xff\xfe", "is not UTF-8 text"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('"compress"', "holds a JSON string, not an object"),
+    ("[" * 100_000 + "]" * 100_000, "levels deep, the most read"),
+    ('{"format": "compress.model/1", "layers": {"0": {"out_channels": ' + "9" * 5000 + "}}}",
+     "holds an integer of 5,000 digits"),
+    ("", "is not JSON"),
 ])
 def test_unreadable_manifests_are_refused(run: Path, text: str, fragment: str) -> None:
     (run / "model.json").write_bytes(text.encode("latin-1"))
@@ -144,13 +147,16 @@ def test_unreadable_manifests_are_refused(run: Path, text: str, fragment: str) -
 
 @hostile
 @pytest.mark.parametrize("change, fragment", [
-    ({"layers": None}, "'layers' must be an object (got NoneType)"),
-    ({"layers": [1]}, "'layers' must be an object (got list)"),
-    ({"model": "os:system"}, "'model' must be an object (got str)"),
+    ({"layers": None}, "'layers' should be a valid dictionary (got None)"),
+    ({"layers": [1]}, "'layers' should be a valid dictionary (got [1])"),
+    ({"model": "os:system"}, "'model' should be a valid dictionary"),
     ({"model": {"source": "cifar_resnet", "name": "resnet20", "kwargs": [1]}}, "'model.kwargs'"),
     ({"model": {"source": "cifar_resnet", "evil": 1}}, "'model.evil'"),
-    ({"layers": {"0": "wide"}}, "'layers.0' must be an object"),
-    ({"layers": {"0": {"out_channels": {"a": 1}}}}, "'layers.0' must be an object"),
+    ({"layers": {"0": "wide"}}, "'layers.0' should be a valid dictionary"),
+    ({"layers": {"0": {"out_channels": {"a": 1}}}}, "'layers.0.out_channels"),
+    ({"layers": {"0": {"type": "Conv2d", "in_channels": 1, "out_channels": "4"}}},
+     "'layers.0.out_channels' must be a whole number"),
+    ({"format": "compress.model/2"}, "is not a compress manifest"),
 ])
 def test_wrong_manifest_types_are_refused(run: Path, change: dict[str, Any],
                                           fragment: str) -> None:
@@ -165,4 +171,56 @@ def test_missing_layers_is_refused(run: Path) -> None:
     manifest = json.loads((run / "model.json").read_text())
     del manifest["layers"]
     (run / "model.json").write_text(json.dumps(manifest))
-    _refused(run, "'layers' must be an object (got missing)", trust_code=True)
+    _refused(run, "'layers' field required", trust_code=True)
+
+
+@hostile
+@pytest.mark.parametrize("layer, change, fragment", [
+    ("0", {"out_channels": 5}, "out_channels 5, groups 1) does not fit '0.weight' of shape"),
+    ("0", {"in_channels": 2}, "(in_channels 2, out_channels 4, groups 1) does not fit '0.w"),
+    ("3", {"in_features": 100}, "(in_features 100, out_features 3) does not fit '3.weight'"),
+    ("3", {"out_features": 7}, "(in_features 144, out_features 7) does not fit '3.weight'"),
+    ("0", {"groups": 2}, "(in_channels 1, out_channels 4, groups 2) does not fit"),
+])
+def test_widths_that_disagree_with_the_weights_are_refused(run: Path, layer: str,
+                                                           change: dict[str, Any],
+                                                           fragment: str) -> None:
+    """A manifest whose widths no longer match the safetensors shapes: refused before the
+    model is built (the factory file would otherwise run first)."""
+    manifest = json.loads((run / "model.json").read_text())
+    manifest["layers"][layer].update(change)
+    (run / "model.json").write_text(json.dumps(manifest))
+    marker = run.parent / MARKER_NAME
+    (run.parent / "legit.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + _NET)
+    _refused(run, fragment, "do not belong together", trust_code=True)
+    assert_no_marker(run.parent)
+
+
+@hostile
+def test_zero_groups_is_refused(run: Path) -> None:
+    manifest = json.loads((run / "model.json").read_text())
+    manifest["layers"]["0"]["groups"] = 0
+    (run / "model.json").write_text(json.dumps(manifest))
+    _refused(run, "'layers.0.groups' must be at least 1", trust_code=True)
+
+
+@hostile
+def test_weights_of_another_model_are_refused_in_one_sentence(run: Path) -> None:
+    """Widths the manifest does not state (here: a tensor the model lacks) are caught after
+    building, instead of load_state_dict's multi-line RuntimeError."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(run / "model.safetensors"))
+    state["extra.weight"] = torch.zeros(2)
+    save_file(state, str(run / "model.safetensors"))
+    _refused(run, "holds 'extra.weight'", "do not belong together", trust_code=True)
+    del state["extra.weight"], state["3.bias"]
+    save_file(state, str(run / "model.safetensors"))
+    _refused(run, "lacks '3.bias'", trust_code=True)
+
+
+@hostile
+@pytest.mark.parametrize("status", ["[]", "{", '{"state": [1]}', "9" * 5000])
+def test_a_broken_status_json_reads_as_unfinished(run: Path, status: str) -> None:
+    (run / "status.json").write_text(status)
+    _refused(run, "holds an unfinished run", "force=True", trust_code=True)

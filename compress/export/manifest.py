@@ -1,0 +1,128 @@
+"""Reading a ``model.json`` manifest back, and holding it to the weights it came with.
+
+The manifest is input like any other: it may have been edited, truncated or written for other
+weights. :func:`read_manifest` reads it with the bounded JSON reader and validates it with a
+pydantic model (:class:`Manifest`); :func:`check_weight_shapes` compares every width the
+manifest states with the shapes in ``model.safetensors``'s header, before anything is built or
+a weight is read. Each problem is one sentence naming the file and the field.
+
+Example:
+    >>> layers = {"0": {"type": "Linear", "in_features": 4, "out_features": 2}}
+    >>> check_weight_shapes(layers, {"0.weight": (2, 4), "0.bias": (2,)}, "'model.json'")
+    >>> check_weight_shapes(layers, {"0.weight": (3, 4)}, "'model.json'")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    compress.errors.InputError: 'model.json': layer '0' (in_features 4, out_features 2) ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from compress.errors import InputError
+from compress.export.safetensors import MANIFEST_FORMAT
+from compress.jsonio import read_json_object, validate_json
+from compress.recipe.sources import ModelSpec
+
+__all__ = ["Manifest", "read_manifest", "weight_shapes", "check_weight_shapes"]
+
+_Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
+
+
+class Manifest(BaseModel):
+    """What ``compress.load`` reads from a ``model.json``; other keys (``input``, ``classes``,
+    ``preprocess``) are a serving stack's and pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: StrictStr  # MANIFEST_FORMAT, checked first for a sentence that says so
+    model: ModelSpec
+    layers: dict[str, dict[str, _Scalar | list[_Scalar]]]
+
+
+def read_manifest(path: Path) -> tuple[ModelSpec, dict[str, dict[str, Any]]]:
+    """The model spec and the per-layer widths of a ``model.json``, checked (one sentence if bad).
+
+    Example:
+        >>> read_manifest(Path("no-such/model.json"))
+        Traceback (most recent call last):
+        compress.errors.InputError: 'no-such/model.json' does not exist
+    """
+    where = repr(str(path))
+    body = read_json_object(path)
+    if body.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{where} is not a compress manifest "
+                         f"(format {str(body.get('format'))[:40]!r}, expected {MANIFEST_FORMAT!r})")
+    manifest = validate_json(Manifest, body, where)
+    return manifest.model, manifest.layers
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in a safetensors file, from its header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{str(path)!r} is not a readable safetensors file "
+                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                         ) from None
+
+
+def _width(attrs: Mapping[str, Any], key: str, name: str, where: str) -> int:
+    value = attrs[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError(f"{where}: 'layers.{name}.{key}' must be a whole number >= 0 "
+                         f"(got {str(value)[:40]!r})")
+    return value
+
+
+def _expected(name: str, attrs: Mapping[str, Any], where: str) -> dict[str, tuple[int, ...]]:
+    """Per tensor of the layer: the leading dimensions its widths give it."""
+    def w(key: str) -> int:
+        return _width(attrs, key, name, where)
+
+    if {"in_channels", "out_channels"} <= attrs.keys():
+        groups = w("groups") if "groups" in attrs else 1
+        if groups == 0:
+            raise InputError(f"{where}: 'layers.{name}.groups' must be at least 1")
+        out, inn = w("out_channels"), w("in_channels")
+        # torch stores a transposed convolution's weight as (in, out / groups, *kernel).
+        dims = (inn, out // groups) if "Transpose" in str(attrs.get("type")) \
+            else (out, inn // groups)
+        return {"weight": dims, "bias": (out,)}
+    if {"in_features", "out_features"} <= attrs.keys():
+        out = w("out_features")
+        return {"weight": (out, w("in_features")), "bias": (out,)}
+    for key, tensors in (("num_features", ("weight", "bias", "running_mean", "running_var")),
+                         ("num_channels", ("weight", "bias")), ("num_parameters", ("weight",))):
+        if key in attrs:
+            return {t: (w(key),) for t in tensors}
+    if {"num_embeddings", "embedding_dim"} <= attrs.keys():
+        return {"weight": (w("num_embeddings"), w("embedding_dim"))}
+    if "normalized_shape" in attrs:
+        shape = attrs["normalized_shape"]
+        shape = shape if isinstance(shape, list) else [shape]
+        dims = tuple(_width({"normalized_shape": d}, "normalized_shape", name, where)
+                     for d in shape)
+        return {"weight": dims, "bias": dims}
+    return {}
+
+
+def check_weight_shapes(layers: Mapping[str, Mapping[str, Any]],
+                        shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Refuse a manifest whose layer widths disagree with the weights' shapes (``shapes``:
+    tensor name -> shape, from :func:`weight_shapes`)."""
+    for name, attrs in layers.items():
+        prefix = f"{name}." if name else ""
+        for tensor, dims in _expected(name, attrs, where).items():
+            shape = shapes.get(prefix + tensor)
+            if shape is not None and tuple(shape[:len(dims)]) != dims:
+                widths = ", ".join(f"{k} {v}" for k, v in attrs.items() if k != "type")
+                raise InputError(f"{where}: layer {name!r} ({widths}) does not fit "
+                                 f"{prefix + tensor!r} of shape {list(shape)} in the weights; "
+                                 f"the manifest and the weights do not belong together")
