@@ -147,6 +147,15 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
+# pydantic's words for a type error name Python types ("instance of Speedup"); say JSON's.
+_PLAIN = {"model_type": "should be a JSON object", "dict_type": "should be a JSON object",
+          "model_attributes_type": "should be a JSON object", "list_type": "should be a JSON list",
+          "float_type": "should be a number", "float_parsing": "should be a number",
+          "int_type": "should be a whole number", "int_parsing": "should be a whole number",
+          "string_type": "should be a string", "bool_type": "should be true or false",
+          "missing": "is missing", "extra_forbidden": "is not a known key"}
+
+
 def _shown(value: Any) -> str:
     try:
         text = repr(value)
@@ -164,16 +173,17 @@ def validate_json(model: type[_Model], body: Any, where: str) -> _Model:
         ...     x: float
         >>> validate_json(Point, {"x": 1}, "p.json").x
         1.0
-        >>> validate_json(Point, {"x": "far"}, "'p.json'")  # doctest: +ELLIPSIS
+        >>> validate_json(Point, {"x": "far"}, "'p.json'")
         Traceback (most recent call last):
-        compress.errors.InputError: 'p.json': 'x' should be a valid number, ... (got 'far')
+        compress.errors.InputError: 'p.json': 'x' should be a number (got 'far')
     """
     try:
         return model.model_validate(body)
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(_printable(str(p)) for p in first["loc"]) or "(top level)"
-        msg = first["msg"].removeprefix("Value error, ").removeprefix("Input ")
+        msg = _PLAIN.get(first["type"]) or first["msg"].removeprefix("Value error, ")
+        msg = msg.removeprefix("Input ")
         msg = msg[:1].lower() + msg[1:]
         got = "" if first["type"] == "missing" else f" (got {_shown(first['input'])})"
         raise InputError(f"{where}: {loc!r} {msg}{got}") from None

@@ -231,6 +231,10 @@ def gate(report: Path = typer.Argument(..., help="report.json, or the run folder
          max_size_mb: float | None = _threshold("--max-size-mb", "Largest ONNX file (MB)."),
          min_macs_reduction: float | None = _threshold(
              "--min-macs-reduction", "Smallest fraction of MACs removed (0..1)."),
+         require_proof: bool | None = typer.Option(
+             None, "--require-proof/--no-require-proof", help="Fail unless every pruning step "
+             "was proven exact (a skipped proof is 'not proven'); --no-require-proof drops the "
+             "recipe's requirement."),
          junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML: one "
                                            "testcase per gate."),
          markdown: Path | None = typer.Option(None, "--markdown", help="Also write a Markdown "
@@ -247,7 +251,8 @@ def gate(report: Path = typer.Argument(..., help="report.json, or the run folder
 
     overrides = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup,
                  "max_accuracy_drop_relative": max_accuracy_drop_relative,
-                 "max_size_mb": max_size_mb, "min_macs_reduction": min_macs_reduction}
+                 "max_size_mb": max_size_mb, "min_macs_reduction": min_macs_reduction,
+                 "require_proof": require_proof}
     try:
         run = run_gate(report, overrides, junit=junit, markdown=markdown)
     except CompressError as err:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, StrictStr
 
 from compress.errors import InputError
 from compress.export.safetensors import MANIFEST_FORMAT
@@ -29,7 +29,19 @@ from compress.recipe.sources import ModelSpec
 
 __all__ = ["Manifest", "read_manifest", "weight_shapes", "check_weight_shapes"]
 
-_Scalar = StrictBool | StrictInt | StrictFloat | StrictStr | None
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _scalar_or_list(value: Any) -> Any:
+    if _is_scalar(value) or (isinstance(value, list) and all(map(_is_scalar, value))):
+        return value
+    raise ValueError("should be a number, a string, true, false, null or a list of them")
+
+
+_LayerValue = Annotated[Any, AfterValidator(_scalar_or_list)]
 
 
 class Manifest(BaseModel):
@@ -40,7 +52,7 @@ class Manifest(BaseModel):
 
     format: StrictStr  # MANIFEST_FORMAT, checked first for a sentence that says so
     model: ModelSpec
-    layers: dict[str, dict[str, _Scalar | list[_Scalar]]]
+    layers: dict[str, dict[str, _LayerValue]]
 
 
 def read_manifest(path: Path) -> tuple[ModelSpec, dict[str, dict[str, Any]]]:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from compress.errors import InputError
 from compress.recipe.stages import GatesSpec
+from compress.report.markdown import proof_cell, unproven_steps
 
 __all__ = ["GateOutcome", "GATE_NAMES", "evaluate_gates", "gates_passed", "resolve_gates",
            "check_report", "gate_cells", "cli_flag"]
@@ -32,6 +33,7 @@ class _Gate(NamedTuple):
     label: str
     comparison: str  # "<=" (a ceiling) or ">=" (a floor)
     fmt: Callable[[float], str]
+    required: str | None = None  # a yes/no gate: what it requires, instead of a threshold
 
 
 # Order is the order gates are checked and printed in.
@@ -41,6 +43,9 @@ _GATES: dict[str, _Gate] = {
     "min_speedup": _Gate("speedup", ">=", lambda v: f"{v:.2f}x"),
     "max_size_mb": _Gate("model size", "<=", lambda v: f"{v:.3g} MB"),
     "min_macs_reduction": _Gate("MACs reduction", ">=", lambda v: f"{v:.3f}"),
+    # Measured: how many steps were not proven; the gate passes at 0.
+    "require_proof": _Gate("pruning proof", "<=", lambda v: f"{v:.0f} step(s) not proven",
+                           required="every step proven"),
 }
 GATE_NAMES: tuple[str, ...] = tuple(_GATES)
 _NEGATED = {"<=": ">", ">=": "<"}
@@ -106,11 +111,36 @@ def _measure(report: Mapping[str, Any], name: str) -> float | None:
         base = _number(_get(report, "baseline", "macs"))
         comp = _number(_get(report, "compressed", "macs"))
         return None if base is None or comp is None or base <= 0 else 1.0 - comp / base
+    if name == "require_proof":
+        steps = report.get("steps") or []
+        return float(len(unproven_steps(steps))) if steps else None
     raise AssertionError(name)
+
+
+def _proof_message(report: Mapping[str, Any], passed: bool) -> str:
+    """What the proof gate saw: which steps were not proven, or how the steps were checked.
+
+    Example:
+        >>> _proof_message({"steps": [{"step": 1, "max_abs_diff": None, "proof": "not proven"}]},
+        ...                False)
+        'pruning proof: step(s) 1 not proven (required: every step proven)'
+    """
+    steps = report.get("steps") or []
+    if not steps:
+        return "pruning proof: the report lists no pruning steps (required: every step proven)"
+    if not passed:
+        numbers = ", ".join(str(n) for n in unproven_steps(steps))
+        return f"pruning proof: step(s) {numbers} not proven (required: every step proven)"
+    other = [proof_cell(s) for s in steps if s.get("max_abs_diff") is None]
+    if not other:
+        return f"pruning proof: all {len(steps)} step(s) proven"
+    return (f"pruning proof: none unproven ({len(steps) - len(other)} proven, {len(other)} "
+            f"{other[0]})")
 
 
 def _message(name: str, measured: float | None, threshold: float, passed: bool) -> str:
     gate = _GATES[name]
+    assert gate.required is None, name  # yes/no gates say it their own way
     if measured is None:
         return f"{gate.label}: not measured (required {gate.comparison} {_num(threshold)})"
     if passed:
@@ -128,13 +158,17 @@ def evaluate_gates(report: Mapping[str, Any], gates: GatesSpec) -> list[GateOutc
     outcomes = []
     for name, gate in _GATES.items():
         threshold = getattr(gates, name)
-        if threshold is None:
+        if threshold is None or threshold is False:
             continue
+        if gate.required is not None:
+            threshold = 0.0  # a yes/no gate: none of what it counts is allowed
         measured = _measure(report, name)
         passed = measured is not None and (measured <= threshold if gate.comparison == "<="
                                            else measured >= threshold)
+        message = (_proof_message(report, passed) if name == "require_proof"
+                   else _message(name, measured, threshold, passed))
         outcomes.append(GateOutcome(name, passed, measured, float(threshold), gate.comparison,
-                                    _message(name, measured, threshold, passed)))
+                                    message))
     return outcomes
 
 
@@ -151,8 +185,8 @@ def _validated(values: dict[str, float], where: Callable[[str], str]) -> GatesSp
         raise InputError(f"{where(name)}: {e['msg']} (got {e.get('input')!r})") from None
 
 
-def resolve_gates(report: Mapping[str, Any],
-                  overrides: Mapping[str, float | None]) -> tuple[GatesSpec, dict[str, str]]:
+def resolve_gates(report: Mapping[str, Any], overrides: Mapping[str, float | bool | None]
+                  ) -> tuple[GatesSpec, dict[str, str]]:
     """Thresholds for a stored report: each from ``overrides`` if given, else the recipe's.
 
     Returns the thresholds and, per set gate, where it came from ("cli" or "recipe").
@@ -174,16 +208,17 @@ def resolve_gates(report: Mapping[str, Any],
     recipe = {k: v for k, v in stored.items() if k in _GATES and v is not None}
     _validated(recipe, lambda n: f"the report's recipe gates.{n}")
     merged = {**recipe, **cli}
-    if not merged:
+    active = [k for k, v in merged.items() if v is not False]  # --no-require-proof: off
+    if not active:
         flags = ", ".join(cli_flag(n) for n in _GATES)
         raise InputError(f"no thresholds to check: the report's recipe sets no gates and none "
                          f"were given; pass at least one of {flags}")
-    sources = {k: "cli" if k in cli else "recipe" for k in merged}
+    sources = {k: "cli" if k in cli else "recipe" for k in active}
     return GatesSpec(**merged), sources
 
 
 def check_report(report: Mapping[str, Any],
-                 overrides: Mapping[str, float | None]) -> list[GateOutcome]:
+                 overrides: Mapping[str, float | bool | None]) -> list[GateOutcome]:
     """Evaluate a stored report against CLI thresholds, falling back to the recipe's gates.
 
     Example:
@@ -211,6 +246,8 @@ def gate_cells(gate: Mapping[str, Any]) -> tuple[str, str, str]:
         shown = "not measured"
     else:
         shown = spec.fmt(measured) if spec else f"{measured:.4g}"
+    if spec is not None and spec.required is not None:
+        return label, shown, spec.required
     threshold = _number(gate.get("threshold"))
     limit = _num(threshold) if threshold is not None else "?"
     return label, shown, f"{gate.get('comparison', '')} {limit}".strip()

@@ -27,7 +27,7 @@ from typing import Any
 from compress.fsutil import write_text_atomic
 from compress.gates.gate import GateOutcome, check_report
 from compress.gates.junit import gates_junit_xml
-from compress.report.build import load_report
+from compress.gates.stored import read_stored_report
 from compress.report.markdown import gates_markdown
 
 __all__ = ["GateRun", "run_gate"]
@@ -92,7 +92,8 @@ class GateRun:
                 "markdown": str(self.markdown) if self.markdown else None}
 
 
-def run_gate(report_path: str | os.PathLike[str], overrides: Mapping[str, float | None], *,
+def run_gate(report_path: str | os.PathLike[str],
+             overrides: Mapping[str, float | bool | None], *,
              junit: str | os.PathLike[str] | None = None,
              markdown: str | os.PathLike[str] | None = None) -> GateRun:
     """Check the report at ``report_path`` (a report.json or its run folder) and write files.
@@ -100,14 +101,14 @@ def run_gate(report_path: str | os.PathLike[str], overrides: Mapping[str, float 
     Each threshold comes from ``overrides`` (gate name -> value, None = not given) or else the
     report's recipe (see :func:`compress.gates.gate.check_report`). ``junit`` / ``markdown``: also
     write the outcomes there as JUnit XML / a Markdown table (atomically, folders created).
-    Raises :class:`InputError` for a missing or foreign report and for bad or no thresholds;
-    nothing is written then. A failed gate is not an error: see :attr:`GateRun.failed`.
+    Raises :class:`InputError` for a missing, foreign or mistyped report (see
+    :mod:`compress.gates.stored`) and for bad or no thresholds; nothing is written then. A failed gate is not an error: see :attr:`GateRun.failed`.
 
     Example:
         >>> run_gate("runs/quickstart", {"min_speedup": 1.5}).verdict  # doctest: +SKIP
         'quickstart: all 2 gates passed'
     """
-    data, path = load_report(report_path)
+    data, path = read_stored_report(report_path)
     outcomes = tuple(check_report(data, overrides))
     run = GateRun(str(data.get("name") or path.parent.name), path, outcomes,
                   Path(junit) if junit is not None else None,

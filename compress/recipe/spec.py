@@ -88,6 +88,10 @@ class Recipe(Section):
         if pruning_kind_of(self.pruning.kind).single_step and self.schedule.kind != "one-shot":
             raise ValueError(f"{self.pruning.kind} pruning has a fixed pattern: use "
                              f"schedule.kind: one-shot")
+        if self.gates.require_proof and not self.pruning.verify:
+            # The run could only fail its gate at the end: say so before it starts.
+            raise ValueError("gates.require_proof needs the proofs that pruning.verify: false "
+                             "skips; set pruning.verify: true or gates.require_proof: false")
         return self
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:

@@ -202,3 +202,7 @@ class GatesSpec(Section):
                                       examples=[25.0])
     min_macs_reduction: float | None = Field(None, ge=0, lt=1, description="Smallest allowed "
                                              "fraction of MACs removed.", examples=[0.45])
+    require_proof: bool = Field(False, description="Every pruning step must be proven exact: a "
+                                "step whose proof was skipped (pruning.verify: false) fails the "
+                                "gate. Steps checked by a pattern count (unstructured, n:m) "
+                                "pass, shown as not applicable.", examples=[True])

@@ -62,6 +62,7 @@ def load_report(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
         ('report.json', 1)
     """
     from compress.errors import InputError
+    from compress.jsonio import read_json_object
 
     path = Path(path)
     if path.is_dir():
@@ -69,12 +70,8 @@ def load_report(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
     if not path.is_file():
         raise InputError(f"{path} does not exist; pass a report.json or the run folder that "
                          f"'compress apply' wrote")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path} is not valid JSON ({err}); pass the report.json that "
-                         f"'compress apply' wrote") from None
-    version = report.get("schema_version") if isinstance(report, dict) else None
+    report = read_json_object(path, hint="pass the report.json that 'compress apply' wrote")
+    version = report.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise InputError(f"{path} is not a compress report (no integer 'schema_version'); pass "
                          f"the report.json that 'compress apply' wrote")

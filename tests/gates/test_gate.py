@@ -173,7 +173,7 @@ def _no_thresholds(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("make, args, fragment", [
     (lambda t: t / "missing", [], "does not exist"),
     (lambda t: t, [], "does not exist"),  # a folder without report.json
-    (_bad_json, [], "is not valid JSON"),
+    (_bad_json, [], "is not JSON"),
     (_not_a_report, [], "is not a compress report"),
     (_no_thresholds, [], "no thresholds to check"),
     (_no_thresholds, ["--min-speedup", "0"], "--min-speedup: Input should be greater than 0"),
