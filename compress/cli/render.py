@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.report.markdown import proof_cell
+from compress.report.proof import proof_cell
 
 __all__ = ["apply_summary", "print_inspection", "print_registries", "print_comparison"]
 

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from compress.errors import InputError
 from compress.recipe.stages import GatesSpec
-from compress.report.markdown import proof_cell, unproven_steps
+from compress.report.proof import proof_cell, unproven_steps
 
 __all__ = ["GateOutcome", "GATE_NAMES", "evaluate_gates", "gates_passed", "resolve_gates",
            "check_report", "gate_cells", "cli_flag"]

@@ -102,7 +102,8 @@ def run_gate(report_path: str | os.PathLike[str],
     report's recipe (see :func:`compress.gates.gate.check_report`). ``junit`` / ``markdown``: also
     write the outcomes there as JUnit XML / a Markdown table (atomically, folders created).
     Raises :class:`InputError` for a missing, foreign or mistyped report (see
-    :mod:`compress.gates.stored`) and for bad or no thresholds; nothing is written then. A failed gate is not an error: see :attr:`GateRun.failed`.
+    :mod:`compress.gates.stored`) and for bad or no thresholds; nothing is written then. A
+    failed gate is not an error: see :attr:`GateRun.failed`.
 
     Example:
         >>> run_gate("runs/quickstart", {"min_speedup": 1.5}).verdict  # doctest: +SKIP

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from compress.fsutil import write_text_atomic
 from compress.report.html import render_html
-from compress.report.markdown import render_markdown, unproven_steps, zeroes_weights
+from compress.report.markdown import render_markdown, zeroes_weights
+from compress.report.proof import unproven_steps
 
 if TYPE_CHECKING:
     from torch import nn

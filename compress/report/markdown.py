@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["render_markdown", "gates_markdown", "human_count", "zeroes_weights", "proof_cell",
-           "unproven_steps"]
+from compress.report.proof import proof_cell
+
+__all__ = ["render_markdown", "gates_markdown", "human_count", "zeroes_weights"]
 
 # The unit a step records when it masks weights inside dense tensors (unstructured, n:m); a
 # step that removes whole channels, heads or neurons records those instead.
@@ -38,33 +39,6 @@ def zeroes_weights(steps: Sequence[Mapping[str, Any]]) -> bool:
         (False, False)
     """
     return bool(steps) and steps[-1].get("removed_unit") == _MASKED_UNIT
-
-
-def proof_cell(step: Mapping[str, Any]) -> str:
-    """A step's proof as shown to people: the measured max difference, or why there is none.
-
-    A step without a measured difference (``max_abs_diff`` null) shows its ``proof`` words,
-    never a number; reports from before ``proof`` existed read "not proven" then.
-
-    Example:
-        >>> proof_cell({"max_abs_diff": 1.5e-6, "proof": "proven"})
-        '1.5e-06'
-        >>> proof_cell({"max_abs_diff": None, "proof": "not proven"})
-        'not proven'
-    """
-    diff = step.get("max_abs_diff")
-    return f"{diff:.1e}" if diff is not None else str(step.get("proof") or "not proven")
-
-
-def unproven_steps(steps: Sequence[Mapping[str, Any]]) -> list[int]:
-    """The numbers of the steps whose proof was skipped (``pruning.verify: false``).
-
-    Example:
-        >>> unproven_steps([{"step": 1, "max_abs_diff": None, "proof": "not proven"},
-        ...                 {"step": 2, "max_abs_diff": 0.0, "proof": "proven"}])
-        [1]
-    """
-    return [s["step"] for s in steps if proof_cell(s) == "not proven"]
 
 
 def gates_markdown(gates: list[dict[str, Any]], *, title: str | None = None) -> str:
