@@ -27,8 +27,8 @@ from typing import Any
 
 from compress.errors import InputError
 
-__all__ = ["FS_FAULTS", "write_failure", "writing", "temp_path_for", "honour_umask_", "publish",
-           "write_text_atomic", "write_bytes_atomic", "save_tensors_atomic"]
+__all__ = ["FS_FAULTS", "fs_fault", "write_failure", "writing", "temp_path_for", "honour_umask_",
+           "publish", "write_text_atomic", "write_bytes_atomic", "save_tensors_atomic"]
 
 
 # Errors that say the file system cannot take a write (not that the program is wrong).
@@ -60,8 +60,18 @@ def write_failure(path: Path, err: BaseException) -> str:
     return f"cannot write {str(path)!r}: {why[:1].lower()}{why[1:]}; {hint}"
 
 
-def _is_write_error(err: BaseException) -> bool:
-    return isinstance(err, OSError) or type(err).__name__ == "SafetensorError"
+def fs_fault(err: BaseException) -> BaseException | None:
+    """The disk-full / read-only / permission error behind ``err`` (itself, or one it was
+    raised from, as exporters wrap them), or None."""
+    seen: BaseException | None = err
+    for _ in range(8):
+        if seen is None:
+            return None
+        if (isinstance(seen, OSError) or type(seen).__name__ == "SafetensorError") and \
+                _errno_of(seen) in FS_FAULTS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @contextmanager
@@ -71,9 +81,10 @@ def writing(path: Path) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        if not _is_write_error(err):
+        fault = fs_fault(err)
+        if fault is None and not isinstance(err, OSError):
             raise
-        raise InputError(write_failure(path, err)) from None
+        raise InputError(write_failure(path, fault or err)) from None
 
 
 def temp_path_for(path: Path) -> Path:

@@ -294,7 +294,8 @@ def report_(run_dir: Path = typer.Argument(..., help="Run folder (or its report.
 
 def _refuse_unfinished(run_dir: Path) -> None:
     """A run folder without its report yet: say what state the run is in, not 'no file'."""
-    from compress.run.folder import describe_state, read_status
+    from compress.run.folder import read_status
+    from compress.run.owner import describe_state
 
     if not run_dir.is_dir() or (run_dir / "report.json").is_file():
         return

@@ -5,7 +5,8 @@ One module owns the folder's on-disk format:
 * ``status.json`` says ``running``, ``done``, ``failed`` or ``interrupted`` (with a reason) and
   names the run's owner (:mod:`compress.run.owner`). It is written when a run starts and
   rewritten when it ends, ``done`` only after every artifact. A folder that says ``running``
-  while its owner is gone (killed) reads as ``interrupted (owner gone)`` (:func:`describe_state`).
+  while its owner is gone (killed) reads as ``interrupted (owner gone)``
+  (:func:`compress.run.owner.describe_state`).
 * The run holds the folder's lock from :meth:`RunFolder.open_` to :meth:`RunFolder.close`: a
   second writer (``apply``, ``--resume``, ``--overwrite``) is refused, naming the owner.
 * A finished folder is never overwritten unless asked; an unfinished one is resumed or
@@ -22,10 +23,7 @@ Example:
     False
     >>> read_status(folder.path)["state"], folder.last_finished_step(), folder.step_dir(3).name
     ('running', 0, '03')
-    >>> describe_state(folder.path).startswith("running (pid ")
-    True
-    >>> folder.close(); describe_state(folder.path)  # closed while marked running: a crash
-    'interrupted (owner gone)'
+    >>> folder.close()
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ import torch
 from compress.errors import InputError
 from compress.finetune.checkpoint import (
     FinetuneCheckpoint,
+    damaged_snapshot,
     latest_snapshot,
     latest_snapshot_dir,
     remove_snapshots,
@@ -52,10 +51,10 @@ from compress.fsutil import save_tensors_atomic, write_text_atomic
 from compress.pruning.base import Pruner, StepRecord
 from compress.rng import restore_rng_state, rng_state
 from compress.run.loop import ResumePoint
-from compress.run.owner import RunLock, claim, entries, owner_gone, owner_of, this_process
+from compress.run.owner import RunLock, claim, entries, this_process
 
 __all__ = ["STATES", "RunFolder", "read_run_file", "read_status", "write_status", "prepare_run_dir",
-           "recipe_digest", "changed_keys", "last_finished_step", "describe_state"]
+           "recipe_digest", "changed_keys", "last_finished_step"]
 
 STATES = ("running", "done", "failed", "interrupted")
 
@@ -104,21 +103,6 @@ def write_status(run_dir: Path, state: str, reason: str | None = None, **extra: 
     write_text_atomic(run_dir / "status.json", json.dumps(body, indent=2) + "\n")
 
 
-def describe_state(run_dir: Path, status: dict[str, Any] | None = None) -> str:
-    """The run's state as readers should show it: ``running (pid N on host H, started T)``
-    while its owner writes, ``interrupted (owner gone)`` when that owner died (kill -9, power
-    loss), else ``status.json``'s state. Reads only."""
-    status = read_status(run_dir) if status is None else status
-    if status is None:
-        return "not a run folder"
-    if status["state"] != "running":
-        return str(status["state"])
-    if owner_gone(run_dir, status):
-        return "interrupted (owner gone)"
-    owner = owner_of(status)
-    return f"running ({owner.describe()})" if owner else "running"
-
-
 def recipe_digest(recipe_dict: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recipe_dict, sort_keys=True).encode()).hexdigest()
 
@@ -149,12 +133,11 @@ def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bo
         if resume:
             raise InputError(f"nothing to resume in {str(run_dir)!r}: the folder is empty or "
                              f"missing; run without --resume")
-        claim(run_dir, lock, _holder, create=True)
+        claim(run_dir, lock, read_status, create=True)
         return False
     if not overwrite and read_status(run_dir) is None:  # before a lock file is put there
-        raise InputError(f"{str(run_dir)!r} exists and is not a compress run folder; choose "
-                         f"another --out or pass --overwrite")
-    claim(run_dir, lock, _holder)
+        raise _foreign(run_dir)
+    claim(run_dir, lock, read_status)
     try:
         return _reuse(run_dir, recipe_dict, overwrite=overwrite, resume=resume)
     except BaseException:
@@ -162,11 +145,9 @@ def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bo
         raise
 
 
-def _holder(run_dir: Path) -> Any:
-    try:
-        return owner_of(read_status(run_dir))
-    except InputError:
-        return None
+def _foreign(run_dir: Path) -> InputError:
+    return InputError(f"{str(run_dir)!r} exists and is not a compress run folder; choose "
+                      f"another --out or pass --overwrite")
 
 
 def _reuse(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bool, resume: bool) -> bool:
@@ -177,8 +158,7 @@ def _reuse(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bool, resum
         return False
     status = read_status(run_dir)  # again: the owner refused a moment ago may have finished
     if status is None:
-        raise InputError(f"{str(run_dir)!r} exists and is not a compress run folder; choose "
-                         f"another --out or pass --overwrite")
+        raise _foreign(run_dir)
     if status["state"] == "done":
         raise InputError(f"{str(run_dir)!r} holds a finished run; pass --overwrite to replace "
                          f"it or choose another --out")
@@ -303,11 +283,17 @@ class RunFolder:
             remove_snapshots(self.step_dir(finished))
         partial = latest_snapshot(self.step_dir(step + 1))
         if partial is not None:
-            context = partial.context
+            context, where = partial.context, latest_snapshot_dir(self.step_dir(step + 1))
+            try:
+                record = StepRecord(**context["record"])
+                assert isinstance(context["pruner"], dict) and isinstance(context["rows"], list)
+            except (KeyError, TypeError, AssertionError):
+                raise damaged_snapshot(where, "has a state.json whose 'context' is not the "
+                                       "run's") from None
             return ResumePoint(step=step, pruner_state=context["pruner"],
                                pruner_tensors=partial.tensors, model_state=partial.model,
                                rows=context["rows"], restore_rng=lambda: None,
-                               finetune=partial, record=StepRecord(**context["record"]))
+                               finetune=partial, record=record, source=where)
         if step == 0:
             raise InputError(f"nothing to resume in {str(self.path)!r}: no pruning step "
                              f"finished; start over with --overwrite")
@@ -318,5 +304,5 @@ class RunFolder:
         return ResumePoint(step=step, pruner_state=state["pruner"],
                            pruner_tensors=_load_tensors(tensors) if tensors.is_file() else {},
                            model_state=_load_tensors(step_dir / "model.safetensors"),
-                           rows=state["rows"],
+                           rows=state["rows"], source=step_dir,
                            restore_rng=lambda: restore_rng_state(rng, sampler))

@@ -17,8 +17,10 @@ Example:
     >>> lock = RunLock(folder)
     >>> lock.acquire(), RunLock(folder).acquire(), lock_is_free(folder)
     (True, False, False)
-    >>> lock.release(); lock_is_free(folder)
-    True
+    >>> describe_state(folder, {"state": "running", "owner": this_process().to_dict()})[:12]
+    'running (pid'
+    >>> lock.release(); lock_is_free(folder), describe_state(folder, {"state": "running"})
+    (True, 'interrupted (owner gone)')
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from compress.errors import InputError
 from compress.fsutil import write_failure
 
 __all__ = ["LOCK_NAME", "Owner", "RunLock", "claim", "entries", "lock_is_free", "this_process",
-           "owner_of", "owner_gone"]
+           "owner_of", "owner_gone", "describe_state"]
 
 LOCK_NAME = ".lock"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
@@ -168,10 +170,10 @@ def entries(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name != LOCK_NAME] if folder.is_dir() else []
 
 
-def claim(folder: Path, lock: RunLock, holder: Callable[[Path], Owner | None], *,
+def claim(folder: Path, lock: RunLock, read_status: Callable[[Path], dict[str, Any] | None], *,
           create: bool = False) -> None:
     """Take ``folder``'s ``lock`` (``create``: making the folder first), or refuse naming the
-    process that holds it (``holder(folder)``: the owner its status records)."""
+    process that holds it (the owner its status, as ``read_status`` reads it, records)."""
     if create:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +182,10 @@ def claim(folder: Path, lock: RunLock, holder: Callable[[Path], Owner | None], *
                              f"choose another --out") from None
     if lock.acquire():
         return
-    owner = holder(folder)
+    try:
+        owner = owner_of(read_status(folder))
+    except InputError:  # a damaged status.json: still refused, without a name
+        owner = None
     who = owner.describe() if owner else "another process"
     raise InputError(f"{str(folder)!r} is in use by a running compress ({who}); wait for it "
                      f"to end or stop it, then resume with --resume, or choose another --out")
@@ -212,3 +217,17 @@ def owner_gone(folder: Path, status: dict[str, Any] | None) -> bool:
         owner = owner_of(status)
         return owner is None or owner.alive() is False
     return free
+
+
+def describe_state(folder: Path, status: dict[str, Any] | None) -> str:
+    """A run's state as readers show it (``status``: its status.json, as read): ``running (pid
+    N on host H, started T)`` while its owner writes, ``interrupted (owner gone)`` when that
+    owner died (kill -9, power loss), else the recorded state. Writes nothing."""
+    if status is None:
+        return "not a run folder"
+    if status.get("state") != "running":
+        return str(status.get("state"))
+    if owner_gone(folder, status):
+        return "interrupted (owner gone)"
+    owner = owner_of(status)
+    return f"running ({owner.describe()})" if owner else "running"

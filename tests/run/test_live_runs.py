@@ -19,20 +19,15 @@ from pathlib import Path
 import pytest
 
 from compress.recipe.load import load_recipe
-from compress.run.folder import describe_state, read_status
-from compress.run.owner import Owner, RunLock, lock_is_free, owner_of, this_process
+from compress.run.folder import read_status
+from compress.run.owner import Owner, RunLock, describe_state, lock_is_free, owner_of, this_process
 from tests.conftest import ROOT
 from tests.hostile import Tree, assert_refused, hostile, invoke
-from tests.run.test_folder import (  # noqa: F401 - references is a fixture
-    CHILD_ENV,
-    _metrics,
-    _recipe,
-    _start,
-    _wait_for,
-    references,
-)
+from tests.run import test_folder
+from tests.run.test_folder import CHILD_ENV, _metrics, _recipe, _start, _wait_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+references = test_folder.references  # the uninterrupted runs to compare with (a fixture)
 
 # The helper: opens OUT as `compress apply` would (lock, owner, status running), says so by
 # creating OUT.held, then waits for its stdin to close (or a SIGKILL).
@@ -87,7 +82,7 @@ def test_a_second_writer_is_refused_naming_the_owner(
     assert sorted(p.name for p in out.iterdir()) == before
     assert (out / "status.json").read_text() == status
     assert tree.new_files() == []
-    assert describe_state(out).startswith(f"running (pid {proc.pid} on host ")
+    assert describe_state(out, read_status(out)).startswith(f"running (pid {proc.pid} on host ")
     assert lock_is_free(out) is False
 
 
@@ -98,7 +93,7 @@ def test_a_killed_owner_reads_interrupted_owner_gone_and_frees_the_folder(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert read_status(out)["state"] == "running"  # nobody could say otherwise
-    assert describe_state(out) == "interrupted (owner gone)"
+    assert describe_state(out, read_status(out)) == "interrupted (owner gone)"
     result = invoke(["apply", recipe, "--out", out], cwd=tmp_path)
     assert_refused(result, "holds an unfinished run (interrupted (owner gone)); pass --resume")
     result = invoke(["report", out], cwd=tmp_path)
@@ -147,7 +142,7 @@ def test_kill_9_with_a_second_writer_refused_while_live_then_resume_is_bitwise_e
                        f"is in use by a running compress (pid {proc.pid} on host ")
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    assert describe_state(out) == "interrupted (owner gone)"
+    assert describe_state(out, read_status(out)) == "interrupted (owner gone)"
     result = invoke(["apply", recipe, "--out", out, "--resume", "--quiet"], cwd=tmp_path)
     assert result.exit_code == 0, result.output
     status = read_status(out)
