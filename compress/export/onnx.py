@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import CheckFailed
+from compress.errors import CheckFailed, InputError
 from compress.export.onnx_layout import channel_maps_as_convs
-from compress.fsutil import temp_path_for
+from compress.fsutil import fs_fault, temp_path_for, write_failure, writing
 
 __all__ = ["export_onnx", "stage_onnx", "onnx_size", "commit_onnx", "onnx_session", "check_parity"]
 
@@ -45,8 +45,9 @@ def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
     """
     import onnx
 
-    stage = temp_path_for(folder / name)
-    stage.mkdir()
+    with writing(folder / name):
+        stage = temp_path_for(folder / name)
+        stage.mkdir()
     staged = stage / name
     model = channel_maps_as_convs(model.eval()) if layout_rewrites else model.eval()
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
@@ -71,6 +72,8 @@ def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
             raise CheckFailed(f"exported ONNX model is invalid: {err}") from err
         except Exception as err:
             shutil.rmtree(stage, ignore_errors=True)
+            if (fault := fs_fault(err)) is not None:  # the disk, not the model
+                raise InputError(write_failure(folder / name, fault)) from None
             raise CheckFailed(f"ONNX export failed: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}") from err
     return staged
@@ -83,12 +86,16 @@ def onnx_size(path: Path) -> int:
 
 
 def commit_onnx(staged: Path, path: Path) -> Path:
-    """Move a staged export (and its external data, if any) to ``path``; data first."""
-    for extra in sorted(staged.parent.iterdir()):
-        if extra != staged:
-            extra.replace(path.parent / extra.name)
-    staged.replace(path)
-    staged.parent.rmdir()
+    """Move a staged export (and its external data, if any) to ``path``; data first. When a
+    move fails the stage is removed: nothing half-committed is left but what moved whole."""
+    try:
+        with writing(path):
+            for extra in sorted(staged.parent.iterdir()):
+                if extra != staged:
+                    extra.replace(path.parent / extra.name)
+            staged.replace(path)
+    finally:
+        shutil.rmtree(staged.parent, ignore_errors=True)
     return path
 
 
