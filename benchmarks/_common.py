@@ -34,6 +34,10 @@ __all__ = ["ROOT", "SHARED", "RESULTS", "WORK", "machine", "provenance", "write_
            "start", "finish", "make_parser"]
 
 ROOT = Path(__file__).resolve().parents[1]
+# The repository's compress, not an installed copy elsewhere: the scripts run as
+# ``python benchmarks/NAME.py``, which puts benchmarks/, not the root, first on sys.path.
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))
 SHARED = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared"))
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "benchmarks"

@@ -63,9 +63,16 @@ def peak_rss_mib() -> dict[str, float]:
                            ("children", resource.RUSAGE_CHILDREN))}
 
 
+def package_dir() -> Path:
+    """The ``compress`` package that imports here (an installed copy may not be this tree's)."""
+    import compress
+
+    return Path(compress.__file__).resolve().parent
+
+
 def _hashed_files(extra: tuple[Path, ...] = ()) -> list[Path]:
     """The compress sources, the loaded benchmark scripts, and ``extra`` (e.g. a recipe)."""
-    files = set((ROOT / "compress").rglob("*.py"))
+    files = set(package_dir().rglob("*.py"))
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if path and Path(path).resolve().parent == BENCH:
@@ -101,7 +108,11 @@ def code_version(extra: tuple[Path, ...] = ()) -> dict[str, Any]:
     status = _git("status", "--porcelain", "--", *rel) if rel else ""
     changed = sorted(line[3:] for line in (status or "").splitlines())
     commit = _git("rev-parse", "HEAD")
-    return {"commit": commit and commit.strip(), "changed_files": changed if status is not None
+    package = package_dir()
+    return {"commit": commit and commit.strip(),
+            "package": str(package.relative_to(ROOT) if package.is_relative_to(ROOT)
+                           else package),
+            "changed_files": changed if status is not None
             else None, "files_sha256": code_digest(extra), "files_hashed": len(files)}
 
 
