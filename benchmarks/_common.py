@@ -27,7 +27,8 @@ from typing import Any
 
 from provenance import Clock, machine
 
-__all__ = ["ROOT", "SHARED", "RESULTS", "WORK", "machine", "provenance", "write_results",
+__all__ = ["ROOT", "SHARED", "RESULTS", "WORK", "machine", "provenance", "code_key",
+           "write_results",
            "fmt_table",
            "stopwatch", "setup_logging", "require_shared", "command_line", "shown_path",
            "add_common_args",
@@ -77,6 +78,14 @@ def provenance() -> dict[str, Any]:
     clock = _CLOCK[-1] if _CLOCK else Clock()
     run = clock.stop()
     return {"command": command_line(), "code": clock.code, "machine": machine(), "run": run}
+
+
+def code_key() -> str:
+    """The code version this run started with, to key caches of measured cells on: a cell
+    measured by other code (compress or the benchmark scripts) is measured again."""
+    if not _CLOCK:
+        _CLOCK.append(Clock())
+    return _CLOCK[-1].code["files_sha256"]
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str,

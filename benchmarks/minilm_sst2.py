@@ -54,6 +54,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                                            "max_abs_diff", "finetune_epochs", "finetune_s",
                                            "stopped_early")} for s in report["steps"]]
     out["environment"] = report.get("environment")
+    out["sample_shape"] = report["recipe"]["report"]["sample_shape"]
     return out
 
 
@@ -69,6 +70,9 @@ def render(r: dict[str, Any]) -> str:
     return fmt_table(["", "baseline", "compressed"], rows) + (
         f"\nWall time of the apply: {r['apply_wall_s']:.0f} s; peak RSS "
         f"{r['peak_rss_mib']['self']:.0f} MiB.\n")
+
+
+render_result = render
 
 
 def main() -> None:
