@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed
-from compress.export.onnx import check_parity
+from compress.export.onnx import parity
 from compress.fsutil import honour_umask_, temp_path_for
 from compress.pruning.hf_layout import blocks, rewrite_config_
 
@@ -53,7 +53,9 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
              max_shard_size: str = "2GB") -> dict[str, Any]:
     """Write ``out_dir/hf`` when the config can express the model; prove the stock reload.
 
-    Returns ``{"saved": bool, "path"?: str, "parity"?: float, "reason"?: str}``. Raises
+    Returns ``{"saved": bool, "path"?: str, "parity"?: float, "parity_tolerance"?: dict,
+    "reason"?: str}`` (the tolerance: ``atol`` scaled to the output, as every parity check's,
+    see :func:`~compress.export.onnx.parity`). Raises
     :class:`CheckFailed` when the reloaded model computes something else.
     """
     import transformers
@@ -79,8 +81,8 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
         reloaded = HFModel(auto.from_pretrained(str(stage), dtype=next(hf.parameters()).dtype),
                            model.task, pad_token_id=model.pad_token_id).eval()
         with torch.no_grad():
-            diff = check_parity(model.eval()(probe), reloaded(probe),
-                                what=f"stock from_pretrained({HF_FOLDER}/)", atol=atol, rtol=0)
+            diff, tol = parity(model.eval()(probe), reloaded(probe),
+                               what=f"stock from_pretrained({HF_FOLDER}/)", atol=atol, rtol=0)
     except CheckFailed:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -94,4 +96,5 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
     if target.exists():
         shutil.rmtree(target)
     stage.replace(target)
-    return {"saved": True, "path": str(target), "parity": diff}
+    return {"saved": True, "path": str(target), "parity": diff,
+            "parity_tolerance": tol.to_dict()}

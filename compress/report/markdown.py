@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["render_markdown", "gates_markdown", "human_count", "zeroes_weights", "proof_cell",
+           "tolerance_words",
            "unproven_steps"]
 
 # The unit a step records when it masks weights inside dense tensors (unstructured, n:m); a
@@ -54,6 +55,19 @@ def proof_cell(step: Mapping[str, Any]) -> str:
     """
     diff = step.get("max_abs_diff")
     return f"{diff:.1e}" if diff is not None else str(step.get("proof") or "not proven")
+
+
+def tolerance_words(tol: Mapping[str, Any] | None, lead: str = "; tolerance ") -> str:
+    """``lead`` and a recorded tolerance in words (``""`` when none was recorded).
+
+    Example:
+        >>> tolerance_words({"value": 2e-7, "factor": 1e-4, "peak": 2e-3, "dtype": "float32"})
+        '; tolerance 1e-04 × max|output| 2.0e-03 = 2.0e-07 (float32)'
+    """
+    # Lazy: rendering a report does not need torch, which the tolerance module imports.
+    from compress.measure.tolerance import describe_tolerance
+
+    return lead + describe_tolerance(tol) if tol else ""
 
 
 def unproven_steps(steps: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -163,6 +177,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{_fmt(s.get('finetune_epochs'), '.2f')} | "
                          f"{proof_cell(s)} |")
         lines.append("")
+        proven = [s for s in steps if s.get("proof_tolerance")]
+        if proven:
+            lines += ["Proof tolerance: " + "; ".join(
+                f"step {s['step']} {tolerance_words(s['proof_tolerance'], lead='')} "
+                f"({s.get('proof_passes') or '?'} forward passes)" for s in proven) + ".", ""]
     total = report.get("finetune_epochs_total")
     if steps and total is not None:
         lines += [f"Fine-tuning budget: {total:.2f} epochs in total over {len(steps)} step(s).",
@@ -178,7 +197,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     parity = report.get("parity") or {}
     if parity:
         lines += ["## Export parity", ""]
-        lines += [f"- {k}: max |diff| {_fmt(v, '.2e')} (passed)" for k, v in parity.items()]
+        tolerances = report.get("parity_tolerance") or {}
+        lines += [f"- {k}: max |diff| {_fmt(v, '.2e')} (passed{tolerance_words(tolerances.get(k))})"
+                  for k, v in parity.items()]
         lines.append("")
     gates = report.get("gates") or []
     if gates:
