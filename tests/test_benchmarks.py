@@ -15,7 +15,8 @@ import pytest
 from tests.conftest import ROOT, shared_path
 
 BENCH = ROOT / "benchmarks"
-SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency"]
+SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency",
+           "proof_cost"]
 
 
 def _run(script: str, *args: str, timeout: int = 60) -> subprocess.CompletedProcess[str]:
