@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed
-from compress.export.onnx import check_parity
+from compress.export.onnx import parity
 from compress.fsutil import honour_umask_, temp_path_for, writing
+from compress.measure.tolerance import Tolerance
 from compress.pruning.hf_layout import blocks, rewrite_config_
 
 __all__ = ["save_hf_", "HF_FOLDER"]
@@ -50,8 +51,9 @@ def _processor(source: str | None) -> Any:
 
 
 def _stage_and_prove(model: nn.Module, stage: Path, probe: torch.Tensor, atol: float,
-                     max_shard_size: str) -> float:
-    """``save_pretrained`` into ``stage``; the stock reload's largest difference on ``probe``."""
+                     max_shard_size: str) -> tuple[float, Tolerance]:
+    """``save_pretrained`` into ``stage``; the stock reload's largest difference on ``probe``
+    and the tolerance it was held to."""
     import transformers
 
     from compress.models.huggingface import TASKS, HFModel
@@ -67,8 +69,8 @@ def _stage_and_prove(model: nn.Module, stage: Path, probe: torch.Tensor, atol: f
         reloaded = HFModel(auto.from_pretrained(str(stage), dtype=next(hf.parameters()).dtype),
                            model.task, pad_token_id=model.pad_token_id).eval()
         with torch.no_grad():
-            return check_parity(model.eval()(probe), reloaded(probe),
-                                what=f"stock from_pretrained({HF_FOLDER}/)", atol=atol, rtol=0)
+            return parity(model.eval()(probe), reloaded(probe),
+                          what=f"stock from_pretrained({HF_FOLDER}/)", atol=atol, rtol=0)
     except CheckFailed:
         raise
     except Exception as err:
@@ -80,7 +82,9 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
              max_shard_size: str = "2GB") -> dict[str, Any]:
     """Write ``out_dir/hf`` when the config can express the model; prove the stock reload.
 
-    Returns ``{"saved": bool, "path"?: str, "parity"?: float, "reason"?: str}``. Raises
+    Returns ``{"saved": bool, "path"?: str, "parity"?: float, "parity_tolerance"?: dict,
+    "reason"?: str}`` (the tolerance: ``atol`` scaled to the output, as every parity check's,
+    see :func:`~compress.export.onnx.parity`). Raises
     :class:`CheckFailed` when the reloaded model computes something else.
     """
     import transformers
@@ -97,7 +101,7 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
     with writing(target):
         stage = temp_path_for(target)
     try:
-        diff = _stage_and_prove(model, stage, probe, atol, max_shard_size)
+        diff, tol = _stage_and_prove(model, stage, probe, atol, max_shard_size)
         with writing(target):
             for file in stage.rglob("*"):
                 if file.is_file():
@@ -107,4 +111,5 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
             stage.replace(target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # whatever did not become hf/
-    return {"saved": True, "path": str(target), "parity": diff}
+    return {"saved": True, "path": str(target), "parity": diff,
+            "parity_tolerance": tol.to_dict()}

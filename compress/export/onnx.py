@@ -21,8 +21,10 @@ from torch import nn
 from compress.errors import CheckFailed, InputError
 from compress.export.onnx_layout import channel_maps_as_convs
 from compress.fsutil import fs_fault, temp_path_for, write_failure, writing
+from compress.measure.tolerance import Tolerance, scaled_tolerance
 
-__all__ = ["export_onnx", "stage_onnx", "onnx_size", "commit_onnx", "onnx_session", "check_parity"]
+__all__ = ["export_onnx", "stage_onnx", "onnx_size", "commit_onnx", "onnx_session", "check_parity",
+           "parity"]
 
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor,
@@ -115,17 +117,36 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
 
 def check_parity(expected: torch.Tensor, actual: np.ndarray | torch.Tensor, *, what: str,
                  atol: float, rtol: float) -> float:
-    """Raise :class:`CheckFailed` unless ``|actual - expected| <= atol + rtol * |expected|``."""
-    exp = expected.detach().float().cpu().numpy()
+    """:func:`parity`'s max |diff| alone."""
+    return parity(expected, actual, what=what, atol=atol, rtol=rtol)[0]
+
+
+def parity(expected: torch.Tensor, actual: np.ndarray | torch.Tensor, *, what: str,
+           atol: float, rtol: float) -> tuple[float, Tolerance]:
+    """(max |diff|, tolerance used); :class:`CheckFailed` unless, everywhere,
+    ``|actual - expected| <= tol + rtol * |expected|``.
+
+    ``tol`` is ``atol`` scaled to the output
+    (:func:`~compress.measure.tolerance.scaled_tolerance`: ``atol`` times the peak
+    ``|expected|``, floored by the dtype's precision), the same rule as the pruning proof's.
+
+    Example:
+        >>> parity(torch.full((2,), 1e-3), torch.full((2,), 1e-3), what="x", atol=1e-4,
+        ...        rtol=0)[1].describe()
+        '1e-04 × max|output| 1.0e-03 = 1.0e-07 (float32)'
+    """
+    ref = expected.detach()
+    exp = ref.float().cpu().numpy()
     act = actual.detach().float().cpu().numpy() if isinstance(actual, torch.Tensor) \
         else np.asarray(actual, dtype=np.float32)
     if exp.shape != act.shape:
         raise CheckFailed(f"{what}: output shape {act.shape} differs from torch's {exp.shape}")
+    tol = scaled_tolerance(ref, atol)
     diff = np.abs(act - exp)
-    bad = diff > atol + rtol * np.abs(exp)
+    bad = diff > tol.value + rtol * np.abs(exp)
     max_diff = float(diff.max()) if diff.size else 0.0
     if bad.any() or not np.isfinite(act).all():
         raise CheckFailed(f"{what}: parity check failed, max |diff| {max_diff:.3g} exceeds "
-                          f"atol {atol:g} + rtol {rtol:g}·|ref| at {int(bad.sum())} of "
+                          f"{tol.describe()} + rtol {rtol:g}·|ref| at {int(bad.sum())} of "
                           f"{bad.size} outputs")
-    return max_diff
+    return max_diff, tol

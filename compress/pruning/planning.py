@@ -1,8 +1,10 @@
 """Planning for a MACs target: the channel ratio whose pruning removes a given share of MACs.
 
 A schedule's cumulative MACs targets become channel ratios for the structured pruner by
-searching on throw-away copies (nothing is proven: nothing is kept). Copies have no gradients,
-so gradient criteria are planned with l2 where that gives the same widths.
+searching on throw-away copies (nothing is proven: nothing is kept; a trial whose cut model
+does not run is redone with the proof, which names the group that broke it). Trials are cached
+by ratio, across the steps of a schedule. Copies have no gradients, so gradient criteria are
+planned with l2 where that gives the same widths.
 
 Example:
     >>> from compress.models.cifar_resnet import cifar_resnet
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from compress.errors import InputError
+from compress.errors import CheckFailed, InputError
 from compress.measure.counts import count_macs_params
 from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.structured import build_structured
@@ -72,12 +74,23 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     trial_spec = gradient_free(spec.model_copy(update={"verify": False}),
                                "pruning.target.macs (its search prunes copies)")
 
+    def trial(r: float, spec: PruningSpec) -> nn.Module:
+        pruned = copy.deepcopy(model).eval()
+        build_structured(pruned, example_inputs, spec, cumulative_ratios=[r]).step_(
+            r, example_inputs)
+        return pruned
+
     def reduction(r: float) -> float:
         if r not in cache:
-            trial = copy.deepcopy(model).eval()
-            pruner = build_structured(trial, example_inputs, trial_spec, cumulative_ratios=[r])
-            pruner.step_(r, example_inputs)
-            cache[r] = 1.0 - count_macs_params(trial, example_inputs)[0] / base_macs
+            pruned = trial(r, trial_spec)
+            try:
+                macs = count_macs_params(pruned, example_inputs)[0]
+            except Exception as err:  # the unproven cut broke the model: which group did?
+                trial(r, trial_spec.model_copy(update={"verify": True}))  # raises, naming it
+                raise CheckFailed(f"a trial prune of the MACs search (channel ratio {r:.3f}) "
+                                  f"broke the model and the proof could not name the group: "
+                                  f"{type(err).__name__}: {err}") from None
+            cache[r] = 1.0 - macs / base_macs
         return cache[r]
 
     # Coarse scan first: with round_to, very high ratios can round a layer to zero width, which

@@ -46,6 +46,7 @@ from compress.pruning.base import (
     scheduled_step,
 )
 from compress.pruning.criteria import IMPORTANCE
+from compress.pruning.graph_errors import choose_groups, graph_errors, graph_state
 from compress.pruning.selection import default_round_to, protected_layers
 from compress.recipe.pruning import PruningSpec
 
@@ -150,7 +151,9 @@ def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: Pruni
     if spec.heads is not None or spec.ffn is not None or spec.hidden is not None:
         raise InputError("pruning.heads, pruning.ffn and pruning.hidden apply to transformers "
                          "models only; remove them")
-    return StructuredPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
+    with graph_errors(model, "while building the dependency graph"):
+        return StructuredPruner(model, example_inputs, spec,
+                                cumulative_ratios=cumulative_ratios)
 
 
 class StructuredPruner:
@@ -188,6 +191,8 @@ class StructuredPruner:
             customized_pruners=_protocol_types(model),
         )
         self._ratios = ratios
+        self.proof_strategy = "bisect"  # or "per-group" (benchmarks/proof_cost.py compares)
+        self.protected: dict[str, str] = {}  # layers left unpruned: torch-pruning cannot map them
         self.history: list[list[list[Any]]] = []  # per step: [root name, is_out, indices]
         model.train(was_training)
 
@@ -249,7 +254,7 @@ class StructuredPruner:
         with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
             dg = self._pruner.DG
             with torch.no_grad():
-                groups = list(self._pruner.step(interactive=True))
+                groups = choose_groups(self._pruner, self.model, self.protected)
                 removed = 0
                 for group in groups:
                     for dep, idxs in group:
@@ -268,11 +273,14 @@ class StructuredPruner:
                         group.prune()
                     return name, remove
 
-                max_diff = prove_removals_(self.model, probe, [removal(g) for g in groups],
-                                           verify=self.spec.verify, atol=self.spec.verify_atol)
+                proof = prove_removals_(self.model, probe, [removal(g) for g in groups],
+                                        verify=self.spec.verify, atol=self.spec.verify_atol,
+                                        strategy=self.proof_strategy,
+                                        also=graph_state(self._pruner))
             self.history.append(history)
-        record = StepRecord(target_ratio, len(groups), removed, "channels", max_diff,
-                            self.widths())
+        record = StepRecord.of(target_ratio, len(groups), removed, "channels", proof,
+                               self.widths())
+        record.protected = dict(self.protected)
         log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %s",
                  self.steps_done, removed, len(groups), record.describe_proof())
         return record

@@ -174,15 +174,15 @@ class TransformerPruner(TransformerPlanner):
                             release()  # the cut model normalises over the kept channels itself
                             self._cut_hidden(s, cut)
                         removals.append(("hidden size", remove_hidden))
-                    max_diff = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
-                                               atol=self.spec.verify_atol)
+                    proof = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
+                                            atol=self.spec.verify_atol, also=all_blocks)
             self.history.append([[b.index, kind, units] for b, kind, units in plan]
                                 + ([[-1, "hidden", cut[0], cut[1]]] if cut[0] else []))
             self.steps_done += 1
             self._rewrite_config()
         removed = sum(len(u) for _, _, u in plan) + len(cut[0])
-        record = StepRecord(target_ratio, len(plan) + bool(cut[0]), removed, "heads+neurons",
-                            max_diff, self.widths())
+        record = StepRecord.of(target_ratio, len(plan) + bool(cut[0]), removed,
+                               "heads+neurons", proof, self.widths())
         log.info("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
                  "removed| = %s", self.steps_done, removed, record.groups,
                  record.describe_proof())

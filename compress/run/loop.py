@@ -168,4 +168,6 @@ def _row(step: int, target: float, ratio: float, record: StepRecord, stats: Any,
         "val_history": list(getattr(stats, "evaluations", []) or []),
         "groups": record.groups, "removed": record.removed, "removed_unit": record.unit,
         "max_abs_diff": record.max_abs_diff, "proof": record.proof, "layers": record.layers,
+        "proof_tolerance": record.tolerance, "proof_passes": record.passes,
+        **({"protected": record.protected} if record.protected else {}),
     }
