@@ -175,14 +175,17 @@ def _run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
 
 def prove_removals_(model: nn.Module, probe: torch.Tensor,
                     removals: Iterable[tuple[str, Callable[[], None]]], *, verify: bool,
-                    atol: float) -> float | None:
+                    atol: float, explain: Callable[[str], str | None] | None = None,
+                    ) -> float | None:
     """Apply each ``(group name, remove)`` in turn and prove the output did not change.
 
     Call it once every group is zeroed: the zeroed model's output on ``probe`` is the
     reference, and each removal must reproduce it (a removal that breaks the forward pass or
     moves the output past ``atol``, scaled by the output's magnitude, raises
-    :class:`CheckFailed` naming the group). Returns the largest difference seen, or ``None``
-    without ``verify`` (the removals are applied, nothing is measured).
+    :class:`CheckFailed` naming the group; ``explain(name)``, when given, may name a known
+    cause of a mismatch, with advice, instead of a mis-wired dependency graph). Returns the
+    largest difference seen, or ``None`` without ``verify`` (the removals are applied, nothing
+    is measured).
 
     Example:
         >>> lin = nn.Linear(2, 2)
@@ -208,10 +211,11 @@ def prove_removals_(model: nn.Module, probe: torch.Tensor,
             diff = (out - reference).abs().max().item() if out.shape == reference.shape \
                 else float("inf")
             if not diff <= atol * scale:
+                cause = explain(name) if explain is not None else None
                 raise CheckFailed(
                     f"equivalence check failed: removing the pruning group rooted at {name!r} "
                     f"changed the probe output by {diff:.3g} (tolerance {atol * scale:.3g}); "
-                    f"the dependency graph wired its channels wrongly, add the layer to "
-                    f"pruning.ignored")
+                    + (cause or "the dependency graph wired its channels wrongly, add the "
+                                "layer to pruning.ignored"))
             max_diff = max(max_diff, diff)
     return max_diff if verify else None
