@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,8 +24,31 @@ from torch import nn
 from compress.errors import CheckFailed
 from compress.pruning.norms import CHANNEL_NORMS, RMSNormPruner
 
-__all__ = ["ChannelProtocolPruner", "custom_pruners", "zero_dep_", "group_name", "members",
-           "removal"]
+__all__ = ["GroupRoundingPruner", "ChannelProtocolPruner", "custom_pruners", "zero_dep_",
+           "group_name", "members", "removal"]
+
+
+class GroupRoundingPruner(tp.pruner.BasePruner):
+    """torch-pruning's pruner, with ``round_to`` applied per channel group.
+
+    With channel groups (GroupNorm, grouped convolutions) torch-pruning ranks one group's worth
+    of channels and removes the same ones from every group, but rounds that per-group count
+    against the layer's whole width: with ``round_to: 8`` a ``GroupNorm(4, 16)`` layer lost all
+    its channels or none, so it was never pruned. Here the per-group count is rounded so that
+    the whole width stays a multiple of ``round_to``.
+    """
+
+    def _is_atten_group(self, group: Any) -> Any:
+        # Called for each group right before its count is rounded: remember its grouping.
+        self._rounding_groups = self._get_channel_groups(group)
+        return super()._is_atten_group(group)
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        groups = getattr(self, "_rounding_groups", 1)
+        if groups > 1 and current_channels % groups == 0:
+            return super()._round_to(n_pruned, current_channels // groups,
+                                     round_to // math.gcd(round_to, groups))
+        return super()._round_to(n_pruned, current_channels, round_to)
 
 
 class ChannelProtocolPruner(tp.pruner.function.BasePruningFunc):

@@ -52,7 +52,14 @@ from compress.pruning.base import (
     scheduled_step,
 )
 from compress.pruning.criteria import IMPORTANCE
-from compress.pruning.groups import custom_pruners, group_name, members, removal, zero_dep_
+from compress.pruning.groups import (
+    GroupRoundingPruner,
+    custom_pruners,
+    group_name,
+    members,
+    removal,
+    zero_dep_,
+)
 from compress.pruning.norms import is_channel_norm, restricted_norms, suspect_cause
 from compress.pruning.selection import default_round_to, protected_layers
 from compress.recipe.pruning import PruningSpec
@@ -98,7 +105,7 @@ class StructuredPruner:
         modules = dict(model.named_modules())
         self.round_to = default_round_to(model) if spec.round_to == "auto" else spec.round_to
         global_scope = spec.scope == "global"
-        self._pruner = tp.pruner.BasePruner(
+        self._pruner = GroupRoundingPruner(
             model,
             example_inputs,
             importance=self.criterion.factory(),

@@ -127,12 +127,25 @@ def test_the_zeroed_model_alone_differs_so_the_restriction_is_what_proves_it() -
     assert not torch.allclose(plain[:, :4], kept, atol=1e-3)
 
 
-def test_group_norm_and_rms_norm_are_pruned_per_group_and_proven() -> None:
+@pytest.mark.parametrize("round_to", [1, 8, "auto"])
+def test_group_norm_and_rms_norm_are_pruned_per_group_and_proven(round_to: int | str) -> None:
     torch.manual_seed(0)
     model = _seeded(GroupRMS())
-    assert _step(model, PruningSpec(ratio=0.5, round_to=1)) < 1e-5
+    assert _step(model, PruningSpec(ratio=0.5, round_to=round_to)) < 1e-5
+    # round_to 8 (the default with convolutions) rounds the whole width, not each group's
     assert (model.gn1.num_channels, model.gn1.num_groups, model.gn2.num_channels) == (8, 4, 16)
-    assert model.rms.normalized_shape == (12,) and model.rms.weight.shape == (12,)
+    assert model.c1.out_channels == 8 and model.c2.in_channels == 8
+    rms = 12 if round_to == 1 else 8  # 24 channels, half kept, rounded down to 8
+    assert model.rms.normalized_shape == (rms,) and model.rms.weight.shape == (rms,)
+
+
+def test_grouped_convolutions_round_their_whole_width() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, groups=4), nn.ReLU(), nn.Conv2d(32, 16, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    assert _step(model, PruningSpec(ratio=0.5, round_to=8)) < 1e-5
+    assert model[3].out_channels == 16 and model[3].groups == 4
 
 
 def test_a_group_norm_losing_unequal_channels_per_group_is_refused() -> None:
