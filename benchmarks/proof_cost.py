@@ -94,13 +94,13 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False) -> dict[str
         proofs.append(result)
         return result
     base.run_proof = recording
-    zero = structured._zero_dep_
+    zero = structured.zero_dep_
     if wrong:  # the group of the last block's first conv is removed but never zeroed
         names = {n for n, _ in model.named_modules()}
         last = sorted(n for n in names if n.endswith(".conv1"))[-1]
         skip = {model.get_submodule(last), model.get_submodule(last.replace("conv1", "bn1")),
                 model.get_submodule(last.replace("conv1", "conv2"))}
-        structured._zero_dep_ = lambda dep, i, o: None if dep.target.module in skip \
+        structured.zero_dep_ = lambda dep, i, o: None if dep.target.module in skip \
             else zero(dep, i, o)
     try:
         t = time.perf_counter()
@@ -120,7 +120,7 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False) -> dict[str
                    proof_s=(time.perf_counter() - proofs[0]) if proofs else None)
     finally:
         base.run_proof = run_proof
-        structured._zero_dep_ = zero
+        structured.zero_dep_ = zero
         hook.remove()
     return row
 

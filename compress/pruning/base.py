@@ -181,17 +181,18 @@ def scheduled_step(model: nn.Module, ratios: Sequence[float], done: int,
 
 def prove_removals_(model: nn.Module, probe: torch.Tensor,
                     removals: Iterable[tuple[str, Callable[[], None]]], *, verify: bool,
-                    atol: float, also: Iterable[Any] = (), strategy: str = "bisect"
-                    ) -> Proof | None:
+                    atol: float, also: Iterable[Any] = (), strategy: str = "bisect",
+                    explain: Callable[[str], str | None] | None = None) -> Proof | None:
     """Apply each ``(group name, remove)`` and prove the output did not change.
 
     Call it once every group is zeroed: the zeroed model's output on ``probe`` is the
     reference, and the removals must reproduce it (a removal that breaks the forward pass or
     moves the output past the tolerance, ``atol`` times the output's peak magnitude, raises
     :class:`CheckFailed` naming the group; see :func:`~compress.pruning.proof.run_proof` for
-    how the group is found in O(log groups) passes). Returns the :class:`Proof`, or ``None``
-    without ``verify`` (the removals are applied, nothing is measured). ``also``: objects other
-    than the model that a removal changes.
+    how the group is found in O(log groups) passes; ``explain(name)``, when given, may name a
+    known cause of a mismatch, with advice, instead of a mis-wired dependency graph). Returns
+    the :class:`Proof`, or ``None`` without ``verify`` (the removals are applied, nothing is
+    measured). ``also``: objects other than the model that a removal changes.
 
     Example:
         >>> lin = nn.Linear(2, 2)
@@ -204,4 +205,5 @@ def prove_removals_(model: nn.Module, probe: torch.Tensor,
     if not verify:
         remove_all_(removals)
         return None
-    return run_proof(model, probe, list(removals), atol=atol, strategy=strategy, also=also)
+    return run_proof(model, probe, list(removals), atol=atol, strategy=strategy, also=also,
+                     explain=explain)

@@ -114,8 +114,9 @@ def _probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
 class _Comparison:
     """Forward passes against the reference, counted; ``diff`` is inf for a wrong shape."""
 
-    def __init__(self, model: nn.Module, probe: torch.Tensor, atol: float) -> None:
-        self.model, self.probe, self.passes = model, probe, 1
+    def __init__(self, model: nn.Module, probe: torch.Tensor, atol: float,
+                 explain: Callable[[str], str | None] | None = None) -> None:
+        self.model, self.probe, self.passes, self.explain = model, probe, 1, explain
         out = _probe(model, probe)
         self.reference = out.float()
         self.tolerance = scaled_tolerance(self.reference, atol, dtype=out.dtype)
@@ -136,11 +137,13 @@ class _Comparison:
             return CheckFailed(f"pruning group rooted at {name!r} broke the model: "
                                f"{type(diff).__name__}: {_first_line(diff)}; add {name!r} to "
                                f"pruning.ignored")
+        cause = self.explain(name) if self.explain is not None else None
         return CheckFailed(
             f"equivalence check failed: removing the pruning group rooted at {name!r} changed "
             f"the probe output by {diff:.3g} (tolerance {self.tolerance.value:.3g} = "
-            f"{self.tolerance.describe()}); the dependency graph wired its channels wrongly, "
-            f"add the layer to pruning.ignored")
+            f"{self.tolerance.describe()}); "
+            + (cause or "the dependency graph wired its channels wrongly, add the layer to "
+                        "pruning.ignored"))
 
 
 def _what(diff: float | BaseException) -> str:
@@ -179,18 +182,20 @@ def _measure(cmp: _Comparison) -> float | BaseException:
 
 
 def run_proof(model: nn.Module, probe: torch.Tensor, removals: Sequence[Removal], *,
-              atol: float, strategy: str = "bisect", also: Iterable[Any] = ()) -> Proof:
+              atol: float, strategy: str = "bisect", also: Iterable[Any] = (),
+              explain: Callable[[str], str | None] | None = None) -> Proof:
     """Apply every ``(group name, remove)`` to the zeroed ``model`` and prove the output kept.
 
     Raises :class:`CheckFailed` naming the first group whose removal changes the output past
     the tolerance (:func:`~compress.measure.tolerance.scaled_tolerance`) or breaks the forward
     pass, :class:`InputError` naming a group that cannot be removed at all. ``also``: objects
-    besides the model that a removal changes (restored with it during a bisection).
+    besides the model that a removal changes (restored with it during a bisection);
+    ``explain(name)`` may name a known cause of a mismatch (see :func:`prove_removals_`).
     """
     assert strategy in STRATEGIES, strategy
     start = time.perf_counter()
     with torch.no_grad():
-        cmp = _Comparison(model, probe, atol)
+        cmp = _Comparison(model, probe, atol, explain)
         snapshot = Snapshot(model, also) if strategy == "bisect" and removals else None
         worst = 0.0
         for name, remove in removals:

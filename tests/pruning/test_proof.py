@@ -29,12 +29,12 @@ def _unzeroed(monkeypatch: pytest.MonkeyPatch, model: nn.Module, names: set[str]
     """A wrong step: the channels of ``names`` are removed but were never zeroed, so the
     zeroed reference still uses them and their removal changes the output."""
     modules = {model.get_submodule(n) for n in names}
-    zero = structured._zero_dep_
+    zero = structured.zero_dep_
 
     def skipping(dep, idxs, is_out):
         if dep.target.module not in modules:
             zero(dep, idxs, is_out)
-    monkeypatch.setattr(structured, "_zero_dep_", skipping)
+    monkeypatch.setattr(structured, "zero_dep_", skipping)
 
 
 @pytest.mark.parametrize("strategy", ["bisect", "per-group"])
