@@ -198,3 +198,30 @@ def test_kill_9_with_a_second_writer_refused_while_live_then_resume_is_bitwise_e
     status = read_status(out)
     assert status["state"] == "done" and owner_of(status) == this_process()
     assert _metrics(out) == expected  # model.safetensors bytes included
+
+
+def _cli(*args: object) -> list[str]:
+    return [sys.executable, "-m", "compress", "apply", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_compress_apply_killed_after_its_first_step_resumes_bitwise_equal_from_the_cli(
+        references: Callable[[str], tuple[Path, dict]], tmp_path: Path) -> None:
+    """The real command, SIGKILLed as soon as step 1's checkpoint is whole (polled for)."""
+    recipe, expected = references("structured")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(recipe, "--out", out, "--quiet"), cwd=tmp_path, env=CHILD_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _poll(out / "steps" / "01" / "state.json", proc, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    status = read_status(out)
+    # Two more steps with their fine-tunes were left: the kill lands well before the end.
+    assert status["state"] == "running", "the run ended before the kill reached it"
+    assert describe_state(out, status) == "interrupted (owner gone)"
+    assert owner_of(status).pid == proc.pid
+    resumed = subprocess.run(_cli(recipe, "--out", out, "--resume", "--quiet"), cwd=tmp_path,
+                             env=CHILD_ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_status(out)["state"] == "done"
+    assert _metrics(out) == expected  # model.safetensors bytes included
