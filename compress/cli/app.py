@@ -327,6 +327,8 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run folders (or report.
     from compress.report.compare import compare_runs
 
     try:
+        for run in runs:
+            _refuse_unfinished(run)
         result = compare_runs(runs)
     except CompressError as err:
         raise o.fail(err) from None

@@ -89,13 +89,19 @@ def onnx_size(path: Path) -> int:
 
 def commit_onnx(staged: Path, path: Path) -> Path:
     """Move a staged export (and its external data, if any) to ``path``; data first. When a
-    move fails the stage is removed: nothing half-committed is left but what moved whole."""
+    move fails, the stage and the data files already moved are removed: no model half there."""
+    moved: list[Path] = []
     try:
         with writing(path):
             for extra in sorted(staged.parent.iterdir()):
                 if extra != staged:
                     extra.replace(path.parent / extra.name)
+                    moved.append(path.parent / extra.name)
             staged.replace(path)
+    except BaseException:
+        for done in moved:
+            done.unlink(missing_ok=True)
+        raise
     finally:
         shutil.rmtree(staged.parent, ignore_errors=True)
     return path

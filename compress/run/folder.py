@@ -3,14 +3,12 @@
 One module owns the folder's on-disk format:
 
 * ``status.json`` says ``running``, ``done``, ``failed`` or ``interrupted`` (with a reason) and
-  names the run's owner (:mod:`compress.run.owner`). It is written when a run starts and
-  rewritten when it ends, ``done`` only after every artifact. A folder that says ``running``
-  while its owner is gone (killed) reads as ``interrupted (owner gone)``
-  (:func:`compress.run.owner.describe_state`).
-* The run holds the folder's lock from :meth:`RunFolder.open_` to :meth:`RunFolder.close`: a
-  second writer (``apply``, ``--resume``, ``--overwrite``) is refused, naming the owner.
-* A finished folder is never overwritten unless asked; an unfinished one is resumed or
-  replaced only when asked.
+  names the run's owner (:mod:`compress.run.owner`: ``running`` with the owner gone reads
+  ``interrupted (owner gone)``). It is written when a run starts and rewritten when it ends,
+  ``done`` only after every artifact.
+* A run holds the folder's lock from :meth:`RunFolder.open_` to :meth:`RunFolder.close`; a
+  second writer is refused. A finished folder is never overwritten unless asked; an unfinished
+  one is resumed or replaced only when asked.
 * After each pruning step, ``steps/NN/`` holds the model (safetensors + manifest), the pruner's
   state and the RNG states; ``steps/NN/state.json`` is written last, so a step folder without
   it is not trusted. In a step's fine-tune :mod:`compress.finetune.checkpoint` saves snapshots in
@@ -112,10 +110,9 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bool,
-                    resume: bool, lock: RunLock | None = None) -> bool:
+                    resume: bool, lock: RunLock) -> bool:
     """Check that ``run_dir`` may be used and take its ``lock`` (held on return, released on
     a refusal); return True when an earlier run is to be resumed."""
-    lock = lock or RunLock(run_dir)
     if overwrite and resume:
         raise InputError("choose one of --overwrite (start over) and --resume (continue)")
     for parent in [run_dir, *run_dir.parents]:
@@ -161,8 +158,7 @@ def _reuse(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bool, resum
         state = "interrupted (owner gone)" if status["state"] == "running" else status["state"]
         raise InputError(f"{str(run_dir)!r} holds an unfinished run ({state}); pass "
                          f"--resume to continue it or --overwrite to start over")
-    stored = read_run_file(run_dir / "recipe.json")
-    keys = changed_keys(stored, recipe_dict)
+    keys = changed_keys(read_run_file(run_dir / "recipe.json"), recipe_dict)
     if keys:
         raise InputError(f"cannot resume {str(run_dir)!r}: the recipe changed since the run "
                          f"started ({', '.join(keys[:5])}); restore them or use --overwrite")
@@ -188,10 +184,6 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise _damaged(path, problem) from None
 
 
-def _step_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "steps" / f"{step:02d}"
-
-
 class RunFolder:
     """One run's folder: opened once, then written step by step, and read back to resume."""
 
@@ -201,7 +193,7 @@ class RunFolder:
         self.owner = this_process()
 
     def step_dir(self, step: int) -> Path:
-        return _step_dir(self.path, step)
+        return self.path / "steps" / f"{step:02d}"
 
     def last_finished_step(self) -> int:
         return last_finished_step(self.path)

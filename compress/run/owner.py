@@ -186,6 +186,11 @@ def claim(folder: Path, lock: RunLock, read_status: Callable[[Path], dict[str, A
         owner = owner_of(read_status(folder))
     except InputError:  # a damaged status.json: still refused, without a name
         owner = None
+    if owner is not None and owner.alive() is False:
+        # flock is shared with forked children: a data loader worker outlives its run briefly.
+        raise InputError(f"{str(folder)!r} is still locked by a process that its run "
+                         f"({owner.describe()}, now gone) started; wait for it to exit, then "
+                         f"resume with --resume")
     who = owner.describe() if owner else "another process"
     raise InputError(f"{str(folder)!r} is in use by a running compress ({who}); wait for it "
                      f"to end or stop it, then resume with --resume, or choose another --out")

@@ -54,7 +54,7 @@ def _poll(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 def held(tmp_path: Path) -> tuple[Path, Path, subprocess.Popen]:
     """(recipe, run folder, helper process holding the folder)."""
     recipe = _recipe(tmp_path)
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "tiny"  # where `compress inspect` looks for the recipe's run
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out),
                              json.dumps(load_recipe(recipe).to_dict())],
                             cwd=ROOT, env=CHILD_ENV, stdin=subprocess.PIPE, text=True)
@@ -90,9 +90,15 @@ def test_a_second_writer_is_refused_naming_the_owner(
 def test_a_killed_owner_reads_interrupted_owner_gone_and_frees_the_folder(
         held: tuple[Path, Path, subprocess.Popen], tmp_path: Path) -> None:
     recipe, out, proc = held
+    inspect = ["inspect", recipe, "--json"]
+    live = json.loads(invoke(inspect, cwd=tmp_path).stdout)["run_folder"]
+    assert live == {"path": "runs/tiny", "state": describe_state(out, read_status(out))}
+    assert live["state"].startswith(f"running (pid {proc.pid} on host ")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert read_status(out)["state"] == "running"  # nobody could say otherwise
+    gone = json.loads(invoke(inspect, cwd=tmp_path).stdout)["run_folder"]
+    assert gone["state"] == "interrupted (owner gone)"
     assert describe_state(out, read_status(out)) == "interrupted (owner gone)"
     result = invoke(["apply", recipe, "--out", out], cwd=tmp_path)
     assert_refused(result, "holds an unfinished run (interrupted (owner gone)); pass --resume")
@@ -102,6 +108,50 @@ def test_a_killed_owner_reads_interrupted_owner_gone_and_frees_the_folder(
     result = invoke(["apply", recipe, "--out", out, "--resume"], cwd=tmp_path)
     assert_refused(result, "no pruning step finished")
     assert lock_is_free(out) is True  # the refused resume let go of the lock
+
+
+# A run that forked a worker (as a data loader does) and was killed before the worker exited.
+FORKED = """
+import json, os, sys, time
+from pathlib import Path
+from compress.run.folder import RunFolder
+out, recipe = Path(sys.argv[1]), json.loads(sys.argv[2])
+RunFolder(out).open_(recipe, overwrite=False, resume=False)
+if os.fork() == 0:
+    Path(f"{out}.worker").write_text(str(os.getpid()))
+    time.sleep(600)
+    os._exit(0)
+sys.stdin.read()
+"""
+
+
+@hostile
+def test_a_worker_that_outlives_its_killed_run_is_named_as_such(tmp_path: Path) -> None:
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", FORKED, str(out),
+                             json.dumps(load_recipe(recipe).to_dict())],
+                            cwd=ROOT, env=CHILD_ENV, stdin=subprocess.PIPE, text=True)
+    marker = Path(f"{out}.worker")
+    try:
+        _poll(marker, proc)
+        while not marker.read_text():
+            time.sleep(0.01)
+        worker = int(marker.read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        result = invoke(["apply", recipe, "--out", out, "--resume"], cwd=tmp_path)
+        assert_refused(result, f"is still locked by a process that its run (pid {proc.pid} ",
+                       "now gone")
+    finally:
+        if marker.is_file() and marker.read_text():
+            os.kill(int(marker.read_text()), signal.SIGKILL)
+        proc.kill()
+    deadline = time.time() + 60
+    while lock_is_free(out) is not True:  # the worker's death frees the folder
+        assert time.time() < deadline
+        time.sleep(0.01)
+    assert describe_state(out, read_status(out)) == "interrupted (owner gone)"
+    assert worker != proc.pid
 
 
 def test_the_owner_is_recorded_and_a_reused_pid_is_not_mistaken_for_it(tmp_path: Path) -> None:
@@ -147,4 +197,31 @@ def test_kill_9_with_a_second_writer_refused_while_live_then_resume_is_bitwise_e
     assert result.exit_code == 0, result.output
     status = read_status(out)
     assert status["state"] == "done" and owner_of(status) == this_process()
+    assert _metrics(out) == expected  # model.safetensors bytes included
+
+
+def _cli(*args: object) -> list[str]:
+    return [sys.executable, "-m", "compress", "apply", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_compress_apply_killed_after_its_first_step_resumes_bitwise_equal_from_the_cli(
+        references: Callable[[str], tuple[Path, dict]], tmp_path: Path) -> None:
+    """The real command, SIGKILLed as soon as step 1's checkpoint is whole (polled for)."""
+    recipe, expected = references("structured")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(recipe, "--out", out, "--quiet"), cwd=tmp_path, env=CHILD_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _poll(out / "steps" / "01" / "state.json", proc, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    status = read_status(out)
+    # Two more steps with their fine-tunes were left: the kill lands well before the end.
+    assert status["state"] == "running", "the run ended before the kill reached it"
+    assert describe_state(out, status) == "interrupted (owner gone)"
+    assert owner_of(status).pid == proc.pid
+    resumed = subprocess.run(_cli(recipe, "--out", out, "--resume", "--quiet"), cwd=tmp_path,
+                             env=CHILD_ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_status(out)["state"] == "done"
     assert _metrics(out) == expected  # model.safetensors bytes included
