@@ -174,6 +174,8 @@ def _results(w: StarterWriter, target: float, by_macs: bool, imagenet_input: boo
         w.key("min_macs_reduction", round(target / 2, 4), "A channel ratio r removes about "
               "1-(1-r)^2 of the MACs of layers between two pruned ones; this floor only "
               "catches a run that pruned far less than asked.")
+    w.key("require_proof", True, "Every pruning step must be proven exact (its outputs "
+          "checked against the model before it); a run with pruning.verify: false fails.")
 
 
 def render_starter_recipe(model: str, data: str, target_macs: float | None = None,

@@ -77,23 +77,29 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
              quiet: bool = QuietOption, verbose: bool = VerboseOption) -> None:
     """Check a recipe without running it (keys, types, registry names, paths).
 
-    With --json: {"ok": true, "recipe_file": ..., "recipe": the validated recipe, "notes": [...]}.
-    Notes say what a valid recipe will do that may surprise (e.g. no stock transformers folder).
+    Side-effect free: no function the recipe names is called, no model's own code is imported
+    and nothing is written. With --json: {"ok": true, "recipe_file": ..., "recipe": the
+    validated recipe, "notes": [...], "code": [...]}. Notes say what a valid recipe will do that
+    may surprise (e.g. no stock transformers folder); code says what apply will import or call.
     """
     o = Output("validate", json_out=json_out, quiet=quiet, verbose=verbose)
     from compress.recipe.load import load_recipe
-    from compress.run.preflight import check_recipe, recipe_notes
+    from compress.run.preflight import check_recipe, planned_code, recipe_notes
 
     try:
         r = check_recipe(load_recipe(recipe, set_ or []))
         notes = recipe_notes(r)
+        code = planned_code(r)
     except CompressError as err:
         raise o.fail(err) from None
-    o.result({"ok": True, "recipe_file": str(recipe), "recipe": r.to_dict(), "notes": notes})
+    o.result({"ok": True, "recipe_file": str(recipe), "recipe": r.to_dict(), "notes": notes,
+              "code": code})
     o.text(f"{recipe}: valid ({r.model.source} model, {r.data.source} data, "
            f"{r.schedule.kind} schedule)")
     for note in notes:
         o.note(f"note: {note}")
+    for line in code:
+        o.note(f"code: {line}")
 
 
 @app.command()

@@ -21,6 +21,7 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.export.manifest import check_weight_shapes, read_manifest, weight_shapes
+from compress.hf_names import hf_name_function
 from compress.jsonio import read_json_object
 from compress.recipe.sources import ModelSpec
 
@@ -107,8 +108,7 @@ def code_asked(spec: ModelSpec) -> str | None:
     """
     if spec.source == "python" or spec.factory is not None:
         return f"the factory {spec.factory!r}"
-    # The rule compress.hf_names applies: a name with ':' that is no existing path is called.
-    if spec.name is not None and ":" in spec.name and not Path(spec.name).exists():
+    if spec.name is not None and hf_name_function(spec.name) is not None:
         return f"the function {spec.name!r}"
     if spec.trust_remote_code:
         return "the model repository's own code (trust_remote_code: true)"

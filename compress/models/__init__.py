@@ -1,7 +1,8 @@
 """Model sources: one file per source, each registered in :data:`MODEL_SOURCES`.
 
 A source is a class with ``accepts`` (the ``model.*`` recipe keys it uses beyond the common
-ones), ``required`` (those it needs), ``check(spec)`` (cheap checks of names) and
+ones), ``required`` (those it needs), ``check(spec)`` (cheap checks of names, calling no user
+code), ``code(spec, resolve)`` (what building would import or call, in words) and
 ``build(spec, resolve, pretrained)``; :meth:`compress.registry.SourceRegistry.check_spec`
 holds a ``model`` section to them. For ``compress init`` it also has ``starter_defaults`` and
 ``starter(writer, arg, request)`` (:mod:`compress.authoring.starter`); sources pruned by channels
@@ -50,6 +51,10 @@ class ModelSource(Protocol):
     def notes(self, spec: ModelSpec, pruning: PruningSpec,
               resolve: Callable[[str], Path]) -> list[str]:
         """What a valid recipe will do that its author may not expect (``compress validate``)."""
+
+    def code(self, spec: ModelSpec, resolve: Callable[[str], Path]) -> list[str]:
+        """What building ``spec`` would import or call, one sentence each, found without
+        importing or calling anything (``compress validate`` is side-effect free)."""
 
 
 MODEL_SOURCES: SourceRegistry[type[ModelSource]] = SourceRegistry(

@@ -54,6 +54,10 @@ class ChannelPrunedSource:
         """None: torch-pruning's graph handles these models alike, nothing to warn about."""
         return []
 
+    def code(self, spec: Any, resolve: Any) -> list[str]:
+        """None: a built-in architecture runs only compress's and torch's code."""
+        return []
+
     def starter_keys(self, w: StarterWriter, arg: str, request: StarterRequest) -> dict[str, Any]:
         """Write the keys naming the model (after ``source``); return them as recipe fields."""
         raise NotImplementedError

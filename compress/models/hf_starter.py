@@ -13,12 +13,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
+from compress.jsonio import read_json_object
 
 if TYPE_CHECKING:
     from compress.authoring.writer import StarterRequest, StarterWriter
@@ -132,5 +132,9 @@ def _has_head(name: str, task: str) -> bool | None:
               "image-classification": "ForImageClassification"}.get(task)
     if suffix is None:
         return True
-    architectures = json.loads(config.read_text()).get("architectures") or []
-    return any(a.endswith(suffix) for a in architectures)
+    try:
+        architectures = read_json_object(config).get("architectures")
+    except InputError:
+        return None
+    return any(isinstance(a, str) and a.endswith(suffix)
+               for a in (architectures if isinstance(architectures, list) else []))

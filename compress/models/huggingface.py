@@ -10,8 +10,9 @@ returns logits (``last_hidden_state`` for ``feature-extraction``).
 Example:
     >>> from compress.recipe.sources import ModelSpec
     >>> from compress.models import build_model
-    >>> net = build_model(ModelSpec(source="huggingface", name="path/to/model",
-    ...                             task="sequence-classification", num_classes=2))  # doctest: +SKIP
+    >>> spec = ModelSpec(source="huggingface", name="path/to/model",
+    ...                  task="sequence-classification", num_classes=2)
+    >>> net = build_model(spec)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
+from compress.models.hf_preflight import hf_code, hf_notes
 from compress.models.hf_starter import HuggingFaceStarter
 from compress.pruning.hf_hidden import cut_hidden_, stream
 from compress.pruning.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
@@ -184,37 +186,13 @@ class HuggingFaceSource(HuggingFaceStarter):
 
     def notes(self, spec: ModelSpec, pruning: PruningSpec,
               resolve: Callable[[str], Path]) -> list[str]:
-        """Whether a pruned model stays loadable by stock ``from_pretrained`` (``hf/``), judged
-        from the local ``config.json``; hub ids are not fetched here."""
-        from transformers import AutoConfig
+        """What ``compress validate`` notes, from the local ``config.json`` read as plain JSON
+        (:func:`compress.models.hf_preflight.hf_notes`); hub ids are not fetched here."""
+        return hf_notes(spec, pruning, resolve)
 
-        from compress.pruning import pruning_kind  # the kinds import torch-pruning
-
-        if not pruning_kind(pruning.kind).shrinks_shapes:
-            return []
-        path = Path(resolve_hf_name(spec.name or "", resolve))
-        if not (path / "config.json").is_file():
-            return []
-        config = AutoConfig.from_pretrained(str(path))
-        if config.model_type not in LAYOUTS:
-            return [f"{config.model_type} has no head/FFN layout in compress (supported: "
-                    f"{', '.join(LAYOUTS.names())}); torch-pruning's generic graph will be used"]
-        layout = LAYOUTS.get(config.model_type)
-        notes = []
-        heads = pruning.heads if pruning.heads is not None else pruning.ratio
-        hidden = pruning.hidden or 0.0
-        if (heads or hidden) and heads != hidden and not layout.head_dim_in_config:
-            notes.append(f"{config.model_type} configs derive the head size from hidden_size / "
-                         f"num_attention_heads, so with heads ({heads or 0:g}) and hidden "
-                         f"({hidden:g}) pruned by different fractions no stock from_pretrained "
-                         f"folder (hf/) is written; compress.load rebuilds the model. Set "
-                         f"pruning.hidden equal to pruning.heads (both shrink, the head size "
-                         f"stays), or pruning.heads: 0 to prune FFN neurons only, to keep hf/")
-        if pruning.scope == "global":
-            notes.append("scope: global gives blocks different widths, which a transformers "
-                         "config cannot express: no hf/ folder is written; compress.load "
-                         "rebuilds the model")
-        return notes
+    def code(self, spec: ModelSpec, resolve: Callable[[str], Path]) -> list[str]:
+        """What building ``spec`` would import or call, in words (nothing is imported)."""
+        return hf_code(spec, resolve)
 
     def check(self, spec: Any) -> None:
         if spec.task not in TASKS:

@@ -90,6 +90,21 @@ class PythonSource(ChannelPrunedSource):
         """
         return arg.rpartition(":")[2]
 
+    def code(self, spec: Any, resolve: Callable[[str], Path]) -> list[str]:
+        """The factory apply would import and call (nothing is imported here).
+
+        Example:
+            >>> from compress.recipe.sources import ModelSpec
+            >>> PythonSource().code(ModelSpec(source="python", factory="nets.small:cnn"), Path)
+            ["apply will import module 'nets.small' and call nets.small.cnn() (model.factory)"]
+        """
+        target, _, attr = spec.factory.rpartition(":")
+        if target.endswith(".py"):
+            return [f"apply will run the file {str(resolve(target).resolve())!r} and call its "
+                    f"{attr}() (model.factory)"]
+        return [f"apply will import module {target!r} and call {target}.{attr}() "
+                f"(model.factory)"]
+
     def check(self, spec: Any) -> None:
         target, sep, attr = spec.factory.rpartition(":")
         if not sep or not target or not attr:
@@ -104,7 +119,8 @@ class PythonSource(ChannelPrunedSource):
         try:
             model = fn(**kwargs)
         except TypeError as err:
-            raise InputError(f"model.factory {spec.factory!r} rejected its arguments: {err}") from None
+            raise InputError(f"model.factory {spec.factory!r} rejected its arguments: "
+                             f"{err}") from None
         if not isinstance(model, nn.Module):
             raise InputError(f"model.factory {spec.factory!r} returned {type(model).__name__}, "
                              f"not a torch.nn.Module")

@@ -1,6 +1,8 @@
 """Checks of a recipe that need more than its schema: source-specific keys and paths.
 
-Cheap: nothing is built or loaded, so ``compress validate`` answers in about a second.
+Cheap and side-effect free: nothing is built or loaded, no user function is called and no
+model's own code is imported, so ``compress validate`` answers in about a second and is safe on
+a recipe from anyone. What ``apply`` would import or call is said instead (:func:`planned_code`).
 
 Example:
     >>> check_recipe(load_recipe("recipes/quickstart.yaml"))  # doctest: +SKIP
@@ -14,12 +16,13 @@ from pathlib import Path
 
 from compress.data import check_data_spec
 from compress.errors import InputError
-from compress.models import check_model_spec
+from compress.hf_names import hf_name_function
+from compress.models import MODEL_SOURCES, check_model_spec
 from compress.models.checkpoint import _TORCH_SUFFIXES as TORCH_SUFFIXES
 from compress.recipe.spec import Recipe
 from compress.schedules import plan_targets
 
-__all__ = ["check_recipe", "recipe_notes", "MAX_STEPS"]
+__all__ = ["check_recipe", "recipe_notes", "planned_code", "MAX_STEPS"]
 
 # Every pruning step is followed by a fine-tune; far more steps than this is a typo.
 MAX_STEPS = 1000
@@ -97,7 +100,26 @@ def _check_schedule(recipe: Recipe) -> None:
 def recipe_notes(recipe: Recipe) -> list[str]:
     """What a valid recipe will do that its author may not expect (printed by validate), as
     the model source tells from its spec and the pruning section, without loading weights."""
-    from compress.models import MODEL_SOURCES
-
     return MODEL_SOURCES.get(recipe.model.source)().notes(recipe.model, recipe.pruning,
                                                           recipe.resolve_path)
+
+
+def planned_code(recipe: Recipe) -> list[str]:
+    """What ``compress apply`` would import or call that is not compress's own code, one
+    sentence each; found without importing or calling any of it.
+
+    Example:
+        >>> r = Recipe.model_validate({"version": 1,
+        ...                            "model": {"source": "python", "factory": "nets:cnn"},
+        ...                            "data": {"source": "digits"}, "pruning": {"ratio": 0.5}})
+        >>> planned_code(r)
+        ["apply will import module 'nets' and call nets.cnn() (model.factory)"]
+    """
+    lines = MODEL_SOURCES.get(recipe.model.source)().code(recipe.model, recipe.resolve_path)
+    tokenizer = recipe.data.tokenizer
+    function = hf_name_function(tokenizer) if tokenizer else None
+    if function is not None:
+        module, attr = function
+        lines.append(f"apply will import module {module!r} and call {module}.{attr}() to find "
+                     f"the tokenizer folder (data.tokenizer)")
+    return lines

@@ -70,6 +70,7 @@ def test_starter_is_valid_for_the_grid(model: str, data: str, target: float, by:
     assert (recipe.finetune.patience is not None) == (recipe.schedule.kind != "one-shot")
     assert recipe.gates.max_accuracy_drop is not None
     assert recipe.gates.min_macs_reduction is not None
+    assert recipe.gates.require_proof and recipe.pruning.verify  # a skipped proof fails CI
     assert recipe.pruning.importance == "l2" and recipe.pruning.round_to == "auto"
     why = _comment_above(text, "schedule:")
     assert why.startswith(recipe.schedule.kind.capitalize() + ", because"), why
@@ -214,6 +215,7 @@ def test_transformers_starter_prunes_heads_and_neurons(data: str, task: str,
     assert recipe.schedule.kind == "iterative" and targets[-1] == pytest.approx(0.5)
     assert recipe.report.sample_shape == [128] and recipe.report.engines == ["onnxruntime"]
     assert recipe.finetune.optimizer == "adamw" and recipe.name == "m-heads50"
+    assert recipe.gates.require_proof
     assert "# hidden: 0.5" in text
 
 

@@ -60,6 +60,13 @@ def test_apply_end_to_end(tiny_run) -> None:
     assert "# compress report: tiny" in (out / "report.md").read_text()
 
 
+def test_a_proven_run_passes_the_proof_gate(tiny_run) -> None:
+    out, _ = tiny_run
+    result = runner.invoke(app, ["gate", str(out), "--require-proof"])
+    assert result.exit_code == 0, result.output
+    assert "PASS pruning proof: all 1 step(s) proven" in result.output
+
+
 def test_outputs_honour_the_umask(tiny_run) -> None:
     out, result = tiny_run
     assert result.exit_code == 0, result.output

@@ -47,3 +47,28 @@ def test_report_md_and_html_say_not_proven(unverified_run) -> None:
 def test_terminal_summary_says_not_proven(unverified_run) -> None:
     _, output = unverified_run
     assert "pruning proof   step 1: not proven" in output
+
+
+def test_the_proof_gate_fails_the_run_when_required(unverified_run, tmp_path: Path) -> None:
+    out, _ = unverified_run
+    result = runner.invoke(app, ["gate", str(out), "--require-proof", "--junit",
+                                 str(tmp_path / "gates.xml")])
+    assert result.exit_code == 1, result.output
+    assert "FAIL pruning proof: step(s) 1 not proven (required: every step proven)" in \
+        result.output
+    assert "PASS accuracy drop" in result.output  # the recipe's own gate still passes
+    assert 'name="require_proof"' in (tmp_path / "gates.xml").read_text()
+    assert runner.invoke(app, ["gate", str(out)]).exit_code == 0  # not required: not checked
+
+
+def test_a_recipe_cannot_require_proof_and_skip_it(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, pruning={"ratio": 0.5, "verify": False},
+                                                 gates={"require_proof": True})))
+    for command in (["validate", str(recipe)], ["apply", str(recipe), "--out",
+                                                str(tmp_path / "run")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert "gates.require_proof needs the proofs that pruning.verify: false skips" in \
+            result.stderr
+    assert not (tmp_path / "run").exists()
