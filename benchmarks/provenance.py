@@ -10,7 +10,8 @@ or the README can be traced to the run that measured it and to the code that ran
 * ``machine``: CPU model and vector flags (AVX2, AVX-512, ...), cores, RAM, GPU, versions.
   The code version is taken when the clock starts (what ran), and again at the end: a
   difference is recorded (``changed_during_run``).
-* ``run``: start and end (UTC), wall time, load average before and after, peak RSS of the
+* ``run``: start and end (UTC), wall time, load average before and after, the process's
+  niceness (a benchmark run with ``nice`` on a shared machine says so), peak RSS of the
   script and of the largest child process it waited for (``getrusage``, the kernel's
   high-water mark; a forked child starts with its parent's RSS counted).
 
@@ -20,7 +21,7 @@ Example:
     >>> clock.code["changed_during_run"]
     False
     >>> sorted(run)
-    ['finished', 'load_after', 'load_before', 'peak_rss_mib', 'started', 'wall_s']
+    ['finished', 'load_after', 'load_before', 'nice', 'peak_rss_mib', 'started', 'wall_s']
 """
 
 from __future__ import annotations
@@ -173,4 +174,5 @@ class Clock:
         return {"started": self.started, "finished": _utc_now(),
                 "wall_s": round(time.perf_counter() - self._t0, 2),
                 "load_before": self.load_before, "load_after": load_average(),
+                "nice": os.nice(0) if hasattr(os, "nice") else None,
                 "peak_rss_mib": peak_rss_mib()}

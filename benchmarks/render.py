@@ -48,6 +48,10 @@ def _load(rel: str) -> dict[str, Any]:
 
 
 def _script(name: str) -> Callable[[dict[str, Any]], str]:
+    """The benchmark script's own renderer (the scripts import each other as top-level
+    modules, so their folder must be on sys.path, also when this module was imported)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
     return importlib.import_module(name).render_result
 
 
@@ -66,7 +70,8 @@ def source_line(r: dict[str, Any], rel: str) -> str:
     if run:
         load = (f"load average {_fmt_load(run['load_before'])} before, "
                 f"{_fmt_load(run['load_after'])} after (1/5/15 min)")
-        wall = f"{run['wall_s'] / 60:.1f} min wall"
+        wall = f"{run['wall_s'] / 60:.1f} min wall" + (f" at nice {run['nice']}"
+                                                        if run.get("nice") else "")
     else:
         load = f"load average {_fmt_load(m.get('load_average_1_5_15'))} at the end (1/5/15 min)"
         wall = "wall time of the whole script not recorded"
@@ -82,8 +87,19 @@ def source_line(r: dict[str, Any], rel: str) -> str:
             f"{m['torch']}, onnxruntime {m['onnxruntime']}; {load}; {wall}; {version}.")
 
 
+def _missing(rel: str) -> str | None:
+    """The block's text when its result file is not there: no figure, and how to make one."""
+    if (RESULTS / rel).is_file():
+        return None
+    script = rel.split("/")[-1].split(".")[0].split("-")[0]
+    return (f"No result file `benchmarks/results/{rel}` is committed, so no figure is shown: "
+            f"`python benchmarks/{script}.py` writes it.\n")
+
+
 def _table(rel: str, script: str) -> Callable[[], str]:
     def render() -> str:
+        if (note := _missing(rel)) is not None:
+            return note
         r = _load(rel)
         return f"<sub>{source_line(r, rel)}</sub>\n\n" + _script(script)(r).strip() + "\n"
     return render
@@ -99,8 +115,8 @@ def _quickstart_sample() -> str:
     m, run = r["machine"], r["run"]
     return (_script("quickstart")(r) + "\n"
             f"The output of `{r['shown_command']}` as recorded by `{r['command']}` "
-            f"({rel}) on {run['started'][:10]}: {m['cores']} cores, {m['cpu']} "
-            f"({m['cpu_capability']}), {m['ram_gib']} GiB, load average "
+            f"(`benchmarks/results/{rel}`) on {run['started'][:10]}: {m['cores']} cores, "
+            f"{m['cpu']} ({m['cpu_capability']}), {m['ram_gib']} GiB, load average "
             f"{_fmt_load(run['load_before'])} before and {_fmt_load(run['load_after'])} after; "
             f"the apply took {r['apply_wall_s'] / 60:.1f} minutes. Latency figures move with "
             f"the machine and its load; the one `--min-speedup` gates is onnxruntime's at the "
@@ -109,6 +125,8 @@ def _quickstart_sample() -> str:
 
 def _minilm_summary() -> str:
     rel = "minilm_sst2.json"
+    if (note := _missing(rel)) is not None:
+        return note
     r = _load(rel)
     b, c = r["baseline"], r["compressed"]
     ort_b, ort_c = b["latency_ms"]["onnxruntime"], c["latency_ms"]["onnxruntime"]
@@ -124,17 +142,13 @@ def _minilm_summary() -> str:
 
 
 def _headlines() -> str:
-    peer, minilm = _load("peer_torch_pruning.json"), _load("minilm_sst2.json")
+    peer = _load("peer_torch_pruning.json")
     per_step, over = _load("regimes-per-step.json"), _load("overheads.json")
     lat = peer["latency"]["all_cores_wall"]["batches"]
     b64 = max(lat, key=int)
     red = peer["unpruned"]["macs"] / peer["compress"]["macs"]
     red_peer = peer["unpruned"]["macs"] / peer["peer"]["macs"]
     s_c, s_p = lat[b64]["compress"]["speedup"], lat[b64]["peer"]["speedup"]
-    b, c = minilm["baseline"], minilm["compressed"]
-    top = max(b["latency_ms"]["onnxruntime"], key=int)
-    s_m = b["latency_ms"]["onnxruntime"][top]["median"] / c["latency_ms"]["onnxruntime"][top][
-        "median"]
     gaps = _crossover_gaps(per_step)
     cost = _wall_over_one_shot(per_step)
     equal = _load("regimes.json")
@@ -146,10 +160,7 @@ def _headlines() -> str:
         f"{_pct(peer['peer']['top1'])}; onnxruntime at batch {b64} {s_c:.2f}× faster vs "
         f"{s_p:.2f}× (speedup ÷ MACs reduction {s_c / red:.2f} vs {s_p / red_peer:.2f}; "
         f"{peer['machine']['cpu_capability']}, {peer['machine']['date']}).",
-        f"- **MiniLM on SST-2** (`recipes/minilm-sst2.yaml`): half the heads and FFN neurons "
-        f"removed in {minilm['apply_wall_s'] / 60:.1f} minutes on {minilm['machine']['cores']} "
-        f"CPU cores, {b['macs'] / c['macs']:.2f}× fewer MACs → {s_m:.2f}× faster at batch "
-        f"{top}, dev top-1 {_pct(b['accuracy'])} → {_pct(c['accuracy'])}.",
+        _minilm_headline(),
         "- **Regimes** (one-shot / iterative / patience / hybrid, ResNet-20 on CIFAR-10), every "
         "pruning step fine-tuned alike (the paper's protocol): best other regime minus "
         "one-shot, in points, " + ", ".join(f"{k}: {v:+.2f}" for k, v in gaps.items())
@@ -164,6 +175,23 @@ def _headlines() -> str:
         f"{over['loop']['ratio_wall']:.3f}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _minilm_headline() -> str:
+    if _missing("minilm_sst2.json") is not None:
+        return ("- **MiniLM on SST-2** (`recipes/minilm-sst2.yaml`): no result file is committed "
+                "(`python benchmarks/minilm_sst2.py` writes it).")
+    r = _load("minilm_sst2.json")
+    b, c = r["baseline"], r["compressed"]
+    ort_b, ort_c = b["latency_ms"]["onnxruntime"], c["latency_ms"]["onnxruntime"]
+    top = max(ort_b, key=int)
+    speed = ort_b[top]["median"] / ort_c[top]["median"]
+    return (f"- **MiniLM on SST-2** (`recipes/minilm-sst2.yaml`): half the heads and FFN "
+            f"neurons removed in {r['apply_wall_s'] / 60:.1f} minutes on "
+            f"{r['machine']['cores']} CPU cores (load average "
+            f"{_fmt_load(r['run']['load_before'])} before), {b['macs'] / c['macs']:.2f}× fewer "
+            f"MACs → {speed:.2f}× faster at batch {top}, dev top-1 {_pct(b['accuracy'])} → "
+            f"{_pct(c['accuracy'])}.")
 
 
 def _wall_over_one_shot(r: dict[str, Any]) -> dict[str, float]:
@@ -192,7 +220,8 @@ def _crossover_gaps(r: dict[str, Any]) -> dict[str, float]:
 
 def _sources() -> str:
     """Every result file a block reads, with its provenance."""
-    rels = sorted({rel for rels, _ in BLOCKS.values() for rel in rels})
+    rels = sorted({rel for rels, _ in BLOCKS.values() for rel in rels
+                   if (RESULTS / rel).is_file()})
     return "".join(f"- {source_line(_load(rel), rel)}\n" for rel in rels)
 
 

@@ -237,3 +237,14 @@ def test_the_code_digest_covers_the_compress_sources(monkeypatch) -> None:
 
     monkeypatch.setattr(Path, "read_bytes", edited)
     assert provenance.code_digest() != before
+
+
+def test_a_missing_result_file_renders_no_figure(render, tmp_path: Path, monkeypatch) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(render.RESULTS, results)
+    (results / "overheads.json").unlink()
+    monkeypatch.setattr(render, "RESULTS", results)
+    block = render.render_block("overheads")
+    assert block.startswith("No result file `benchmarks/results/overheads.json`")
+    assert "python benchmarks/overheads.py" in block and not re.search(r"\d\.\d", block)
+    assert "overheads.json" not in render.render_block("sources")
