@@ -51,6 +51,11 @@ class ModelSource(Protocol):
               resolve: Callable[[str], Path]) -> list[str]:
         """What a valid recipe will do that its author may not expect (``compress validate``)."""
 
+    def check_pruning(self, spec: ModelSpec, pruning: PruningSpec,
+                      resolve: Callable[[str], Path]) -> None:
+        """Raise :class:`InputError` for a pruning this model cannot take, known before it is
+        built (``compress validate`` and every run check it)."""
+
 
 MODEL_SOURCES: SourceRegistry[type[ModelSource]] = SourceRegistry(
     "model source", section="model", common=frozenset({"source", "checkpoint", "kwargs"}))

@@ -54,6 +54,9 @@ class ChannelPrunedSource:
         """None: torch-pruning's graph handles these models alike, nothing to warn about."""
         return []
 
+    def check_pruning(self, spec: Any, pruning: Any, resolve: Any) -> None:
+        """Nothing known before the build: torch-pruning's graph decides once it is traced."""
+
     def starter_keys(self, w: StarterWriter, arg: str, request: StarterRequest) -> dict[str, Any]:
         """Write the keys naming the model (after ``source``); return them as recipe fields."""
         raise NotImplementedError

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
 from compress.models.hf_starter import HuggingFaceStarter
 from compress.pruning.hf_hidden import cut_hidden_, stream
-from compress.pruning.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
+from compress.pruning.hf_layout import LAYOUTS, blocks, remove_units_, unsupported_sentence
 
 if TYPE_CHECKING:
     from compress.recipe.pruning import PruningSpec
@@ -110,21 +111,11 @@ class HFModel(nn.Module):
             if attrs["hidden"] != s.width:
                 cut_hidden_(s, torch.arange(attrs["hidden"]), torch.arange(attrs["hidden"]))
         for block, heads, ffn in zip(blocks(self.hf, self.layout), attrs["heads"], attrs["ffn"]):
+            # Only the counts matter here: the weights loaded next fill the kept units.
             if heads != block.heads:
-                keep_rows = torch.arange(heads * block.head_dim)
-                projections = block.qkv[:1] if self.layout.gqa else block.qkv
-                if len(block.qkv) == 1:
-                    width = block.heads * block.head_dim
-                    keep_out_(block.qkv[0], torch.cat([keep_rows + p * width for p in range(3)]))
-                else:
-                    for m in projections:
-                        keep_out_(m, keep_rows)
-                keep_in_(block.out, keep_rows)
-                set_attention_heads_(block, self.layout, heads)
+                remove_units_(block, self.layout, "heads", range(heads, block.heads))
             if ffn != block.ffn:
-                for m in block.ffn_in:
-                    keep_out_(m, torch.arange(ffn))
-                keep_in_(block.ffn_out, torch.arange(ffn))
+                remove_units_(block, self.layout, "ffn", range(ffn, block.ffn))
 
     def count_macs(self, example: torch.Tensor) -> int:
         return count_transformer_macs(self, example)
@@ -186,35 +177,38 @@ class HuggingFaceSource(HuggingFaceStarter):
               resolve: Callable[[str], Path]) -> list[str]:
         """Whether a pruned model stays loadable by stock ``from_pretrained`` (``hf/``), judged
         from the local ``config.json``; hub ids are not fetched here."""
-        from transformers import AutoConfig
-
-        from compress.pruning import pruning_kind  # the kinds import torch-pruning
-
-        if not pruning_kind(pruning.kind).shrinks_shapes:
-            return []
-        path = Path(resolve_hf_name(spec.name or "", resolve))
-        if not (path / "config.json").is_file():
-            return []
-        config = AutoConfig.from_pretrained(str(path))
-        if config.model_type not in LAYOUTS:
-            return [f"{config.model_type} has no head/FFN layout in compress (supported: "
-                    f"{', '.join(LAYOUTS.names())}); torch-pruning's generic graph will be used"]
-        layout = LAYOUTS.get(config.model_type)
+        model_type = _local_model_type(spec, pruning, resolve)
+        if model_type not in LAYOUTS:
+            return []  # refused by check_pruning (or not pruned by shapes, or not local)
+        layout = LAYOUTS.get(model_type)
         notes = []
-        heads = pruning.heads if pruning.heads is not None else pruning.ratio
+        # With a MACs target the search sets the head fraction unless heads is given.
+        heads = pruning.heads if pruning.heads is not None else (pruning.ratio or "searched")
         hidden = pruning.hidden or 0.0
-        if (heads or hidden) and heads != hidden and not layout.head_dim_in_config:
-            notes.append(f"{config.model_type} configs derive the head size from hidden_size / "
-                         f"num_attention_heads, so with heads ({heads or 0:g}) and hidden "
+        if heads and heads != hidden and not layout.head_dim_in_config:
+            shown = heads if isinstance(heads, str) else f"{heads:g}"
+            fix = ("Set pruning.hidden equal to pruning.heads (both shrink, the head size "
+                   "stays), or pruning.heads: 0 to prune FFN neurons only, to keep hf/"
+                   if layout.hidden is not None and spec.task == "sequence-classification"
+                   and pruning.target is None
+                   else "Set pruning.heads: 0 to prune FFN neurons only and keep hf/")
+            notes.append(f"{model_type} configs derive the head size from hidden_size / "
+                         f"num_attention_heads, so with heads ({shown}) and hidden "
                          f"({hidden:g}) pruned by different fractions no stock from_pretrained "
-                         f"folder (hf/) is written; compress.load rebuilds the model. Set "
-                         f"pruning.hidden equal to pruning.heads (both shrink, the head size "
-                         f"stays), or pruning.heads: 0 to prune FFN neurons only, to keep hf/")
+                         f"folder (hf/) is written; compress.load rebuilds the model. {fix}")
         if pruning.scope == "global":
             notes.append("scope: global gives blocks different widths, which a transformers "
                          "config cannot express: no hf/ folder is written; compress.load "
                          "rebuilds the model")
         return notes
+
+    def check_pruning(self, spec: ModelSpec, pruning: PruningSpec,
+                      resolve: Callable[[str], Path]) -> None:
+        """Refuse removing heads/neurons of a model type without a layout, before any run (a
+        local ``config.json`` is read; a hub id is checked once the model is built)."""
+        model_type = _local_model_type(spec, pruning, resolve)
+        if model_type is not None and model_type not in LAYOUTS:
+            raise InputError(unsupported_sentence(model_type))
 
     def check(self, spec: Any) -> None:
         if spec.task not in TASKS:
@@ -264,6 +258,24 @@ class HuggingFaceSource(HuggingFaceStarter):
         if new_params:
             log.info("newly initialised (not in the checkpoint): %s", ", ".join(new_params))
         return model
+
+
+def _local_model_type(spec: ModelSpec, pruning: PruningSpec,
+                      resolve: Callable[[str], Path]) -> str | None:
+    """``model_type`` of a local model pruned by shapes (structured); None otherwise.
+
+    Read from ``config.json`` as JSON: nothing of the model is imported or run.
+    """
+    from compress.pruning import pruning_kind  # the kinds import torch-pruning
+
+    if not pruning_kind(pruning.kind).shrinks_shapes:
+        return None
+    path = Path(resolve_hf_name(spec.name or "", resolve)) / "config.json"
+    try:
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # not local, or unreadable: the build says so in its own words
+    return model_type if isinstance(model_type, str) else None
 
 
 def _pad_id(path: str, task: str, config: Any) -> int | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from compress.data import check_data_spec
 from compress.errors import InputError
-from compress.models import check_model_spec
+from compress.models import MODEL_SOURCES, ModelSource, check_model_spec
 from compress.models.checkpoint import _TORCH_SUFFIXES as TORCH_SUFFIXES
 from compress.recipe.spec import Recipe
 from compress.schedules import plan_targets
@@ -29,6 +29,7 @@ def check_recipe(recipe: Recipe) -> Recipe:
     """Raise :class:`InputError` for keys a source does not use and for missing files."""
     _check_schedule(recipe)
     check_model_spec(recipe.model)
+    _source(recipe).check_pruning(recipe.model, recipe.pruning, recipe.resolve_path)
     check_data_spec(recipe.data)
     for pattern in recipe.pruning.ignored:  # whether they match is known once the model is built
         if pattern.startswith("re:"):
@@ -97,7 +98,8 @@ def _check_schedule(recipe: Recipe) -> None:
 def recipe_notes(recipe: Recipe) -> list[str]:
     """What a valid recipe will do that its author may not expect (printed by validate), as
     the model source tells from its spec and the pruning section, without loading weights."""
-    from compress.models import MODEL_SOURCES
+    return _source(recipe).notes(recipe.model, recipe.pruning, recipe.resolve_path)
 
-    return MODEL_SOURCES.get(recipe.model.source)().notes(recipe.model, recipe.pruning,
-                                                          recipe.resolve_path)
+
+def _source(recipe: Recipe) -> ModelSource:
+    return MODEL_SOURCES.get(recipe.model.source)()
