@@ -94,6 +94,23 @@ def test_macs_target_is_met_by_searching_the_head_and_ffn_fraction(arch: str, fo
     assert result.macs_after == count_macs_params(model, x[:1])[0]
 
 
+# The encoders and classifiers of the first layouts (their LM-free heads leave a target
+# reachable); GPT-2 and Llama are causal LMs whose 30k-token head holds most MACs at this size.
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=() if a == "bert" else pytest.mark.slow)
+                                  for a in ("bert", "distilbert", "vit", "qwen2")])
+def test_macs_target_is_met_for_the_first_layouts(arch: str, tmp_path: Path) -> None:
+    model = _build(*save_tiny(arch, tmp_path / arch))
+    x = example_input(model)
+    result = compress.prune(model, x, target_macs=0.4)
+    assert 0.38 <= 1 - result.macs_after / result.macs_before <= 0.5
+
+
+def test_a_target_needs_heads_or_ffn_left_to_the_search() -> None:
+    PruningSpec(target={"macs": 0.5}, heads=0.0)  # FFN searched
+    with pytest.raises(ValueError, match="leave 'heads' or 'ffn' out"):
+        PruningSpec(target={"macs": 0.5}, heads=0.5, ffn=0.5)
+
+
 def test_a_fraction_given_beside_a_target_keeps_its_value(folders) -> None:
     model, x = _tiny(folders, "phi3")
     heads0 = [b.heads for b in blocks(model.hf, model.layout)]
