@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,13 @@ __all__ = ["export_model"]
 
 
 def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: ModelSpec,
-                 probe: torch.Tensor, serving: Mapping[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 probe: torch.Tensor, serving: Mapping[str, Any] | None = None, *,
+                 build: Callable[..., nn.Module] | None = None) -> dict[str, Any]:
     """Write the enabled artifacts and prove each one on ``probe`` (real eval inputs).
 
     Returns paths, sizes and the parity differences measured. ``serving``: see
-    :func:`save_safetensors`.
+    :func:`save_safetensors`. ``build``: the constructor the reload check calls instead of
+    the manifest's source (as ``compress.load(..., build=...)`` will).
     """
     model = model.eval().cpu()
     probe = probe[: spec.parity_batch].cpu()
@@ -53,8 +54,8 @@ def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: 
         weights, manifest = save_safetensors(model, out_dir, model_spec, tuple(probe.shape[1:]),
                                              serving)
         with torch.no_grad():
-            # The recipe being run named this model's source, factory included.
-            reloaded = load_model(out_dir, force=True, trust_code=True)(probe)
+            # The recipe being run (or the caller's build) named this model's source.
+            reloaded = load_model(out_dir, force=True, trust_code=True, build=build)(probe)
         result["parity"]["safetensors"], tol = parity(
             reference, reloaded, what="reloaded safetensors model", atol=1e-6, rtol=1e-6)
         result["parity_tolerance"]["safetensors"] = tol.to_dict()

@@ -143,11 +143,15 @@ def check_ratio_or_target(spec: Any) -> None:
 
 
 def check_transformer_fractions(spec: Any, *, structured: bool) -> None:
-    """``heads``, ``ffn`` and ``hidden`` only with structured pruning by ``ratio``."""
+    """``heads``, ``ffn`` and ``hidden`` only with structured pruning; beside a MACs target,
+    the search needs one of ``heads`` and ``ffn`` left to it."""
     if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None) and (
-            not structured or spec.ratio is None):
-        raise ValueError("'heads', 'ffn' and 'hidden' need kind: structured with 'ratio' "
-                         "(they scale with the schedule like the ratio does)")
+            not structured):
+        raise ValueError("'heads', 'ffn' and 'hidden' need kind: structured (they scale with "
+                         "the schedule like the ratio does)")
+    if spec.target is not None and spec.heads is not None and spec.ffn is not None:
+        raise ValueError("with 'target', leave 'heads' or 'ffn' out: the search sets its "
+                         "fraction to meet the target (a fraction given keeps its value)")
 
 
 PRUNING_KINDS: Registry[PruningKind] = Registry("pruning kind")

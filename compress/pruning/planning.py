@@ -4,7 +4,9 @@ A schedule's cumulative MACs targets become channel ratios for the structured pr
 searching on throw-away copies (nothing is proven: nothing is kept; a trial whose cut model
 does not run is redone with the proof, which names the group that broke it). Trials are cached
 by ratio, across the steps of a schedule. Copies have no gradients, so gradient criteria are
-planned with l2 where that gives the same widths.
+planned with l2 where that gives the same widths. For transformers the ratio is the fraction of
+heads and FFN neurons removed; a kind given beside the target (``heads: 0``, ``ffn: 0.25``)
+keeps its fraction and the search sets the others'.
 
 Example:
     >>> from compress.models.cifar_resnet import cifar_resnet
@@ -28,6 +30,7 @@ from compress.errors import CheckFailed, InputError
 from compress.measure.counts import count_macs_params
 from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.structured import build_structured
+from compress.pruning.transformer import is_transformer
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["gradient_free", "solve_ratio_for_macs", "solve_ratios_for_macs", "channel_ratios"]
@@ -58,7 +61,8 @@ def gradient_free(spec: PruningSpec, what: str) -> PruningSpec:
 def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
                          macs_reduction: float, *, tolerance: float = 0.0,
                          iterations: int = 7, precision: float = 0.002,
-                         cache: dict[float, float] | None = None) -> tuple[float, float]:
+                         cache: dict[float, float] | None = None,
+                         final_ratio: float | None = None) -> tuple[float, float]:
     """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
 
     Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
@@ -67,7 +71,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     reduction is accepted if it falls short by at most ``tolerance``. The bisection stops early
     once a trial lands within ``precision`` of the target. ``cache`` (ratio -> reduction) may be
     shared between searches on the same model and spec: the steps of a schedule then start
-    from what earlier searches measured.
+    from what earlier searches measured. ``final_ratio``: the schedule's last ratio, for an
+    earlier step of a transformer whose given fractions scale with the schedule.
     """
     base_macs, _ = count_macs_params(model, example_inputs)
     cache = {} if cache is None else cache
@@ -76,7 +81,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
 
     def trial(r: float, spec: PruningSpec) -> nn.Module:
         pruned = copy.deepcopy(model).eval()
-        build_structured(pruned, example_inputs, spec, cumulative_ratios=[r]).step_(
+        ratios = [r] if final_ratio is None else [r, final_ratio]
+        build_structured(pruned, example_inputs, spec, cumulative_ratios=ratios).step_(
             r, example_inputs)
         return pruned
 
@@ -114,8 +120,7 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
         if macs_reduction - cache[best] > tolerance:
             raise InputError(f"pruning.target.macs={macs_reduction} cannot be reached: at most "
                              f"{cache[best]:.1%} of the MACs can be removed with these "
-                             f"settings; lower the target, lower round_to, use scope: global "
-                             f"or ignore fewer layers")
+                             f"settings; {_advice(model, spec)}")
         hi = best  # within tolerance: refine between the best ratio and the one below it
         lo = max((r for r in cache if r < best), default=0.0)
     for _ in range(iterations):
@@ -135,13 +140,36 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     return best, cache[best]
 
 
+def _advice(model: nn.Module, spec: PruningSpec) -> str:
+    if not is_transformer(model):
+        return "lower the target, lower round_to, use scope: global or ignore fewer layers"
+    kept = [k for k in ("heads", "ffn") if getattr(spec, k) is not None]
+    # What stays whatever the ratio: embeddings, the output head, k/v heads of grouped-query
+    # attention, one query head per k/v group, round_to neurons.
+    return ("lower the target" + (f", or leave pruning.{' and pruning.'.join(kept)} out so the "
+                                  f"search sets it" if kept else "")
+            + (", or lower round_to" if spec.round_to != 1 else "")
+            + " (embeddings and the output head are not pruned)")
+
+
 def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
                           targets: Sequence[float]) -> list[float]:
     """The channel ratio of each cumulative MACs target of a schedule, sharing one cache."""
     assert spec.target is not None
+
+    def solve(target: float, cache: dict[float, float], final: float | None = None) -> float:
+        return solve_ratio_for_macs(model, example_inputs, spec, target, cache=cache,
+                                    tolerance=spec.target.tolerance, final_ratio=final)[0]
+
     cache: dict[float, float] = {}
-    return [solve_ratio_for_macs(model, example_inputs, spec, t, tolerance=spec.target.tolerance,
-                                 cache=cache)[0] for t in targets]
+    if not (spec.heads or spec.ffn or spec.hidden) or len(targets) == 1:
+        return [solve(t, cache) for t in targets]
+    # A fraction given beside the target is reached at the last step and scales with the
+    # schedule before it (as the pruner plans it), so earlier steps are searched against the
+    # last step's ratio, with a cache of their own.
+    final = solve(targets[-1], cache)
+    earlier: dict[float, float] = {}
+    return [solve(t, earlier, final) for t in targets[:-1]] + [final]
 
 
 def channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,

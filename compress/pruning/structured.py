@@ -75,10 +75,15 @@ DIAGNOSED = (nn.modules.conv._ConvNd, nn.Linear)  # roots whose traced width a d
 def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
                      cumulative_ratios: Sequence[float] | None = None) -> Any:
     """Heads and FFN neurons for transformers models, torch-pruning's graph for the rest."""
-    from compress.pruning.transformer import TransformerPruner, is_transformer
+    from compress.pruning.transformer import (
+        TransformerPruner,
+        is_transformer,
+        refuse_without_layout,
+    )
 
     if is_transformer(model):
         return TransformerPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
+    refuse_without_layout(model)  # never the generic graph: it breaks on unknown attention
     if spec.heads is not None or spec.ffn is not None or spec.hidden is not None:
         raise InputError("pruning.heads, pruning.ffn and pruning.hidden apply to transformers "
                          "models only; remove them")
