@@ -66,9 +66,10 @@ def test_transformers_model_exports_with_hf_folder_and_loads_without_build(
     model = build_model(ModelSpec(source="huggingface", name=str(folder), task=task))
     x = example_input(model)
     result = compress.prune(model, x, ratio=0.5, round_to=1)
-    info = compress.save(result.model, tmp_path / "out", x)
+    # ONNX parity of this family is proven in tests/pruning/test_transformer_families.py.
+    info = compress.save(result.model, tmp_path / "out", x, onnx=False)
     assert info["hf"]["saved"] and info["hf"]["path"] == str(tmp_path / "out" / "hf")
-    assert info["parity"]["onnx"] < 1e-4
+    assert info["parity"]["safetensors"] == 0.0 and "onnx" not in info
     with torch.no_grad():
         assert torch.equal(compress.load(tmp_path / "out")(x), model.eval()(x))
 
