@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,10 +22,10 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.errors import CheckFailed
-from compress.pruning.norms import CHANNEL_NORMS, RMSNormPruner
+from compress.pruning.norms import CHANNEL_NORMS, RMSNormPruner, is_channel_norm
 
 __all__ = ["GroupRoundingPruner", "ChannelProtocolPruner", "custom_pruners", "zero_dep_",
-           "group_name", "members", "removal"]
+           "group_name", "members", "norm_channels", "removal"]
 
 
 class GroupRoundingPruner(tp.pruner.BasePruner):
@@ -152,14 +152,27 @@ def members(group: Any, dg: Any) -> list[tuple[Any, str, Any]]:
     return out
 
 
-def removal(group: Any, dg: Any, history: list[list[Any]]) -> tuple[str, Callable[[], None]]:
+def norm_channels(group: Any) -> dict[nn.Module, set[int]]:
+    """The channels ``group`` removes from each norm over channels it reaches."""
+    out: dict[nn.Module, set[int]] = {}
+    for dep, idxs in group:
+        if is_channel_norm(dep.target.module):
+            out.setdefault(dep.target.module, set()).update(
+                int(i) for i in tp._helpers.to_plain_idxs(idxs))
+    return out
+
+
+def removal(group: Any, dg: Any, history: list[list[Any]],
+            note_removed: Callable[[nn.Module, Iterable[int]], None],
+            ) -> tuple[str, Callable[[], None]]:
     """``(name, remove)`` for ``group``, rebuilt from its root when it is removed.
 
     torch-pruning computes concatenation offsets when a group is created: a group created
     before an earlier group of the same step was removed carries stale offsets wherever both
     feed one chain of concatenations (DenseNet). Only the root and its indices are kept; the
     members are found again on the model as it is then, as :meth:`StructuredPruner.restore_`
-    does when it replays the history.
+    does when it replays the history. ``note_removed`` hears which channels leave each norm
+    (see :func:`~compress.pruning.norms.restricted_norms`).
     """
     name = group_name(group, dg)
     module, handler = group[0].dep.target.module, group[0].dep.handler
@@ -168,5 +181,8 @@ def removal(group: Any, dg: Any, history: list[list[Any]]) -> tuple[str, Callabl
 
     def remove() -> None:
         history.append([name, is_out, idxs])
-        dg.get_pruning_group(module, handler, idxs).prune()
+        fresh = dg.get_pruning_group(module, handler, idxs)
+        for norm, gone in norm_channels(fresh).items():
+            note_removed(norm, gone)
+        fresh.prune()
     return name, remove

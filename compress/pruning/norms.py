@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -151,47 +151,61 @@ def _check_groups(m: nn.Module, keep: list[int], name: str) -> None:
 
 
 @contextmanager
-def restricted_norms(removed: Mapping[nn.Module, Iterable[int]],
-                     names: Mapping[nn.Module, str]) -> Iterator[None]:
-    """Inside, each norm in ``removed`` normalises over its kept channels only.
+def restricted_norms(removed: Mapping[nn.Module, Iterable[int]], names: Mapping[nn.Module, str],
+                     ) -> Iterator[Callable[[nn.Module, Iterable[int]], None]]:
+    """Inside, each norm in ``removed`` normalises over the channels it will keep.
 
     ``removed`` maps a norm to the channel indices (of its current width) that will be removed;
-    ``names`` names norms in messages. Once a norm has been pruned to its kept width it computes
-    that itself and passes through untouched, so removals may happen inside, in any order.
+    ``names`` names norms in messages. Yields ``note_removed(norm, idxs)``: call it just before
+    pruning ``idxs`` (of the norm's width then) from a norm, so that a norm pruned in parts (it
+    follows a concatenation of several pruned layers) keeps normalising over the channels that
+    will stay; a norm pruned to its kept width computes that itself and passes through.
     Raises :class:`CheckFailed` for a GroupNorm whose groups would lose unequal numbers of
     channels, or a norm whose channel layout no candidate dimension reproduces.
     """
-    handles = []
+    states: dict[nn.Module, _Restriction] = {}
     for norm, idxs in removed.items():
         assert is_channel_norm(norm), type(norm)
-        width, name = norm_width(norm), names.get(norm, type(norm).__name__)
-        keep_list = sorted(set(range(width)) - {int(i) for i in idxs})
-        if len(keep_list) == width:
-            continue
-        _check_groups(norm, keep_list, name)
-        handles.append(norm.register_forward_hook(_hook(width, keep_list, name)))
+        state = _Restriction(norm_width(norm), {int(i) for i in idxs},
+                             names.get(norm, type(norm).__name__))
+        if state.doomed:
+            _check_groups(norm, state.kept(), state.name)
+            states[norm] = state
+
+    def note_removed(norm: nn.Module, idxs: Iterable[int]) -> None:
+        if norm in states:
+            gone = {int(i) for i in idxs}
+            states[norm].alive = [c for i, c in enumerate(states[norm].alive) if i not in gone]
+
+    handles = [norm.register_forward_hook(state.hook) for norm, state in states.items()]
     try:
-        yield
+        yield note_removed
     finally:
         for h in handles:
             h.remove()
 
 
-def _hook(width: int, keep_list: list[int], name: str) -> Any:
-    found: dict[str, int] = {}  # the channel dim, found on the first call
+class _Restriction:
+    """One norm's channels: those still there (original ids) and those that will go."""
 
-    def hook(m: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> Any:
-        now = norm_width(m)
-        if now == len(keep_list):
+    def __init__(self, width: int, doomed: set[int], name: str) -> None:
+        self.alive, self.doomed, self.name = list(range(width)), doomed, name
+        self.dim: int | None = None  # the input's channel dim, found on the first call
+
+    def kept(self) -> list[int]:
+        """Positions, in the norm as it is now, of the channels that will stay."""
+        return [i for i, c in enumerate(self.alive) if c not in self.doomed]
+
+    def hook(self, m: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> Any:
+        assert norm_width(m) == len(self.alive), (self.name, norm_width(m), len(self.alive))
+        keep = self.kept()
+        if len(keep) == len(self.alive):
             return None  # pruned already: it normalises over the kept channels itself
-        assert now == width, (name, now, width, len(keep_list))
         x = inputs[0]
-        if "dim" not in found:
-            found["dim"] = _channel_dim(m, x, output, name)
-        keep = torch.tensor(keep_list, dtype=torch.long, device=x.device)
-        return _restricted(m, x, keep, found["dim"]).to(output.dtype)
-
-    return hook
+        if self.dim is None:
+            self.dim = _channel_dim(m, x, output, self.name)
+        idx = torch.tensor(keep, dtype=torch.long, device=x.device)
+        return _restricted(m, x, idx, self.dim).to(output.dtype)
 
 
 # Autograd nodes of ops that reduce over a dimension so that a zeroed channel still counts:

@@ -57,10 +57,11 @@ from compress.pruning.groups import (
     custom_pruners,
     group_name,
     members,
+    norm_channels,
     removal,
     zero_dep_,
 )
-from compress.pruning.norms import is_channel_norm, restricted_norms, suspect_cause
+from compress.pruning.norms import restricted_norms, suspect_cause
 from compress.pruning.selection import default_round_to, protected_layers
 from compress.recipe.pruning import PruningSpec
 
@@ -188,10 +189,10 @@ class StructuredPruner:
                 norms: dict[nn.Module, set[int]] = {}
                 for group in groups:
                     for dep, idxs in group:
-                        plain = tp._helpers.to_plain_idxs(idxs)
-                        zero_dep_(dep, plain, dg.is_out_channel_pruning_fn(dep.handler))
-                        if is_channel_norm(dep.target.module):
-                            norms.setdefault(dep.target.module, set()).update(map(int, plain))
+                        zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
+                                  dg.is_out_channel_pruning_fn(dep.handler))
+                    for norm, gone in norm_channels(group).items():
+                        norms.setdefault(norm, set()).update(gone)
                 removed = sum(len(group[0].idxs) for group in groups)
                 history: list[list[Any]] = []
                 by_name = {group_name(g, dg): g for g in groups}
@@ -202,9 +203,9 @@ class StructuredPruner:
                     return suspect_cause(members(group, dg), name, traced)
 
                 # The pruned norms normalise over the kept channels: so must the reference.
-                with restricted_norms(norms, dg._module2name):
+                with restricted_norms(norms, dg._module2name) as note_removed:
                     max_diff = prove_removals_(
-                        self.model, probe, [removal(g, dg, history) for g in groups],
+                        self.model, probe, [removal(g, dg, history, note_removed) for g in groups],
                         verify=self.spec.verify, atol=self.spec.verify_atol, explain=explain)
             self.history.append(history)
         record = StepRecord(target_ratio, len(groups), removed, "channels", max_diff,
