@@ -116,7 +116,8 @@ def _restricted(m: nn.Module, x: torch.Tensor, keep: torch.Tensor, dim: int) -> 
     return out.movedim(-1, dim)
 
 
-def _channel_dim(m: nn.Module, x: torch.Tensor, output: torch.Tensor, name: str) -> int:
+def _channel_dim(m: nn.Module, x: torch.Tensor, output: torch.Tensor, name: str,
+                 advice: str) -> int:
     """The dim of ``x`` that ``m`` normalises as channels: the one reproducing ``output``."""
     width = norm_width(m)
     if isinstance(m, nn.GroupNorm):
@@ -126,18 +127,20 @@ def _channel_dim(m: nn.Module, x: torch.Tensor, output: torch.Tensor, name: str)
     else:
         candidates = [x.ndim - 1] + list(range(x.ndim - 1))
     everything = torch.arange(width, device=x.device)
-    scale = max(1.0, output.detach().abs().max().item())
+    # what one norm computed twice may differ by: a few rounding steps of its dtype
+    atol = max(1.0, output.detach().abs().max().item()) * max(1e-5, 16 * torch.finfo(
+        output.dtype).eps if output.is_floating_point() else 0.0)
     for d in candidates:
         if x.shape[d] != width or output.shape != x.shape:
             continue
-        if torch.allclose(_restricted(m, x, everything, d), output, rtol=0, atol=1e-5 * scale):
+        if torch.allclose(_restricted(m, x, everything, d), output, rtol=0, atol=atol):
             return d
     raise CheckFailed(f"{type(m).__name__} {name!r} normalises over pruned channels in a layout "
                       f"compress cannot restrict to the kept channels (input {tuple(x.shape)}); "
-                      f"add {name!r} or the layer that feeds it to pruning.ignored")
+                      f"{advice}")
 
 
-def _check_groups(m: nn.Module, keep: list[int], name: str) -> None:
+def _check_groups(m: nn.Module, keep: list[int], name: str, advice: str) -> None:
     """A GroupNorm must keep the same number of channels in each group, in the same groups."""
     if not isinstance(m, nn.GroupNorm):
         return
@@ -147,29 +150,34 @@ def _check_groups(m: nn.Module, keep: list[int], name: str) -> None:
         raise CheckFailed(f"GroupNorm {name!r} would keep {counts} channels of its "
                           f"{m.num_groups} groups: a pruned GroupNorm needs the same number "
                           f"in each group; give pruning.round_to a multiple of {m.num_groups} "
-                          f"or add {name!r} to pruning.ignored")
+                          f"or {advice}")
 
 
 @contextmanager
 def restricted_norms(removed: Mapping[nn.Module, Iterable[int]], names: Mapping[nn.Module, str],
+                     roots: Mapping[nn.Module, str] | None = None,
                      ) -> Iterator[Callable[[nn.Module, Iterable[int]], None]]:
     """Inside, each norm in ``removed`` normalises over the channels it will keep.
 
     ``removed`` maps a norm to the channel indices (of its current width) that will be removed;
-    ``names`` names norms in messages. Yields ``note_removed(norm, idxs)``: call it just before
-    pruning ``idxs`` (of the norm's width then) from a norm, so that a norm pruned in parts (it
-    follows a concatenation of several pruned layers) keeps normalising over the channels that
-    will stay; a norm pruned to its kept width computes that itself and passes through.
-    Raises :class:`CheckFailed` for a GroupNorm whose groups would lose unequal numbers of
-    channels, or a norm whose channel layout no candidate dimension reproduces.
+    ``names`` names norms in messages, ``roots`` the layer to ignore when one cannot be
+    restricted. Yields ``note_removed(norm, idxs)``: call it just before pruning ``idxs`` (of
+    the norm's width then) from a norm, so that a norm pruned in parts (it follows a
+    concatenation of several pruned layers) keeps normalising over the channels that will stay;
+    a norm pruned to its kept width computes that itself and passes through. Raises
+    :class:`CheckFailed` for a GroupNorm whose groups would lose unequal numbers of channels,
+    or a norm whose channel layout no candidate dimension reproduces.
     """
     states: dict[nn.Module, _Restriction] = {}
     for norm, idxs in removed.items():
         assert is_channel_norm(norm), type(norm)
+        root = (roots or {}).get(norm)
         state = _Restriction(norm_width(norm), {int(i) for i in idxs},
-                             names.get(norm, type(norm).__name__))
+                             names.get(norm, type(norm).__name__),
+                             f"add {root!r} to pruning.ignored" if root else
+                             "add the layer that feeds it to pruning.ignored")
         if state.doomed:
-            _check_groups(norm, state.kept(), state.name)
+            _check_groups(norm, state.kept(), state.name, state.advice)
             states[norm] = state
 
     def note_removed(norm: nn.Module, idxs: Iterable[int]) -> None:
@@ -188,8 +196,9 @@ def restricted_norms(removed: Mapping[nn.Module, Iterable[int]], names: Mapping[
 class _Restriction:
     """One norm's channels: those still there (original ids) and those that will go."""
 
-    def __init__(self, width: int, doomed: set[int], name: str) -> None:
+    def __init__(self, width: int, doomed: set[int], name: str, advice: str) -> None:
         self.alive, self.doomed, self.name = list(range(width)), doomed, name
+        self.advice = advice  # what to ignore if it cannot be restricted
         self.dim: int | None = None  # the input's channel dim, found on the first call
 
     def kept(self) -> list[int]:
@@ -203,7 +212,7 @@ class _Restriction:
             return None  # pruned already: it normalises over the kept channels itself
         x = inputs[0]
         if self.dim is None:
-            self.dim = _channel_dim(m, x, output, self.name)
+            self.dim = _channel_dim(m, x, output, self.name, self.advice)
         idx = torch.tensor(keep, dtype=torch.long, device=x.device)
         return _restricted(m, x, idx, self.dim).to(output.dtype)
 

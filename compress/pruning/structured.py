@@ -187,12 +187,14 @@ class StructuredPruner:
             with torch.no_grad():
                 groups = list(self._pruner.step(interactive=True))
                 norms: dict[nn.Module, set[int]] = {}
+                roots: dict[nn.Module, str] = {}  # a group reaching the norm: what to ignore
                 for group in groups:
                     for dep, idxs in group:
                         zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
                                   dg.is_out_channel_pruning_fn(dep.handler))
                     for norm, gone in norm_channels(group).items():
                         norms.setdefault(norm, set()).update(gone)
+                        roots.setdefault(norm, group_name(group, dg))
                 removed = sum(len(group[0].idxs) for group in groups)
                 history: list[list[Any]] = []
                 by_name = {group_name(g, dg): g for g in groups}
@@ -203,7 +205,7 @@ class StructuredPruner:
                     return suspect_cause(members(group, dg), name, traced)
 
                 # The pruned norms normalise over the kept channels: so must the reference.
-                with restricted_norms(norms, dg._module2name) as note_removed:
+                with restricted_norms(norms, dg._module2name, roots) as note_removed:
                     max_diff = prove_removals_(
                         self.model, probe, [removal(g, dg, history, note_removed) for g in groups],
                         verify=self.spec.verify, atol=self.spec.verify_atol, explain=explain)
