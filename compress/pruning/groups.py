@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -27,6 +29,8 @@ from compress.pruning.norms import CHANNEL_NORMS, RMSNormPruner, is_channel_norm
 __all__ = ["GroupRoundingPruner", "ChannelProtocolPruner", "custom_pruners", "zero_dep_",
            "group_name", "members", "norm_channels", "removal"]
 
+log = logging.getLogger(__name__)
+
 
 class GroupRoundingPruner(tp.pruner.BasePruner):
     """torch-pruning's pruner, with ``round_to`` applied per channel group.
@@ -37,6 +41,18 @@ class GroupRoundingPruner(tp.pruner.BasePruner):
     its channels or none, so it was never pruned. Here the per-group count is rounded so that
     the whole width stays a multiple of ``round_to``.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # torch-pruning warns about every free parameter (ConvNeXt's layer_scale) on each graph
+        # it builds; the proof checks how it prunes them, the log names them once per build.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            super().__init__(*args, **kwargs)
+        free = [self.DG._param_to_name.get(u.parameters, "?") for u in
+                self.DG.unwrapped_parameters]
+        if free:
+            log.info("free parameters pruned along their last non-singleton dim: %s",
+                     ", ".join(free[:8]) + (f" and {len(free) - 8} more" if len(free) > 8 else ""))
 
     def _is_atten_group(self, group: Any) -> Any:
         # Called for each group right before its count is rounded: remember its grouping.
