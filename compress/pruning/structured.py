@@ -58,6 +58,7 @@ from compress.pruning.groups import (
     group_name,
     members,
     norm_channels,
+    offsets_cached,
     removal,
     zero_dep_,
 )
@@ -182,7 +183,8 @@ class StructuredPruner:
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         """Prune to the next scheduled ratio in place and prove the result on ``probe``."""
-        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
+        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio), \
+                offsets_cached():
             dg = self._pruner.DG
             with torch.no_grad():
                 groups = list(self._pruner.step(interactive=True))
@@ -260,7 +262,7 @@ class StructuredPruner:
         assert self.steps_done == 0 and state["kind"] == "structured"
         dg = self._pruner.DG
         modules = dict(self.model.named_modules())
-        with torch.no_grad():
+        with torch.no_grad(), offsets_cached():
             for step in state["history"]:
                 for name, is_out, idxs in step:
                     module = modules[name]
