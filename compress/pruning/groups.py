@@ -28,7 +28,7 @@ from compress.errors import CheckFailed
 from compress.pruning.norms import CHANNEL_NORMS, RMSNormPruner, is_channel_norm
 
 __all__ = ["GroupRoundingPruner", "offsets_cached", "ChannelProtocolPruner", "custom_pruners",
-           "zero_dep_", "group_name", "members", "norm_channels", "removal"]
+           "zero_dep_", "group_name", "group_members", "norm_channels", "removal"]
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def group_name(group: Any, dg: Any) -> str:
     return dg._module2name.get(dep.target.module, str(dep.target.name))
 
 
-def members(group: Any, dg: Any) -> list[tuple[Any, str, Any]]:
+def group_members(group: Any, dg: Any) -> list[tuple[Any, str, Any]]:
     """``(module, name, autograd node)`` of every member of ``group``, for a diagnosis; a free
     parameter (ConvNeXt's layer_scale, a home-made norm's scale) stands for its module."""
     out = []

@@ -55,8 +55,8 @@ from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.groups import (
     GroupRoundingPruner,
     custom_pruners,
+    group_members,
     group_name,
-    members,
     norm_channels,
     offsets_cached,
     removal,
@@ -70,7 +70,7 @@ __all__ = ["StructuredPruner", "build_structured"]
 
 log = logging.getLogger(__name__)
 
-DIAGNOSED = (nn.modules.conv._ConvNd, nn.Linear)  # roots whose traced width a diagnosis needs
+_ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # roots a diagnosis needs the width of
 
 
 def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
@@ -123,7 +123,7 @@ class StructuredPruner:
         self._ratios = ratios
         # Widths as traced: the graph's autograd nodes saved shapes of the unpruned model.
         self._traced_widths = {m: n for m in self._pruner.DG.module2node
-                               if isinstance(m, DIAGNOSED) and
+                               if isinstance(m, _ROOT_TYPES) and
                                (n := self._pruner.DG.get_out_channels(m)) is not None}
         self.history: list[list[list[Any]]] = []  # per step: [root name, is_out, indices]
         model.train(was_training)
@@ -204,7 +204,7 @@ class StructuredPruner:
                 def explain(name: str) -> str | None:
                     group = by_name[name]
                     traced = self._traced_widths.get(group[0].dep.target.module, -1)
-                    return suspect_cause(members(group, dg), name, traced)
+                    return suspect_cause(group_members(group, dg), name, traced)
 
                 # The pruned norms normalise over the kept channels: so must the reference.
                 with restricted_norms(norms, dg._module2name, roots) as note_removed:
