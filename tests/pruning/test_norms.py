@@ -224,6 +224,9 @@ def test_a_failed_proof_names_the_real_cause(middle: str, cause: str) -> None:
     message = str(err.value)
     assert cause in message and "add 'fc1' to pruning.ignored" in message
     assert "wired its channels wrongly" not in message and "\n" not in message
+    model = Mlp(middle).eval()  # the advice works: ignored, the group is left alone
+    pruner = StructuredPruner(model, x[:1], PruningSpec(ratio=0.5, ignored=["fc1"]))
+    assert pruner.step_(0.5, x).max_abs_diff == 0.0 and model.fc1.out_features == 32
 
 
 def _torchvision(name: str, px: int) -> tuple[nn.Module, torch.Tensor]:
