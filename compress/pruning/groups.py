@@ -13,8 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -22,10 +25,38 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.errors import CheckFailed
-from compress.pruning.norms import CHANNEL_NORMS, RMSNormPruner
+from compress.pruning.norms import CHANNEL_NORMS, RMSNormPruner, is_channel_norm
 
-__all__ = ["GroupRoundingPruner", "ChannelProtocolPruner", "custom_pruners", "zero_dep_",
-           "group_name", "members", "removal"]
+__all__ = ["GroupRoundingPruner", "offsets_cached", "ChannelProtocolPruner", "custom_pruners",
+           "zero_dep_", "group_name", "group_members", "norm_channels", "removal"]
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def offsets_cached() -> Iterator[None]:
+    """Inside, torch-pruning recomputes concat/split/reshape offsets only after a shape changed.
+
+    It recomputes them for every group it creates: when ranking, when choosing and (here) when
+    removing, about two thirds of a DenseNet-121 step. They follow from the layers' widths, and
+    every removal changes the shape of its root's weight, so they are reused while every
+    parameter keeps its shape.
+    """
+    mapping = tp.dependency.graph.index_mapping
+    original = mapping.update_index_mapping
+    seen: dict[int, tuple[Any, tuple[torch.Size, ...]]] = {}
+
+    def update(dg: Any) -> None:
+        shapes = tuple(p.shape for p in dg.model.parameters())
+        if seen.get(id(dg), (None, None)) != (dg, shapes):
+            original(dg)
+            seen[id(dg)] = (dg, shapes)
+
+    mapping.update_index_mapping = update
+    try:
+        yield
+    finally:
+        mapping.update_index_mapping = original
 
 
 class GroupRoundingPruner(tp.pruner.BasePruner):
@@ -37,6 +68,18 @@ class GroupRoundingPruner(tp.pruner.BasePruner):
     its channels or none, so it was never pruned. Here the per-group count is rounded so that
     the whole width stays a multiple of ``round_to``.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # torch-pruning warns about every free parameter (ConvNeXt's layer_scale) on each graph
+        # it builds; the proof checks how it prunes them, the log names them once per build.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            super().__init__(*args, **kwargs)
+        free = [self.DG._param_to_name.get(u.parameters, "?") for u in
+                self.DG.unwrapped_parameters]
+        if free:
+            log.info("free parameters pruned along their last non-singleton dim: %s",
+                     ", ".join(free[:8]) + (f" and {len(free) - 8} more" if len(free) > 8 else ""))
 
     def _is_atten_group(self, group: Any) -> Any:
         # Called for each group right before its count is rounded: remember its grouping.
@@ -138,7 +181,7 @@ def group_name(group: Any, dg: Any) -> str:
     return dg._module2name.get(dep.target.module, str(dep.target.name))
 
 
-def members(group: Any, dg: Any) -> list[tuple[Any, str, Any]]:
+def group_members(group: Any, dg: Any) -> list[tuple[Any, str, Any]]:
     """``(module, name, autograd node)`` of every member of ``group``, for a diagnosis; a free
     parameter (ConvNeXt's layer_scale, a home-made norm's scale) stands for its module."""
     out = []
@@ -152,14 +195,27 @@ def members(group: Any, dg: Any) -> list[tuple[Any, str, Any]]:
     return out
 
 
-def removal(group: Any, dg: Any, history: list[list[Any]]) -> tuple[str, Callable[[], None]]:
+def norm_channels(group: Any) -> dict[nn.Module, set[int]]:
+    """The channels ``group`` removes from each norm over channels it reaches."""
+    out: dict[nn.Module, set[int]] = {}
+    for dep, idxs in group:
+        if is_channel_norm(dep.target.module):
+            out.setdefault(dep.target.module, set()).update(
+                int(i) for i in tp._helpers.to_plain_idxs(idxs))
+    return out
+
+
+def removal(group: Any, dg: Any, history: list[list[Any]],
+            note_removed: Callable[[nn.Module, Iterable[int]], None],
+            ) -> tuple[str, Callable[[], None]]:
     """``(name, remove)`` for ``group``, rebuilt from its root when it is removed.
 
     torch-pruning computes concatenation offsets when a group is created: a group created
     before an earlier group of the same step was removed carries stale offsets wherever both
     feed one chain of concatenations (DenseNet). Only the root and its indices are kept; the
     members are found again on the model as it is then, as :meth:`StructuredPruner.restore_`
-    does when it replays the history.
+    does when it replays the history. ``note_removed`` hears which channels leave each norm
+    (see :func:`~compress.pruning.norms.restricted_norms`).
     """
     name = group_name(group, dg)
     module, handler = group[0].dep.target.module, group[0].dep.handler
@@ -168,5 +224,8 @@ def removal(group: Any, dg: Any, history: list[list[Any]]) -> tuple[str, Callabl
 
     def remove() -> None:
         history.append([name, is_out, idxs])
-        dg.get_pruning_group(module, handler, idxs).prune()
+        fresh = dg.get_pruning_group(module, handler, idxs)
+        for norm, gone in norm_channels(fresh).items():
+            note_removed(norm, gone)
+        fresh.prune()
     return name, remove

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -116,7 +116,8 @@ def _restricted(m: nn.Module, x: torch.Tensor, keep: torch.Tensor, dim: int) -> 
     return out.movedim(-1, dim)
 
 
-def _channel_dim(m: nn.Module, x: torch.Tensor, output: torch.Tensor, name: str) -> int:
+def _channel_dim(m: nn.Module, x: torch.Tensor, output: torch.Tensor, name: str,
+                 advice: str) -> int:
     """The dim of ``x`` that ``m`` normalises as channels: the one reproducing ``output``."""
     width = norm_width(m)
     if isinstance(m, nn.GroupNorm):
@@ -126,18 +127,20 @@ def _channel_dim(m: nn.Module, x: torch.Tensor, output: torch.Tensor, name: str)
     else:
         candidates = [x.ndim - 1] + list(range(x.ndim - 1))
     everything = torch.arange(width, device=x.device)
-    scale = max(1.0, output.detach().abs().max().item())
+    # what one norm computed twice may differ by: a few rounding steps of its dtype
+    atol = max(1.0, output.detach().abs().max().item()) * max(1e-5, 16 * torch.finfo(
+        output.dtype).eps if output.is_floating_point() else 0.0)
     for d in candidates:
         if x.shape[d] != width or output.shape != x.shape:
             continue
-        if torch.allclose(_restricted(m, x, everything, d), output, rtol=0, atol=1e-5 * scale):
+        if torch.allclose(_restricted(m, x, everything, d), output, rtol=0, atol=atol):
             return d
     raise CheckFailed(f"{type(m).__name__} {name!r} normalises over pruned channels in a layout "
                       f"compress cannot restrict to the kept channels (input {tuple(x.shape)}); "
-                      f"add {name!r} or the layer that feeds it to pruning.ignored")
+                      f"{advice}")
 
 
-def _check_groups(m: nn.Module, keep: list[int], name: str) -> None:
+def _check_groups(m: nn.Module, keep: list[int], name: str, advice: str) -> None:
     """A GroupNorm must keep the same number of channels in each group, in the same groups."""
     if not isinstance(m, nn.GroupNorm):
         return
@@ -147,51 +150,81 @@ def _check_groups(m: nn.Module, keep: list[int], name: str) -> None:
         raise CheckFailed(f"GroupNorm {name!r} would keep {counts} channels of its "
                           f"{m.num_groups} groups: a pruned GroupNorm needs the same number "
                           f"in each group; give pruning.round_to a multiple of {m.num_groups} "
-                          f"or add {name!r} to pruning.ignored")
+                          f"or {advice}")
 
 
 @contextmanager
-def restricted_norms(removed: Mapping[nn.Module, Iterable[int]],
-                     names: Mapping[nn.Module, str]) -> Iterator[None]:
-    """Inside, each norm in ``removed`` normalises over its kept channels only.
+def restricted_norms(removed: Mapping[nn.Module, Iterable[int]], names: Mapping[nn.Module, str],
+                     roots: Mapping[nn.Module, str] | None = None,
+                     ) -> Iterator[Callable[[nn.Module, Iterable[int]], None]]:
+    """Inside, each norm in ``removed`` normalises over the channels it will keep.
 
     ``removed`` maps a norm to the channel indices (of its current width) that will be removed;
-    ``names`` names norms in messages. Once a norm has been pruned to its kept width it computes
-    that itself and passes through untouched, so removals may happen inside, in any order.
-    Raises :class:`CheckFailed` for a GroupNorm whose groups would lose unequal numbers of
-    channels, or a norm whose channel layout no candidate dimension reproduces.
+    ``names`` names norms in messages, ``roots`` the layer to ignore when one cannot be
+    restricted. Yields ``note_removed(norm, idxs)``: call it just before pruning ``idxs`` (of
+    the norm's width then) from a norm, so that a norm pruned in parts (it follows a
+    concatenation of several pruned layers) keeps normalising over the channels that will stay;
+    a norm pruned to its kept width computes that itself and passes through. Raises
+    :class:`CheckFailed` for a GroupNorm whose groups would lose unequal numbers of channels,
+    or a norm whose channel layout no candidate dimension reproduces.
     """
-    handles = []
+    states: dict[nn.Module, _Restriction] = {}
     for norm, idxs in removed.items():
         assert is_channel_norm(norm), type(norm)
-        width, name = norm_width(norm), names.get(norm, type(norm).__name__)
-        keep_list = sorted(set(range(width)) - {int(i) for i in idxs})
-        if len(keep_list) == width:
-            continue
-        _check_groups(norm, keep_list, name)
-        handles.append(norm.register_forward_hook(_hook(width, keep_list, name)))
+        root = (roots or {}).get(norm)
+        state = _Restriction(norm_width(norm), {int(i) for i in idxs},
+                             names.get(norm, type(norm).__name__),
+                             f"add {root!r} to pruning.ignored" if root else
+                             "add the layer that feeds it to pruning.ignored")
+        if state.doomed:
+            _check_groups(norm, state.kept(), state.name, state.advice)
+            states[norm] = state
+
+    handles = [norm.register_forward_hook(state.hook) for norm, state in states.items()]
     try:
-        yield
+        yield _NoteRemoved(states)
     finally:
         for h in handles:
             h.remove()
 
 
-def _hook(width: int, keep_list: list[int], name: str) -> Any:
-    found: dict[str, int] = {}  # the channel dim, found on the first call
+class _NoteRemoved:
+    """``note_removed(norm, idxs)``; ``restrictions`` are the objects it changes, for a proof
+    that snapshots and restores the model's state while it searches for a failing group."""
 
-    def hook(m: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> Any:
-        now = norm_width(m)
-        if now == len(keep_list):
+    def __init__(self, states: dict[nn.Module, _Restriction]) -> None:
+        self.states = states
+        self.restrictions = list(states.values())
+
+    def __call__(self, norm: nn.Module, idxs: Iterable[int]) -> None:
+        if norm in self.states:
+            gone = {int(i) for i in idxs}
+            state = self.states[norm]
+            state.alive = [c for i, c in enumerate(state.alive) if i not in gone]
+
+
+class _Restriction:
+    """One norm's channels: those still there (original ids) and those that will go."""
+
+    def __init__(self, width: int, doomed: set[int], name: str, advice: str) -> None:
+        self.alive, self.doomed, self.name = list(range(width)), doomed, name
+        self.advice = advice  # what to ignore if it cannot be restricted
+        self.dim: int | None = None  # the input's channel dim, found on the first call
+
+    def kept(self) -> list[int]:
+        """Positions, in the norm as it is now, of the channels that will stay."""
+        return [i for i, c in enumerate(self.alive) if c not in self.doomed]
+
+    def hook(self, m: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> Any:
+        assert norm_width(m) == len(self.alive), (self.name, norm_width(m), len(self.alive))
+        keep = self.kept()
+        if len(keep) == len(self.alive):
             return None  # pruned already: it normalises over the kept channels itself
-        assert now == width, (name, now, width, len(keep_list))
         x = inputs[0]
-        if "dim" not in found:
-            found["dim"] = _channel_dim(m, x, output, name)
-        keep = torch.tensor(keep_list, dtype=torch.long, device=x.device)
-        return _restricted(m, x, keep, found["dim"]).to(output.dtype)
-
-    return hook
+        if self.dim is None:
+            self.dim = _channel_dim(m, x, output, self.name, self.advice)
+        idx = torch.tensor(keep, dtype=torch.long, device=x.device)
+        return _restricted(m, x, idx, self.dim).to(output.dtype)
 
 
 # Autograd nodes of ops that reduce over a dimension so that a zeroed channel still counts:

@@ -56,12 +56,14 @@ from compress.pruning.graph_errors import choose_groups, graph_errors, graph_sta
 from compress.pruning.groups import (
     GroupRoundingPruner,
     custom_pruners,
+    group_members,
     group_name,
-    members,
+    norm_channels,
+    offsets_cached,
     removal,
     zero_dep_,
 )
-from compress.pruning.norms import is_channel_norm, restricted_norms, suspect_cause
+from compress.pruning.norms import restricted_norms, suspect_cause
 from compress.pruning.selection import default_round_to, protected_layers
 from compress.recipe.pruning import PruningSpec
 
@@ -69,7 +71,7 @@ __all__ = ["StructuredPruner", "build_structured"]
 
 log = logging.getLogger(__name__)
 
-DIAGNOSED = (nn.modules.conv._ConvNd, nn.Linear)  # roots whose traced width a diagnosis needs
+_ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # roots a diagnosis needs the width of
 
 
 def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
@@ -131,7 +133,7 @@ class StructuredPruner:
         self.protected: dict[str, str] = {}  # layers left unpruned: torch-pruning cannot map them
         # Widths as traced: the graph's autograd nodes saved shapes of the unpruned model.
         self._traced_widths = {m: n for m in self._pruner.DG.module2node
-                               if isinstance(m, DIAGNOSED) and
+                               if isinstance(m, _ROOT_TYPES) and
                                (n := self._pruner.DG.get_out_channels(m)) is not None}
         self.history: list[list[list[Any]]] = []  # per step: [root name, is_out, indices]
         model.train(was_training)
@@ -191,17 +193,20 @@ class StructuredPruner:
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         """Prune to the next scheduled ratio in place and prove the result on ``probe``."""
-        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
+        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio), \
+                offsets_cached():
             dg = self._pruner.DG
             with torch.no_grad():
                 groups = choose_groups(self._pruner, self.model, self.protected)
                 norms: dict[nn.Module, set[int]] = {}
+                roots: dict[nn.Module, str] = {}  # a group reaching the norm: what to ignore
                 for group in groups:
                     for dep, idxs in group:
-                        plain = tp._helpers.to_plain_idxs(idxs)
-                        zero_dep_(dep, plain, dg.is_out_channel_pruning_fn(dep.handler))
-                        if is_channel_norm(dep.target.module):
-                            norms.setdefault(dep.target.module, set()).update(map(int, plain))
+                        zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
+                                  dg.is_out_channel_pruning_fn(dep.handler))
+                    for norm, gone in norm_channels(group).items():
+                        norms.setdefault(norm, set()).update(gone)
+                        roots.setdefault(norm, group_name(group, dg))
                 removed = sum(len(group[0].idxs) for group in groups)
                 history: list[list[Any]] = []
                 by_name = {group_name(g, dg): g for g in groups}
@@ -209,14 +214,16 @@ class StructuredPruner:
                 def explain(name: str) -> str | None:
                     group = by_name[name]
                     traced = self._traced_widths.get(group[0].dep.target.module, -1)
-                    return suspect_cause(members(group, dg), name, traced)
+                    return suspect_cause(group_members(group, dg), name, traced)
 
                 # The pruned norms normalise over the kept channels: so must the reference.
-                with restricted_norms(norms, dg._module2name):
+                with restricted_norms(norms, dg._module2name, roots) as note_removed:
                     proof = prove_removals_(
-                        self.model, probe, [removal(g, dg, history) for g in groups],
+                        self.model, probe,
+                        [removal(g, dg, history, note_removed) for g in groups],
                         verify=self.spec.verify, atol=self.spec.verify_atol, explain=explain,
-                        strategy=self.proof_strategy, also=graph_state(self._pruner))
+                        strategy=self.proof_strategy,
+                        also=[*graph_state(self._pruner), *note_removed.restrictions])
             self.history.append(history)
         record = StepRecord.of(target_ratio, len(groups), removed, "channels", proof,
                                self.widths())
@@ -269,7 +276,7 @@ class StructuredPruner:
         assert self.steps_done == 0 and state["kind"] == "structured"
         dg = self._pruner.DG
         modules = dict(self.model.named_modules())
-        with torch.no_grad():
+        with torch.no_grad(), offsets_cached():
             for step in state["history"]:
                 for name, is_out, idxs in step:
                     module = modules[name]

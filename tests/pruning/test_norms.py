@@ -148,10 +148,32 @@ def test_grouped_convolutions_round_their_whole_width() -> None:
     assert model[3].out_channels == 16 and model[3].groups == 4
 
 
+class ConcatNorm(nn.Module):
+    """One LayerNorm over two concatenated branches: two groups each prune part of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(8, 16)
+        self.norm, self.out = nn.LayerNorm(32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(torch.cat([F.gelu(self.a(x)), F.gelu(self.b(x))], -1)))
+
+
+def test_a_norm_pruned_in_parts_by_several_groups_is_proven() -> None:
+    torch.manual_seed(0)
+    model = _seeded(ConcatNorm())
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    record = StructuredPruner(model, x[:1], PruningSpec(ratio=0.5)).step_(0.5, x)
+    assert record.groups == 2 and record.max_abs_diff < 1e-5
+    assert model.norm.normalized_shape == (16,) and model.out.in_features == 16
+
+
 def test_a_group_norm_losing_unequal_channels_per_group_is_refused() -> None:
     gn = nn.GroupNorm(2, 8)
-    with pytest.raises(CheckFailed, match=r"GroupNorm 'gn' would keep \[2, 4\] channels"):
-        with restricted_norms({gn: [0, 1]}, {gn: "gn"}):
+    with pytest.raises(CheckFailed, match=r"GroupNorm 'gn' would keep \[2, 4\] channels.* "
+                                          r"add 'conv' to pruning.ignored$"):
+        with restricted_norms({gn: [0, 1]}, {gn: "gn"}, {gn: "conv"}):
             pass
 
 
@@ -202,6 +224,9 @@ def test_a_failed_proof_names_the_real_cause(middle: str, cause: str) -> None:
     message = str(err.value)
     assert cause in message and "add 'fc1' to pruning.ignored" in message
     assert "wired its channels wrongly" not in message and "\n" not in message
+    model = Mlp(middle).eval()  # the advice works: ignored, the group is left alone
+    pruner = StructuredPruner(model, x[:1], PruningSpec(ratio=0.5, ignored=["fc1"]))
+    assert pruner.step_(0.5, x).max_abs_diff == 0.0 and model.fc1.out_features == 32
 
 
 def _torchvision(name: str, px: int) -> tuple[nn.Module, torch.Tensor]:
