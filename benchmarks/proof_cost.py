@@ -128,10 +128,14 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False) -> dict[str
 def main() -> None:
     parser = make_parser(__doc__, tiny="ResNet-20 only (a smoke run).")
     add_common_args(parser)
+    parser.add_argument("--models", nargs="+", help="Measure these models only (resnet names "
+                        "from cifar_resnet, others from torchvision).")
     args = parser.parse_args()
     start(args)
-    models = ["resnet20"] if args.tiny else ["resnet56", "convnext_tiny", "swin_t"]
-    rows = []
+    models = args.models or (["resnet20"] if args.tiny
+                             else ["resnet56", "convnext_tiny", "swin_t"])
+    commit = git_commit()  # the code measured: taken before anything runs
+    rows: list[dict[str, Any]] = []
     for name in models:
         model, x, how = build(name)
         cases = [("bisect", False), ("per-group", False)]
@@ -143,16 +147,20 @@ def main() -> None:
             print(f"{name} {row['case']} {strategy}: {row['passes']} passes, "
                   f"{row.get('proof_s') or 0:.2f} s proof, {row['outcome'][:100]}", flush=True)
             rows.append(row)
+        # Written after every model, so a run cut short still leaves what it measured.
+        report(args, commit, rows, complete=name == models[-1])
+
+
+def report(args: Any, commit: str, rows: list[dict[str, Any]], complete: bool) -> None:
     table = [[r["model"], r["case"], r["strategy"], r.get("groups", "-"), r["passes"],
               f"{r['proof_s']:.2f}" if r.get("proof_s") is not None else "-",
-              f"{r['step_s']:.2f}",
-              r["outcome"]]
-             for r in rows]
+              f"{r['step_s']:.2f}", r["outcome"]] for r in rows]
     md = (f"One structured step (channel ratio {RATIO}) per model, the proof run per group (old) "
-          f"and once + bisection (new); forward passes of the probe batch counted by a hook.\n\n"
+          f"and once + bisection (new); forward passes of the probe batch counted by a hook"
+          f"{'' if complete else ' (run cut short: the models measured so far)'}.\n\n"
           + fmt_table(["model", "case", "proof", "groups", "forward passes", "proof s",
                        "step s", "outcome"], table))
-    finish("proof_cost", args.tiny, {"git_commit": git_commit(), "ratio": RATIO,
+    finish("proof_cost", args.tiny, {"git_commit": commit, "complete": complete, "ratio": RATIO,
                                      "probe_batch": PROBE, "rows": rows}, md, args.out)
 
 

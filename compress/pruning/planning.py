@@ -29,6 +29,7 @@ from torch import nn
 from compress.errors import CheckFailed, InputError
 from compress.measure.counts import count_macs_params
 from compress.pruning.criteria import IMPORTANCE
+from compress.pruning.proof import Snapshot
 from compress.pruning.structured import build_structured
 from compress.pruning.transformer import is_transformer
 from compress.recipe.pruning import PruningSpec
@@ -56,6 +57,32 @@ def gradient_free(spec: PruningSpec, what: str) -> PruningSpec:
                          f"pruned copies have no gradients); with scope: global give a ratio "
                          f"and use compress apply")
     return spec.model_copy(update={"importance": "l2"})
+
+
+class _ReusedTrials:
+    """One copy and one dependency graph for every trial of a search: each trial restores the
+    copy (and the graph's state) from a :class:`~compress.pruning.proof.Snapshot` and prunes
+    it to its ratio, instead of copying the model and tracing a new graph (~1-2 s for a
+    ResNet-56). Transformers (their own pruner, no graph) keep fresh copies."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, spec: PruningSpec) -> None:
+        self.source, self.example, self.spec = model, example, spec
+        self.snapshot: Snapshot | None = None  # built by the first trial
+
+    @property
+    def ok(self) -> bool:
+        return not is_transformer(self.source)
+
+    def prune(self, ratio: float) -> nn.Module:
+        if self.snapshot is None:
+            self.model = copy.deepcopy(self.source).eval()
+            self.pruner = build_structured(self.model, self.example, self.spec,
+                                           cumulative_ratios=[ratio])
+            self.snapshot = Snapshot(self.model, self.pruner.trial_state())
+        self.snapshot.restore_()
+        self.pruner.retarget_(ratio)
+        self.pruner.step_(ratio, self.example)
+        return self.model
 
 
 def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
@@ -86,9 +113,11 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
             r, example_inputs)
         return pruned
 
+    reused = _ReusedTrials(model, example_inputs, trial_spec)
+
     def reduction(r: float) -> float:
         if r not in cache:
-            pruned = trial(r, trial_spec)
+            pruned = reused.prune(r) if reused.ok else trial(r, trial_spec)
             try:
                 macs = count_macs_params(pruned, example_inputs)[0]
             except Exception as err:  # the unproven cut broke the model: which group did?
@@ -101,7 +130,7 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
 
     # Coarse scan first: with round_to, very high ratios can round a layer to zero width, which
     # torch-pruning refuses, so the reduction is not monotone near 1. Bracket from below.
-    # (Each trial rebuilds the dependency graph, ~1-2 s for a ResNet-56: keep trials few.)
+    # (Each trial prunes the whole copy once more: keep trials few.)
     cache[0.0] = 0.0
     above = [r for r in cache if cache[r] >= macs_reduction]
     hi = min(above) if above else None

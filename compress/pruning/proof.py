@@ -218,12 +218,16 @@ def _bisect(cmp: _Comparison, snapshot: Snapshot, removals: Sequence[Removal],
     """Raise the failure of the first group whose removal (after the ones before it) changes
     the output: prefix ``lo`` is known good (none removed), prefix ``hi`` known bad (all)."""
     lo, hi, at_hi = 0, len(removals), whole
+    applied: int | None = None  # the prefix the model holds now (None: the whole step)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        snapshot.restore_()
+        if applied is None or applied > mid:  # after a good prefix, go on from there
+            snapshot.restore_()
+            applied = 0
         try:
-            for _, remove in removals[:mid]:
+            for _, remove in removals[applied:mid]:
                 remove()
+            applied = mid
         except Exception as err:  # the redo differs from the first run: no culprit to name
             raise CheckFailed(f"equivalence check failed: removing the {len(removals)} pruning "
                               f"groups of the step changed the probe output "

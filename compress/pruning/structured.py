@@ -232,6 +232,18 @@ class StructuredPruner:
                  self.steps_done, removed, len(groups), record.describe_proof())
         return record
 
+    def retarget_(self, ratio: float) -> None:
+        """Plan one step to ``ratio`` afresh, on a model restored to its state at build time
+        (the MACs search's trials reuse one pruner; see :meth:`trial_state`)."""
+        self._ratios = [ratio]
+        self._pruner.pruning_ratio = ratio
+        self._pruner.per_step_pruning_ratio = [0.0, ratio]
+        self._pruner.current_step = 0
+
+    def trial_state(self) -> list[Any]:
+        """The objects besides the model that a step changes (this pruner, the graph's)."""
+        return [self, *graph_state(self._pruner)]
+
     @property
     def needs_grad(self) -> bool:
         return self.criterion.needs_grad

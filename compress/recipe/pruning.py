@@ -71,8 +71,9 @@ class PruningSpec(Section):
                                      "gradient-based criteria (taylor, hessian).", examples=[8])
     verify: bool = Field(True, description="Prove each step: zeroed group == removed group on a "
                          "probe batch. A mismatch fails the run.", examples=[True])
-    verify_atol: float = Field(1e-4, gt=0, le=1e-2, description="Absolute tolerance of the proof "
-                               "(at most 1e-2: a larger one passes anything).",
+    verify_atol: float = Field(1e-4, gt=0, le=1e-2, description="Tolerance of the proof, a "
+                               "share of the probe output's largest magnitude (at most 1e-2: a "
+                               "larger one passes anything; never below the dtype's rounding).",
                                examples=[0.001])
     probe_batch: int = Field(8, gt=0, description="Samples in the probe batch.", examples=[16])
     heads: float | None = Field(None, ge=0, lt=1, description="Transformers: fraction of "
