@@ -44,7 +44,8 @@ def _processor(source: str | None) -> Any:
 
     for auto in (transformers.AutoTokenizer, transformers.AutoImageProcessor):
         try:
-            return auto.from_pretrained(source)
+            # Never a folder's own code, and never a prompt asking whether to run it.
+            return auto.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return None
@@ -66,8 +67,10 @@ def _stage_and_prove(model: nn.Module, stage: Path, probe: torch.Tensor, atol: f
             processor.save_pretrained(str(stage))
     try:
         auto = getattr(transformers, TASKS[model.task])
-        reloaded = HFModel(auto.from_pretrained(str(stage), dtype=next(hf.parameters()).dtype),
-                           model.task, pad_token_id=model.pad_token_id).eval()
+        # The proof is of a *stock* reload: no code the folder's config.json may still name.
+        stock = auto.from_pretrained(str(stage), dtype=next(hf.parameters()).dtype,
+                                     trust_remote_code=False)
+        reloaded = HFModel(stock, model.task, pad_token_id=model.pad_token_id).eval()
         with torch.no_grad():
             return parity(model.eval()(probe), reloaded(probe),
                           what=f"stock from_pretrained({HF_FOLDER}/)", atol=atol, rtol=0)

@@ -20,7 +20,12 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.export.manifest import check_weight_shapes, read_manifest, weight_shapes
+from compress.export.manifest import (
+    check_layer_attrs,
+    check_weight_shapes,
+    read_manifest,
+    weight_shapes,
+)
 from compress.hf_names import hf_name_function
 from compress.jsonio import read_json_object
 from compress.recipe.sources import ModelSpec
@@ -72,6 +77,7 @@ def load_model(run_dir: str | os.PathLike[str], *, force: bool = False,
     for name, attrs in layers.items():
         if name not in modules:
             raise InputError(f"manifest layer {name!r} does not exist in the rebuilt model")
+        check_layer_attrs(modules[name], name, attrs, repr(str(manifest_path)))
         _reshape_(modules[name], name, {k: v for k, v in attrs.items() if k != "type"}, state)
     _check_state(model, state, weights_path)
     model.load_state_dict(state, strict=True)
@@ -129,7 +135,11 @@ def _build(spec: ModelSpec, manifest_path: Path, build: Callable[..., nn.Module]
     kwargs = dict(spec.kwargs)
     if spec.num_classes is not None:
         kwargs["num_classes"] = spec.num_classes
-    model = build(**kwargs)
+    try:
+        model = build(**kwargs)
+    except TypeError as err:  # the manifest's kwargs do not fit the caller's constructor
+        raise InputError(f"build rejected the manifest's arguments {sorted(kwargs)}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'TypeError'}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"build returned {type(model).__name__}, not a torch.nn.Module")
     return model

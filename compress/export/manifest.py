@@ -23,11 +23,12 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictStr
 
 from compress.errors import InputError
-from compress.export.safetensors import MANIFEST_FORMAT
+from compress.export.safetensors import MANIFEST_FORMAT, layer_attrs
 from compress.jsonio import read_json_object, validate_json
 from compress.recipe.sources import ModelSpec
 
-__all__ = ["Manifest", "read_manifest", "weight_shapes", "check_weight_shapes"]
+__all__ = ["Manifest", "read_manifest", "weight_shapes", "check_weight_shapes",
+           "check_layer_attrs"]
 
 
 
@@ -138,3 +139,61 @@ def check_weight_shapes(layers: Mapping[str, Mapping[str, Any]],
                 raise InputError(f"{where}: layer {name!r} ({widths}) does not fit "
                                  f"{prefix + tensor!r} of shape {list(shape)} in the weights; "
                                  f"the manifest and the weights do not belong together")
+
+
+def _ints(value: Any) -> list[int]:
+    if isinstance(value, list):
+        return [i for v in value for i in _ints(v)]
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+
+def _fits(new: Any, fresh: Any, bound: int) -> bool:
+    """A stored width fits a freshly built one: the same kind, a list no longer, numbers from
+    -1 (a layer's own "none" mark) to ``bound`` (pruning only shrinks)."""
+    if isinstance(fresh, list):
+        return (isinstance(new, list) and len(new) <= len(fresh)
+                and all(_fits(n, fresh[0] if fresh else None, bound) for n in new))
+    if isinstance(fresh, int) and not isinstance(fresh, bool):
+        return isinstance(new, int) and not isinstance(new, bool) and -1 <= new <= bound
+    return new is None or new == fresh or fresh is None
+
+
+def _stock_fits(new: Any, fresh: Any) -> bool:
+    if isinstance(fresh, list):
+        return (isinstance(new, list) and len(new) == len(fresh)
+                and all(_stock_fits(n, f) for n, f in zip(new, fresh)))
+    return isinstance(new, int) and not isinstance(new, bool) and 0 <= new <= fresh
+
+
+def check_layer_attrs(module: Any, name: str, attrs: Mapping[str, Any], where: str) -> None:
+    """Refuse manifest widths the freshly built ``module`` cannot take: another layer type, a
+    key compress does not write for it (a manifest may set no other attribute), or a width
+    larger than the fresh one or of another kind.
+
+    Example:
+        >>> from torch import nn
+        >>> check_layer_attrs(nn.Linear(4, 2), "0", {"type": "Linear", "out_features": 1}, "m")
+        >>> check_layer_attrs(nn.Linear(4, 2), "0", {"forward": 1}, "m")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        compress.errors.InputError: m: 'layers.0.forward' is not a width compress stores for ...
+    """
+    fresh = layer_attrs(module) or {}
+    kind = type(module).__name__
+    if "type" in attrs and attrs["type"] != kind:
+        raise InputError(f"{where}: layer {name!r} is a {str(attrs['type'])[:40]!r} in the "
+                         f"manifest but a {kind!r} in the rebuilt model; the manifest is not "
+                         f"this model's")
+    for key, value in attrs.items():
+        if key == "type":
+            continue
+        if key not in fresh:
+            raise InputError(f"{where}: 'layers.{name}.{key}' is not a width compress stores "
+                             f"for a {kind}")
+        # A stock layer's widths are each no larger than built (lists: the same length);
+        # a layer with its own manifest hook gets the looser check, the weights do the rest.
+        hooked = hasattr(module, "manifest_attrs")
+        fits = (_fits(value, fresh[key], max(_ints(fresh[key]), default=0)) if hooked
+                else _stock_fits(value, fresh[key]))
+        if not fits:
+            raise InputError(f"{where}: 'layers.{name}.{key}' is {str(value)[:60]}, which a "
+                             f"{kind} built as {fresh[key]} cannot be pruned to")

@@ -21,7 +21,7 @@ from torch import nn
 from compress.fsutil import save_tensors_atomic, write_text_atomic
 from compress.recipe.sources import ModelSpec
 
-__all__ = ["MANIFEST_FORMAT", "plain_state_dict", "save_safetensors"]
+__all__ = ["MANIFEST_FORMAT", "layer_attrs", "plain_state_dict", "save_safetensors"]
 
 
 MANIFEST_FORMAT = "compress.model/1"
@@ -39,7 +39,13 @@ _WIDTH_ATTRS: list[tuple[type, tuple[str, ...]]] = [
 ]
 
 
-def _layer_attrs(module: nn.Module) -> dict[str, Any] | None:
+def layer_attrs(module: nn.Module) -> dict[str, Any] | None:
+    """The widths the manifest stores for ``module`` (None: a layer without any).
+
+    Example:
+        >>> layer_attrs(nn.Linear(4, 2)), layer_attrs(nn.ReLU())
+        ({'in_features': 4, 'out_features': 2}, None)
+    """
     if hasattr(module, "manifest_attrs"):
         return dict(module.manifest_attrs())
     for cls, names in _WIDTH_ATTRS:
@@ -88,7 +94,7 @@ def save_safetensors(model: nn.Module, out_dir: Path, model_spec: ModelSpec,
     save_tensors_atomic(state, weights, metadata={"format": MANIFEST_FORMAT})
     spec = model_spec.model_dump(exclude={"checkpoint", "weights"})
     layers = {name: {"type": type(m).__name__, **attrs} for name, m in model.named_modules()
-              for attrs in [_layer_attrs(m)] if attrs is not None}
+              for attrs in [layer_attrs(m)] if attrs is not None}
     manifest = {"format": MANIFEST_FORMAT, "model": spec, "layers": layers,
                 "input": {"shape": list(sample_shape), "dtype": "float32"}, **(serving or {})}
     path = out_dir / "model.json"

@@ -224,3 +224,34 @@ def test_weights_of_another_model_are_refused_in_one_sentence(run: Path) -> None
 def test_a_broken_status_json_reads_as_unfinished(run: Path, status: str) -> None:
     (run / "status.json").write_text(status)
     _refused(run, "holds an unfinished run", "force=True", trust_code=True)
+
+
+@hostile
+@pytest.mark.parametrize("layer, attrs, fragment", [
+    ("3", {"forward": "x"}, "'layers.3.forward' is not a width compress stores for a Linear"),
+    ("3", {"type": "Conv2d"}, "layer '3' is a 'Conv2d' in the manifest but a 'Linear'"),
+    ("", {"training": False}, "'layers..training' is not a width compress stores"),
+    ("1", {"inplace": True}, "'layers.1.inplace' is not a width compress stores for a ReLU"),
+])
+def test_a_manifest_sets_no_attribute_but_widths(run: Path, layer: str, attrs: dict[str, Any],
+                                                 fragment: str) -> None:
+    manifest = json.loads((run / "model.json").read_text())
+    manifest["layers"].setdefault(layer, {}).update(attrs)
+    (run / "model.json").write_text(json.dumps(manifest))
+    _refused(run, fragment, build=_net)
+
+
+@hostile
+def test_a_layer_wider_than_built_is_refused(run: Path) -> None:
+    """Manifest and weights agree on a wider layer than the model builds: pruning only
+    shrinks, so this is another model (and a way to make load allocate at will)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(run / "model.safetensors"))
+    state["3.weight"], state["3.bias"] = torch.zeros(5, 144), torch.zeros(5)
+    save_file(state, str(run / "model.safetensors"))
+    manifest = json.loads((run / "model.json").read_text())
+    manifest["layers"]["3"]["out_features"] = 5
+    (run / "model.json").write_text(json.dumps(manifest))
+    _refused(run, "'layers.3.out_features' is 5, which a Linear built as 3 cannot be pruned to",
+             build=_net)
