@@ -36,6 +36,12 @@ from torch import nn
 
 from compress.errors import CheckFailed, InputError
 from compress.measure.evaluate import task_loss
+from compress.pruning.attention import (
+    attention_pruners,
+    heads_of,
+    sync_widths_,
+    zero_attention_,
+)
 from compress.pruning.base import (
     PRUNING_KINDS,
     PruningKind,
@@ -46,7 +52,7 @@ from compress.pruning.base import (
     scheduled_step,
 )
 from compress.pruning.criteria import IMPORTANCE
-from compress.pruning.selection import default_round_to, protected_layers
+from compress.pruning.selection import channel_round_to, protected_layers
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["StructuredPruner", "build_structured"]
@@ -82,7 +88,7 @@ class _ChannelProtocolPruner(tp.pruner.function.BasePruningFunc):
 def _protocol_types(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
     needed = ("prune_in_channels_", "prune_out_channels_", "zero_out_channels_")
     types = {type(m) for m in model.modules() if all(hasattr(m, a) for a in needed)}
-    return {t: _ChannelProtocolPruner() for t in types}
+    return {t: _ChannelProtocolPruner() for t in types} | attention_pruners(model)
 
 
 def _zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
@@ -99,6 +105,8 @@ def _zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
         if hasattr(m, "zero_out_channels_"):
             if is_out:
                 m.zero_out_channels_(idxs)
+        elif isinstance(m, nn.MultiheadAttention):
+            zero_attention_(m, idxs)
         elif isinstance(m, nn.modules.conv._ConvNd):
             out_dim, in_dim = (1, 0) if m.transposed else (0, 1)
             if is_out:
@@ -130,8 +138,10 @@ def _zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
 
 
 def _unprovable(dep: Any) -> None:
+    # The node's own name; its ``name`` appends the module's multi-line repr.
+    name = getattr(dep.target, "_name", None) or type(dep.target.module).__name__
     raise CheckFailed(f"cannot prove the pruning of {type(dep.target.module).__name__} "
-                      f"({dep.target.name}): compress does not know how to zero its channels; "
+                      f"{name!r}: compress does not know how to zero its channels; "
                       f"add the layer to pruning.ignored")
 
 
@@ -172,7 +182,7 @@ class StructuredPruner:
         was_training = model.training
         model.eval()
         modules = dict(model.named_modules())
-        self.round_to = default_round_to(model) if spec.round_to == "auto" else spec.round_to
+        self.round_to = channel_round_to(model, spec.round_to)
         global_scope = spec.scope == "global"
         self._pruner = tp.pruner.BasePruner(
             model,
@@ -186,6 +196,7 @@ class StructuredPruner:
             ignored_layers=[modules[n] for n in ignored_names],
             round_to=self.round_to,
             customized_pruners=_protocol_types(model),
+            out_channel_groups=heads_of(model),
         )
         self._ratios = ratios
         self.history: list[list[list[Any]]] = []  # per step: [root name, is_out, indices]
@@ -266,6 +277,7 @@ class StructuredPruner:
                         idxs = [int(i) for i in tp._helpers.to_plain_idxs(group[0].idxs)]
                         history.append([name, is_out, idxs])
                         group.prune()
+                        sync_widths_(self.model)
                     return name, remove
 
                 max_diff = prove_removals_(self.model, probe, [removal(g) for g in groups],
@@ -328,6 +340,7 @@ class StructuredPruner:
                     fn_owner = dg.get_pruner_of_module(module)
                     fn = fn_owner.prune_out_channels if is_out else fn_owner.prune_in_channels
                     dg.get_pruning_group(module, fn, idxs).prune(record_history=False)
+                    sync_widths_(self.model)
         self._pruner.current_step = state["steps_done"]
         self._pruner._scope_initial_channels.update(state["scope_initial"])
         self.history = [list(h) for h in state["history"]]
