@@ -22,6 +22,7 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.export.safetensors import MANIFEST_FORMAT
+from compress.models.checkpoint import load_state_strict_
 from compress.recipe.sources import ModelSpec
 
 __all__ = ["load_model", "read_manifest", "code_asked"]
@@ -73,7 +74,7 @@ def load_model(run_dir: str | os.PathLike[str], *, force: bool = False,
         if name not in modules:
             raise InputError(f"manifest layer {name!r} does not exist in the rebuilt model")
         _reshape_(modules[name], name, {k: v for k, v in attrs.items() if k != "type"}, state)
-    model.load_state_dict(state, strict=True)
+    load_state_strict_(model, state)
     return model.eval()
 
 
