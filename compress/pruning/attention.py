@@ -30,16 +30,29 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.errors import CheckFailed
+from compress.errors import CheckFailed, InputError
 
 __all__ = ["MultiheadAttentionPruner", "attention_pruners", "heads_of", "zero_attention_",
-           "unsupported_attention", "sync_widths_"]
+           "unsupported_attention", "sync_widths_", "refuse_unfollowable_attention"]
+
+# Attention layers that split their input channels into heads inside their own forward
+# (qkv reshaped into heads, weights used through F.linear, a bias per head): torch-pruning's
+# graph sees plain channels there and would cut q, k and v apart and heads unevenly, and the
+# per-head tables (relative position bias) along a wrong axis. By qualified class name, so no
+# library is imported for the check.
+_UNFOLLOWABLE = {
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": "shifted-window attention",
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "shifted-window attention",
+    "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": "relative-position "
+                                                                      "attention",
+}
 
 
 def unsupported_attention(m: nn.MultiheadAttention) -> str | None:
@@ -158,3 +171,51 @@ def sync_widths_(model: nn.Module) -> None:
         proj = getattr(m, "conv_proj", None)
         if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(proj, nn.Conv2d):
             m.hidden_dim = proj.out_channels
+
+
+def refuse_unfollowable_attention(model: nn.Module, ignored: Sequence[str]) -> None:
+    """One sentence (:class:`InputError`) naming the first attention layer of ``model`` that
+    compress cannot cut exactly and ``ignored`` (module names) does not cover, with the
+    ``pruning.ignored`` pattern that covers them all.
+
+    Example:
+        >>> refuse_unfollowable_attention(nn.Sequential(nn.Linear(2, 2)), [])
+    """
+    covered = tuple(f"{n}." for n in ignored)
+    found = []
+    for name, m in model.named_modules():
+        cls = type(m)
+        what = _UNFOLLOWABLE.get(f"{cls.__module__}.{cls.__qualname__}")
+        if what is not None and name not in ignored and not name.startswith(covered):
+            found.append((name, what))
+    if not found:
+        return
+    name, what = found[0]
+    pattern = _pattern([n for n, _ in found])
+    raise InputError(f"{type(model.get_submodule(name)).__name__} {name!r} cannot be pruned: "
+                     f"its {what} splits its channels into heads inside its own forward, which "
+                     f"compress cannot cut exactly ({len(found)} such layers); add "
+                     f"'{pattern}' to pruning.ignored to prune the rest of the model")
+
+
+def _pattern(names: Sequence[str]) -> str:
+    r"""A ``pruning.ignored`` entry matching every name of ``names``, position by position:
+    numbers generalised, differing words as alternatives; the first name when they differ in
+    depth.
+
+    Example:
+        >>> print(_pattern(["f.1.0.attn", "f.3.1.attn"]), _pattern(["b.0.grid", "b.1.window"]))
+        re:f\.\d+\.\d+\.attn re:b\.\d+\.(grid|window)
+    """
+    split = [n.split(".") for n in names]
+    if any(len(parts) != len(split[0]) for parts in split):
+        return names[0]
+    rx = []
+    for values in zip(*split, strict=True):
+        if len(set(values)) == 1:
+            rx.append(re.escape(values[0]))
+        elif all(v.isdigit() for v in values):
+            rx.append(r"\d+")
+        else:
+            rx.append("(" + "|".join(re.escape(v) for v in sorted(set(values))) + ")")
+    return "re:" + r"\.".join(rx)

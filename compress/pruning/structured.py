@@ -39,6 +39,7 @@ from compress.measure.evaluate import task_loss
 from compress.pruning.attention import (
     attention_pruners,
     heads_of,
+    refuse_unfollowable_attention,
     sync_widths_,
     zero_attention_,
 )
@@ -178,6 +179,7 @@ class StructuredPruner:
         assert all(0 <= r < 1 for r in ratios), ratios
         self.criterion = IMPORTANCE.get(spec.importance)
         ignored_names = protected_layers(model, example_inputs, spec.ignored)
+        refuse_unfollowable_attention(model, ignored_names)
         self.ignored_names = ignored_names
         was_training = model.training
         model.eval()
