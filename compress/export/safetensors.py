@@ -56,6 +56,11 @@ def _layer_attrs(module: nn.Module) -> dict[str, Any] | None:
         if isinstance(module, cls):
             return {n: (list(v) if isinstance(v, tuple) else v)
                     for n in names for v in [getattr(module, n)]}
+    # Parameters a module holds itself (ViT's class token and position embedding, layer
+    # scales) are cut with the channels they belong to: listed, their saved shapes are
+    # restored on load.
+    if any(True for _ in module.parameters(recurse=False)):
+        return {}
     return None
 
 

@@ -141,3 +141,59 @@ def test_round_to_is_refused_for_attention_models_in_one_sentence() -> None:
     with pytest.raises(InputError, match=r"^pruning.round_to: 8 does not apply to models with "
                                          r"nn.MultiheadAttention layers"):
         StructuredPruner(model, torch.randn(1, 3, 16, 16), PruningSpec(ratio=0.5, round_to=8))
+
+
+@pytest.mark.slow
+def test_torchvision_vit_exports_and_reloads_after_its_attention_is_cut(tmp_path: Path) -> None:
+    # The proof of ViT waits for LayerNorms restricted to the kept channels (branch d16norm;
+    # tests/pruning/test_torchvision_zoo.py lists today's sentence): here the cut is exported
+    # without it, to check what the manifest and ONNX need (head_dim, hidden_dim).
+    import torchvision
+    from safetensors.torch import save_file
+
+    from tests.pruning.test_torchvision_zoo import _image_folder
+
+    torch.manual_seed(0)
+    net = torchvision.models.vit_b_32(num_classes=10, image_size=32)
+    net.heads.head.reset_parameters()  # zero-initialised: every output would be 0
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "w.safetensors")
+    recipe = {
+        "version": 1, "name": "vit",
+        "model": {"source": "torchvision", "name": "vit_b_32", "num_classes": 10,
+                  "checkpoint": "w.safetensors", "kwargs": {"image_size": 32}},
+        "data": {"source": "imagefolder", "path": str(_image_folder(tmp_path / "img", 32)),
+                 "batch_size": 4, "eval_batch_size": 20},
+        "pruning": {"importance": "l2", "target": {"macs": 0.5}, "verify": False},
+        "finetune": {"epochs": 0},
+        "report": {"latency": False},
+        "export": {"parity_batch": 2},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    result = invoke(["apply", tmp_path / "r.yaml", "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
+    assert report["macs_reduction"] >= 0.45
+    model = compress.load(tmp_path / "run")
+    attn = model.encoder.layers[0].self_attention
+    assert attn.embed_dim == model.hidden_dim == model.conv_proj.out_channels < 768
+    assert attn.embed_dim == attn.head_dim * attn.num_heads
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    got = onnx_session(tmp_path / "run" / "model.onnx").run(None, {"input": x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_swin_attention_is_refused_in_one_sentence_unless_ignored() -> None:
+    import torchvision
+
+    from compress.pruning.attention import refuse_unfollowable_attention
+
+    with torch.device("meta"):  # the check reads module types only
+        swin = torchvision.models.swin_t(num_classes=10)
+    with pytest.raises(InputError) as err:
+        refuse_unfollowable_attention(swin, [])
+    assert str(err.value).startswith("ShiftedWindowAttention 'features.1.0.attn' cannot be "
+                                     "pruned") and "\n" not in str(err.value)
+    attn = [n for n, m in swin.named_modules() if type(m).__name__ == "ShiftedWindowAttention"]
+    refuse_unfollowable_attention(swin, attn)

@@ -37,53 +37,61 @@ FAST = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
         "squeezenet1_0", "googlenet", "mnasnet0_5", "vit_b_32", "swin_t", "shufflenet_v2_x0_5"]
 
 # The smallest input each model accepts (default 32 px) and the constructor arguments it needs
-# at that size: ViTs embed positions for one image size, inception needs 75 px.
-IMAGE_SIZE: dict[str, int] = {"inception_v3": 75, "vit_h_14": 28, "maxvit_t": 224}
+# at that size: ViTs embed positions for one image size; inception's auxiliary head (used in
+# training mode, when BatchNorm is calibrated) would need 299 px.
+IMAGE_SIZE: dict[str, int] = {"inception_v3": 75, "vit_h_14": 28, "maxvit_t": 224, "alexnet": 63}
 KWARGS: dict[str, dict[str, Any]] = {
     **{n: {"image_size": 32} for n in ALL if n.startswith("vit_") and n != "vit_h_14"},
     "vit_h_14": {"image_size": 28},
+    "inception_v3": {"aux_logits": False},
 }
 
 # Models compress refuses, with the exit code and the sentence it prints (asserted; measured
 # numbers in it are compared as <n>). Entries marked with a branch are fixed there and flip to
 # passing when it is merged.
-_SWIN = ("{cls} 'features.1.0.attn' cannot be pruned: its shifted-window attention splits its "
-         "channels into heads inside its own forward, which compress cannot cut exactly "
-         "({n} such layers); add 're:features\\.\\d+\\.\\d+\\.attn' to pruning.ignored to "
-         "prune the rest of the model")
 _VIT = ("equivalence check failed: removing the pruning group rooted at "
-        "'encoder.layers.encoder_layer_{last}.mlp.3' changed the probe output by 0.2 (tolerance "
+        "'encoder.layers.encoder_layer_11.mlp.3' changed the probe output by 0.2 (tolerance "
         "0.0001); the dependency graph wired its channels wrongly, add the layer to "
         "pruning.ignored")
-_CONVNEXT = ("equivalence check failed: removing the pruning group rooted at 'features.6.1' "
-             "changed the probe output by 0.2 (tolerance 0.0001); the dependency graph wired "
-             "its channels wrongly, add the layer to pruning.ignored")
+_SWIN = ("{cls} 'features.1.0.attn' cannot be pruned: its shifted-window attention splits its "
+         "channels into heads inside its own forward, which compress cannot cut exactly "
+         "({n} such layers), so structured pruning does not support this model")
 REFUSED: dict[str, tuple[int, str]] = {
-    # ConvNeXt: the same LayerNorm cause (LayerNorm2d before each downsampling conv); branch
-    # d16norm. Measured on convnext_tiny; the others share its layer names.
-    **{name: (1, _CONVNEXT) for name in ALL if name.startswith("convnext_")},
     # ViT: the attention cut is exact (tests/pruning/test_attention.py), but the encoder's
     # LayerNorms still average over the zeroed residual channels. Branch d16norm restricts each
-    # norm to the kept channels in the proof; then these prune. vit_l/vit_h not run yet here:
-    # their sentence is vit_b's with the last layer's number.
-    **{name: (1, _VIT.format(last={"b": 11, "l": 23, "h": 31}[name[4]]))
-       for name in ALL if name.startswith("vit_")},
+    # norm to the kept channels in the proof; then these prune.
+    "vit_b_16": (1, _VIT),
+    "vit_b_32": (1, _VIT),
+    # ConvNeXt: the same cause (LayerNorm2d before each downsampling conv); branch d16norm.
+    "convnext_tiny": (1, "equivalence check failed: removing the pruning group rooted at "
+                         "'features.6.1' changed the probe output by 0.2 (tolerance 0.0001); "
+                         "the dependency graph wired its channels wrongly, add the layer to "
+                         "pruning.ignored"),
+    # DenseNet: groups of one step carry stale concat offsets; branch d16norm.
+    "densenet121": (1, "pruning group rooted at 'features.denseblock4.denselayer2.conv2' broke "
+                       "the model: RuntimeError: running_mean should contain 544 elements not "
+                       "551"),
     **{name: (2, _SWIN.format(cls="ShiftedWindowAttention" + ("V2" if "v2" in name else ""),
                               n=12 if name.endswith("_t") else 24))
        for name in ALL if name.startswith("swin_")},
     "maxvit_t": (2, "RelativePositionalMultiHeadAttention "
                     "'blocks.0.layers.0.layers.window_attention.attn_layer.1' cannot be pruned: "
                     "its relative-position attention splits its channels into heads inside its "
-                    "own forward, which compress cannot cut exactly (22 such layers); add "
-                    "'re:blocks\\.\\d+\\.layers\\.\\d+\\.layers\\.(grid_attention|"
-                    "window_attention)\\.attn_layer\\.1' to pruning.ignored to prune the rest of "
-                    "the model"),
+                    "own forward, which compress cannot cut exactly (22 such layers), so "
+                    "structured pruning does not support this model"),
 }
-# Models that end in a traceback today; fixed on another branch, asserted to fail until then.
-TRACEBACK: dict[str, str] = {
-    **{name: "ZeroDivisionError in torch-pruning's index mapping of the channel shuffle "
-             "(branch d16proof makes it a sentence)"
-       for name in ALL if name.startswith("shufflenet_")},
+# Models that fail today for a cause fixed on another branch, asserted to fail (strict xfail)
+# until it is merged: a traceback (no sentence yet), or the family of a refused model above
+# whose own sentence was not measured yet.
+PENDING: dict[str, str] = {
+    **{name: "traceback: ZeroDivisionError in torch-pruning's index mapping of the channel "
+             "shuffle (branch d16proof)" for name in ALL if name.startswith("shufflenet_")},
+    **{name: "the ViT LayerNorm cause (branch d16norm)"
+       for name in ("vit_l_16", "vit_l_32", "vit_h_14")},
+    **{name: "the ConvNeXt LayerNorm cause (branch d16norm)"
+       for name in ALL if name.startswith("convnext_") and name != "convnext_tiny"},
+    **{name: "the DenseNet concat offsets (branch d16norm)"
+       for name in ALL if name.startswith("densenet") and name != "densenet121"},
 }
 
 IMAGES_PER_CLASS = 2
@@ -145,8 +153,8 @@ def _recipe(name: str, tmp: Path) -> Path:
 
 def _params(name: str) -> Any:
     marks = [] if name in FAST else [pytest.mark.slow]
-    if name in TRACEBACK:
-        marks.append(pytest.mark.xfail(reason=TRACEBACK[name], strict=True))
+    if name in PENDING:
+        marks.append(pytest.mark.xfail(reason=PENDING[name], strict=True))
     return pytest.param(name, marks=marks, id=name)
 
 
@@ -195,4 +203,5 @@ def test_torchvision_classifier_prunes_proven_exported_reloaded(name: str,
 
 def test_the_fast_subset_covers_the_families() -> None:
     assert set(FAST) <= set(ALL)
-    assert set(REFUSED) <= set(ALL)
+    assert set(REFUSED) <= set(ALL) and set(PENDING) <= set(ALL)
+    assert not set(REFUSED) & set(PENDING)
