@@ -10,16 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch_pruning as tp
-import yaml
 from torch import nn
 
-import compress
 from compress.errors import CheckFailed, InputError
-from compress.export.onnx import onnx_session
 from compress.pruning.attention import MultiheadAttentionPruner, zero_attention_
 from compress.pruning.structured import StructuredPruner
 from compress.recipe.pruning import PruningSpec
-from tests.hostile import invoke
+from tests.pruning.test_torchvision_zoo import apply_recipe, assert_reloaded_matches_onnx
 
 
 class _Block(nn.Module):
@@ -101,39 +98,15 @@ def test_structured_pruner_cuts_the_residual_stream_through_attention() -> None:
 
 
 def test_attention_model_runs_through_a_recipe_exported_and_reloaded(tmp_path: Path) -> None:
-    from PIL import Image
-
-    gen = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for c in range(10):
-            (tmp_path / "img" / split / f"c{c}").mkdir(parents=True)
-            pixels = torch.randint(0, 256, (16, 16, 3), generator=gen, dtype=torch.uint8)
-            Image.fromarray(pixels.numpy()).save(tmp_path / "img" / split / f"c{c}" / "0.png")
-    recipe = {
-        "version": 1, "name": "attention",
-        "model": {"source": "python", "factory": f"{Path(__file__)}:patch_attention",
-                  "num_classes": 10},
-        "data": {"source": "imagefolder", "path": str(tmp_path / "img"), "batch_size": 4,
-                 "eval_batch_size": 10},
-        "pruning": {"importance": "l2", "target": {"macs": 0.5}},
-        "finetune": {"epochs": 0},
-        "report": {"latency": False},
-        "export": {"parity_batch": 2},
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    result = invoke(["apply", tmp_path / "r.yaml", "--out", tmp_path / "run"])
+    result, out = apply_recipe(tmp_path, {"source": "python", "num_classes": 10,
+                                          "factory": f"{Path(__file__)}:patch_attention"}, 16)
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["steps"][-1]["proof"] == "proven"
     assert report["macs_reduction"] >= 0.45
-    model = compress.load(tmp_path / "run", trust_code=True)
+    model = assert_reloaded_matches_onnx(out, 16, trust_code=True)
     attn = model.blocks[0].attn
     assert attn.embed_dim < 32 and attn.embed_dim == attn.head_dim * attn.num_heads
-    x = torch.randn(2, 3, 16, 16, generator=gen)
-    with torch.no_grad():
-        expected = model(x)
-    got = onnx_session(tmp_path / "run" / "model.onnx").run(None, {"input": x.numpy()})[0]
-    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_round_to_is_refused_for_attention_models_in_one_sentence() -> None:
@@ -151,37 +124,21 @@ def test_torchvision_vit_exports_and_reloads_after_its_attention_is_cut(tmp_path
     import torchvision
     from safetensors.torch import save_file
 
-    from tests.pruning.test_torchvision_zoo import _image_folder
-
     torch.manual_seed(0)
     net = torchvision.models.vit_b_32(num_classes=10, image_size=32)
     net.heads.head.reset_parameters()  # zero-initialised: every output would be 0
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "w.safetensors")
-    recipe = {
-        "version": 1, "name": "vit",
-        "model": {"source": "torchvision", "name": "vit_b_32", "num_classes": 10,
-                  "checkpoint": "w.safetensors", "kwargs": {"image_size": 32}},
-        "data": {"source": "imagefolder", "path": str(_image_folder(tmp_path / "img", 32)),
-                 "batch_size": 4, "eval_batch_size": 20},
-        "pruning": {"importance": "l2", "target": {"macs": 0.5}, "verify": False},
-        "finetune": {"epochs": 0},
-        "report": {"latency": False},
-        "export": {"parity_batch": 2},
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    result = invoke(["apply", tmp_path / "r.yaml", "--out", tmp_path / "run"])
+    result, out = apply_recipe(tmp_path, {
+        "source": "torchvision", "name": "vit_b_32", "num_classes": 10,
+        "checkpoint": str(tmp_path / "w.safetensors"), "kwargs": {"image_size": 32}}, 32,
+        {"verify": False})
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["macs_reduction"] >= 0.45
-    model = compress.load(tmp_path / "run")
+    model = assert_reloaded_matches_onnx(out, 32)
     attn = model.encoder.layers[0].self_attention
     assert attn.embed_dim == model.hidden_dim == model.conv_proj.out_channels < 768
     assert attn.embed_dim == attn.head_dim * attn.num_heads
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(x)
-    got = onnx_session(tmp_path / "run" / "model.onnx").run(None, {"input": x.numpy()})[0]
-    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-3)
 
 
 def test_swin_attention_is_refused_in_one_sentence_unless_ignored() -> None:

@@ -131,16 +131,18 @@ def _checkpoint(name: str, size: int, path: Path) -> None:
     save_file(state, str(path))
 
 
-def _recipe(name: str, tmp: Path) -> Path:
-    size = IMAGE_SIZE.get(name, 32)
-    _checkpoint(name, size, tmp / "model.safetensors")
+def apply_recipe(tmp: Path, model: dict[str, Any], size: int,
+                 pruning: dict[str, Any] | None = None) -> tuple[Any, Path]:
+    """``compress apply`` on random images of ``size`` px: the CLI result and the run folder.
+
+    No fine-tuning or latency; a MACs target of 2x unless ``pruning`` says otherwise.
+    """
     recipe = {
-        "version": 1, "name": f"zoo-{name}",
-        "model": {"source": "torchvision", "name": name, "num_classes": CLASSES,
-                  "checkpoint": "model.safetensors", "kwargs": KWARGS.get(name, {})},
+        "version": 1, "name": "zoo", "model": model,
         "data": {"source": "imagefolder", "path": str(_image_folder(tmp / "images", size)),
                  "image_size": size, "batch_size": 4, "eval_batch_size": 20},
-        "pruning": {"kind": "structured", "importance": "l2", "target": {"macs": 0.5}},
+        "pruning": {"kind": "structured", "importance": "l2", "target": {"macs": 0.5},
+                    **(pruning or {})},
         "schedule": {"kind": "one-shot"},
         "finetune": {"epochs": 0},
         "export": {"onnx": True, "safetensors": True, "parity_batch": 2},
@@ -148,7 +150,19 @@ def _recipe(name: str, tmp: Path) -> Path:
     }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
+    return invoke(["apply", path, "--out", tmp / "run"]), tmp / "run"
+
+
+def assert_reloaded_matches_onnx(out: Path, size: int, **load: Any) -> torch.nn.Module:
+    """compress.load's model and the exported ONNX agree on fresh inputs; returns the model."""
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    model = compress.load(out, **load)
+    with torch.no_grad():
+        expected = model(x)
+    assert expected.abs().max() > 1e-3, "outputs too small to compare"
+    got = onnx_session(out / "model.onnx").run(None, {"input": x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-3)
+    return model
 
 
 def _params(name: str) -> Any:
@@ -177,9 +191,11 @@ def _numbers_as_n(sentence: str) -> str:
 @pytest.mark.parametrize("name", [_params(n) for n in ALL])
 def test_torchvision_classifier_prunes_proven_exported_reloaded(name: str,
                                                                  tmp_path: Path) -> None:
-    recipe = _recipe(name, tmp_path)
-    out = tmp_path / "run"
-    result = invoke(["apply", recipe, "--out", out])
+    size = IMAGE_SIZE.get(name, 32)
+    _checkpoint(name, size, tmp_path / "model.safetensors")
+    result, out = apply_recipe(tmp_path, {
+        "source": "torchvision", "name": name, "num_classes": CLASSES,
+        "checkpoint": str(tmp_path / "model.safetensors"), "kwargs": KWARGS.get(name, {})}, size)
     if name in REFUSED:
         code, sentence = REFUSED[name]
         assert result.exit_code == code, result.output
@@ -191,14 +207,7 @@ def test_torchvision_classifier_prunes_proven_exported_reloaded(name: str,
     step = report["steps"][-1]
     assert step["proof"] == "proven" and step["max_abs_diff"] is not None, step
     assert report["macs_reduction"] >= 0.5 - 0.05, report["macs_reduction"]
-    size = IMAGE_SIZE.get(name, 32)
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    model = compress.load(out)
-    with torch.no_grad():
-        expected = model(x)
-    assert expected.abs().max() > 1e-3, "random-init outputs too small to compare"
-    got = onnx_session(out / "model.onnx").run(None, {"input": x.numpy()})[0]
-    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-3)
+    assert_reloaded_matches_onnx(out, size)
 
 
 def test_the_fast_subset_covers_the_families() -> None:
