@@ -25,6 +25,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.errors import CheckFailed
+from compress.pruning.attention import attention_pruners, zero_attention_
 from compress.pruning.norms import CHANNEL_NORMS, RMSNormPruner, is_channel_norm
 
 __all__ = ["GroupRoundingPruner", "offsets_cached", "ChannelProtocolPruner", "custom_pruners",
@@ -123,7 +124,8 @@ def custom_pruners(model: nn.Module) -> dict[type, tp.pruner.function.BasePrunin
     """compress's pruners for layer types torch-pruning lacks: the channel protocol, RMSNorm."""
     needed = ("prune_in_channels_", "prune_out_channels_", "zero_out_channels_")
     types = {type(m) for m in model.modules() if all(hasattr(m, a) for a in needed)}
-    return {nn.RMSNorm: RMSNormPruner()} | {t: ChannelProtocolPruner() for t in types}
+    return ({nn.RMSNorm: RMSNormPruner()} | {t: ChannelProtocolPruner() for t in types}
+            | attention_pruners(model))
 
 
 def zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
@@ -140,6 +142,8 @@ def zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
         if hasattr(m, "zero_out_channels_"):
             if is_out:
                 m.zero_out_channels_(idxs)
+        elif isinstance(m, nn.MultiheadAttention):
+            zero_attention_(m, idxs)
         elif isinstance(m, nn.modules.conv._ConvNd):
             out_dim, in_dim = (1, 0) if m.transposed else (0, 1)
             if is_out:
@@ -171,8 +175,10 @@ def zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
 
 
 def _unprovable(dep: Any) -> None:
+    # The node's own name; its ``name`` appends the module's multi-line repr.
+    name = getattr(dep.target, "_name", None) or type(dep.target.module).__name__
     raise CheckFailed(f"cannot prove the pruning of {type(dep.target.module).__name__} "
-                      f"({dep.target.name}): compress does not know how to zero its channels; "
+                      f"{name!r}: compress does not know how to zero its channels; "
                       f"add the layer to pruning.ignored")
 
 
@@ -207,7 +213,7 @@ def norm_channels(group: Any) -> dict[nn.Module, set[int]]:
 
 def removal(group: Any, dg: Any, history: list[list[Any]],
             note_removed: Callable[[nn.Module, Iterable[int]], None],
-            ) -> tuple[str, Callable[[], None]]:
+            after: Callable[[], None] | None = None) -> tuple[str, Callable[[], None]]:
     """``(name, remove)`` for ``group``, rebuilt from its root when it is removed.
 
     torch-pruning computes concatenation offsets when a group is created: a group created
@@ -215,7 +221,8 @@ def removal(group: Any, dg: Any, history: list[list[Any]],
     feed one chain of concatenations (DenseNet). Only the root and its indices are kept; the
     members are found again on the model as it is then, as :meth:`StructuredPruner.restore_`
     does when it replays the history. ``note_removed`` hears which channels leave each norm
-    (see :func:`~compress.pruning.norms.restricted_norms`).
+    (see :func:`~compress.pruning.norms.restricted_norms`); ``after()`` runs after each removal
+    (widths a model keeps besides its layers, see :func:`~compress.pruning.attention.sync_widths_`).
     """
     name = group_name(group, dg)
     module, handler = group[0].dep.target.module, group[0].dep.handler
@@ -228,4 +235,6 @@ def removal(group: Any, dg: Any, history: list[list[Any]],
         for norm, gone in norm_channels(fresh).items():
             note_removed(norm, gone)
         fresh.prune()
+        if after is not None:
+            after()
     return name, remove

@@ -42,6 +42,7 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.measure.evaluate import task_loss
+from compress.pruning.attention import heads_of, refuse_unfollowable_attention, sync_widths_
 from compress.pruning.base import (
     PRUNING_KINDS,
     PruningKind,
@@ -64,7 +65,7 @@ from compress.pruning.groups import (
     zero_dep_,
 )
 from compress.pruning.norms import restricted_norms, suspect_cause
-from compress.pruning.selection import default_round_to, protected_layers
+from compress.pruning.selection import channel_round_to, protected_layers
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["StructuredPruner", "build_structured"]
@@ -109,11 +110,12 @@ class StructuredPruner:
         assert all(0 <= r < 1 for r in ratios), ratios
         self.criterion = IMPORTANCE.get(spec.importance)
         ignored_names = protected_layers(model, example_inputs, spec.ignored)
+        refuse_unfollowable_attention(model, ignored_names)
         self.ignored_names = ignored_names
         was_training = model.training
         model.eval()
         modules = dict(model.named_modules())
-        self.round_to = default_round_to(model) if spec.round_to == "auto" else spec.round_to
+        self.round_to = channel_round_to(model, spec.round_to)
         global_scope = spec.scope == "global"
         self._pruner = GroupRoundingPruner(
             model,
@@ -127,6 +129,7 @@ class StructuredPruner:
             ignored_layers=[modules[n] for n in ignored_names],
             round_to=self.round_to,
             customized_pruners=custom_pruners(model),
+            out_channel_groups=heads_of(model),
         )
         self._ratios = ratios
         self.proof_strategy = "bisect"  # or "per-group" (benchmarks/proof_cost.py compares)
@@ -220,7 +223,8 @@ class StructuredPruner:
                 with restricted_norms(norms, dg._module2name, roots) as note_removed:
                     proof = prove_removals_(
                         self.model, probe,
-                        [removal(g, dg, history, note_removed) for g in groups],
+                        [removal(g, dg, history, note_removed, after=lambda: sync_widths_(self.model))
+                         for g in groups],
                         verify=self.spec.verify, atol=self.spec.verify_atol, explain=explain,
                         strategy=self.proof_strategy,
                         also=[*graph_state(self._pruner), *note_removed.restrictions])
@@ -295,6 +299,7 @@ class StructuredPruner:
                     fn_owner = dg.get_pruner_of_module(module)
                     fn = fn_owner.prune_out_channels if is_out else fn_owner.prune_in_channels
                     dg.get_pruning_group(module, fn, idxs).prune(record_history=False)
+                    sync_widths_(self.model)
         self._pruner.current_step = state["steps_done"]
         self._pruner._scope_initial_channels.update(state["scope_initial"])
         self.history = [list(h) for h in state["history"]]
