@@ -2,9 +2,10 @@
 
 Class indices follow the sorted class folder names, which must be the same in both splits.
 An archive is extracted once into the cache (``data.cache_dir``, else ``$COMPRESS_CACHE``, else
-``~/.cache/compress``), never next to the input, which may be read-only. When all images of a
-split have the same size they are decoded once into a uint8 tensor cached beside the
-extraction; otherwise each image is decoded when it is read.
+``~/.cache/compress``), never next to the input, which may be read-only, within the caps of
+``data.archive`` (:mod:`compress.data.archive`). When all images of a split have the same size
+they are decoded once into a uint8 tensor cached beside the extraction; otherwise each image is
+decoded when it is read, and images of different sizes need ``data.image_size``.
 
 Example:
     >>> from compress.data import build_data
@@ -17,16 +18,11 @@ Example:
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import os
-import shutil
-import tarfile
-import tempfile
 import warnings
-import zlib
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from compress.data import DATASETS
+from compress.data.archive import extract_once
 from compress.data.base import RawData, TensorImages
 from compress.data.images import ImageSource
 from compress.errors import InputError
@@ -42,11 +39,10 @@ from compress.errors import InputError
 if TYPE_CHECKING:
     from compress.authoring.writer import StarterRequest, StarterWriter
 
-__all__ = ["ImageFolderSource", "LazyImages", "cache_root", "extract_archive"]
+__all__ = ["ImageFolderSource", "LazyImages", "cache_root"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-COMPLETE = "COMPLETE"
 # Above this a split is decoded per item instead of held in memory (and on disk) as one tensor.
 MAX_DECODED_BYTES = 4 << 30
 
@@ -68,75 +64,6 @@ def _stem(path: Path) -> str:
     for suffix in ARCHIVE_SUFFIXES:
         name = name.removesuffix(suffix)
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40] or "data"
-
-
-def _safe_extract(archive: Path, dest: Path) -> None:
-    """Extract regular files and folders only; reject absolute paths, ``..`` and links.
-
-    Files are written directly (not with ``TarFile.extract``), which is twice as fast for many
-    small files; with links rejected and no ``..`` parts every path stays inside ``dest``.
-    """
-    made: set[Path] = set()
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar:  # streaming: one pass over a compressed archive
-            parts = PurePosixPath(member.name).parts
-            if member.name.startswith(("/", "\\")) or ".." in parts:
-                raise InputError(f"data.path {str(archive)!r} has an unsafe member "
-                                 f"{member.name!r} (absolute or '..' path); refusing to extract it")
-            if not (member.isfile() or member.isdir()):
-                raise InputError(f"data.path {str(archive)!r} has a link or special file "
-                                 f"{member.name!r}; only regular files and folders are accepted")
-            if not parts:  # the archive's own "./" entry
-                continue
-            target = dest.joinpath(*parts)
-            folder = target if member.isdir() else target.parent
-            if folder not in made:
-                folder.mkdir(parents=True, exist_ok=True)
-                made.add(folder)
-            if member.isfile():
-                source = tar.extractfile(member)
-                assert source is not None
-                target.write_bytes(source.read())
-
-
-def extract_archive(archive: Path, cache: Path) -> Path:
-    """Extract ``archive`` once into ``cache`` and return the folder holding its files.
-
-    The cache folder is keyed by the archive's resolved path, size and mtime. Extraction goes
-    to a temporary folder renamed into place only after a marker is written, so an interrupted
-    run never leaves a folder that is later trusted.
-    """
-    st = archive.stat()
-    final = cache / f"{_stem(archive)}-{_digest(archive.resolve(), st.st_size, st.st_mtime_ns)}"
-    if (final / COMPLETE).is_file():
-        return final
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # no marker: not ours to trust
-            shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache_dir should stay readable
-    except OSError as err:
-        raise InputError(f"cannot write the extraction cache {str(cache)!r} ({err}); set "
-                         "data.cache_dir or $COMPRESS_CACHE to a writable folder") from err
-    try:
-        try:
-            _safe_extract(archive, tmp / "files")
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-            raise InputError(f"data.path {str(archive)!r} is not a readable tar archive "
-                             f"({err}); re-create it or extract it yourself") from err
-        except OSError as err:  # disk full, permissions: the cache's fault, not the archive's
-            raise InputError(f"cannot extract data.path into the cache {str(cache)!r} ({err}); "
-                             "free space or set data.cache_dir to another folder") from err
-        (tmp / COMPLETE).write_text(f"{archive.resolve()}\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / COMPLETE).is_file():  # not a concurrent run that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def _find_root(top: Path, splits: list[str]) -> Path:
@@ -221,44 +148,79 @@ class LazyImages(Dataset[tuple[torch.Tensor, int]]):
         return _decode(Path(self.files[index])).float().div_(255), self.labels[index]
 
 
-def _decode_all(files: list[Path]) -> torch.Tensor | None:
-    """All images as one uint8 (N, 3, H, W) tensor, or None if sizes differ or it is too big."""
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, nothing decoded."""
+    try:
+        with Image.open(path) as pil:
+            return pil.size
+    except OSError as err:  # UnidentifiedImageError is an OSError
+        raise InputError(f"data.path: cannot decode image {str(path)!r} ({err}); remove or "
+                         "replace the file") from err
+
+
+def _describe(a: Path, size_a: tuple[int, int], b: Path, size_b: tuple[int, int]) -> str:
+    return f"{a.name} is {size_a[0]}x{size_a[1]}, {b.name} is {size_b[0]}x{size_b[1]}"
+
+
+def _decode_all(files: list[Path]) -> tuple[torch.Tensor | None, str]:
+    """All images as one uint8 (N, 3, H, W) tensor, or None when they differ in size or are too
+    big to hold; with how two sizes differ ('' when none do).
+
+    Too big, the sizes are compared from the file headers: a batch of images that differ in
+    size must be refused where the data enters, not by the collate of some later batch.
+    """
     first = _decode(files[0])
+    first_size = (first.shape[2], first.shape[1])
     if len(files) * first.numel() > MAX_DECODED_BYTES:
-        return None
+        first_size = _header_size(files[0])
+        for path in files[1:]:
+            if (size := _header_size(path)) != first_size:
+                return None, _describe(files[0], first_size, path, size)
+        return None, ""
     out = torch.empty((len(files), *first.shape), dtype=torch.uint8)
     out[0] = first
     for i, path in enumerate(files[1:], start=1):
         image = _decode(path)
         if image.shape != first.shape:
-            return None
+            return None, _describe(files[0], first_size, path, (image.shape[2], image.shape[1]))
         out[i] = image
-    return out
+    return out, ""
 
 
-def _load_split(files: list[Path], labels: list[int], cache: Path, split: str) -> Dataset[Any]:
+_SAME, _DIFFER = "same size\n", "sizes differ: "
+
+
+def _load_split(files: list[Path], labels: list[int],
+                cache: Path, split: str) -> tuple[Dataset[Any], str]:
+    """The split's dataset, and how two of its image sizes differ ('' when none do)."""
     # The listing (names, sizes, mtimes) keys the decoded tensor, so edits invalidate it.
     listing = hashlib.sha256()
     for path, label in zip(files, labels):
         st = path.stat()
         listing.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
     cached = cache / f"decoded-{_stem(Path(split))}-{listing.hexdigest()[:16]}.pt"
-    lazy_marker = cached.with_suffix(".lazy")  # sizes differ: do not try to stack them again
-    if lazy_marker.is_file():
-        return LazyImages(files, labels)
+    # Decoded per item (sizes differ, or too big): the marker says which, so neither the
+    # decoding nor the size comparison is repeated. An empty one predates that: redone.
+    lazy_marker = cached.with_suffix(".lazy")
+    try:
+        said = lazy_marker.read_text()
+    except (OSError, UnicodeError):
+        said = ""
+    if said == _SAME or said.startswith(_DIFFER):
+        return LazyImages(files, labels), said.removeprefix(_DIFFER).strip()
     if cached.is_file():
         try:
             saved = torch.load(cached, weights_only=True)
             if len(saved["images"]) == len(files) and saved["labels"].tolist() == labels:
-                return TensorImages(saved["images"], saved["labels"])
+                return TensorImages(saved["images"], saved["labels"]), ""
         except Exception:  # a damaged cache file is rebuilt, never trusted
             pass
-    images = _decode_all(files)
+    images, differ = _decode_all(files)
     tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
     try:
         cache.mkdir(parents=True, exist_ok=True)
         if images is None:
-            lazy_marker.touch()
+            lazy_marker.write_text(_DIFFER + differ if differ else _SAME)
         else:  # written under a temporary name, so a crash never leaves a truncated file
             torch.save({"images": images, "labels": torch.tensor(labels)}, tmp)
             os.replace(tmp, cached)
@@ -266,13 +228,13 @@ def _load_split(files: list[Path], labels: list[int], cache: Path, split: str) -
         tmp.unlink(missing_ok=True)
         warnings.warn(f"could not cache decoded images in {cache} ({err})", stacklevel=2)
     if images is None:
-        return LazyImages(files, labels)
-    return TensorImages(images, labels)
+        return LazyImages(files, labels), differ
+    return TensorImages(images, labels), ""
 
 
 @DATASETS.register("imagefolder")
 class ImageFolderSource(ImageSource):
-    accepts = frozenset({"path", "train_split", "eval_split", "cache_dir"})
+    accepts = frozenset({"path", "train_split", "eval_split", "cache_dir", "archive"})
     required = frozenset({"path"})
 
     def starter_classes(self, arg: str) -> int | None:
@@ -315,7 +277,9 @@ class ImageFolderSource(ImageSource):
             if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
                 raise InputError(f"data.path {shown!r} is a file but not a .tar.gz, .tgz or .tar "
                                  "archive; point it at a folder or an archive of split/class/*.jpg")
-            work = extract_archive(path, cache)
+            st = path.stat()  # the key: a new or edited archive is extracted again
+            key = _digest(path.resolve(), st.st_size, st.st_mtime_ns)
+            work = extract_once(path, cache / f"{_stem(path)}-{key}", spec.archive)
             top = work / "files"
         elif is_dir:
             work = cache / f"{_stem(path)}-{_digest(path.resolve())}"
@@ -339,10 +303,15 @@ class ImageFolderSource(ImageSource):
             raise InputError(f"data.path {shown!r}: split folder '{spec.eval_split}' has no class "
                              f"folders; expected {spec.eval_split}/<class>/*.jpg")
 
-        eval_set = _load_split(*_list_images(root / spec.eval_split, classes, shown), work,
-                               spec.eval_split)
-        train_set = None
-        if train:
-            train_set = _load_split(*_list_images(root / spec.train_split, classes, shown), work,
-                                    spec.train_split)
+        def load_split(split: str) -> Dataset[Any]:
+            dataset, differ = _load_split(*_list_images(root / split, classes, shown), work,
+                                          split)
+            if differ and spec.image_size is None:
+                raise InputError(f"data.path {shown!r}: the images of split '{split}' differ "
+                                 f"in size ({differ}); set data.image_size to resize them all "
+                                 "to one square size")
+            return dataset
+
+        eval_set = load_split(spec.eval_split)
+        train_set = load_split(spec.train_split) if train else None
         return RawData(train=train_set, eval=eval_set, class_names=classes)

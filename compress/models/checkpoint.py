@@ -1,4 +1,14 @@
-"""Loading checkpoints without executing pickles."""
+"""Loading checkpoints without executing pickles, refusing what no model can be built from.
+
+Example:
+    >>> import tempfile
+    >>> from safetensors.torch import save_file
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     save_file({"w": torch.tensor([1.0, float("nan")])}, f"{d}/nan.safetensors")
+    ...     read_state_dict(Path(d) / "nan.safetensors")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    compress.errors.InputError: non-finite weights in the checkpoint '...' (tensor 'w' holds 1 ...
+"""
 
 from __future__ import annotations
 
@@ -81,9 +91,31 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"checkpoint {str(path)!r} does not hold a state dict of tensors")
+    _check_entries(path, state)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _check_entries(path: Path, state: dict[object, torch.Tensor]) -> None:
+    """Names are strings; weights are real and finite, so a broken checkpoint is bad input here
+    rather than a pruning proof that fails later for no reason of its own."""
+    shown = str(path)
+    for key, tensor in state.items():
+        if not isinstance(key, str):
+            raise InputError(f"checkpoint {shown!r} has a key that is not a parameter name "
+                             f"({key!r}, of type {type(key).__name__}); save it with "
+                             f"torch.save(model.state_dict(), ...)")
+        if tensor.is_complex():
+            raise InputError(f"checkpoint {shown!r} holds complex weights ({key!r} is "
+                             f"{str(tensor.dtype).removeprefix('torch.')}); only real-valued "
+                             f"models can be pruned")
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise InputError(f"non-finite weights in the checkpoint {shown!r} (tensor "
+                                 f"{key!r} holds {bad} NaN or infinite values of "
+                                 f"{tensor.numel()}); repair or re-train the model")
 
 
 def load_checkpoint_(model: nn.Module, path: Path) -> None:

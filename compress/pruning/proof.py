@@ -196,7 +196,8 @@ def run_proof(model: nn.Module, probe: torch.Tensor, removals: Sequence[Removal]
     start = time.perf_counter()
     with torch.no_grad():
         cmp = _Comparison(model, probe, atol, explain)
-        snapshot = Snapshot(model, also) if strategy == "bisect" and removals else None
+        # One group needs no search: the whole step's comparison names it.
+        snapshot = Snapshot(model, also) if strategy == "bisect" and len(removals) > 1 else None
         worst = 0.0
         for name, remove in removals:
             _remove(name, remove)

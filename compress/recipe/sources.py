@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from compress.recipe.base import Section, registered, registered_names
 
-__all__ = ["ModelSpec", "Normalize", "DataSpec"]
+__all__ = ["ModelSpec", "Normalize", "ArchiveLimits", "DataSpec"]
 
 
 class ModelSpec(Section):
@@ -78,6 +78,24 @@ class Normalize(Section):
         return self
 
 
+class ArchiveLimits(Section):
+    """What extracting a data archive may cost, whatever its headers claim.
+
+    The defaults admit CIFAR or ImageNet-1k's validation split and refuse a compression bomb or
+    a header declaring terabytes; raise them for a larger archive you trust.
+    """
+
+    max_member_mb: int = Field(1024, gt=0, description="Largest single file extracted (MiB).",
+                               examples=[4096])
+    max_total_mb: int = Field(65536, gt=0, description="Most bytes extracted in all (MiB).",
+                              examples=[200_000])
+    max_files: int = Field(2_000_000, gt=0, description="Most members (files and folders).",
+                           examples=[5_000_000])
+    max_ratio: float = Field(100.0, ge=1, description="Most bytes extracted per byte of the "
+                             "(compressed) archive read; a compression bomb exceeds it.",
+                             examples=[200])
+
+
 class DataSpec(Section):
     """Training and evaluation data."""
 
@@ -129,5 +147,8 @@ class DataSpec(Section):
     cache_dir: str | None = Field(None, description="Where archives are extracted "
                                   "(default: $COMPRESS_CACHE or ~/.cache/compress).",
                                   examples=["/scratch/compress-cache"])
+    archive: ArchiveLimits = Field(default_factory=ArchiveLimits, description="imagefolder: "
+                                   "caps on extracting a .tar.gz/.tgz/.tar data.path.",
+                                   examples=[{"max_total_mb": 200_000}])
 
     _known_source = registered("source", "compress.data", "DATASETS")

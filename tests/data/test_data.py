@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 from compress.data import DATASETS, build_data, imagefolder
-from compress.data.imagefolder import COMPLETE, LazyImages
+from compress.data import archive as archive_module
+from compress.data.archive import COMPLETE
+from compress.data.imagefolder import LazyImages
 from compress.errors import InputError
 from compress.recipe.sources import DataSpec
 from tests.conftest import shared_path
@@ -132,7 +134,7 @@ def test_imagefolder_archive_is_extracted_once_outside_the_input(
     def boom(*_: Any) -> None:
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(imagefolder, "_safe_extract", boom)
+    monkeypatch.setattr(archive_module, "_safe_extract", boom)
     monkeypatch.setattr(imagefolder, "_decode_all", boom)
     second = build_data(spec, resolve=resolve)
     assert second.class_names == first.class_names == ["cat", "dog"]
@@ -143,18 +145,18 @@ def test_imagefolder_archive_is_extracted_once_outside_the_input(
 def test_interrupted_extraction_is_never_trusted(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     archive = make_archive(tmp_path)
-    real = imagefolder._safe_extract
+    real = archive_module._safe_extract
 
-    def crash(src: Path, dest: Path) -> None:
-        real(src, dest)
+    def crash(*args: Any) -> None:
+        real(*args)
         raise KeyboardInterrupt  # after the files are out, before the marker
 
-    monkeypatch.setattr(imagefolder, "_safe_extract", crash)
+    monkeypatch.setattr(archive_module, "_safe_extract", crash)
     spec = DataSpec(source="imagefolder", path=str(archive), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(KeyboardInterrupt):
         build_data(spec)
     assert list((tmp_path / "cache" / "imagefolder").iterdir()) == []  # nothing half-done left
-    monkeypatch.setattr(imagefolder, "_safe_extract", real)
+    monkeypatch.setattr(archive_module, "_safe_extract", real)
     assert build_data(spec).num_classes == 2
 
 
@@ -170,7 +172,7 @@ def test_unsafe_archives_are_rejected(kind: str, tmp_path: Path) -> None:
         else:
             info.size = 3
             tar.addfile(info, io.BytesIO(b"abc"))
-    with pytest.raises(InputError, match="unsafe member|link or special file"):
+    with pytest.raises(InputError, match="unsafe member|pointing outside the archive"):
         build_data(DataSpec(source="imagefolder", path=str(archive),
                             cache_dir=str(tmp_path / "cache")))
     assert not (tmp_path / "evil.png").exists()
@@ -186,6 +188,30 @@ def test_mixed_sizes_decode_lazily_and_resize(tmp_path: Path,
     assert next(iter(data.train))[0].shape == (6, 3, 6, 6)
     monkeypatch.setattr(imagefolder, "_decode_all", None)  # remembered: not tried again
     assert isinstance(build_data(spec).eval.dataset.base, LazyImages)
+
+
+@pytest.mark.parametrize("too_big", [False, True], ids=["decoded", "headers"])
+def test_mixed_sizes_without_image_size_are_refused_where_data_enters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, too_big: bool) -> None:
+    # Too big to hold decoded, the sizes are compared from the file headers.
+    if too_big:
+        monkeypatch.setattr(imagefolder, "MAX_DECODED_BYTES", 10)
+    folder = make_folder(tmp_path / "in", sizes=[(8, 8), (12, 10)])
+    spec = DataSpec(source="imagefolder", path=str(folder), cache_dir=str(tmp_path / "c"))
+    sentence = (f"data.path '{folder}': the images of split 'test' differ in size (0000.png "
+                "is 8x8, 0001.png is 12x10); set data.image_size to resize them all to one "
+                "square size")
+    with pytest.raises(InputError) as err:
+        build_data(spec)
+    assert str(err.value) == sentence
+    decode_all = imagefolder._decode_all
+    monkeypatch.setattr(imagefolder, "_decode_all", None)  # the marker remembers the sizes
+    with pytest.raises(InputError) as err:
+        build_data(spec)
+    assert str(err.value) == sentence
+    monkeypatch.setattr(imagefolder, "_decode_all", decode_all)  # the train split's first time
+    resized = build_data(spec.model_copy(update={"image_size": 6}))
+    assert next(iter(resized.eval))[0].shape == (6, 3, 6, 6)
 
 
 def test_pil_fallback_gives_the_same_pixels(tmp_path: Path,

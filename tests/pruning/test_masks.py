@@ -59,9 +59,9 @@ def test_iterative_unstructured_reaches_targets_and_keeps_pruned(which, scope, i
     previous: dict[str, torch.Tensor] = {}
     for target in (0.5, 0.75):
         record = pruner.step_(target, probe)
-        # The check counts zeros; it compares no outputs, so no difference is reported.
-        assert record.unit == "weights" and record.max_abs_diff is None
-        assert record.proof == "not applicable (count check)"
+        # Measured: the masked model's probe output vs the copy with the masks folded in.
+        assert record.unit == "weights" and record.proof == "proven"
+        assert record.max_abs_diff is not None and 0.0 <= record.max_abs_diff < 1e-5
         masked = _masked(model)
         assert out_name not in masked and set(masked) == set(record.layers)
         for name, was in previous.items():
@@ -210,8 +210,71 @@ def test_finalize_proof_can_fail(monkeypatch):
             getattr(module, name).add_(0.1)
 
     monkeypatch.setattr(sparsity.prune, "remove", sloppy)
-    with pytest.raises(CheckFailed, match="finalize changed the probe output"):
+    with pytest.raises(CheckFailed, match=r"unstructured finalize \(masks folded into the "
+                       r"weights\): the probe output differs from the masked model's by "):
         pruner.finalize_()
+
+
+SPECS = {"unstructured": PruningSpec(kind="unstructured", ratio=0.5),
+         "n:m": PruningSpec(kind="n:m", n=2, m=4)}
+
+
+def _nudged(delta: float):  # type: ignore[no-untyped-def]
+    """A folded_copy whose first weight is off by ``delta``: folding that does not match."""
+    real = sparsity.folded_copy
+
+    def folded(model, device="cpu"):  # type: ignore[no-untyped-def]
+        copy = real(model, device)
+        with torch.no_grad():
+            next(p for n, p in copy.named_parameters() if n.endswith("weight")).view(-1)[0] += \
+                delta
+        return copy
+    return folded
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_the_step_proof_measures_the_folded_copy(kind, monkeypatch):
+    # A copy off by 1e-6 passes (within the tolerance) and its measured difference is reported:
+    # the figure is a measurement, not a constant.
+    monkeypatch.setattr(sparsity, "folded_copy", _nudged(1e-6))
+    model, probe = _mlp().eval(), _probe((6, 12))
+    record = build_pruner(model, probe[:1], SPECS[kind], [0.5]).step_(0.5, probe)
+    assert record.proof == "proven" and 0.0 < record.max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_a_folded_copy_that_differs_fails_the_step(kind, monkeypatch):
+    monkeypatch.setattr(sparsity, "folded_copy", _nudged(10.0))
+    model, probe = _mlp().eval(), _probe((6, 12))
+    pruner = build_pruner(model, probe[:1], SPECS[kind], [0.5])
+    with pytest.raises(CheckFailed, match=rf"{kind} step 1 \(masks folded into the weights\): "
+                       r"the probe output differs from the masked model's by [\d.]+, past the "
+                       r"proof tolerance for pruning.verify_atol 0.0001"):
+        pruner.step_(0.5, probe)
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_without_verify_nothing_is_measured_or_folded(kind, monkeypatch):
+    def boom(*_):  # type: ignore[no-untyped-def]
+        raise AssertionError("verify: false must not run the proof")
+
+    monkeypatch.setattr(sparsity, "folded_copy", boom)
+    spec = SPECS[kind].model_copy(update={"verify": False})
+    model, probe = _mlp().eval(), _probe((6, 12))
+    record = build_pruner(model, probe[:1], spec, [0.5]).step_(0.5, probe)
+    assert record.proof == "not proven" and record.max_abs_diff is None
+
+
+def test_the_step_proof_costs_one_extra_forward_pass():
+    model, probe = _mlp().eval(), _probe((6, 12))
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))  # deep-copied with the model
+    pruner = UnstructuredPruner(model, probe[:1], PruningSpec(kind="unstructured", ratio=0.75),
+                                cumulative_ratios=[0.5, 0.75])
+    for target in (0.5, 0.75):
+        calls.clear()
+        pruner.step_(target, probe)
+        assert len(calls) == 2  # the masked model (it runs to a finite output) + the folded copy
 
 
 def test_build_pruner_picks_the_kind():

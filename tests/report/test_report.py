@@ -69,8 +69,7 @@ def test_markdown_and_json_render() -> None:
 
 @pytest.mark.parametrize(("diff", "proof", "cell"), [
     (1.43e-06, "proven", "1.4e-06"),
-    (None, "not proven", "not proven"),
-    (None, "not applicable (count check)", "not applicable (count check)")])
+    (None, "not proven", "not proven")])
 def test_step_proof_cell_in_md_html_and_summary(diff, proof, cell) -> None:
     from compress.cli.render import apply_summary
 
