@@ -1,9 +1,11 @@
 """What the benchmark scripts share: paths, the machine block, JSON results, Markdown tables.
 
 Benchmarks are run by hand (``python benchmarks/<name>.py``); each writes
-``benchmarks/results/<name>.json`` and a Markdown fragment ``benchmarks/results/<name>.md``
-whose tables are copied into BENCHMARKS.md. Their work folders (run folders, checkpoints)
-go under ``runs/benchmarks/`` (ignored by git).
+``benchmarks/results/<name>.json`` (with the provenance of :mod:`provenance`: command, code
+version, machine, date, load, wall time, peak RSS) and the Markdown it printed,
+``benchmarks/results/<name>.md``. BENCHMARKS.md's tables are rendered from the JSON by
+``benchmarks/render.py``, never copied by hand. Work folders (run folders, checkpoints) go under
+``runs/benchmarks/`` (ignored by git).
 
 Example:
     >>> fmt_table(["a", "b"], [[1, "x"]]).splitlines()[1]
@@ -13,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import logging
 import os
@@ -24,12 +25,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "SHARED", "RESULTS", "WORK", "machine", "write_results", "fmt_table",
+from provenance import Clock, machine
+
+__all__ = ["ROOT", "SHARED", "RESULTS", "WORK", "machine", "provenance", "code_key",
+           "write_results",
+           "fmt_table",
            "stopwatch", "setup_logging", "require_shared", "command_line", "shown_path",
            "add_common_args",
            "start", "finish", "make_parser"]
 
 ROOT = Path(__file__).resolve().parents[1]
+# The repository's compress, not an installed copy elsewhere: the scripts run as
+# ``python benchmarks/NAME.py``, which puts benchmarks/, not the root, first on sys.path.
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))
 SHARED = Path(os.environ.get("COMPRESS_SHARED", ROOT.parent / "shared"))
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "benchmarks"
@@ -49,23 +58,6 @@ def require_shared(*paths: Path) -> None:
         sys.exit(f"benchmark input missing: {', '.join(missing)} (the ../shared folder)")
 
 
-def machine() -> dict[str, Any]:
-    """Cores, CPU model, GPU (or None), load, versions and date of this measurement."""
-    import torch
-    import torch_pruning
-
-    from compress.measure.machine import environment
-
-    env = environment(torch.get_num_threads(), torch.device("cpu"))
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"date": _dt.date.today().isoformat(), "cores": env["logical_cores"],
-            "torch_threads": env["threads"], "cpu": env["cpu"],
-            "cpu_capability": env["cpu_capability"], "gpu": gpu,
-            "load_average_1_5_15": load, "python": env["python"], "torch": env["torch"],
-            "torch_pruning": torch_pruning.__version__, "onnxruntime": env["onnxruntime"]}
-
-
 def shown_path(path: Path | str) -> str:
     """``path`` as seen from the repository root when it lies inside it, else absolute."""
     full = Path(path).resolve()
@@ -77,19 +69,39 @@ def command_line() -> str:
     return " ".join(["python", shown_path(sys.argv[0]), *sys.argv[1:]])
 
 
+_CLOCK: list[Clock] = []
+
+
+def provenance() -> dict[str, Any]:
+    """Command, code version (taken by :func:`start`), machine, and the run block (dates,
+    wall time, load before/after, peak RSS) since :func:`start`."""
+    clock = _CLOCK[-1] if _CLOCK else Clock()
+    run = clock.stop()
+    return {"command": command_line(), "code": clock.code, "machine": machine(), "run": run}
+
+
+def code_key() -> str:
+    """The code version this run started with, to key caches of measured cells on: a cell
+    measured by other code (compress or the benchmark scripts) is measured again."""
+    if not _CLOCK:
+        _CLOCK.append(Clock())
+    return _CLOCK[-1].code["files_sha256"]
+
+
 def write_results(name: str, payload: dict[str, Any], markdown: str,
                   out: Path | None = None) -> tuple[Path, Path]:
-    """Write ``<name>.json`` (payload + machine + command) and ``<name>.md`` under ``out``."""
+    """Write ``<name>.json`` (provenance + payload) and ``<name>.md`` under ``out``."""
     out = out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    full = {"benchmark": name, "command": command_line(), "machine": machine(), **payload}
+    full = {"benchmark": name, **provenance(), **payload}
     js, md = out / f"{name}.json", out / f"{name}.md"
     js.write_text(json.dumps(full, indent=2, default=float) + "\n", encoding="utf-8")
-    m = full["machine"]
+    m, run = full["machine"], full["run"]
     head = (f"<!-- written by: {full['command']} -->\n"
             f"Machine: {m['cores']} cores, {m['cpu']} ({m['cpu_capability']}), "
-            f"GPU: {m['gpu'] or 'none'}; "
-            f"load average {m['load_average_1_5_15']}; {m['date']}.\n\n")
+            f"{m['ram_gib']} GiB, GPU: {m['gpu'] or 'none'}; load average "
+            f"{run['load_before']} before, {run['load_after']} after; {run['started']}, "
+            f"{run['wall_s']:.0f} s; code {full['code']['files_sha256'][:12]}.\n\n")
     md.write_text(head + markdown, encoding="utf-8")
     return js, md
 
@@ -141,8 +153,10 @@ def add_common_args(parser: Any) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
-def start(args: Any) -> None:
-    """Logging and the torch thread count from the common arguments."""
+def start(args: Any, inputs: Sequence[Path] = ()) -> None:
+    """Start the provenance clock (the code version: compress, the loaded scripts and
+    ``inputs`` such as a recipe); logging and the torch thread count from the arguments."""
+    _CLOCK.append(Clock(tuple(inputs)))
     setup_logging(args.verbose)
     if args.threads:
         import torch

@@ -43,6 +43,17 @@ def _session(cin: int, cout: int, hw: int, work: Any) -> Any:
                                 providers=["CPUExecutionProvider"])
 
 
+def render_result(r: dict[str, Any]) -> str:
+    """The table from a result file (files before ``rounds`` was recorded do not say it)."""
+    rows = [[f"{c['in']} → {c['out']}", f"{c['hw']}×{c['hw']}", f"{c['macs'] / 1e6:.0f} M",
+             f"{c['median_s'] * 1e3:.2f}", f"{c['gmac_per_s']:.1f}"] for c in r["convs"]]
+    rounds = f" of {r['rounds']} interleaved rounds" if "rounds" in r else \
+        " of interleaved rounds"
+    return (f"One 3x3 convolution + ReLU, batch {r['convs'][0]['batch']}, one onnxruntime "
+            f"thread (CPU time, median{rounds}), ORT_ENABLE_ALL.\n\n"
+            + fmt_table(["channels in → out", "spatial", "MACs", "ms", "GMAC/s"], rows))
+
+
 def main() -> None:
     parser = make_parser(__doc__, tiny="Smoke test (two shapes, batch 2).")
     parser.add_argument("--rounds", type=int, default=15)
@@ -69,18 +80,14 @@ def main() -> None:
             sess.run(None, {"input": x})
             sess.run(None, {"input": x})
             times[shape].append((time.thread_time() - t) / 2)
-    rows, cells = [], []
+    cells = []
     for (cin, cout, hw), ts in times.items():
         med = statistics.median(ts)
         macs = batch * cin * cout * 9 * hw * hw
-        rows.append([f"{cin} → {cout}", f"{hw}×{hw}", f"{macs / 1e6:.0f} M", f"{med * 1e3:.2f}",
-                     f"{macs / med / 1e9:.1f}"])
         cells.append({"in": cin, "out": cout, "hw": hw, "batch": batch, "macs": macs,
                       "median_s": med, "gmac_per_s": macs / med / 1e9})
-    md = (f"One 3x3 convolution + ReLU, batch {batch}, one onnxruntime thread (CPU time, median "
-          f"of {rounds} interleaved rounds), ORT_ENABLE_ALL.\n\n"
-          + fmt_table(["channels in → out", "spatial", "MACs", "ms", "GMAC/s"], rows))
-    finish("conv_efficiency", args.tiny, {"convs": cells}, md, args.out)
+    payload = {"rounds": rounds, "convs": cells}
+    finish("conv_efficiency", args.tiny, payload, render_result(payload), args.out)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,34 @@ def build(model: Any, name: str, lever: tuple, work: Path, target: float) -> dic
             "conv_widths": widths}
 
 
+def render_result(r: dict[str, Any]) -> str:
+    """The levers table from a result file (``model`` is absent from files before it was
+    recorded: the command then says which, ``--tiny`` being ResNet-20)."""
+    net = r.get("model") or ("resnet20" if "--tiny" in r["command"] else "resnet56")
+    modes = r["timings"]
+    rows = []
+    for lever in r["levers"].values():
+        red = r["base_macs"] / lever["macs"]
+        row = [lever["what"], f"{red:.2f}×", " ".join(map(str, lever["conv_widths"]))]
+        for mode in modes:
+            for speed in lever["speedup"][mode].values():
+                row.append(f"{speed:.2f}× → **{speed / red:.2f}**")
+        rows.append(row)
+    header = ["lever", "MACs reduction", "conv widths"]
+    for mode, res in modes.items():
+        tag = f"{res['threads']} thr wall" if mode == "all_cores_wall" else "1 thr CPU"
+        header += [f"speedup → ÷ MACs red., b{bs} ({tag})" for bs in res["batches"]]
+    what = r.get("unreachable_what", {})
+    for name, why in r["unreachable"].items():
+        rows.append([what.get(name, LEVERS[name][0]), "–", f"not reachable: {why.split(';')[0]}"]
+                    + ["–"] * (len(header) - 3))
+    rounds = next(iter(modes.values()))["protocol"]["rounds"]
+    return (f"{net} pruned to about half its MACs, no fine-tuning; speedup against the "
+            f"unpruned model exported and optimised the same way (median of the per-round "
+            f"ratios, {rounds} interleaved rounds, every file in every round).\n\n"
+            + fmt_table(header, rows))
+
+
 def main() -> None:
     parser = make_parser(__doc__, tiny="Smoke test (ResNet-20).")
     parser.add_argument("--rounds", type=int, default=9)
@@ -138,32 +166,19 @@ def main() -> None:
     for mode, (spec, timer) in modes.items():
         results[mode] = compare_onnx(paths, reference=ref_of, sample_shape=(3, 32, 32),
                                      spec=spec, timer=timer, optimization=levels)
-    rows = []
-    for name, (what, *_rest) in levers.items():
-        red = base_macs / built[name]["macs"]
-        row = [what, f"{red:.2f}×", " ".join(map(str, built[name]["conv_widths"]))]
+    for name in levers:
         for mode in modes:
             for bs, per in results[mode]["batches"].items():
-                speed = per[name]["speedup"]
-                built[name].setdefault("speedup", {}).setdefault(mode, {})[bs] = speed
-                row.append(f"{speed:.2f}× → **{speed / red:.2f}**")
-        rows.append(row)
-    header = ["lever", "MACs reduction", "conv widths"]
-    for mode in modes:
-        tag = (f"{results[mode]['threads']} thr wall" if mode == "all_cores_wall"
-               else "1 thr CPU")
-        header += [f"speedup → ÷ MACs red., b{bs} ({tag})" for bs in results[mode]["batches"]]
-    for name, why in unreachable.items():
-        rows.append([LEVERS[name][0], "–", f"not reachable: {why.split(';')[0]}"]
-                    + ["–"] * (len(header) - 3))
-    md = (f"{net} pruned to about half its MACs, no fine-tuning; speedup against the "
-          f"unpruned model exported and optimised the same way (median of the per-round "
-          f"ratios, {common['rounds']} interleaved rounds, every file in every round).\n\n" + fmt_table(header, rows))
-    payload = {"levers": {k: {"what": v[0], "ignored": v[1], "round_to": v[2],
-                              "shortcut_conv": v[3], "ort_level": v[4], **built[k]}
-                          for k, v in levers.items()},
-               "unreachable": unreachable,
+                built[name].setdefault("speedup", {}).setdefault(mode, {})[bs] = \
+                    per[name]["speedup"]
+    payload = {"model": net, "levers": {k: {"what": v[0], "ignored": v[1], "round_to": v[2],
+                                            "shortcut_conv": v[3], "ort_level": v[4],
+                                            **built[k]}
+                                        for k, v in levers.items()},
+               "unreachable": unreachable, "unreachable_what": {k: LEVERS[k][0]
+                                                                for k in unreachable},
                "base_macs": base_macs, "timings": results}
+    md = render_result(payload)
     finish("latency_levers", args.tiny, payload, md, args.out)
 
 

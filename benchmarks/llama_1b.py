@@ -4,23 +4,28 @@ Random init from a config (hidden 2048, 22 blocks, 32 query / 4 kv heads, FFN 56
 25 % of FFN neurons and 25 % of query heads removed in one proven step, ``save_pretrained``
 in safetensors shards with a stock ``from_pretrained`` reload compared on a probe, and ONNX
 export with external data (the model is over the 2 GB protobuf limit) checked by
-onnxruntime on a short sequence. Peak RSS is read from the kernel at the end.
+onnxruntime on a short sequence. Peak RSS is read from the kernel (``getrusage``) at the end.
 
-    python benchmarks/llama_1b.py --out /tmp/llama-1b          # the real size
-    /usr/bin/time -v python benchmarks/llama_1b.py --out ...   # peak RSS from outside too
-    python benchmarks/llama_1b.py --tiny --out /tmp/llama-tiny # seconds; what the test runs
+    python benchmarks/llama_1b.py --heads 0.5 --ffn 0.25   # the real size (tens of minutes)
+    python benchmarks/llama_1b.py --tiny --heads 0.5       # seconds; what the test runs
+
+Writes benchmarks/results/llama_1b[-tiny].{json,md} (command, code version, machine, load,
+wall time, peak RSS; the config before and after pruning); the model files go under
+runs/benchmarks/llama_1b[-tiny] (``--work``).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
-import resource
 import time
-from pathlib import Path
+from typing import Any
 
 import torch
+from _common import add_common_args, finish, fmt_table, make_parser, start
+from provenance import peak_rss_mib
+
+CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "intermediate_size", "tie_word_embeddings")
 
 
 def _config(tiny: bool):  # type: ignore[no-untyped-def]
@@ -35,18 +40,45 @@ def _config(tiny: bool):  # type: ignore[no-untyped-def]
                        intermediate_size=5632, tie_word_embeddings=False)
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+def _config_dict(config: Any) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in CONFIG_KEYS}
+
+
+def render_result(r: dict[str, Any]) -> str:
+    """Before/after table from a result file."""
+    b, a = r["config_before"], r["config_after"]
+    rss = r["peak_rss_mib"]["self"] / 1024
+    rows = [["parameters", f"{r['params_before']:,} ({r['fp32_gib_before']:.2f} GiB fp32)",
+             f"{r['params_after']:,}"],
+            [f"MACs, {r['seq']} tokens", f"{r['macs_before_seq'] / 1e9:.2f} G",
+             f"{r['macs_after_seq'] / 1e9:.2f} G"],
+            ["query / kv heads per block", f"{b['num_attention_heads']} / "
+             f"{b['num_key_value_heads']}", f"{r['heads_after']} / {r['kv_heads_after']}"],
+            ["FFN width", str(b["intermediate_size"]), str(r["ffn_after"])],
+            ["proof (zeroed ≡ removed), max abs diff", "", f"{r['proof_max_abs_diff']:.2e}"],
+            ["stock `from_pretrained(hf/)` vs in memory", "",
+             f"{r['hf']['parity']:.2e} ({len(r['shards'])} shards)" if r["hf"].get("saved")
+             else f"not written: {r['hf'].get('reason', '')}"],
+            [f"ONNX ({r['onnx_bytes'] / 1e9:.2f} GB) vs torch", "", f"{r['onnx_parity']:.2e}"],
+            ["peak RSS (getrusage)", "", f"{rss:.2f} GiB = {rss / r['fp32_gib_before']:.2f} × "
+             "the fp32 model"],
+            ["wall time", "", " ".join(f"{k.removesuffix('_s')} {v:.0f} s,"
+                                       for k, v in r["times"].items()).rstrip(",")]]
+    return (f"Random init, hidden {b['hidden_size']}, {b['num_hidden_layers']} blocks, "
+            f"head_dim {b['head_dim']}, vocab {b['vocab_size']}, fp32; after pruning: "
+            f"{a['num_attention_heads']} query heads, FFN {a['intermediate_size']}.\n\n"
+            + fmt_table(["", "before", "after"], rows))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tiny", action="store_true")
+    parser = make_parser(__doc__.splitlines()[0], tiny="A 2-block toy config: seconds.")
     parser.add_argument("--seq", type=int, default=16)
     parser.add_argument("--heads", type=float, default=0.25, help="query-head fraction removed")
     parser.add_argument("--ffn", type=float, default=0.25, help="FFN-neuron fraction removed")
+    add_common_args(parser)
     args = parser.parse_args()
+    start(args)
+    work = args.work / ("llama_1b-tiny" if args.tiny else "llama_1b")
 
     from transformers import LlamaForCausalLM
 
@@ -58,11 +90,12 @@ def main() -> None:
     from compress.pruning.transformer import TransformerPruner
     from compress.recipe.pruning import PruningSpec
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t = time.perf_counter()
     torch.manual_seed(0)
     config = _config(args.tiny)
+    config_before = _config_dict(config)  # pruning edits the model's config in place
     model = HFModel(LlamaForCausalLM(config).eval(), "causal-lm")
     model.requires_grad_(False)
     times["init_s"] = time.perf_counter() - t
@@ -81,12 +114,12 @@ def main() -> None:
     first = blocks(model.hf, model.layout)[0]
 
     t = time.perf_counter()
-    hf_info = save_hf_(model, args.out, probe, max_shard_size="1GB")
+    hf_info = save_hf_(model, work, probe, max_shard_size="1GB")
     times["save_pretrained_and_reload_s"] = time.perf_counter() - t
     gc.collect()
 
     t = time.perf_counter()
-    path = export_onnx(model, args.out / "model.onnx", probe)
+    path = export_onnx(model, work / "model.onnx", probe)
     with torch.no_grad():
         reference = model(probe[:1])
     session = onnx_session(path)
@@ -96,21 +129,20 @@ def main() -> None:
     del session
     gc.collect()
 
+    rss = peak_rss_mib()
     result = {
-        "config": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers",
-                                                   "num_attention_heads", "num_key_value_heads",
-                                                   "head_dim", "intermediate_size")},
+        "heads_removed": args.heads, "ffn_removed": args.ffn,
+        "config_before": config_before, "config_after": _config_dict(model.hf.config),
         "params_before": params0, "params_after": params1, "fp32_gib_before": fp32_gib,
         "macs_before_seq": macs0, "macs_after_seq": macs1, "seq": args.seq,
         "heads_after": first.heads, "kv_heads_after": first.kv_heads, "ffn_after": first.ffn,
         "proof_max_abs_diff": record.max_abs_diff, "hf": hf_info, "onnx_parity": onnx_diff,
         "onnx_bytes": onnx_size(path),
-        "shards": sorted(p.name for p in (args.out / "hf").glob("*.safetensors")),
-        "times": times, "peak_rss_gib": _peak_rss_gib(),
-        "peak_rss_over_fp32_size": _peak_rss_gib() / fp32_gib,
+        "shards": sorted(p.name for p in (work / "hf").glob("*.safetensors")),
+        "times": times, "peak_rss_mib": rss,
+        "peak_rss_over_fp32_size": rss["self"] / 1024 / fp32_gib,
     }
-    (args.out / "result.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    finish("llama_1b", args.tiny, result, render_result(result), args.out)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ The pretrained checkpoint is first adapted to the JPEG
 data with one short epoch (``--adapt-images`` training images); every run starts from that.
 
 Writes benchmarks/results/regimes.{json,md} (regimes-<steps>, regimes-per-step with those
-options); each finished run is kept under
-runs/benchmarks/regimes/cells/ so an interrupted benchmark continues where it stopped.
+options); each finished run is kept under runs/benchmarks/regimes/cells/ so an interrupted
+benchmark continues where it stopped. A kept cell is reused only by the same code version
+(compress and these scripts) and recipe; the result file says which cells were reused.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import time
@@ -40,6 +42,7 @@ from _common import (
     NORMALIZE,
     RESNET_CKPT,
     add_common_args,
+    code_key,
     finish,
     fmt_table,
     make_parser,
@@ -94,13 +97,14 @@ def adapt_baseline(p: dict[str, Any], work: Path) -> tuple[Path, dict[str, Any]]
     from compress.run.context import resolve_device, seed_everything
 
     config = {"checkpoint": str(RESNET_CKPT["resnet20"]), "images": p["adapt_images"],
-              "batch": p["batch"], "lr": 0.01, "eval_subset": p["eval_subset"]}
+              "batch": p["batch"], "lr": 0.01, "eval_subset": p["eval_subset"],
+              "code": code_key()}
     ckpt, meta = work / "resnet20-jpg-adapted.safetensors", work / "adapted.json"
     if ckpt.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
         if info["config"] == config:
             log.info("adapted baseline: cached %s", ckpt)
-            return ckpt, info
+            return ckpt, {**info, "cached": True}
     seed_everything(0)
     device = resolve_device(p["device"])
     spec = DataSpec.model_validate({**data_section(p, val=False),
@@ -119,6 +123,7 @@ def adapt_baseline(p: dict[str, Any], work: Path) -> tuple[Path, dict[str, Any]]
     info = {"config": config, "top1_before": before["accuracy"], "top1_after": after["accuracy"],
             "eval_samples": after["samples"], "images": stats.samples, "seconds": seconds}
     meta.write_text(json.dumps(info, indent=2))
+    info = {**info, "cached": False}
     log.info("adapted baseline: top-1 %.2f -> %.2f %% (%d images, %.0f s)", before["accuracy"],
              after["accuracy"], stats.samples, seconds)
     return ckpt, info
@@ -168,7 +173,10 @@ def recipe_for(kind: str, target: float, regime: str, ckpt: Path,
 
 def run_cell(kind: str, target: float, regime: str, ckpt: Path, p: dict[str, Any],
              work: Path, fresh: bool) -> dict[str, Any]:
-    """One compress run (cached in ``cells``): top-1, images seen, epochs, wall time."""
+    """One compress run (cached in ``cells``): top-1, images seen, epochs, wall time.
+
+    A cached cell is reused only when its recipe AND the code version (compress and these
+    scripts, :func:`code_key`) are this run's; ``cached`` says which cells were reused."""
     import compress
 
     cells = work / "cells"
@@ -176,8 +184,8 @@ def run_cell(kind: str, target: float, regime: str, ckpt: Path, p: dict[str, Any
     recipe = recipe_for(kind, target, regime, ckpt, p)
     if path.is_file() and not fresh:
         cell = json.loads(path.read_text())
-        if cell.get("recipe") == recipe:
-            return cell
+        if cell.get("recipe") == recipe and cell.get("code") == code_key():
+            return {**cell, "cached": True}
     times: dict[str, float] = {}
     with stopwatch(times, "wall_s"):
         result = compress.apply(recipe, out_dir=work / "runs" / recipe["name"],
@@ -186,6 +194,8 @@ def run_cell(kind: str, target: float, regime: str, ckpt: Path, p: dict[str, Any
     steps = rep["steps"]
     images = sum(s["finetune_steps"] for s in steps) * p["batch"]
     cell = {"kind": kind, "target": target, "regime": regime, "recipe": recipe,
+            "code": code_key(), "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                timespec="seconds"),
             "top1": rep["compressed"]["accuracy"], "baseline_top1": rep["baseline"]["accuracy"],
             "eval_samples": rep["baseline"]["eval_samples"],
             "weight_sparsity": rep["compressed"]["weight_sparsity"],
@@ -197,6 +207,7 @@ def run_cell(kind: str, target: float, regime: str, ckpt: Path, p: dict[str, Any
                       for s in steps]}
     cells.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cell, indent=2))
+    cell = {**cell, "cached": False}
     log.info("%-12s %.2f %-20s top-1 %6.2f  images %6d  %5.0f s", kind, target, regime,
              cell["top1"], images, cell["wall_s"])
     return cell
@@ -292,6 +303,32 @@ def render(cells: list[dict[str, Any]], adapted: dict[str, Any], p: dict[str, An
     return "\n".join(md)
 
 
+def cache_note(r: dict[str, Any]) -> str:
+    """How much of the table this result file's own invocation measured."""
+    cells, wall = r["cells"], r["wall_s"]
+    summed = sum(c["wall_s"] for c in cells) + r["adapted_baseline"]["seconds"]
+    if any("cached" not in c for c in cells):
+        return (f"The invocation that wrote this file ran {wall / 60:.1f} minutes; the cells' "
+                f"own wall times sum to {summed / 60:.1f}. Its cells record neither whether "
+                f"they came from the cache of an earlier invocation nor the code that measured "
+                f"them (written before the cache was keyed on the code version).\n")
+    reused = [c for c in cells if c["cached"]]
+    if not reused:
+        return (f"Every cell was measured by the invocation that wrote this file "
+                f"({wall / 60:.1f} minutes).\n")
+    return (f"{len(reused)} of {len(cells)} cells were reused from the cache, measured by the "
+            f"same code version (`{reused[0]['code'][:12]}`) in an earlier invocation; this "
+            f"invocation ran {wall / 60:.1f} minutes.\n")
+
+
+def render_result(r: dict[str, Any]) -> str:
+    """The tables from a result file, with what its cache reused."""
+    cells = r["cells"]
+    md = render(cells, r["adapted_baseline"], r["settings"], r["profile"],
+                sum(c["wall_s"] for c in cells) + r["adapted_baseline"]["seconds"])
+    return md + "\n" + cache_note(r)
+
+
 def main() -> None:
     parser = make_parser(__doc__, full="GPU budgets (10 epochs per run).",
                          tiny="Smoke test with tiny budgets.")
@@ -325,9 +362,9 @@ def main() -> None:
              for kind, target in targets if kind in args.kinds for regime in args.regimes]
     wall = time.perf_counter() - t0
     # Cells reused from an interrupted run count with the time they took then.
-    md = render(cells, adapted, p, profile, sum(c["wall_s"] for c in cells) + adapted["seconds"])
     payload = {"profile": profile, "settings": p, "adapted_baseline": adapted,
                "cells": cells, "wall_s": wall}
+    md = render_result(payload)
     # Non-default budgets get their own result files: regimes-600.json, regimes-per-step.json.
     name = "regimes" + (f"-{args.budget_steps}" if args.budget_steps else "") + \
         ("-per-step" if args.per_step else "")

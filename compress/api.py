@@ -1,4 +1,5 @@
-"""The Python API: ``apply`` a recipe, ``load`` a result, ``prune`` your own model.
+"""The Python API: ``apply`` a recipe, ``load`` a result, ``prune`` your own model and
+``save`` it like a run folder (``load`` reloads that folder too).
 
 Example:
     >>> import compress
@@ -21,6 +22,7 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.export.load import load_model
+from compress.export.standalone import export_pruned
 from compress.measure.counts import count_macs_params
 from compress.progress import ProgressFn, progress_to
 from compress.recipe.load import apply_overrides, load_recipe, parse_recipe
@@ -30,7 +32,7 @@ from compress.recipe.stages import FinetuneSpec
 from compress.run.loop import run_schedule_
 from compress.run.pipeline import Result, run_recipe
 
-__all__ = ["apply", "load", "prune", "Result", "PruneResult"]
+__all__ = ["apply", "load", "prune", "save", "Result", "PruneResult"]
 
 
 def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
@@ -80,7 +82,8 @@ def _reparse(recipe: Recipe, flat: dict[str, Any], strings: Sequence[str] = ()) 
 
 def load(run_dir: str | os.PathLike[str], *, force: bool = False,
          build: Callable[..., nn.Module] | None = None, trust_code: bool = False) -> nn.Module:
-    """Rebuild the compressed model of a run folder from safetensors + manifest (no pickle).
+    """Rebuild the compressed model of a run folder (or of a :func:`save` folder) from
+    safetensors + manifest (no pickle).
 
     An unfinished run folder (status not ``done``) is refused unless ``force``. A manifest
     whose model would run code (a ``python`` factory, a ``module:function`` name,
@@ -90,18 +93,50 @@ def load(run_dir: str | os.PathLike[str], *, force: bool = False,
     return load_model(run_dir, force=force, build=build, trust_code=trust_code)
 
 
+def save(model: nn.Module, out_dir: str | os.PathLike[str], example_inputs: torch.Tensor, *,
+           build: Callable[..., nn.Module] | None = None,
+           kwargs: dict[str, Any] | None = None, onnx: bool = True,
+           overwrite: bool = False) -> dict[str, Any]:
+    """Write a pruned ``model`` to ``out_dir`` like a run folder: safetensors + manifest, ONNX,
+    and ``hf/`` for transformers models, each proven on ``example_inputs``.
+
+    A model defined in Python needs ``build`` (its constructor, called with ``kwargs``); pass
+    the same to :func:`load`. A transformers model loaded by compress needs nothing. Returns the
+    paths and the parity differences measured.
+
+    Example:
+        >>> info = save(net, "out/net", x, build=Net)  # doctest: +SKIP
+        >>> same = load("out/net", build=Net)  # doctest: +SKIP
+    """
+    return export_pruned(model, out_dir, example_inputs, build=build, kwargs=kwargs, onnx=onnx,
+                         overwrite=overwrite)
+
+
 @dataclass
 class PruneResult:
+    """What :func:`prune` did; :meth:`save` writes the model like a run folder."""
+
     model: nn.Module
     steps: list[dict[str, Any]]
     macs_before: int
     macs_after: int
+    example_inputs: torch.Tensor | None = None
+
+    def save(self, out_dir: str | os.PathLike[str], *,
+               build: Callable[..., nn.Module] | None = None,
+               kwargs: dict[str, Any] | None = None, onnx: bool = True,
+               overwrite: bool = False) -> dict[str, Any]:
+        """:func:`save` of the pruned model, proven on the inputs it was pruned with."""
+        assert self.example_inputs is not None, "set by prune()"
+        return save(self.model, out_dir, self.example_inputs, build=build, kwargs=kwargs,
+                      onnx=onnx, overwrite=overwrite)
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, *,
           ratio: float | None = None, target_macs: float | None = None,
           importance: str = "l2", ignored: Sequence[str] = (), round_to: int | str = "auto",
           scope: str = "local", schedule: str | dict[str, Any] = "one-shot",
+          heads: float | None = None, ffn: float | None = None, hidden: float | None = None,
           train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
           eval_fn: Callable[[nn.Module], dict[str, float] | float] | None = None,
           finetune: dict[str, Any] | FinetuneSpec | None = None,
@@ -113,7 +148,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
     Every step is proven exact on ``probe`` (default: ``example_inputs``). ``eval_fn`` returns
     a metric (float, or a dict with ``accuracy``) after each step. ``schedule`` is a kind
     (``"one-shot"``) or a dict like the recipe's section
-    (``{"kind": "iterative", "steps": 3}``). ``progress`` receives a
+    (``{"kind": "iterative", "steps": 3}``). ``heads``, ``ffn`` and ``hidden`` are the recipe's
+    transformers fractions (a transformers model is compress's ``HFModel``). ``progress``
+    receives a
     :class:`~compress.progress.ProgressEvent` as fine-tuning advances.
 
     Example:
@@ -124,7 +161,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
     try:
         spec = PruningSpec(ratio=ratio, target={"macs": target_macs} if target_macs else None,
                            importance=importance, ignored=list(ignored), round_to=round_to,
-                           scope=scope)
+                           scope=scope, heads=heads, ffn=ffn, hidden=hidden)
         sched = ScheduleSpec(kind=schedule) if isinstance(schedule, str) \
             else ScheduleSpec(**schedule)
         ft = finetune if isinstance(finetune, FinetuneSpec) else FinetuneSpec(
@@ -148,4 +185,4 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
                                       pruning=spec, schedule=sched, finetune=ft,
                                       train=train_loader, evaluate_fn=metric, device=dev)
     pruner.finalize_()
-    return PruneResult(model, steps, before, steps[-1]["macs"])
+    return PruneResult(model, steps, before, steps[-1]["macs"], example.detach().cpu())

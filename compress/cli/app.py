@@ -288,6 +288,7 @@ def report_(run_dir: Path = typer.Argument(..., help="Run folder (or its report.
     from compress.report.build import load_report, render_report, write_text_atomic
 
     try:
+        _refuse_unfinished(run_dir)
         data, path = load_report(run_dir)
         text = render_report(data, fmt)
     except CompressError as err:
@@ -300,6 +301,22 @@ def report_(run_dir: Path = typer.Argument(..., help="Run folder (or its report.
         write_text_atomic(target, text)
         o.result({"wrote": str(target), "format": fmt})
         o.text(f"wrote {target}")
+
+
+def _refuse_unfinished(run_dir: Path) -> None:
+    """A run folder without its report yet: say what state the run is in, not 'no file'."""
+    from compress.run.folder import read_status
+    from compress.run.owner import describe_state
+
+    if not run_dir.is_dir() or (run_dir / "report.json").is_file():
+        return
+    status = read_status(run_dir)
+    if status is None:
+        return
+    state = describe_state(run_dir, status)
+    then = "wait for it to end" if state.startswith("running") else \
+        "continue it with 'compress apply RECIPE --out RUN_DIR --resume'"
+    raise InputError(f"{str(run_dir)!r} has no report yet: its run is {state}; {then}")
 
 
 @app.command()
@@ -316,6 +333,8 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run folders (or report.
     from compress.report.compare import compare_runs
 
     try:
+        for run in runs:
+            _refuse_unfinished(run)
         result = compare_runs(runs)
     except CompressError as err:
         raise o.fail(err) from None

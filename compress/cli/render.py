@@ -70,6 +70,8 @@ def print_inspection(info: dict[str, Any]) -> None:
         steps.add_row(str(st["step"]), f"{st['target']:.3f}", f"{st['macs'] / 1e6:.2f}M",
                       f"{st['params']:,}", f"{st['macs_reduction']:.1%}")
     console.print(steps)
+    if info.get("run_folder"):
+        console.print(f"run folder {info['run_folder']['path']}: {info['run_folder']['state']}")
     if info.get("sensitivity"):
         sens = Table(title="sensitivity: accuracy drop (points) when pruning one group alone")
         ratios = list(info["sensitivity"][0]["drops"])

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from compress.errors import CheckFailed
-from compress.export.onnx import check_parity
-from compress.fsutil import honour_umask_, temp_path_for
+from compress.export.onnx import parity
+from compress.fsutil import honour_umask_, temp_path_for, writing
+from compress.measure.tolerance import Tolerance
 from compress.pruning.hf_layout import blocks, rewrite_config_
 
 __all__ = ["save_hf_", "HF_FOLDER"]
@@ -50,16 +51,46 @@ def _processor(source: str | None) -> Any:
     return None
 
 
+def _stage_and_prove(model: nn.Module, stage: Path, probe: torch.Tensor, atol: float,
+                     max_shard_size: str) -> tuple[float, Tolerance]:
+    """``save_pretrained`` into ``stage``; the stock reload's largest difference on ``probe``
+    and the tolerance it was held to."""
+    import transformers
+
+    from compress.models.huggingface import TASKS, HFModel
+
+    hf = model.hf
+    with writing(stage.parent / HF_FOLDER):
+        hf.save_pretrained(str(stage), max_shard_size=max_shard_size)
+        processor = _processor(model.source_path)
+        if processor is not None:
+            processor.save_pretrained(str(stage))
+    try:
+        auto = getattr(transformers, TASKS[model.task])
+        # The proof is of a *stock* reload: no code the folder's config.json may still name.
+        stock = auto.from_pretrained(str(stage), dtype=next(hf.parameters()).dtype,
+                                     trust_remote_code=False)
+        reloaded = HFModel(stock, model.task, pad_token_id=model.pad_token_id).eval()
+        with torch.no_grad():
+            return parity(model.eval()(probe), reloaded(probe),
+                          what=f"stock from_pretrained({HF_FOLDER}/)", atol=atol, rtol=0)
+    except CheckFailed:
+        raise
+    except Exception as err:
+        raise CheckFailed(f"stock from_pretrained could not load the saved model: "
+                          f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+
+
 def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: float = 1e-5,
              max_shard_size: str = "2GB") -> dict[str, Any]:
     """Write ``out_dir/hf`` when the config can express the model; prove the stock reload.
 
-    Returns ``{"saved": bool, "path"?: str, "parity"?: float, "reason"?: str}``. Raises
+    Returns ``{"saved": bool, "path"?: str, "parity"?: float, "parity_tolerance"?: dict,
+    "reason"?: str}`` (the tolerance: ``atol`` scaled to the output, as every parity check's,
+    see :func:`~compress.export.onnx.parity`). Raises
     :class:`CheckFailed` when the reloaded model computes something else.
     """
     import transformers
-
-    from compress.models.huggingface import TASKS, HFModel
 
     transformers.utils.logging.disable_progress_bar()  # the library never prints
     hf = model.hf
@@ -70,31 +101,18 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
         log.info("not writing %s/: %s", HF_FOLDER, reason)
         return {"saved": False, "reason": reason}
     target = out_dir / HF_FOLDER
-    stage = temp_path_for(target)
-    hf.save_pretrained(str(stage), max_shard_size=max_shard_size)
-    processor = _processor(model.source_path)
-    if processor is not None:
-        processor.save_pretrained(str(stage))
+    with writing(target):
+        stage = temp_path_for(target)
     try:
-        auto = getattr(transformers, TASKS[model.task])
-        # The proof is of a *stock* reload: no code the folder's config.json may still name.
-        stock = auto.from_pretrained(str(stage), dtype=next(hf.parameters()).dtype,
-                                     trust_remote_code=False)
-        reloaded = HFModel(stock, model.task, pad_token_id=model.pad_token_id).eval()
-        with torch.no_grad():
-            diff = check_parity(model.eval()(probe), reloaded(probe),
-                                what=f"stock from_pretrained({HF_FOLDER}/)", atol=atol, rtol=0)
-    except CheckFailed:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    except Exception as err:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise CheckFailed(f"stock from_pretrained could not load the saved model: "
-                          f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
-    for file in stage.rglob("*"):
-        if file.is_file():
-            honour_umask_(file)  # save_pretrained's safetensors shards are created 0600
-    if target.exists():
-        shutil.rmtree(target)
-    stage.replace(target)
-    return {"saved": True, "path": str(target), "parity": diff}
+        diff, tol = _stage_and_prove(model, stage, probe, atol, max_shard_size)
+        with writing(target):
+            for file in stage.rglob("*"):
+                if file.is_file():
+                    honour_umask_(file)  # save_pretrained's safetensors shards are created 0600
+            if target.exists():
+                shutil.rmtree(target)
+            stage.replace(target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # whatever did not become hf/
+    return {"saved": True, "path": str(target), "parity": diff,
+            "parity_tolerance": tol.to_dict()}

@@ -28,6 +28,7 @@ from compress.export.manifest import (
 )
 from compress.hf_names import hf_name_function
 from compress.jsonio import read_json_object
+from compress.models.checkpoint import load_state_strict_
 from compress.recipe.sources import ModelSpec
 
 __all__ = ["load_model", "code_asked"]
@@ -80,7 +81,7 @@ def load_model(run_dir: str | os.PathLike[str], *, force: bool = False,
         check_layer_attrs(modules[name], name, attrs, repr(str(manifest_path)))
         _reshape_(modules[name], name, {k: v for k, v in attrs.items() if k != "type"}, state)
     _check_state(model, state, weights_path)
-    model.load_state_dict(state, strict=True)
+    load_state_strict_(model, state)
     return model.eval()
 
 

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch import nn
 
 from compress.errors import CheckFailed
 from compress.export.load import load_model
-from compress.export.onnx import check_parity, commit_onnx, onnx_session, onnx_size, stage_onnx
+from compress.export.onnx import commit_onnx, onnx_session, onnx_size, parity, stage_onnx
 from compress.export.safetensors import save_safetensors
 from compress.recipe.sources import ModelSpec
 from compress.recipe.stages import ExportSpec
@@ -36,26 +36,29 @@ __all__ = ["export_model"]
 
 
 def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: ModelSpec,
-                 probe: torch.Tensor, serving: Mapping[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 probe: torch.Tensor, serving: Mapping[str, Any] | None = None, *,
+                 build: Callable[..., nn.Module] | None = None) -> dict[str, Any]:
     """Write the enabled artifacts and prove each one on ``probe`` (real eval inputs).
 
     Returns paths, sizes and the parity differences measured. ``serving``: see
-    :func:`save_safetensors`.
+    :func:`save_safetensors`. ``build``: the constructor the reload check calls instead of
+    the manifest's source (as ``compress.load(..., build=...)`` will).
     """
     model = model.eval().cpu()
     probe = probe[: spec.parity_batch].cpu()
     with torch.no_grad():
         reference = model(probe)
-    result: dict[str, Any] = {"parity": {}}
+    # max |diff| of each check, and the tolerance it met (the full probe batch's for ONNX)
+    result: dict[str, Any] = {"parity": {}, "parity_tolerance": {}}
     if spec.safetensors:
         weights, manifest = save_safetensors(model, out_dir, model_spec, tuple(probe.shape[1:]),
                                              serving)
         with torch.no_grad():
-            # The recipe being run named this model's source, factory included.
-            reloaded = load_model(out_dir, force=True, trust_code=True)(probe)
-        result["parity"]["safetensors"] = check_parity(
+            # The recipe being run (or the caller's build) named this model's source.
+            reloaded = load_model(out_dir, force=True, trust_code=True, build=build)(probe)
+        result["parity"]["safetensors"], tol = parity(
             reference, reloaded, what="reloaded safetensors model", atol=1e-6, rtol=1e-6)
+        result["parity_tolerance"]["safetensors"] = tol.to_dict()
         result["safetensors"] = str(weights)
         result["safetensors_bytes"] = weights.stat().st_size
         result["manifest"] = str(manifest)
@@ -68,15 +71,17 @@ def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: 
             # Two batch sizes (and two lengths for sequences) prove the axes really dynamic.
             for n in sorted({1, len(probe)}):
                 out = session.run(None, {session.get_inputs()[0].name: probe[:n].numpy()})[0]
-                worst = max(worst, check_parity(reference[:n], out, what=f"ONNX (batch {n})",
-                                                atol=spec.parity_atol, rtol=spec.parity_rtol))
+                diff, tol = parity(reference[:n], out, what=f"ONNX (batch {n})",
+                                   atol=spec.parity_atol, rtol=spec.parity_rtol)
+                worst = max(worst, diff)
+                result["parity_tolerance"]["onnx"] = {**tol.to_dict(), "rtol": spec.parity_rtol}
             if 1 in getattr(model, "dynamic_dims", {}) and probe.shape[1] > 4:
                 short = probe[:, : probe.shape[1] // 2]
                 with torch.no_grad():
                     expected = model(short)
                 out = session.run(None, {session.get_inputs()[0].name: short.numpy()})[0]
-                worst = max(worst, check_parity(expected, out, what="ONNX (half length)",
-                                                atol=spec.parity_atol, rtol=spec.parity_rtol))
+                worst = max(worst, parity(expected, out, what="ONNX (half length)",
+                                          atol=spec.parity_atol, rtol=spec.parity_rtol)[0])
         except CheckFailed:
             (out_dir / "model.onnx").unlink(missing_ok=True)
             commit_onnx(staged, out_dir / "model.onnx.failed-parity")

@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import CheckFailed
+from compress.errors import CheckFailed, InputError
 from compress.export.onnx_layout import channel_maps_as_convs
-from compress.fsutil import temp_path_for
+from compress.fsutil import fs_fault, temp_path_for, write_failure, writing
+from compress.measure.tolerance import Tolerance, scaled_tolerance
 
-__all__ = ["export_onnx", "stage_onnx", "onnx_size", "commit_onnx", "onnx_session", "check_parity"]
+__all__ = ["export_onnx", "stage_onnx", "onnx_size", "commit_onnx", "onnx_session", "check_parity",
+           "parity"]
 
 
 def export_onnx(model: nn.Module, path: Path, example: torch.Tensor,
@@ -45,8 +47,9 @@ def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
     """
     import onnx
 
-    stage = temp_path_for(folder / name)
-    stage.mkdir()
+    with writing(folder / name):
+        stage = temp_path_for(folder / name)
+        stage.mkdir()
     staged = stage / name
     model = channel_maps_as_convs(model.eval()) if layout_rewrites else model.eval()
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9
@@ -71,6 +74,8 @@ def stage_onnx(model: nn.Module, folder: Path, name: str, example: torch.Tensor,
             raise CheckFailed(f"exported ONNX model is invalid: {err}") from err
         except Exception as err:
             shutil.rmtree(stage, ignore_errors=True)
+            if (fault := fs_fault(err)) is not None:  # the disk, not the model
+                raise InputError(write_failure(folder / name, fault)) from None
             raise CheckFailed(f"ONNX export failed: {type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}") from err
     return staged
@@ -83,12 +88,22 @@ def onnx_size(path: Path) -> int:
 
 
 def commit_onnx(staged: Path, path: Path) -> Path:
-    """Move a staged export (and its external data, if any) to ``path``; data first."""
-    for extra in sorted(staged.parent.iterdir()):
-        if extra != staged:
-            extra.replace(path.parent / extra.name)
-    staged.replace(path)
-    staged.parent.rmdir()
+    """Move a staged export (and its external data, if any) to ``path``; data first. When a
+    move fails, the stage and the data files already moved are removed: no model half there."""
+    moved: list[Path] = []
+    try:
+        with writing(path):
+            for extra in sorted(staged.parent.iterdir()):
+                if extra != staged:
+                    extra.replace(path.parent / extra.name)
+                    moved.append(path.parent / extra.name)
+            staged.replace(path)
+    except BaseException:
+        for done in moved:
+            done.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staged.parent, ignore_errors=True)
     return path
 
 
@@ -108,17 +123,36 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
 
 def check_parity(expected: torch.Tensor, actual: np.ndarray | torch.Tensor, *, what: str,
                  atol: float, rtol: float) -> float:
-    """Raise :class:`CheckFailed` unless ``|actual - expected| <= atol + rtol * |expected|``."""
-    exp = expected.detach().float().cpu().numpy()
+    """:func:`parity`'s max |diff| alone."""
+    return parity(expected, actual, what=what, atol=atol, rtol=rtol)[0]
+
+
+def parity(expected: torch.Tensor, actual: np.ndarray | torch.Tensor, *, what: str,
+           atol: float, rtol: float) -> tuple[float, Tolerance]:
+    """(max |diff|, tolerance used); :class:`CheckFailed` unless, everywhere,
+    ``|actual - expected| <= tol + rtol * |expected|``.
+
+    ``tol`` is ``atol`` scaled to the output
+    (:func:`~compress.measure.tolerance.scaled_tolerance`: ``atol`` times the peak
+    ``|expected|``, floored by the dtype's precision), the same rule as the pruning proof's.
+
+    Example:
+        >>> parity(torch.full((2,), 1e-3), torch.full((2,), 1e-3), what="x", atol=1e-4,
+        ...        rtol=0)[1].describe()
+        '1e-04 × max|output| 1.0e-03 = 1.0e-07 (float32)'
+    """
+    ref = expected.detach()
+    exp = ref.float().cpu().numpy()
     act = actual.detach().float().cpu().numpy() if isinstance(actual, torch.Tensor) \
         else np.asarray(actual, dtype=np.float32)
     if exp.shape != act.shape:
         raise CheckFailed(f"{what}: output shape {act.shape} differs from torch's {exp.shape}")
+    tol = scaled_tolerance(ref, atol)
     diff = np.abs(act - exp)
-    bad = diff > atol + rtol * np.abs(exp)
+    bad = diff > tol.value + rtol * np.abs(exp)
     max_diff = float(diff.max()) if diff.size else 0.0
     if bad.any() or not np.isfinite(act).all():
         raise CheckFailed(f"{what}: parity check failed, max |diff| {max_diff:.3g} exceeds "
-                          f"atol {atol:g} + rtol {rtol:g}·|ref| at {int(bad.sum())} of "
+                          f"{tol.describe()} + rtol {rtol:g}·|ref| at {int(bad.sum())} of "
                           f"{bad.size} outputs")
-    return max_diff
+    return max_diff, tol

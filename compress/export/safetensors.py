@@ -36,7 +36,13 @@ _WIDTH_ATTRS: list[tuple[type, tuple[str, ...]]] = [
     (nn.GroupNorm, ("num_groups", "num_channels")),
     (nn.Embedding, ("num_embeddings", "embedding_dim")),
     (nn.PReLU, ("num_parameters",)),
+    (nn.MultiheadAttention, ("embed_dim", "kdim", "vdim", "head_dim")),
 ]
+# Models that keep a width of their own beside their layers, by qualified class name (no
+# import of their library here); compress.pruning.attention.sync_widths_ keeps it current.
+_MODEL_WIDTH_ATTRS: dict[str, tuple[str, ...]] = {
+    "torchvision.models.vision_transformer.VisionTransformer": ("hidden_dim",),
+}
 
 
 def layer_attrs(module: nn.Module) -> dict[str, Any] | None:
@@ -48,10 +54,19 @@ def layer_attrs(module: nn.Module) -> dict[str, Any] | None:
     """
     if hasattr(module, "manifest_attrs"):
         return dict(module.manifest_attrs())
+    cls = type(module)
+    names = _MODEL_WIDTH_ATTRS.get(f"{cls.__module__}.{cls.__qualname__}")
+    if names is not None:
+        return {n: getattr(module, n) for n in names}
     for cls, names in _WIDTH_ATTRS:
         if isinstance(module, cls):
             return {n: (list(v) if isinstance(v, tuple) else v)
                     for n in names for v in [getattr(module, n)]}
+    # Parameters a module holds itself (ViT's class token and position embedding, layer
+    # scales) are cut with the channels they belong to: listed, their saved shapes are
+    # restored on load.
+    if any(True for _ in module.parameters(recurse=False)):
+        return {}
     return None
 
 

@@ -40,13 +40,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.errors import InputError
 from compress.finetune.patience import BestWeights, Monitor
-from compress.fsutil import save_tensors_atomic, write_text_atomic
+from compress.fsutil import save_tensors_atomic, write_text_atomic, writing
 from compress.rng import restore_rng_state, rng_state, sampler_generator
 from compress.signals import deferred_stop, stop_requested
 
 __all__ = ["Position", "Snapshot", "FinetuneCheckpoint", "write_snapshot", "read_snapshot",
-           "latest_snapshot", "latest_snapshot_dir", "remove_snapshots"]
+           "damaged_snapshot", "latest_snapshot", "latest_snapshot_dir", "remove_snapshots"]
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +158,17 @@ def _unprefixed(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.
 
 
 def write_snapshot(folder: Path, snapshot: Snapshot) -> Path:
-    """Write ``snapshot`` into ``folder/finetune-SSSSSS/`` at once; remove older ones."""
+    """Write ``snapshot`` into ``folder/finetune-SSSSSS/`` at once; remove older ones. A full
+    or read-only disk is an InputError naming the snapshot; no temp folder is left."""
     final = folder / f"{_PREFIX}{snapshot.position.step:06d}"
     if (final / "state.json").is_file():  # saved already (a signal right after a pass)
         return final
+    with writing(final):
+        _write_snapshot(folder, final, snapshot)
+    return final
+
+
+def _write_snapshot(folder: Path, final: Path, snapshot: Snapshot) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [*folder.glob(f".{_PREFIX}*.tmp"), final]:  # left by a kill mid-write
         shutil.rmtree(stale, ignore_errors=True)
@@ -189,23 +197,74 @@ def write_snapshot(folder: Path, snapshot: Snapshot) -> Path:
     for old in folder.glob(f"{_PREFIX}*"):  # the newest one is all a resume needs
         if old.name != final.name:
             shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+_NUMBER = (int, float)
+_POSITION_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int,), "samples": (int,), "last_loss": (*_NUMBER, type(None)), "lr": _NUMBER,
+    "start": (int,), "divergence": (list, type(None)), "passes": (int,), "batch": (int,),
+    "seconds": _NUMBER}
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "position": (dict,), "monitor": (dict, type(None)), "best": (bool,), "initial": (bool,),
+    "context": (dict,)}
+
+
+def damaged_snapshot(path: Path, problem: str) -> InputError:
+    """The one sentence for a snapshot that cannot be continued from."""
+    return InputError(f"the fine-tune snapshot {str(path)!r} {problem}; remove that folder to "
+                      f"redo the step's fine-tune from the last finished step, or pass "
+                      f"--overwrite to start over")
+
+
+def _wrong_key(body: Any, types: dict[str, tuple[type, ...]]) -> str | None:
+    if not isinstance(body, dict):
+        return "is not a JSON object"
+    for key, kinds in types.items():
+        value = body.get(key)
+        if key not in body or not isinstance(value, kinds) or (
+                isinstance(value, bool) and bool not in kinds):
+            return f"has no valid {key!r}"
+    return None
 
 
 def read_snapshot(path: Path) -> Snapshot:
+    """The snapshot in ``path``; anything unreadable or of the wrong shape (damaged files,
+    state.json not JSON or wrong-typed, tensors missing) is an InputError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    weights = load_file(str(path / "weights.safetensors"))
-    rng = load_file(str(path / "rng.safetensors"))
-    pruner = path / "pruner.safetensors"
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise damaged_snapshot(path, "has a state.json that is not readable JSON") from None
+    problem = _wrong_key(state, _STATE_TYPES) or _wrong_key(state["position"], _POSITION_TYPES)
+    if problem is not None or set(state["position"]) - set(_POSITION_TYPES):
+        raise damaged_snapshot(path, f"has a state.json that {problem or 'has unknown keys'}")
+    name = "model.safetensors"
+    try:
+        model = load_file(str(path / name))
+        name = "weights.safetensors"
+        weights = load_file(str(path / name))
+        name = "rng.safetensors"
+        rng = load_file(str(path / name))
+        name = "pruner.safetensors"
+        pruner = load_file(str(path / name)) if (path / name).is_file() else {}
+        name = "optimizer.pt"
+        optimizer = torch.load(path / name, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read is damage
+        what = "is missing" if isinstance(err, FileNotFoundError) else "is not readable"
+        kind = "" if isinstance(err, (OSError, SafetensorError)) else f" ({type(err).__name__})"
+        raise damaged_snapshot(path, f"is damaged: {name} {what}{kind}") from None
+    parts = {"now": _unprefixed(rng, "now"), "pass": _unprefixed(rng, "pass"),
+             "best": _unprefixed(weights, "best"), "initial": _unprefixed(weights, "initial")}
+    needed = ["now"] + [k for k in ("best", "initial") if state[k]]
+    if not model or not isinstance(optimizer, dict) or \
+            not all(parts[k] for k in needed):
+        raise damaged_snapshot(path, "is damaged: tensors it records are missing")
     return Snapshot(
-        Position(**state["position"]), load_file(str(path / "model.safetensors")),
-        torch.load(path / "optimizer.pt", weights_only=True),
-        _unprefixed(rng, "now"), _unprefixed(rng, "pass"), state["monitor"],
-        _unprefixed(weights, "best") if state["best"] else None,
-        _unprefixed(weights, "initial") if state["initial"] else None,
-        state["context"], load_file(str(pruner)) if pruner.is_file() else {})
+        Position(**state["position"]), model, optimizer, parts["now"], parts["pass"],
+        state["monitor"], parts["best"] if state["best"] else None,
+        parts["initial"] if state["initial"] else None, state["context"], pruner)
 
 
 def latest_snapshot_dir(folder: Path) -> Path | None:

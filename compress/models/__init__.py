@@ -56,6 +56,11 @@ class ModelSource(Protocol):
         """What building ``spec`` would import or call, one sentence each, found without
         importing or calling anything (``compress validate`` is side-effect free)."""
 
+    def check_pruning(self, spec: ModelSpec, pruning: PruningSpec,
+                      resolve: Callable[[str], Path]) -> None:
+        """Raise :class:`InputError` for a pruning this model cannot take, known before it is
+        built (``compress validate`` and every run check it)."""
+
 
 MODEL_SOURCES: SourceRegistry[type[ModelSource]] = SourceRegistry(
     "model source", section="model", common=frozenset({"source", "checkpoint", "kwargs"}))

@@ -58,6 +58,9 @@ class ChannelPrunedSource:
         """None: a built-in architecture runs only compress's and torch's code."""
         return []
 
+    def check_pruning(self, spec: Any, pruning: Any, resolve: Any) -> None:
+        """Nothing known before the build: torch-pruning's graph decides once it is traced."""
+
     def starter_keys(self, w: StarterWriter, arg: str, request: StarterRequest) -> dict[str, Any]:
         """Write the keys naming the model (after ``source``); return them as recipe fields."""
         raise NotImplementedError

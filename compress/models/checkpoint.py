@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from compress.errors import InputError
 
-__all__ = ["read_state_dict", "load_checkpoint_"]
+__all__ = ["read_state_dict", "load_checkpoint_", "load_state_strict_"]
 
 _TORCH_SUFFIXES = {".pt", ".pth", ".th", ".bin", ".ckpt"}
 
@@ -107,4 +108,24 @@ def load_checkpoint_(model: nn.Module, path: Path) -> None:
             details.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
         raise InputError(f"checkpoint {str(path)!r} does not fit the model: "
                          f"{'; '.join(details)}; check model.name/num_classes")
+    load_state_strict_(model, state)
+
+
+def load_state_strict_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)`` for a state read from a file.
+
+    A state dict from safetensors has no per-module versions (``_metadata``), which some
+    modules require (torchvision's MNASNet refuses version None); the model's own versions
+    are the right ones, since the tensors were saved from this architecture.
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> load_state_strict_(net, {"weight": torch.ones(1, 2), "bias": torch.zeros(1)})
+        >>> net.weight.sum().item()
+        2.0
+    """
+    if getattr(state, "_metadata", None) is None:
+        versioned = OrderedDict(state)
+        versioned._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore
+        state = versioned
     model.load_state_dict(state, strict=True)

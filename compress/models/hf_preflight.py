@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from compress.recipe.pruning import PruningSpec
     from compress.recipe.sources import ModelSpec
 
-__all__ = ["hf_code", "hf_notes", "read_local_config"]
+__all__ = ["hf_code", "hf_model_type", "hf_notes", "read_local_config"]
 
 
 def read_local_config(spec: ModelSpec, resolve: Callable[[str], Path]) -> dict[str, Any] | None:
@@ -37,6 +37,19 @@ def read_local_config(spec: ModelSpec, resolve: Callable[[str], Path]) -> dict[s
     if folder is None or not (folder / "config.json").is_file():
         return None
     return read_json_object(folder / "config.json", label="the model folder's config ")
+
+
+def hf_model_type(spec: ModelSpec, pruning: PruningSpec,
+                  resolve: Callable[[str], Path]) -> str | None:
+    """``model_type`` of a local model pruned by shapes (structured); None otherwise (a hub id,
+    a ``module:function`` name, no readable ``model_type``, or a kind that only masks)."""
+    from compress.pruning import pruning_kind  # the kinds import torch-pruning
+
+    if not pruning_kind(pruning.kind).shrinks_shapes:
+        return None
+    config = read_local_config(spec, resolve)
+    model_type = config.get("model_type") if config is not None else None
+    return model_type if isinstance(model_type, str) else None
 
 
 def _own_code(config: dict[str, Any]) -> list[str]:
@@ -93,22 +106,23 @@ def hf_notes(spec: ModelSpec, pruning: PruningSpec, resolve: Callable[[str], Pat
         notes.append(f"config.json names the model's own code ({', '.join(files)}); apply will "
                      f"not run it (model.trust_remote_code is false) and loads transformers' "
                      f"stock {model_type} classes")
-    if not pruning_kind(pruning.kind).shrinks_shapes:
-        return notes
-    if model_type not in LAYOUTS:
-        return [*notes, f"{model_type} has no head/FFN layout in compress (supported: "
-                        f"{', '.join(LAYOUTS.names())}); torch-pruning's generic graph will be "
-                        f"used"]
+    if not pruning_kind(pruning.kind).shrinks_shapes or model_type not in LAYOUTS:
+        return notes  # a model type without a layout is refused by check_pruning
     layout = LAYOUTS.get(model_type)
-    heads = pruning.heads if pruning.heads is not None else pruning.ratio
+    # With a MACs target the search sets the head fraction unless heads is given.
+    heads = pruning.heads if pruning.heads is not None else (pruning.ratio or "searched")
     hidden = pruning.hidden or 0.0
-    if (heads or hidden) and heads != hidden and not layout.head_dim_in_config:
+    if heads and heads != hidden and not layout.head_dim_in_config:
+        shown = heads if isinstance(heads, str) else f"{heads:g}"
+        fix = ("Set pruning.hidden equal to pruning.heads (both shrink, the head size "
+               "stays), or pruning.heads: 0 to prune FFN neurons only, to keep hf/"
+               if layout.hidden is not None and spec.task == "sequence-classification"
+               and pruning.target is None
+               else "Set pruning.heads: 0 to prune FFN neurons only and keep hf/")
         notes.append(f"{model_type} configs derive the head size from hidden_size / "
-                     f"num_attention_heads, so with heads ({heads or 0:g}) and hidden "
+                     f"num_attention_heads, so with heads ({shown}) and hidden "
                      f"({hidden:g}) pruned by different fractions no stock from_pretrained "
-                     f"folder (hf/) is written; compress.load rebuilds the model. Set "
-                     f"pruning.hidden equal to pruning.heads (both shrink, the head size "
-                     f"stays), or pruning.heads: 0 to prune FFN neurons only, to keep hf/")
+                     f"folder (hf/) is written; compress.load rebuilds the model. {fix}")
     if pruning.scope == "global":
         notes.append("scope: global gives blocks different widths, which a transformers "
                      "config cannot express: no hf/ folder is written; compress.load "

@@ -28,10 +28,10 @@ from torch import nn
 from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
-from compress.models.hf_preflight import hf_code, hf_notes
+from compress.models.hf_preflight import hf_code, hf_model_type, hf_notes
 from compress.models.hf_starter import HuggingFaceStarter
 from compress.pruning.hf_hidden import cut_hidden_, stream
-from compress.pruning.hf_layout import LAYOUTS, blocks, keep_in_, keep_out_, set_attention_heads_
+from compress.pruning.hf_layout import LAYOUTS, blocks, remove_units_, unsupported_sentence
 
 if TYPE_CHECKING:
     from compress.recipe.pruning import PruningSpec
@@ -112,21 +112,11 @@ class HFModel(nn.Module):
             if attrs["hidden"] != s.width:
                 cut_hidden_(s, torch.arange(attrs["hidden"]), torch.arange(attrs["hidden"]))
         for block, heads, ffn in zip(blocks(self.hf, self.layout), attrs["heads"], attrs["ffn"]):
+            # Only the counts matter here: the weights loaded next fill the kept units.
             if heads != block.heads:
-                keep_rows = torch.arange(heads * block.head_dim)
-                projections = block.qkv[:1] if self.layout.gqa else block.qkv
-                if len(block.qkv) == 1:
-                    width = block.heads * block.head_dim
-                    keep_out_(block.qkv[0], torch.cat([keep_rows + p * width for p in range(3)]))
-                else:
-                    for m in projections:
-                        keep_out_(m, keep_rows)
-                keep_in_(block.out, keep_rows)
-                set_attention_heads_(block, self.layout, heads)
+                remove_units_(block, self.layout, "heads", range(heads, block.heads))
             if ffn != block.ffn:
-                for m in block.ffn_in:
-                    keep_out_(m, torch.arange(ffn))
-                keep_in_(block.ffn_out, torch.arange(ffn))
+                remove_units_(block, self.layout, "ffn", range(ffn, block.ffn))
 
     def count_macs(self, example: torch.Tensor) -> int:
         return count_transformer_macs(self, example)
@@ -193,6 +183,14 @@ class HuggingFaceSource(HuggingFaceStarter):
     def code(self, spec: ModelSpec, resolve: Callable[[str], Path]) -> list[str]:
         """What building ``spec`` would import or call, in words (nothing is imported)."""
         return hf_code(spec, resolve)
+
+    def check_pruning(self, spec: ModelSpec, pruning: PruningSpec,
+                      resolve: Callable[[str], Path]) -> None:
+        """Refuse removing heads/neurons of a model type without a layout, before any run (a
+        local ``config.json`` is read; a hub id is checked once the model is built)."""
+        model_type = hf_model_type(spec, pruning, resolve)
+        if model_type is not None and model_type not in LAYOUTS:
+            raise InputError(unsupported_sentence(model_type))
 
     def check(self, spec: Any) -> None:
         if spec.task not in TASKS:

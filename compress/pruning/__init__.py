@@ -4,7 +4,9 @@ The kinds, one module each, registered in :data:`~compress.pruning.base.PRUNING_
 their handler, their criteria and one line for ``compress list``:
 
 * ``structured`` (:mod:`~compress.pruning.structured`): whole channels through torch-pruning's
-  dependency graph; transformers models get heads, FFN neurons and the hidden size cut by
+  dependency graph (its groups zeroed, removed and named by :mod:`~compress.pruning.groups`,
+  norms over pruned channels restricted by :mod:`~compress.pruning.norms`); transformers
+  models get heads, FFN neurons and the hidden size cut by
   :mod:`~compress.pruning.transformer` on the layouts of :mod:`~compress.pruning.hf_layout`
   and :mod:`~compress.pruning.hf_hidden` (the transformer surgery);
 * ``unstructured`` (:mod:`~compress.pruning.unstructured`) and ``n:m``

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from compress.errors import CheckFailed
+from compress.pruning.proof import Proof, remove_all_, run_proof
 from compress.registry import Registry
 
 __all__ = ["Pruner", "PruningKind", "StepRecord", "PRUNING_KINDS", "prove_removals_",
@@ -53,6 +53,18 @@ class StepRecord:
     max_abs_diff: float | None
     layers: dict[str, Any] = field(default_factory=dict)
     proof: str | None = None
+    tolerance: dict[str, Any] | None = None  # Tolerance.to_dict() of the proof, if one ran
+    passes: int | None = None  # forward passes of the probe batch the proof took
+    protected: dict[str, str] = field(default_factory=dict)  # left unpruned: name -> why
+
+    @classmethod
+    def of(cls, target_ratio: float, groups: int, removed: int, unit: str,
+           proof: Proof | None, layers: dict[str, Any]) -> StepRecord:
+        """The record of a step proven by ``proof`` (``None``: not proven)."""
+        if proof is None:
+            return cls(target_ratio, groups, removed, unit, None, layers)
+        return cls(target_ratio, groups, removed, unit, proof.max_diff, layers,
+                   tolerance=proof.tolerance.to_dict(), passes=proof.passes)
 
     def __post_init__(self) -> None:
         if self.proof is None:
@@ -131,11 +143,15 @@ def check_ratio_or_target(spec: Any) -> None:
 
 
 def check_transformer_fractions(spec: Any, *, structured: bool) -> None:
-    """``heads``, ``ffn`` and ``hidden`` only with structured pruning by ``ratio``."""
+    """``heads``, ``ffn`` and ``hidden`` only with structured pruning; beside a MACs target,
+    the search needs one of ``heads`` and ``ffn`` left to it."""
     if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None) and (
-            not structured or spec.ratio is None):
-        raise ValueError("'heads', 'ffn' and 'hidden' need kind: structured with 'ratio' "
-                         "(they scale with the schedule like the ratio does)")
+            not structured):
+        raise ValueError("'heads', 'ffn' and 'hidden' need kind: structured (they scale with "
+                         "the schedule like the ratio does)")
+    if spec.target is not None and spec.heads is not None and spec.ffn is not None:
+        raise ValueError("with 'target', leave 'heads' or 'ffn' out: the search sets its "
+                         "fraction to meet the target (a fraction given keeps its value)")
 
 
 PRUNING_KINDS: Registry[PruningKind] = Registry("pruning kind")
@@ -167,51 +183,31 @@ def scheduled_step(model: nn.Module, ratios: Sequence[float], done: int,
     model.zero_grad(set_to_none=True)
 
 
-def _run_probe(model: nn.Module, probe: torch.Tensor) -> torch.Tensor:
-    out = model(probe)
-    assert isinstance(out, torch.Tensor), "the probe output must be a tensor"
-    return out.detach().float()
-
-
 def prove_removals_(model: nn.Module, probe: torch.Tensor,
                     removals: Iterable[tuple[str, Callable[[], None]]], *, verify: bool,
-                    atol: float) -> float | None:
-    """Apply each ``(group name, remove)`` in turn and prove the output did not change.
+                    atol: float, also: Iterable[Any] = (), strategy: str = "bisect",
+                    explain: Callable[[str], str | None] | None = None) -> Proof | None:
+    """Apply each ``(group name, remove)`` and prove the output did not change.
 
     Call it once every group is zeroed: the zeroed model's output on ``probe`` is the
-    reference, and each removal must reproduce it (a removal that breaks the forward pass or
-    moves the output past ``atol``, scaled by the output's magnitude, raises
-    :class:`CheckFailed` naming the group). Returns the largest difference seen, or ``None``
-    without ``verify`` (the removals are applied, nothing is measured).
+    reference, and the removals must reproduce it (a removal that breaks the forward pass or
+    moves the output past the tolerance, ``atol`` times the output's peak magnitude, raises
+    :class:`CheckFailed` naming the group; see :func:`~compress.pruning.proof.run_proof` for
+    how the group is found in O(log groups) passes; ``explain(name)``, when given, may name a
+    known cause of a mismatch, with advice, instead of a mis-wired dependency graph). Returns
+    the :class:`Proof`, or ``None`` without ``verify`` (the removals are applied, nothing is
+    measured). ``also``: objects other than the model that a removal changes.
 
     Example:
         >>> lin = nn.Linear(2, 2)
         >>> prove_removals_(lin, torch.ones(1, 2), [("noop", lambda: None)], verify=True,
-        ...                 atol=1e-6)
+        ...                 atol=1e-6).max_diff
         0.0
         >>> prove_removals_(lin, torch.ones(1, 2), [], verify=False, atol=1e-6) is None
         True
     """
-    with torch.no_grad():
-        reference = _run_probe(model, probe) if verify else None
-        scale = max(1.0, reference.abs().max().item()) if reference is not None else 1.0
-        max_diff = 0.0
-        for name, remove in removals:
-            remove()
-            if reference is None:
-                continue
-            try:
-                out = _run_probe(model, probe)
-            except Exception as err:  # a mis-wired graph often breaks shapes
-                raise CheckFailed(f"pruning group rooted at {name!r} broke the model: "
-                                  f"{type(err).__name__}: {err}") from err
-            diff = (out - reference).abs().max().item() if out.shape == reference.shape \
-                else float("inf")
-            if not diff <= atol * scale:
-                raise CheckFailed(
-                    f"equivalence check failed: removing the pruning group rooted at {name!r} "
-                    f"changed the probe output by {diff:.3g} (tolerance {atol * scale:.3g}); "
-                    f"the dependency graph wired its channels wrongly, add the layer to "
-                    f"pruning.ignored")
-            max_diff = max(max_diff, diff)
-    return max_diff if verify else None
+    if not verify:
+        remove_all_(removals)
+        return None
+    return run_proof(model, probe, list(removals), atol=atol, strategy=strategy, also=also,
+                     explain=explain)

@@ -9,7 +9,8 @@ importance.
 
 Zeroing a channel does not make it absent: LayerNorm still averages over it. The proof of a
 hidden cut therefore takes its reference with every norm computing its statistics over the kept
-channels only (:func:`masked_norms`), which is what the cut model computes.
+channels only (:func:`masked_norms`, through :func:`compress.pruning.norms.restricted_norms`),
+which is what the cut model computes.
 
 Example:
     >>> from compress.pruning.hf_layout import LAYOUTS
@@ -20,13 +21,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from compress.pruning.norms import restricted_norms
 
 __all__ = ["HiddenLayout", "Stream", "stream", "zero_hidden_", "cut_hidden_", "masked_norms"]
 
@@ -153,22 +155,8 @@ def masked_norms(s: Stream, keep: torch.Tensor) -> Iterator[Callable[[], None]]:
     That is what the cut model computes; the other channels, zeroed upstream, stay zero. Yields
     a function that ends the masking early (before the cut itself).
     """
-    def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        assert isinstance(module, nn.LayerNorm), "masked norms support nn.LayerNorm only"
-        x = inputs[0]
-        bias = module.bias[keep] if module.bias is not None else None
-        out = torch.zeros_like(output)
-        out[..., keep] = F.layer_norm(x[..., keep], (len(keep),), module.weight[keep], bias,
-                                      module.eps)
-        return out
-
-    handles = [n.register_forward_hook(hook) for n in s.norms]
-
-    def release() -> None:
-        for h in handles:
-            h.remove()
-
-    try:
-        yield release
-    finally:
-        release()
+    kept = set(keep.tolist())
+    removed = {n: [i for i in range(s.width) if i not in kept] for n in s.norms}
+    with ExitStack() as stack:
+        stack.enter_context(restricted_norms(removed, {}))
+        yield stack.close

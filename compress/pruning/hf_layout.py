@@ -2,8 +2,11 @@
 
 One :class:`Layout` per ``config.model_type``, registered in :data:`LAYOUTS`: a new architecture
 is one registration. A layout names, relative to one block, the query/key/value projections (or
-one fused projection), the attention output projection and the FFN input/output layers; the
-surgery below works on ``nn.Linear`` and on transformers' transposed ``Conv1D`` alike.
+one fused projection: GPT-2's ``c_attn`` = [q | k | v], Phi-3's ``qkv_proj`` = [q | k | v] with
+fewer k/v heads), the attention output projection and the FFN input/output layers (or one fused
+input: Phi-3's ``gate_up_proj`` = [gate | up]). :meth:`Block.unit_slices` says which rows and
+columns a head or an FFN neuron owns; the surgery below works on ``nn.Linear`` and on
+transformers' transposed ``Conv1D`` alike.
 
 Example:
     >>> LAYOUTS.get("llama").gqa
@@ -20,10 +23,11 @@ import torch
 from torch import nn
 
 from compress.pruning.hf_hidden import HiddenLayout
+from compress.pruning.hf_surgery import dims, keep_in_, keep_out_, out_width, zero_in_, zero_out_
 from compress.registry import Registry
 
-__all__ = ["Layout", "LAYOUTS", "Block", "blocks", "keep_out_", "keep_in_", "zero_out_", "zero_in_",
-           "out_width", "set_attention_heads_", "rewrite_config_", "layout_for"]
+__all__ = ["Layout", "LAYOUTS", "Block", "blocks", "set_attention_heads_", "rewrite_config_",
+           "layout_for", "zero_units_", "remove_units_", "unsupported_sentence"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class Layout:
     head_dim_in_config: bool = False  # config.head_dim is read, so fewer heads stay loadable
     head_attrs: tuple[str, ...] = field(default=("num_attention_heads",))
     hidden: HiddenLayout | None = None  # where the hidden size lives, when it can be pruned
+    ffn_parts: int = 1                # ffn_in fused from this many parts ([gate | up]: 2)
+    # The attention reads config.num_attention_heads in forward (Phi-3 slices its fused qkv
+    # by it): each pruned attention gets its own head count over the shared config.
+    heads_from_config: bool = False
 
 
 LAYOUTS: Registry[Layout] = Registry("transformer architecture")
@@ -74,13 +82,31 @@ _DECODER = Layout(layers="layers", attention="self_attn",
                   qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                   out="self_attn.o_proj", ffn_in=("mlp.gate_proj", "mlp.up_proj"),
                   ffn_out="mlp.down_proj", gqa=True, head_dim_in_config=True, head_attrs=())
-for _name in ("llama", "qwen2", "qwen3", "mistral"):
+# Gemma 2/3 soft-cap and window attention per layer, Gemma 3 and Qwen3 normalise q and k per
+# head (one weight of head_dim shared by all heads): none of it depends on the head count.
+for _name in ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text"):
     LAYOUTS.register(_name)(_DECODER)
+LAYOUTS.register("phi3")(Layout(
+    layers="layers", attention="self_attn", qkv=("self_attn.qkv_proj",), out="self_attn.o_proj",
+    ffn_in=("mlp.gate_up_proj",), ffn_out="mlp.down_proj", gqa=True, head_dim_in_config=True,
+    head_attrs=(), ffn_parts=2, heads_from_config=True))
 
 
 def layout_for(config: Any) -> Layout:
     """The layout of ``config.model_type``; unknown types name the supported ones."""
     return LAYOUTS.get(config.model_type)
+
+
+def unsupported_sentence(model_type: str) -> str:
+    """Why a transformers model without a layout cannot be pruned structurally (one sentence).
+
+    Example:
+        >>> unsupported_sentence("qwen3_moe").split(" (")[0]
+        "Hugging Face model type 'qwen3_moe' has no pruning layout in compress"
+    """
+    return (f"Hugging Face model type {model_type!r} has no pruning layout in compress (heads "
+            f"and FFN neurons cannot be removed safely); supported: {', '.join(LAYOUTS.names())}; "
+            f"use pruning.kind: unstructured or n:m for other models")
 
 
 @dataclass
@@ -96,10 +122,33 @@ class Block:
     head_dim: int
     heads: int       # query heads now
     kv_heads: int    # key/value heads (== heads unless GQA)
+    gqa: bool = False
+    ffn_parts: int = 1
 
     @property
     def ffn(self) -> int:
-        return out_width(self.ffn_in[0])
+        return out_width(self.ffn_in[0]) // self.ffn_parts
+
+    def unit_slices(self, kind: str, units: Sequence[int]) -> list[tuple[nn.Module, bool,
+                                                                          torch.Tensor]]:
+        """``(layer, is_output_side, indices)`` of every slice that ``units`` own.
+
+        ``kind`` is ``"heads"`` (query heads; with GQA the k/v heads stay) or ``"ffn"``. The
+        indices of a fused layer list the units' rows part after part, so a tensor of per-row
+        scores reshaped to ``(parts, -1)`` sums to per-unit scores.
+        """
+        idx = torch.as_tensor(list(units), dtype=torch.long)
+        if kind == "ffn":
+            fused = torch.cat([idx + p * self.ffn for p in range(self.ffn_parts)])
+            return [(m, True, fused) for m in self.ffn_in] + [(self.ffn_out, False, idx)]
+        d = self.head_dim
+        rows = (idx[:, None] * d + torch.arange(d)).flatten()
+        if len(self.qkv) == 1:  # fused [q | k | v]: with GQA only the q part loses rows
+            fused = torch.cat([rows + p * self.heads * d for p in range(1 if self.gqa else 3)])
+            q_side = [(self.qkv[0], True, fused)]
+        else:
+            q_side = [(m, True, rows) for m in (self.qkv[:1] if self.gqa else self.qkv)]
+        return q_side + [(self.out, False, rows)]
 
 
 def blocks(hf_model: nn.Module, layout: Layout) -> list[Block]:
@@ -111,72 +160,62 @@ def blocks(hf_model: nn.Module, layout: Layout) -> list[Block]:
     out = []
     for i, block in enumerate(stack):
         qkv = [block.get_submodule(p) for p in layout.qkv]
-        q_width = out_width(qkv[0]) // (3 if len(qkv) == 1 else 1)
-        heads = q_width // head_dim
-        kv_heads = out_width(qkv[1]) // head_dim if layout.gqa else heads
+        if len(qkv) > 1:
+            heads = out_width(qkv[0]) // head_dim
+            kv_heads = out_width(qkv[1]) // head_dim if layout.gqa else heads
+        elif layout.gqa:  # [q | k | v] with the config's k/v heads, which are never pruned
+            kv_heads = getattr(config, "num_key_value_heads", None) or n_heads0
+            heads = out_width(qkv[0]) // head_dim - 2 * kv_heads
+        else:
+            heads = kv_heads = out_width(qkv[0]) // (3 * head_dim)
         out.append(Block(i, block.get_submodule(layout.attention), qkv,
                          block.get_submodule(layout.out),
                          [block.get_submodule(p) for p in layout.ffn_in],
-                         block.get_submodule(layout.ffn_out), head_dim, heads, kv_heads))
+                         block.get_submodule(layout.ffn_out), head_dim, heads, kv_heads,
+                         layout.gqa, layout.ffn_parts))
     return out
 
 
-def _dims(module: nn.Module) -> tuple[int, int]:
-    """(output dim, input dim) of the weight: transformers' Conv1D stores it transposed."""
-    if isinstance(module, nn.Linear):
-        return 0, 1
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
-        return 1, 0
-    raise AssertionError(f"unsupported projection {type(module).__name__}")
-
-
-def out_width(module: nn.Module) -> int:
-    return module.weight.shape[_dims(module)[0]]
-
-
-def _set_widths(module: nn.Module) -> None:
-    out_dim, in_dim = _dims(module)
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    else:
-        module.nf, module.nx = module.weight.shape[out_dim], module.weight.shape[in_dim]
-
-
-def keep_out_(module: nn.Module, idx: torch.Tensor) -> None:
-    """Keep only output features ``idx`` (rows of a Linear)."""
-    out_dim, _ = _dims(module)
-    idx = idx.to(module.weight.device)
-    module.weight = nn.Parameter(module.weight.data.index_select(out_dim, idx).clone())
-    if module.bias is not None:
-        module.bias = nn.Parameter(module.bias.data.index_select(0, idx).clone())
-    _set_widths(module)
-
-
-def keep_in_(module: nn.Module, idx: torch.Tensor) -> None:
-    """Keep only input features ``idx`` (columns of a Linear)."""
-    _, in_dim = _dims(module)
-    module.weight = nn.Parameter(
-        module.weight.data.index_select(in_dim, idx.to(module.weight.device)).clone())
-    _set_widths(module)
+@torch.no_grad()
+def zero_units_(block: Block, kind: str, units: Sequence[int]) -> None:
+    """Zero what ``units`` (heads or FFN neurons) own: the block computes as if they were gone."""
+    for module, is_out, idx in block.unit_slices(kind, units):
+        (zero_out_ if is_out else zero_in_)(module, idx)
 
 
 @torch.no_grad()
-def zero_out_(module: nn.Module, idx: torch.Tensor) -> None:
-    out_dim, _ = _dims(module)
-    module.weight.index_fill_(out_dim, idx.to(module.weight.device), 0.0)
-    if module.bias is not None:
-        module.bias.index_fill_(0, idx.to(module.bias.device), 0.0)
+def remove_units_(block: Block, layout: Layout, kind: str, units: Sequence[int]) -> None:
+    """Remove ``units`` (heads or FFN neurons) from ``block`` physically."""
+    for module, is_out, idx in block.unit_slices(kind, units):
+        out_dim, in_dim = dims(module)
+        width = module.weight.shape[out_dim if is_out else in_dim]
+        keep = torch.tensor(sorted(set(range(width)) - set(idx.tolist())), dtype=torch.long)
+        (keep_out_ if is_out else keep_in_)(module, keep)
+    if kind == "heads":
+        set_attention_heads_(block, layout, block.heads - len(units))
 
 
-@torch.no_grad()
-def zero_in_(module: nn.Module, idx: torch.Tensor) -> None:
-    _, in_dim = _dims(module)
-    module.weight.index_fill_(in_dim, idx.to(module.weight.device), 0.0)
+class _OwnHeads:
+    """A config that is the shared one except for its head count (see Layout.heads_from_config).
+
+    Reads go to the shared config, so later changes to it (the attention implementation) still
+    reach the attention module.
+    """
+
+    def __init__(self, shared: Any, heads: int) -> None:
+        self.__dict__.update(_shared=shared, num_attention_heads=heads)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_shared":  # copy/pickle probe before __init__
+            raise AttributeError(name)
+        return getattr(self._shared, name)
 
 
 def set_attention_heads_(block: Block, layout: Layout, heads: int) -> None:
     """Rewrite the attention module's attributes for ``heads`` query heads."""
     attn = block.attention
+    if layout.heads_from_config:
+        attn.config = _OwnHeads(getattr(attn.config, "_shared", attn.config), heads)
     for name in layout.head_attrs:
         setattr(attn, name, heads)
     if hasattr(attn, "all_head_size"):
@@ -195,7 +234,7 @@ def rewrite_config_(config: Any, layout: Layout, all_blocks: Sequence[Block],
     A config holds one head count and one FFN width for all blocks; per-block widths, or a
     head size other than ``hidden_size / heads`` where the config derives it that way, are not
     expressible, and a stock ``from_pretrained`` would build the wrong shapes. ``hidden`` is
-    the model's hidden size now (None: unchanged).
+    the model's hidden size now where compress can prune it (None: it cannot, so unchanged).
     """
     heads = {b.heads for b in all_blocks}
     ffn = {b.ffn for b in all_blocks}
@@ -209,10 +248,10 @@ def rewrite_config_(config: Any, layout: Layout, all_blocks: Sequence[Block],
     hidden_key = layout.hidden.config_key if layout.hidden else "hidden_size"
     width = hidden if hidden is not None else getattr(config, hidden_key)
     if not layout.head_dim_in_config and n_heads * head_dim != width:
-        # Advise pruning.hidden only where this layout can prune it (GPT-2's cannot).
-        advice = ("prune pruning.hidden by the same fraction as pruning.heads" if layout.hidden
-                  else f"{config.model_type} cannot prune pruning.hidden, so leave "
-                       f"pruning.heads out")
+        # Advise pruning.hidden only where it can be pruned (not GPT-2, not a BERT encoder
+        # without a classification head).
+        advice = ("prune pruning.hidden by the same fraction as pruning.heads"
+                  if hidden is not None else "set pruning.heads: 0 to keep a stock folder")
         problems.append(f"{config.model_type} configs derive the head size from the hidden "
                         f"size / heads, so {n_heads} heads of size {head_dim} beside hidden "
                         f"size {width} cannot be expressed ({advice})")

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from compress.errors import CheckFailed, InputError
+from compress.measure.tolerance import scaled_tolerance
 from compress.pruning.base import COUNT_CHECK, NOT_PROVEN, PruningKind, StepRecord
 from compress.pruning.selection import protected_layers
 from compress.recipe.pruning import PruningSpec
@@ -232,9 +233,10 @@ class MaskPruner:
         after = probe_output(self.model, probe, f"{self.kind} finalize")
         diff = (after - before).abs().max().item() if after.shape == before.shape \
             else float("inf")
-        if self.spec.verify and not diff <= self.spec.verify_atol:
+        tol = scaled_tolerance(before, self.spec.verify_atol)  # the proofs' one rule
+        if self.spec.verify and not diff <= tol.value:
             raise CheckFailed(f"{self.kind} finalize changed the probe output by {diff:.3g} "
-                              f"(tolerance {self.spec.verify_atol:.3g})")
+                              f"(tolerance {tol.value:.3g} = {tol.describe()})")
         log.info("%s: folded %d masks into the weights (max |diff| %.2e)", self.kind,
                  len(masked), diff)
 

@@ -1,8 +1,12 @@
 """Planning for a MACs target: the channel ratio whose pruning removes a given share of MACs.
 
 A schedule's cumulative MACs targets become channel ratios for the structured pruner by
-searching on throw-away copies (nothing is proven: nothing is kept). Copies have no gradients,
-so gradient criteria are planned with l2 where that gives the same widths.
+searching on throw-away copies (nothing is proven: nothing is kept; a trial whose cut model
+does not run is redone with the proof, which names the group that broke it). Trials are cached
+by ratio, across the steps of a schedule. Copies have no gradients, so gradient criteria are
+planned with l2 where that gives the same widths. For transformers the ratio is the fraction of
+heads and FFN neurons removed; a kind given beside the target (``heads: 0``, ``ffn: 0.25``)
+keeps its fraction and the search sets the others'.
 
 Example:
     >>> from compress.models.cifar_resnet import cifar_resnet
@@ -22,10 +26,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from compress.errors import InputError
+from compress.errors import CheckFailed, InputError
 from compress.measure.counts import count_macs_params
 from compress.pruning.criteria import IMPORTANCE
+from compress.pruning.proof import Snapshot
 from compress.pruning.structured import build_structured
+from compress.pruning.transformer import is_transformer
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["gradient_free", "solve_ratio_for_macs", "solve_ratios_for_macs", "channel_ratios"]
@@ -53,10 +59,37 @@ def gradient_free(spec: PruningSpec, what: str) -> PruningSpec:
     return spec.model_copy(update={"importance": "l2"})
 
 
+class _ReusedTrials:
+    """One copy and one dependency graph for every trial of a search: each trial restores the
+    copy (and the graph's state) from a :class:`~compress.pruning.proof.Snapshot` and prunes
+    it to its ratio, instead of copying the model and tracing a new graph (~1-2 s for a
+    ResNet-56). Transformers (their own pruner, no graph) keep fresh copies."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, spec: PruningSpec) -> None:
+        self.source, self.example, self.spec = model, example, spec
+        self.snapshot: Snapshot | None = None  # built by the first trial
+
+    @property
+    def ok(self) -> bool:
+        return not is_transformer(self.source)
+
+    def prune(self, ratio: float) -> nn.Module:
+        if self.snapshot is None:
+            self.model = copy.deepcopy(self.source).eval()
+            self.pruner = build_structured(self.model, self.example, self.spec,
+                                           cumulative_ratios=[ratio])
+            self.snapshot = Snapshot(self.model, self.pruner.trial_state())
+        self.snapshot.restore_()
+        self.pruner.retarget_(ratio)
+        self.pruner.step_(ratio, self.example)
+        return self.model
+
+
 def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
                          macs_reduction: float, *, tolerance: float = 0.0,
                          iterations: int = 7, precision: float = 0.002,
-                         cache: dict[float, float] | None = None) -> tuple[float, float]:
+                         cache: dict[float, float] | None = None,
+                         final_ratio: float | None = None) -> tuple[float, float]:
     """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
 
     Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
@@ -65,24 +98,39 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     reduction is accepted if it falls short by at most ``tolerance``. The bisection stops early
     once a trial lands within ``precision`` of the target. ``cache`` (ratio -> reduction) may be
     shared between searches on the same model and spec: the steps of a schedule then start
-    from what earlier searches measured.
+    from what earlier searches measured. ``final_ratio``: the schedule's last ratio, for an
+    earlier step of a transformer whose given fractions scale with the schedule.
     """
     base_macs, _ = count_macs_params(model, example_inputs)
     cache = {} if cache is None else cache
     trial_spec = gradient_free(spec.model_copy(update={"verify": False}),
                                "pruning.target.macs (its search prunes copies)")
 
+    def trial(r: float, spec: PruningSpec) -> nn.Module:
+        pruned = copy.deepcopy(model).eval()
+        ratios = [r] if final_ratio is None else [r, final_ratio]
+        build_structured(pruned, example_inputs, spec, cumulative_ratios=ratios).step_(
+            r, example_inputs)
+        return pruned
+
+    reused = _ReusedTrials(model, example_inputs, trial_spec)
+
     def reduction(r: float) -> float:
         if r not in cache:
-            trial = copy.deepcopy(model).eval()
-            pruner = build_structured(trial, example_inputs, trial_spec, cumulative_ratios=[r])
-            pruner.step_(r, example_inputs)
-            cache[r] = 1.0 - count_macs_params(trial, example_inputs)[0] / base_macs
+            pruned = reused.prune(r) if reused.ok else trial(r, trial_spec)
+            try:
+                macs = count_macs_params(pruned, example_inputs)[0]
+            except Exception as err:  # the unproven cut broke the model: which group did?
+                trial(r, trial_spec.model_copy(update={"verify": True}))  # raises, naming it
+                raise CheckFailed(f"a trial prune of the MACs search (channel ratio {r:.3f}) "
+                                  f"broke the model and the proof could not name the group: "
+                                  f"{type(err).__name__}: {err}") from None
+            cache[r] = 1.0 - macs / base_macs
         return cache[r]
 
     # Coarse scan first: with round_to, very high ratios can round a layer to zero width, which
     # torch-pruning refuses, so the reduction is not monotone near 1. Bracket from below.
-    # (Each trial rebuilds the dependency graph, ~1-2 s for a ResNet-56: keep trials few.)
+    # (Each trial prunes the whole copy once more: keep trials few.)
     cache[0.0] = 0.0
     above = [r for r in cache if cache[r] >= macs_reduction]
     hi = min(above) if above else None
@@ -101,8 +149,7 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
         if macs_reduction - cache[best] > tolerance:
             raise InputError(f"pruning.target.macs={macs_reduction} cannot be reached: at most "
                              f"{cache[best]:.1%} of the MACs can be removed with these "
-                             f"settings; lower the target, lower round_to, use scope: global "
-                             f"or ignore fewer layers")
+                             f"settings; {_advice(model, spec)}")
         hi = best  # within tolerance: refine between the best ratio and the one below it
         lo = max((r for r in cache if r < best), default=0.0)
     for _ in range(iterations):
@@ -122,13 +169,36 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     return best, cache[best]
 
 
+def _advice(model: nn.Module, spec: PruningSpec) -> str:
+    if not is_transformer(model):
+        return "lower the target, lower round_to, use scope: global or ignore fewer layers"
+    kept = [k for k in ("heads", "ffn") if getattr(spec, k) is not None]
+    # What stays whatever the ratio: embeddings, the output head, k/v heads of grouped-query
+    # attention, one query head per k/v group, round_to neurons.
+    return ("lower the target" + (f", or leave pruning.{' and pruning.'.join(kept)} out so the "
+                                  f"search sets it" if kept else "")
+            + (", or lower round_to" if spec.round_to != 1 else "")
+            + " (embeddings and the output head are not pruned)")
+
+
 def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec,
                           targets: Sequence[float]) -> list[float]:
     """The channel ratio of each cumulative MACs target of a schedule, sharing one cache."""
     assert spec.target is not None
+
+    def solve(target: float, cache: dict[float, float], final: float | None = None) -> float:
+        return solve_ratio_for_macs(model, example_inputs, spec, target, cache=cache,
+                                    tolerance=spec.target.tolerance, final_ratio=final)[0]
+
     cache: dict[float, float] = {}
-    return [solve_ratio_for_macs(model, example_inputs, spec, t, tolerance=spec.target.tolerance,
-                                 cache=cache)[0] for t in targets]
+    if not (spec.heads or spec.ffn or spec.hidden) or len(targets) == 1:
+        return [solve(t, cache) for t in targets]
+    # A fraction given beside the target is reached at the last step and scales with the
+    # schedule before it (as the pruner plans it), so earlier steps are searched against the
+    # last step's ratio, with a cache of their own.
+    final = solve(targets[-1], cache)
+    earlier: dict[float, float] = {}
+    return [solve(t, earlier, final) for t in targets[:-1]] + [final]
 
 
 def channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,

@@ -23,13 +23,41 @@ from torch import nn
 
 from compress.errors import InputError
 
-__all__ = ["resolve_ignored", "output_layers", "protected_layers", "default_round_to"]
+__all__ = ["resolve_ignored", "output_layers", "protected_layers", "default_round_to",
+           "channel_round_to"]
 
 
 def default_round_to(model: nn.Module) -> int | None:
-    """8 for models with convolutions (SIMD conv kernels work in blocks of 8), else None."""
+    """8 for models with convolutions (SIMD conv kernels work in blocks of 8), else None.
+
+    None for models with ``nn.MultiheadAttention``: see :func:`channel_round_to`.
+    """
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        return None
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     return 8 if has_conv else None
+
+
+def channel_round_to(model: nn.Module, round_to: int | str) -> int | None:
+    """The ``round_to`` torch-pruning gets for ``pruning.round_to``.
+
+    Channels through an attention layer are cut per head (the same offsets in every head),
+    and torch-pruning rounds such a group's per-head count as if it were the layer's whole
+    width, which cuts every channel (the group is then silently skipped): models with
+    ``nn.MultiheadAttention`` take no rounding (their widths stay multiples of the head count).
+
+    Example:
+        >>> channel_round_to(nn.MultiheadAttention(8, 2), "auto") is None
+        True
+    """
+    if round_to == "auto":
+        return default_round_to(model)
+    assert isinstance(round_to, int), round_to
+    if round_to > 1 and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        raise InputError(f"pruning.round_to: {round_to} does not apply to models with "
+                         f"nn.MultiheadAttention layers (their widths stay multiples of the head "
+                         f"count); use round_to: auto")
+    return round_to
 
 
 def resolve_ignored(model: nn.Module, patterns: Sequence[str]) -> dict[str, list[str]]:

@@ -1,12 +1,18 @@
 """Structured pruning through torch-pruning's dependency graph, with a proof for every step.
 
-This is the only module that imports ``torch_pruning``. A pruning step:
+With :mod:`~compress.pruning.groups` (zeroing, removing and naming torch-pruning's groups) and
+:mod:`~compress.pruning.norms` (norms over channels), it is where ``torch_pruning`` is used. A
+pruning step:
 
 1. asks torch-pruning's pruner for the groups it wants to remove (nothing is removed yet);
 2. zeroes every group (producer rows, norm scales and shifts, consumer columns) and runs a fixed
    probe batch: the reference output;
-3. removes the groups one at a time, running the probe after each removal; the output must stay
-   equal to the reference. The first group that breaks it is named in :class:`CheckFailed`.
+3. removes the groups, each rebuilt from its root on the model as it is then (concatenation
+   offsets change as earlier groups go), running the probe after each removal; the output must
+   stay equal to the reference, taken with every norm over pruned channels restricted to its
+   kept channels (what the pruned norm computes). The first group that breaks it is named in
+   :class:`CheckFailed`, with the cause when it is a known one (a norm compress cannot
+   restrict, a softmax or mean over the channels).
 
 Zeroed entries all belong to channels that are removed, so zeroing in place costs no copy of the
 model. A dependency graph that wires channels wrongly (e.g. an unknown op treated as
@@ -27,15 +33,16 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.errors import CheckFailed, InputError
+from compress.errors import InputError
 from compress.measure.evaluate import task_loss
+from compress.pruning.attention import heads_of, refuse_unfollowable_attention, sync_widths_
 from compress.pruning.base import (
     PRUNING_KINDS,
     PruningKind,
@@ -46,111 +53,46 @@ from compress.pruning.base import (
     scheduled_step,
 )
 from compress.pruning.criteria import IMPORTANCE
-from compress.pruning.selection import default_round_to, protected_layers
+from compress.pruning.graph_errors import choose_groups, graph_errors, graph_state
+from compress.pruning.groups import (
+    GroupRoundingPruner,
+    custom_pruners,
+    group_members,
+    group_name,
+    norm_channels,
+    offsets_cached,
+    removal,
+    zero_dep_,
+)
+from compress.pruning.norms import restricted_norms, suspect_cause
+from compress.pruning.selection import channel_round_to, protected_layers
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["StructuredPruner", "build_structured"]
 
 log = logging.getLogger(__name__)
 
-
-class _ChannelProtocolPruner(tp.pruner.function.BasePruningFunc):
-    """Lets torch-pruning prune any module that implements compress's channel protocol.
-
-    The protocol (see ``compress.models.cifar_resnet.ChannelMapShortcut``): ``in_channels``,
-    ``out_channels``, ``prune_in_channels_``, ``prune_out_channels_``, ``zero_out_channels_``.
-    In and out channels are independent (no intra-layer dependency).
-    """
-
-    TARGET_MODULES = None
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        layer.prune_out_channels_(idxs)
-        return layer
-
-    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        layer.prune_in_channels_(idxs)
-        return layer
-
-    def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.out_channels
-
-    def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.in_channels
-
-
-def _protocol_types(model: nn.Module) -> dict[type, tp.pruner.function.BasePruningFunc]:
-    needed = ("prune_in_channels_", "prune_out_channels_", "zero_out_channels_")
-    types = {type(m) for m in model.modules() if all(hasattr(m, a) for a in needed)}
-    return {t: _ChannelProtocolPruner() for t in types}
-
-
-def _zero_dep_(dep: Any, idxs: list[int], is_out: bool) -> None:
-    """Zero what ``dep`` will remove, so the zeroed model computes what the pruned one will."""
-    m = dep.target.module
-    if isinstance(m, nn.Parameter):
-        with torch.no_grad():
-            m.index_fill_(dep.target.pruning_dim, torch.as_tensor(idxs, device=m.device), 0.0)
-        return
-    if not isinstance(m, nn.Module):
-        return  # a functional op node: no weights of its own
-    idx = torch.as_tensor(idxs, dtype=torch.long)
-    with torch.no_grad():
-        if hasattr(m, "zero_out_channels_"):
-            if is_out:
-                m.zero_out_channels_(idxs)
-        elif isinstance(m, nn.modules.conv._ConvNd):
-            out_dim, in_dim = (1, 0) if m.transposed else (0, 1)
-            if is_out:
-                if m.groups > 1 and m.transposed:
-                    return _unprovable(dep)
-                m.weight.index_fill_(out_dim, idx.to(m.weight.device), 0.0)
-                if m.bias is not None:
-                    m.bias.index_fill_(0, idx.to(m.bias.device), 0.0)
-            elif m.groups == 1:
-                m.weight.index_fill_(in_dim, idx.to(m.weight.device), 0.0)
-            # grouped/depthwise inputs: the producer channel is already zero
-        elif isinstance(m, nn.Linear):
-            dim = 0 if is_out else 1
-            m.weight.index_fill_(dim, idx.to(m.weight.device), 0.0)
-            if is_out and m.bias is not None:
-                m.bias.index_fill_(0, idx.to(m.bias.device), 0.0)
-        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
-                            nn.modules.instancenorm._InstanceNorm)):
-            for p in (m.weight, m.bias):
-                if p is not None:
-                    p.index_fill_(-1 if isinstance(m, nn.LayerNorm) else 0,
-                                  idx.to(p.device), 0.0)
-        elif isinstance(m, nn.Embedding):
-            m.weight.index_fill_(1, idx.to(m.weight.device), 0.0)
-        elif isinstance(m, nn.PReLU) or not any(True for _ in m.parameters(recurse=False)):
-            return  # prelu(0) == 0; parameter-free modules pass zeros through
-        else:
-            _unprovable(dep)
-
-
-def _unprovable(dep: Any) -> None:
-    raise CheckFailed(f"cannot prove the pruning of {type(dep.target.module).__name__} "
-                      f"({dep.target.name}): compress does not know how to zero its channels; "
-                      f"add the layer to pruning.ignored")
-
-
-def _group_name(group: Any, dg: Any) -> str:
-    dep = group[0].dep
-    return dg._module2name.get(dep.target.module, str(dep.target.name))
+_ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # roots a diagnosis needs the width of
 
 
 def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
                      cumulative_ratios: Sequence[float] | None = None) -> Any:
     """Heads and FFN neurons for transformers models, torch-pruning's graph for the rest."""
-    from compress.pruning.transformer import TransformerPruner, is_transformer
+    from compress.pruning.transformer import (
+        TransformerPruner,
+        is_transformer,
+        refuse_without_layout,
+    )
 
     if is_transformer(model):
         return TransformerPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
+    refuse_without_layout(model)  # never the generic graph: it breaks on unknown attention
     if spec.heads is not None or spec.ffn is not None or spec.hidden is not None:
         raise InputError("pruning.heads, pruning.ffn and pruning.hidden apply to transformers "
                          "models only; remove them")
-    return StructuredPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
+    with graph_errors(model, "while building the dependency graph"):
+        return StructuredPruner(model, example_inputs, spec,
+                                cumulative_ratios=cumulative_ratios)
 
 
 class StructuredPruner:
@@ -168,13 +110,14 @@ class StructuredPruner:
         assert all(0 <= r < 1 for r in ratios), ratios
         self.criterion = IMPORTANCE.get(spec.importance)
         ignored_names = protected_layers(model, example_inputs, spec.ignored)
+        refuse_unfollowable_attention(model, ignored_names)
         self.ignored_names = ignored_names
         was_training = model.training
         model.eval()
         modules = dict(model.named_modules())
-        self.round_to = default_round_to(model) if spec.round_to == "auto" else spec.round_to
+        self.round_to = channel_round_to(model, spec.round_to)
         global_scope = spec.scope == "global"
-        self._pruner = tp.pruner.BasePruner(
+        self._pruner = GroupRoundingPruner(
             model,
             example_inputs,
             importance=self.criterion.factory(),
@@ -185,9 +128,16 @@ class StructuredPruner:
             max_pruning_ratio=spec.max_layer_ratio if global_scope else 1.0,
             ignored_layers=[modules[n] for n in ignored_names],
             round_to=self.round_to,
-            customized_pruners=_protocol_types(model),
+            customized_pruners=custom_pruners(model),
+            out_channel_groups=heads_of(model),
         )
         self._ratios = ratios
+        self.proof_strategy = "bisect"  # or "per-group" (benchmarks/proof_cost.py compares)
+        self.protected: dict[str, str] = {}  # layers left unpruned: torch-pruning cannot map them
+        # Widths as traced: the graph's autograd nodes saved shapes of the unpruned model.
+        self._traced_widths = {m: n for m in self._pruner.DG.module2node
+                               if isinstance(m, _ROOT_TYPES) and
+                               (n := self._pruner.DG.get_out_channels(m)) is not None}
         self.history: list[list[list[Any]]] = []  # per step: [root name, is_out, indices]
         model.train(was_training)
 
@@ -246,36 +196,57 @@ class StructuredPruner:
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         """Prune to the next scheduled ratio in place and prove the result on ``probe``."""
-        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
+        with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio), \
+                offsets_cached():
             dg = self._pruner.DG
             with torch.no_grad():
-                groups = list(self._pruner.step(interactive=True))
-                removed = 0
+                groups = choose_groups(self._pruner, self.model, self.protected)
+                norms: dict[nn.Module, set[int]] = {}
+                roots: dict[nn.Module, str] = {}  # a group reaching the norm: what to ignore
                 for group in groups:
                     for dep, idxs in group:
-                        _zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
-                                   dg.is_out_channel_pruning_fn(dep.handler))
-                    removed += len(group[0].idxs)
+                        zero_dep_(dep, tp._helpers.to_plain_idxs(idxs),
+                                  dg.is_out_channel_pruning_fn(dep.handler))
+                    for norm, gone in norm_channels(group).items():
+                        norms.setdefault(norm, set()).update(gone)
+                        roots.setdefault(norm, group_name(group, dg))
+                removed = sum(len(group[0].idxs) for group in groups)
                 history: list[list[Any]] = []
+                by_name = {group_name(g, dg): g for g in groups}
 
-                def removal(group: Any) -> tuple[str, Callable[[], None]]:
-                    name = _group_name(group, dg)
+                def explain(name: str) -> str | None:
+                    group = by_name[name]
+                    traced = self._traced_widths.get(group[0].dep.target.module, -1)
+                    return suspect_cause(group_members(group, dg), name, traced)
 
-                    def remove() -> None:
-                        is_out = bool(dg.is_out_channel_pruning_fn(group[0].dep.handler))
-                        idxs = [int(i) for i in tp._helpers.to_plain_idxs(group[0].idxs)]
-                        history.append([name, is_out, idxs])
-                        group.prune()
-                    return name, remove
-
-                max_diff = prove_removals_(self.model, probe, [removal(g) for g in groups],
-                                           verify=self.spec.verify, atol=self.spec.verify_atol)
+                # The pruned norms normalise over the kept channels: so must the reference.
+                with restricted_norms(norms, dg._module2name, roots) as note_removed:
+                    proof = prove_removals_(
+                        self.model, probe,
+                        [removal(g, dg, history, note_removed, after=lambda: sync_widths_(self.model))
+                         for g in groups],
+                        verify=self.spec.verify, atol=self.spec.verify_atol, explain=explain,
+                        strategy=self.proof_strategy,
+                        also=[*graph_state(self._pruner), *note_removed.restrictions])
             self.history.append(history)
-        record = StepRecord(target_ratio, len(groups), removed, "channels", max_diff,
-                            self.widths())
+        record = StepRecord.of(target_ratio, len(groups), removed, "channels", proof,
+                               self.widths())
+        record.protected = dict(self.protected)
         log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %s",
                  self.steps_done, removed, len(groups), record.describe_proof())
         return record
+
+    def retarget_(self, ratio: float) -> None:
+        """Plan one step to ``ratio`` afresh, on a model restored to its state at build time
+        (the MACs search's trials reuse one pruner; see :meth:`trial_state`)."""
+        self._ratios = [ratio]
+        self._pruner.pruning_ratio = ratio
+        self._pruner.per_step_pruning_ratio = [0.0, ratio]
+        self._pruner.current_step = 0
+
+    def trial_state(self) -> list[Any]:
+        """The objects besides the model that a step changes (this pruner, the graph's)."""
+        return [self, *graph_state(self._pruner)]
 
     @property
     def needs_grad(self) -> bool:
@@ -296,7 +267,7 @@ class StructuredPruner:
                 if name is not None:
                     side = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
                     members.append(f"{name} ({side})")
-            out.append({"root": _group_name(group, dg), "channels": len(group[0].idxs),
+            out.append({"root": group_name(group, dg), "channels": len(group[0].idxs),
                         "members": sorted(set(members))})
         return out
 
@@ -321,13 +292,14 @@ class StructuredPruner:
         assert self.steps_done == 0 and state["kind"] == "structured"
         dg = self._pruner.DG
         modules = dict(self.model.named_modules())
-        with torch.no_grad():
+        with torch.no_grad(), offsets_cached():
             for step in state["history"]:
                 for name, is_out, idxs in step:
                     module = modules[name]
                     fn_owner = dg.get_pruner_of_module(module)
                     fn = fn_owner.prune_out_channels if is_out else fn_owner.prune_in_channels
                     dg.get_pruning_group(module, fn, idxs).prune(record_history=False)
+                    sync_widths_(self.model)
         self._pruner.current_step = state["steps_done"]
         self._pruner._scope_initial_channels.update(state["scope_initial"])
         self.history = [list(h) for h in state["history"]]

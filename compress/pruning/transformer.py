@@ -33,18 +33,15 @@ from compress.pruning.hf_layout import (
     LAYOUTS,
     Block,
     blocks,
-    keep_in_,
-    keep_out_,
-    out_width,
+    remove_units_,
     rewrite_config_,
-    set_attention_heads_,
-    zero_in_,
-    zero_out_,
+    unsupported_sentence,
+    zero_units_,
 )
 from compress.pruning.transformer_plan import TransformerPlanner
 from compress.recipe.pruning import PruningSpec
 
-__all__ = ["TransformerPruner", "is_transformer"]
+__all__ = ["TransformerPruner", "is_transformer", "refuse_without_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +50,24 @@ def is_transformer(model: nn.Module) -> bool:
     return getattr(model, "layout", None) is not None and hasattr(model, "hf")
 
 
-def _head_rows(block: Block, heads: Sequence[int]) -> torch.Tensor:
-    d = block.head_dim
-    return torch.tensor([h * d + j for h in heads for j in range(d)], dtype=torch.long)
+def refuse_without_layout(model: nn.Module) -> None:
+    """Raise :class:`InputError` for a transformers model compress cannot prune structurally.
+
+    torch-pruning's generic graph crashes or runs for minutes on attention it does not know,
+    so such a model is refused in one sentence rather than sent there.
+
+    Example:
+        >>> refuse_without_layout(nn.Linear(2, 2))  # not a transformers model: nothing to say
+    """
+    hf = getattr(model, "hf", None)
+    if hf is not None and getattr(model, "layout", "") is None:
+        raise InputError(unsupported_sentence(hf.config.model_type))
+    config = getattr(model, "config", None)
+    if hasattr(config, "model_type") and hasattr(model, "base_model_prefix"):
+        raise InputError(f"a bare transformers {type(model).__name__} is not pruned by "
+                         f"compress; wrap it as compress.models.huggingface.HFModel(model, "
+                         f"task) (one-tensor input, heads and FFN neurons pruned) or load it "
+                         f"with model.source: huggingface")
 
 
 class TransformerPruner(TransformerPlanner):
@@ -114,33 +126,11 @@ class TransformerPruner(TransformerPlanner):
         self.steps_done = 0
 
     # -- surgery --------------------------------------------------------------------------------
-    def _slices(self, block: Block, kind: str, units: list[int]) -> tuple[list, torch.Tensor]:
-        """(``(module, is_out)`` pairs, channel indices) that a head or FFN unit set owns."""
-        if kind == "ffn":
-            idx = torch.tensor(units, dtype=torch.long)
-            return [(m, True) for m in block.ffn_in] + [(block.ffn_out, False)], idx
-        rows = _head_rows(block, units)
-        if len(block.qkv) == 1:
-            width = block.heads * block.head_dim
-            fused = torch.cat([rows + part * width for part in range(3)])
-            return [(block.qkv[0], True, fused), (block.out, False, rows)], rows  # type: ignore
-        projections = block.qkv[:1] if self.layout.gqa else block.qkv
-        return [(m, True) for m in projections] + [(block.out, False)], rows
-
     def _apply(self, block: Block, kind: str, units: list[int], zero: bool) -> None:
-        pairs, idx = self._slices(block, kind, units)
-        for entry in pairs:
-            module, is_out = entry[0], entry[1]
-            cols = entry[2] if len(entry) == 3 else idx
-            if zero:
-                (zero_out_ if is_out else zero_in_)(module, cols)
-            else:
-                width = out_width(module) if is_out else module.weight.shape[
-                    self._dim(module, False)]
-                keep = torch.tensor(sorted(set(range(width)) - set(cols.tolist())))
-                (keep_out_ if is_out else keep_in_)(module, keep)
-        if not zero and kind == "heads":
-            set_attention_heads_(block, self.layout, block.heads - len(units))
+        if zero:
+            zero_units_(block, kind, units)
+        else:
+            remove_units_(block, self.layout, kind, units)
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         """Prune to the next scheduled fractions in place and prove the result on ``probe``."""
@@ -174,15 +164,15 @@ class TransformerPruner(TransformerPlanner):
                             release()  # the cut model normalises over the kept channels itself
                             self._cut_hidden(s, cut)
                         removals.append(("hidden size", remove_hidden))
-                    max_diff = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
-                                               atol=self.spec.verify_atol)
+                    proof = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
+                                            atol=self.spec.verify_atol, also=all_blocks)
             self.history.append([[b.index, kind, units] for b, kind, units in plan]
                                 + ([[-1, "hidden", cut[0], cut[1]]] if cut[0] else []))
             self.steps_done += 1
             self._rewrite_config()
         removed = sum(len(u) for _, _, u in plan) + len(cut[0])
-        record = StepRecord(target_ratio, len(plan) + bool(cut[0]), removed, "heads+neurons",
-                            max_diff, self.widths())
+        record = StepRecord.of(target_ratio, len(plan) + bool(cut[0]), removed,
+                               "heads+neurons", proof, self.widths())
         log.info("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
                  "removed| = %s", self.steps_done, removed, record.groups,
                  record.describe_proof())
@@ -212,13 +202,11 @@ class TransformerPruner(TransformerPlanner):
         names = {m: n for n, m in model.named_modules()}
         out = []
         for b in blocks(model.hf, model.layout):
-            q_side = b.qkv[:1] if model.layout.gqa else b.qkv
-            out.append({"root": f"block {b.index} heads", "channels": b.heads,
-                        "members": sorted([f"{names[m]} (out)" for m in q_side]
-                                          + [f"{names[b.out]} (in)"])})
-            out.append({"root": f"block {b.index} ffn", "channels": b.ffn,
-                        "members": sorted([f"{names[m]} (out)" for m in b.ffn_in]
-                                          + [f"{names[b.ffn_out]} (in)"])})
+            for kind, count in (("heads", b.heads), ("ffn", b.ffn)):
+                members = [f"{names[m]} ({'out' if is_out else 'in'})"
+                           for m, is_out, _ in b.unit_slices(kind, [])]
+                out.append({"root": f"block {b.index} {kind}", "channels": count,
+                            "members": sorted(members)})
         width = model.hidden_width()
         if width is not None:
             s = stream(model.hf, model.layout, blocks(model.hf, model.layout))

@@ -68,29 +68,25 @@ class TransformerPlanner:
         is_linear = isinstance(module, nn.Linear)
         return (0 if is_linear else 1) if out else (1 if is_linear else 0)
 
+    def _unit_scores(self, block: Block, kind: str, count: int) -> torch.Tensor:
+        """Importance of each of the block's ``count`` heads or FFN neurons: the sum over every
+        slice a unit owns (all parts of a fused layer)."""
+        per_row = torch.zeros(count * (block.head_dim if kind == "heads" else 1))
+        for module, is_out, idx in block.unit_slices(kind, range(count)):
+            per_row += self._score(module, idx, self._dim(module, is_out)).view(-1, per_row.numel()
+                                                                                ).sum(dim=0)
+        total = per_row.view(count, -1).sum(dim=1)
+        return total if self.spec.importance != "l2" else total.sqrt()
+
     def _head_scores(self, block: Block) -> torch.Tensor:
-        d, h = block.head_dim, block.heads
         if self.spec.importance == "random":
-            return torch.rand(h, generator=self._generator(block, 0))
-        rows = torch.arange(h * d)
-        projections = block.qkv[:1] if self.layout.gqa else block.qkv
-        if len(block.qkv) == 1:  # fused [q | k | v]: score the three slices of each head
-            total = sum(self._score(block.qkv[0], rows + part * h * d, self._dim(block.qkv[0], True))
-                        for part in range(3))
-        else:
-            total = sum(self._score(m, rows, self._dim(m, True)) for m in projections)
-        total = total + self._score(block.out, rows, self._dim(block.out, False))
-        per_head = total.view(h, d).sum(dim=1)
-        return per_head if self.spec.importance != "l2" else per_head.sqrt()
+            return torch.rand(block.heads, generator=self._generator(block, 0))
+        return self._unit_scores(block, "heads", block.heads)
 
     def _ffn_scores(self, block: Block) -> torch.Tensor:
-        f = block.ffn
         if self.spec.importance == "random":
-            return torch.rand(f, generator=self._generator(block, 1))
-        idx = torch.arange(f)
-        total = sum(self._score(m, idx, self._dim(m, True)) for m in block.ffn_in)
-        total = total + self._score(block.ffn_out, idx, self._dim(block.ffn_out, False))
-        return total if self.spec.importance != "l2" else total.sqrt()
+            return torch.rand(block.ffn, generator=self._generator(block, 1))
+        return self._unit_scores(block, "ffn", block.ffn)
 
     def _stream(self) -> Stream:
         return stream(self.model.hf, self.layout, blocks(self.model.hf, self.layout))

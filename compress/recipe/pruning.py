@@ -44,7 +44,8 @@ class PruningSpec(Section):
                                 "for unstructured) to remove from each prunable group (local) "
                                 "or overall (global).", examples=[0.5])
     target: Target | None = Field(None, description="Reach a resource target instead of a "
-                                  "ratio; the channel ratio is found by search.",
+                                  "ratio; the channel ratio (transformers: the fraction of "
+                                  "heads and FFN neurons not given) is found by search.",
                                   examples=[{"macs": 0.5}])
     ignored: list[str] = Field(default_factory=list, description="Module names whose output "
                                "channels are kept; 're:' prefixes a regular expression.",
@@ -70,16 +71,19 @@ class PruningSpec(Section):
                                      "gradient-based criteria (taylor, hessian).", examples=[8])
     verify: bool = Field(True, description="Prove each step: zeroed group == removed group on a "
                          "probe batch. A mismatch fails the run.", examples=[True])
-    verify_atol: float = Field(1e-4, gt=0, le=1e-2, description="Absolute tolerance of the proof "
-                               "(at most 1e-2: a larger one passes anything).",
+    verify_atol: float = Field(1e-4, gt=0, le=1e-2, description="Tolerance of the proof, a "
+                               "share of the probe output's largest magnitude (at most 1e-2: a "
+                               "larger one passes anything; never below the dtype's rounding).",
                                examples=[0.001])
     probe_batch: int = Field(8, gt=0, description="Samples in the probe batch.", examples=[16])
     heads: float | None = Field(None, ge=0, lt=1, description="Transformers: fraction of "
                                 "attention heads removed by the end of the schedule (default: "
-                                "ratio; 0 keeps all heads). Needs ratio, not target.",
+                                "ratio, or with target the fraction its search finds; 0 keeps "
+                                "all heads).",
                                 examples=[0.5])
     ffn: float | None = Field(None, ge=0, lt=1, description="Transformers: fraction of FFN "
-                              "neurons removed by the end of the schedule (default: ratio).",
+                              "neurons removed by the end of the schedule (default: ratio, or "
+                              "with target the fraction its search finds).",
                               examples=[0.5])
     hidden: float | None = Field(None, ge=0, lt=1, description="Transformers (BERT-family and "
                                  "DistilBERT sequence classifiers): fraction of the hidden size "

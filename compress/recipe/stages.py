@@ -119,8 +119,8 @@ class ExportSpec(Section):
                        "onnxruntime matched torch on real inputs.", examples=[True])
     opset: int | None = Field(None, ge=13, description="ONNX opset (default: the exporter's).",
                               examples=[17])
-    parity_atol: float = Field(1e-4, gt=0, le=1e-2, description="Parity: absolute tolerance "
-                               "(at most 1e-2).",
+    parity_atol: float = Field(1e-4, gt=0, le=1e-2, description="Parity: tolerance, a share "
+                               "of the output's largest magnitude (at most 1e-2).",
                                examples=[0.0001])
     parity_rtol: float = Field(1e-3, ge=0, le=0.1, description="Parity: relative tolerance "
                                "(at most 0.1).",

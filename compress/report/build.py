@@ -112,6 +112,9 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     hf = exported.get("hf")
     if hf and not hf.get("saved"):
         notes.append(f"no stock transformers folder (hf/) was written: {hf['reason']}.")
+    protected = {n: why for s in steps for n, why in (s.get("protected") or {}).items()}
+    for name, why in sorted(protected.items()):
+        notes.append(f"layer {name!r} was left unpruned: {why}.")
     unproven = unproven_steps(steps)
     if unproven:
         notes.append(f"pruning step(s) {', '.join(map(str, unproven))}: not proven "
@@ -155,7 +158,11 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
         "finetune_epochs_total": sum(s["finetune_epochs"] for s in steps),
         "steps": steps,
         **({"baseline_widths": widths} if widths else {}),
-        "parity": exported["parity"],
+        "parity": {**exported["parity"],
+                   **({"hf": hf["parity"]} if hf and hf.get("saved") else {})},
+        "parity_tolerance": {**(exported.get("parity_tolerance") or {}),
+                             **({"hf": hf["parity_tolerance"]} if hf and hf.get("saved")
+                                and "parity_tolerance" in hf else {})},
         "notes": notes,
         "latency": latency,
         "environment": (latency or {}).get("environment")

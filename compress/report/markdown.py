@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from compress.report.proof import proof_cell
+from compress.report.proof import proof_cell, tolerance_words
 
 __all__ = ["render_markdown", "gates_markdown", "human_count", "zeroes_weights"]
 
@@ -137,6 +137,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{_fmt(s.get('finetune_epochs'), '.2f')} | "
                          f"{proof_cell(s)} |")
         lines.append("")
+        proven = [s for s in steps if s.get("proof_tolerance")]
+        if proven:
+            lines += ["Proof tolerance: " + "; ".join(
+                f"step {s['step']} {tolerance_words(s['proof_tolerance'], lead='')} "
+                f"({s.get('proof_passes') or '?'} forward passes)" for s in proven) + ".", ""]
     total = report.get("finetune_epochs_total")
     if steps and total is not None:
         lines += [f"Fine-tuning budget: {total:.2f} epochs in total over {len(steps)} step(s).",
@@ -152,7 +157,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     parity = report.get("parity") or {}
     if parity:
         lines += ["## Export parity", ""]
-        lines += [f"- {k}: max |diff| {_fmt(v, '.2e')} (passed)" for k, v in parity.items()]
+        tolerances = report.get("parity_tolerance") or {}
+        lines += [f"- {k}: max |diff| {_fmt(v, '.2e')} (passed{tolerance_words(tolerances.get(k))})"
+                  for k, v in parity.items()]
         lines.append("")
     gates = report.get("gates") or []
     if gates:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["proof_cell", "unproven_steps"]
+__all__ = ["proof_cell", "tolerance_words", "unproven_steps"]
 
 
 def proof_cell(step: Mapping[str, Any]) -> str:
@@ -45,3 +45,16 @@ def unproven_steps(steps: Sequence[Mapping[str, Any]]) -> list[int]:
         [1]
     """
     return [s["step"] for s in steps if proof_cell(s) == "not proven"]
+
+
+def tolerance_words(tol: Mapping[str, Any] | None, lead: str = "; tolerance ") -> str:
+    """``lead`` and a recorded tolerance in words (``""`` when none was recorded).
+
+    Example:
+        >>> tolerance_words({"value": 2e-7, "factor": 1e-4, "peak": 2e-3, "dtype": "float32"})
+        '; tolerance 1e-04 × max|output| 2.0e-03 = 2.0e-07 (float32)'
+    """
+    # Lazy: rendering a report does not need torch, which the tolerance module imports.
+    from compress.measure.tolerance import describe_tolerance
+
+    return lead + describe_tolerance(tol) if tol else ""

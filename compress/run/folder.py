@@ -2,10 +2,13 @@
 
 One module owns the folder's on-disk format:
 
-* ``status.json`` says ``running``, ``done``, ``failed`` or ``interrupted`` (with a reason). It
-  is written when a run starts and rewritten when it ends, ``done`` only after every artifact.
-* A finished folder is never overwritten unless asked; an unfinished one is resumed or
-  replaced only when asked.
+* ``status.json`` says ``running``, ``done``, ``failed`` or ``interrupted`` (with a reason) and
+  names the run's owner (:mod:`compress.run.owner`: ``running`` with the owner gone reads
+  ``interrupted (owner gone)``). It is written when a run starts and rewritten when it ends,
+  ``done`` only after every artifact.
+* A run holds the folder's lock from :meth:`RunFolder.open_` to :meth:`RunFolder.close`; a
+  second writer is refused. A finished folder is never overwritten unless asked; an unfinished
+  one is resumed or replaced only when asked.
 * After each pruning step, ``steps/NN/`` holds the model (safetensors + manifest), the pruner's
   state and the RNG states; ``steps/NN/state.json`` is written last, so a step folder without
   it is not trusted. In a step's fine-tune :mod:`compress.finetune.checkpoint` saves snapshots in
@@ -18,6 +21,7 @@ Example:
     False
     >>> read_status(folder.path)["state"], folder.last_finished_step(), folder.step_dir(3).name
     ('running', 0, '03')
+    >>> folder.close()
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 from compress.errors import InputError
 from compress.finetune.checkpoint import (
     FinetuneCheckpoint,
+    damaged_snapshot,
     latest_snapshot,
     latest_snapshot_dir,
     remove_snapshots,
@@ -45,6 +50,7 @@ from compress.jsonio import read_json_object
 from compress.pruning.base import Pruner, StepRecord
 from compress.rng import restore_rng_state, rng_state
 from compress.run.loop import ResumePoint
+from compress.run.owner import RunLock, claim, entries, this_process
 
 __all__ = ["STATES", "RunFolder", "read_run_file", "read_status", "write_status", "prepare_run_dir",
            "recipe_digest", "changed_keys", "last_finished_step"]
@@ -104,8 +110,9 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bool,
-                    resume: bool) -> bool:
-    """Check that ``run_dir`` may be used; return True when an earlier run is to be resumed."""
+                    resume: bool, lock: RunLock) -> bool:
+    """Check that ``run_dir`` may be used and take its ``lock`` (held on return, released on
+    a refusal); return True when an earlier run is to be resumed."""
     if overwrite and resume:
         raise InputError("choose one of --overwrite (start over) and --resume (continue)")
     for parent in [run_dir, *run_dir.parents]:
@@ -113,26 +120,45 @@ def prepare_run_dir(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bo
             where = "is a file" if parent == run_dir else f"is inside {str(parent)!r}, a file"
             raise InputError(f"--out {str(run_dir)!r} {where}, not a folder; choose another "
                              f"--out")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not entries(run_dir):
         if resume:
             raise InputError(f"nothing to resume in {str(run_dir)!r}: the folder is empty or "
                              f"missing; run without --resume")
+        claim(run_dir, lock, read_status, create=True)
         return False
+    if not overwrite and read_status(run_dir) is None:  # before a lock file is put there
+        raise _foreign(run_dir)
+    claim(run_dir, lock, read_status)
+    try:
+        return _reuse(run_dir, recipe_dict, overwrite=overwrite, resume=resume)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _foreign(run_dir: Path) -> InputError:
+    return InputError(f"{str(run_dir)!r} exists and is not a compress run folder; choose "
+                      f"another --out or pass --overwrite")
+
+
+def _reuse(run_dir: Path, recipe_dict: dict[str, Any], *, overwrite: bool, resume: bool) -> bool:
+    """Under the lock: clear the folder (``overwrite``) or check it may be resumed."""
     if overwrite:
-        shutil.rmtree(run_dir)
+        for entry in entries(run_dir):  # not the lock file: a second writer would lock anew
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         return False
-    status = read_status(run_dir)
+    status = read_status(run_dir)  # again: the owner refused a moment ago may have finished
     if status is None:
-        raise InputError(f"{str(run_dir)!r} exists and is not a compress run folder; choose "
-                         f"another --out or pass --overwrite")
+        raise _foreign(run_dir)
     if status["state"] == "done":
         raise InputError(f"{str(run_dir)!r} holds a finished run; pass --overwrite to replace "
                          f"it or choose another --out")
     if not resume:
-        raise InputError(f"{str(run_dir)!r} holds an unfinished run ({status['state']}); pass "
+        # Under our lock a 'running' folder has no live owner.
+        state = "interrupted (owner gone)" if status["state"] == "running" else status["state"]
+        raise InputError(f"{str(run_dir)!r} holds an unfinished run ({state}); pass "
                          f"--resume to continue it or --overwrite to start over")
-    stored = read_run_file(run_dir / "recipe.json")
-    keys = changed_keys(stored, recipe_dict)
+    keys = changed_keys(read_run_file(run_dir / "recipe.json"), recipe_dict)
     if keys:
         raise InputError(f"cannot resume {str(run_dir)!r}: the recipe changed since the run "
                          f"started ({', '.join(keys[:5])}); restore them or use --overwrite")
@@ -158,39 +184,48 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise _damaged(path, problem) from None
 
 
-def _step_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "steps" / f"{step:02d}"
-
-
 class RunFolder:
     """One run's folder: opened once, then written step by step, and read back to resume."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = RunLock(path)
+        self.owner = this_process()
 
     def step_dir(self, step: int) -> Path:
-        return _step_dir(self.path, step)
+        return self.path / "steps" / f"{step:02d}"
 
     def last_finished_step(self) -> int:
         return last_finished_step(self.path)
 
     def open_(self, recipe_dict: dict[str, Any], *, overwrite: bool, resume: bool) -> bool:
-        """Create (or reopen with ``resume``) the folder, marked running; True when resuming."""
-        resuming = prepare_run_dir(self.path, recipe_dict, overwrite=overwrite, resume=resume)
+        """Create (or reopen with ``resume``) the folder, locked and marked running; True when
+        resuming. Call :meth:`close` when the run ends."""
+        resuming = prepare_run_dir(self.path, recipe_dict, overwrite=overwrite, resume=resume,
+                                   lock=self.lock)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(f"--out {str(self.path)!r} cannot be created ({err.strerror}); "
-                             f"choose another --out") from None
-        if not resuming:
-            write_text_atomic(self.path / "recipe.json", json.dumps(recipe_dict, indent=2))
-        write_status(self.path, "running", recipe_sha256=recipe_digest(recipe_dict))
+            if not resuming:
+                write_text_atomic(self.path / "recipe.json", json.dumps(recipe_dict, indent=2))
+            self._write("running", None, recipe_sha256=recipe_digest(recipe_dict))
+        except BaseException:
+            self.close()
+            raise
         return resuming
+
+    def close(self) -> None:
+        """Release the folder's lock (the run has written its last status)."""
+        self.lock.release()
+
+    def _write(self, state: str, reason: str | None, **extra: Any) -> None:
+        write_status(self.path, state, reason, owner=self.owner.to_dict(), **extra)
+
+    def finished(self, **extra: Any) -> None:
+        """Mark the run done: every artifact is written."""
+        self._write("done", None, **extra)
 
     def stopped(self, state: str, message: str, **extra: Any) -> None:
         """Mark the run ``failed`` or ``interrupted``, naming its last finished step."""
-        write_status(self.path, state, message, last_finished_step=self.last_finished_step(),
-                     **extra)
+        self._write(state, message, last_finished_step=self.last_finished_step(), **extra)
 
     def interrupted(self) -> None:
         """Mark the run interrupted, naming the fine-tune snapshot a resume will continue."""
@@ -234,11 +269,17 @@ class RunFolder:
             remove_snapshots(self.step_dir(finished))
         partial = latest_snapshot(self.step_dir(step + 1))
         if partial is not None:
-            context = partial.context
+            context, where = partial.context, latest_snapshot_dir(self.step_dir(step + 1))
+            try:
+                record = StepRecord(**context["record"])
+                assert isinstance(context["pruner"], dict) and isinstance(context["rows"], list)
+            except (KeyError, TypeError, AssertionError):
+                raise damaged_snapshot(where, "has a state.json whose 'context' is not the "
+                                       "run's") from None
             return ResumePoint(step=step, pruner_state=context["pruner"],
                                pruner_tensors=partial.tensors, model_state=partial.model,
                                rows=context["rows"], restore_rng=lambda: None,
-                               finetune=partial, record=StepRecord(**context["record"]))
+                               finetune=partial, record=record, source=where)
         if step == 0:
             raise InputError(f"nothing to resume in {str(self.path)!r}: no pruning step "
                              f"finished; start over with --overwrite")
@@ -249,5 +290,5 @@ class RunFolder:
         return ResumePoint(step=step, pruner_state=state["pruner"],
                            pruner_tensors=_load_tensors(tensors) if tensors.is_file() else {},
                            model_state=_load_tensors(step_dir / "model.safetensors"),
-                           rows=state["rows"],
+                           rows=state["rows"], source=step_dir,
                            restore_rng=lambda: restore_rng_state(rng, sampler))

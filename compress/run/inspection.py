@@ -6,7 +6,8 @@ by pruning a throw-away copy. With ``sensitivity`` it also prunes each group alo
 ratios and measures the accuracy drop on a small evaluation subset.
 
 Example:
-    >>> info = inspect_recipe(load_recipe("recipes/resnet20-cifar10-geometric.yaml"))  # doctest: +SKIP
+    >>> recipe = load_recipe("recipes/resnet20-cifar10-geometric.yaml")  # doctest: +SKIP
+    >>> info = inspect_recipe(recipe)  # doctest: +SKIP
     >>> [round(s["macs_reduction"], 2) for s in info["steps"]]  # doctest: +SKIP
     [0.4, 0.58, 0.75]
 """
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.errors import InputError
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
 from compress.pruning import build_pruner
@@ -31,11 +33,14 @@ from compress.pruning.selection import resolve_ignored
 from compress.pruning.transformer import TransformerPruner, is_transformer
 from compress.recipe.pruning import PruningSpec
 from compress.recipe.spec import Recipe
+from compress.run.folder import read_status
+from compress.run.owner import describe_state
 from compress.run.preflight import check_recipe
 from compress.run.prepare import prepare
 from compress.schedules import plan_targets
 
-__all__ = ["inspect_recipe", "list_groups", "sensitivity_scan", "plot_sensitivity"]
+__all__ = ["inspect_recipe", "list_groups", "sensitivity_scan", "plot_sensitivity",
+           "run_folder_state"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,21 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     if sensitivity:
         subset = list(itertools.islice(_samples(bundle.eval), eval_samples))
         info["sensitivity"] = sensitivity_scan(model, example, recipe, subset, ratios)
+    info["run_folder"] = run_folder_state(Path("runs") / (recipe.name or "run"))
     return info
+
+
+def run_folder_state(path: Path) -> dict[str, str] | None:
+    """The state of the run folder ``compress apply`` would write by default, as readers show
+    it (``interrupted (owner gone)`` for a killed run), or None when there is none. Reads only.
+    """
+    try:
+        status = read_status(path)
+    except InputError as err:
+        return {"path": str(path), "state": f"unreadable ({err})"}
+    if status is None:
+        return None
+    return {"path": str(path), "state": describe_state(path, status)}
 
 
 def list_groups(model: nn.Module, example: torch.Tensor,

@@ -16,6 +16,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,6 +63,7 @@ class ResumePoint:
     pruner_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     finetune: Snapshot | None = None
     record: StepRecord | None = None
+    source: Path | None = None  # the checkpoint folder, for messages
 
 
 def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tensor,
@@ -95,8 +97,13 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     rows: list[dict[str, Any]] = []
     done = 0
     if resume is not None:
-        pruner.restore_(resume.pruner_state, resume.pruner_tensors)
-        load_state_(model, resume.model_state)
+        try:
+            pruner.restore_(resume.pruner_state, resume.pruner_tensors)
+            load_state_(model, resume.model_state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise InputError(f"cannot resume from {str(resume.source)!r}: its saved model or "
+                             f"pruner state does not fit the recipe's model "
+                             f"({_first_line(err)}); pass --overwrite to start over") from None
         rows, done = list(resume.rows), resume.step
         resume.restore_rng()
         log.info("resumed after step %d of %d%s", done, len(targets),
@@ -138,6 +145,11 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     return rows, pruner
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
 def _row(step: int, target: float, ratio: float, record: StepRecord, stats: Any,
          metrics: dict[str, float], macs: int, params: int, base_macs: int,
          base_params: int) -> dict[str, Any]:
@@ -156,4 +168,6 @@ def _row(step: int, target: float, ratio: float, record: StepRecord, stats: Any,
         "val_history": list(getattr(stats, "evaluations", []) or []),
         "groups": record.groups, "removed": record.removed, "removed_unit": record.unit,
         "max_abs_diff": record.max_abs_diff, "proof": record.proof, "layers": record.layers,
+        "proof_tolerance": record.tolerance, "proof_passes": record.passes,
+        **({"protected": record.protected} if record.protected else {}),
     }

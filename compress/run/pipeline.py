@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from compress.data import serving_info
-from compress.errors import CompressError
+from compress.errors import CompressError, InputError
 from compress.export.hf import save_hf_
 from compress.export.model import export_model
 from compress.export.onnx import export_onnx, onnx_size
@@ -30,6 +31,7 @@ from compress.finetune.checkpoint import FinetuneCheckpoint
 from compress.finetune.distributed import Processes, architecture_digest, processes
 from compress.finetune.gpu import cuda_settings
 from compress.finetune.head import train_head_
+from compress.fsutil import FS_FAULTS, write_failure
 from compress.gates.gate import GateOutcome, evaluate_gates, gates_passed
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
@@ -41,7 +43,7 @@ from compress.recipe.spec import Recipe
 from compress.report.build import build_report, write_report
 from compress.rng import sampler_generator
 from compress.run.context import RunContext, resolve_device
-from compress.run.folder import RunFolder, recipe_digest, write_status
+from compress.run.folder import RunFolder, recipe_digest
 from compress.run.loop import run_schedule_
 from compress.run.preflight import check_recipe
 from compress.run.prepare import prepare, resolved_model_spec
@@ -90,27 +92,55 @@ def run_recipe(recipe: Recipe, out_dir: Path | None = None, *, overwrite: bool =
     device = resolve_device(recipe.device)
     resolve_device(recipe.report.device)  # a GPU that is not there fails before any output
     dist = processes(device)
+    # Only rank 0 opens (and locks) the folder; a refusal there is raised on every rank.
     resuming = dist.on_main(lambda: folder.open_(recipe_dict, overwrite=overwrite,
                                                  resume=resume))
     try:
+        result = _run_marked(recipe, folder, resuming, dist, device)
+        if dist.is_main:
+            _mark(lambda: folder.finished(report_status=result.report["status"],
+                                          recipe_sha256=recipe_digest(recipe_dict)))
+    finally:
+        if dist.is_main:
+            folder.close()
+    return result
+
+
+def _run_marked(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes,
+                device: torch.device) -> Result:
+    """:func:`_run`, marking the folder ``interrupted`` or ``failed`` (with the reason) when it
+    stops early; a full or read-only disk becomes an InputError naming the file."""
+    try:
         with stop_on_signals(), cuda_settings(device):
-            result = _run(recipe, folder, resuming, dist)
+            return _run(recipe, folder, resuming, dist)
     except KeyboardInterrupt:
         if dist.is_main:
-            folder.interrupted()
-        raise
-    except CompressError as err:
-        if dist.is_main:
-            folder.stopped("failed", str(err))
+            _mark(folder.interrupted)
         raise
     except Exception as err:
+        failure = err
+        if isinstance(err, OSError) and err.errno in FS_FAULTS:
+            failure = InputError(write_failure(Path(err.filename or folder.path), err))
         if dist.is_main:
-            folder.stopped("failed", f"{type(err).__name__}: {err}")
-        raise
-    if dist.is_main:
-        write_status(folder.path, "done", None, report_status=result.report["status"],
-                     recipe_sha256=recipe_digest(recipe_dict))
-    return result
+            reason = str(failure) if isinstance(failure, CompressError) else \
+                f"{type(failure).__name__}: {failure}"
+            _mark(functools.partial(folder.stopped, "failed", reason),
+                  failure if isinstance(failure, CompressError) else None)
+        if failure is err:
+            raise
+        raise failure from None
+
+
+def _mark(write: Callable[[], None], err: CompressError | None = None) -> None:
+    """Write the run's final status; when status.json cannot be written (the disk that failed
+    the run), ``err`` (the run's own error) still says what happened, in one sentence."""
+    try:
+        write()
+    except InputError as failed:
+        if err is None:
+            raise
+        err.args = (f"{err}; status.json could not be updated either "
+                    f"({str(failed).split(': ', 1)[-1].split(';')[0]})",)
 
 
 def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> Result:

@@ -17,7 +17,7 @@ from pathlib import Path
 from compress.data import check_data_spec
 from compress.errors import InputError
 from compress.hf_names import hf_name_function
-from compress.models import MODEL_SOURCES, check_model_spec
+from compress.models import MODEL_SOURCES, ModelSource, check_model_spec
 from compress.models.checkpoint import _TORCH_SUFFIXES as TORCH_SUFFIXES
 from compress.recipe.spec import Recipe
 from compress.schedules import plan_targets
@@ -32,6 +32,7 @@ def check_recipe(recipe: Recipe) -> Recipe:
     """Raise :class:`InputError` for keys a source does not use and for missing files."""
     _check_schedule(recipe)
     check_model_spec(recipe.model)
+    _source(recipe).check_pruning(recipe.model, recipe.pruning, recipe.resolve_path)
     check_data_spec(recipe.data)
     for pattern in recipe.pruning.ignored:  # whether they match is known once the model is built
         if pattern.startswith("re:"):
@@ -100,8 +101,7 @@ def _check_schedule(recipe: Recipe) -> None:
 def recipe_notes(recipe: Recipe) -> list[str]:
     """What a valid recipe will do that its author may not expect (printed by validate), as
     the model source tells from its spec and the pruning section, without loading weights."""
-    return MODEL_SOURCES.get(recipe.model.source)().notes(recipe.model, recipe.pruning,
-                                                          recipe.resolve_path)
+    return _source(recipe).notes(recipe.model, recipe.pruning, recipe.resolve_path)
 
 
 def planned_code(recipe: Recipe) -> list[str]:
@@ -115,7 +115,7 @@ def planned_code(recipe: Recipe) -> list[str]:
         >>> planned_code(r)
         ["apply will import module 'nets' and call nets.cnn() (model.factory)"]
     """
-    lines = MODEL_SOURCES.get(recipe.model.source)().code(recipe.model, recipe.resolve_path)
+    lines = _source(recipe).code(recipe.model, recipe.resolve_path)
     tokenizer = recipe.data.tokenizer
     function = hf_name_function(tokenizer) if tokenizer else None
     if function is not None:
@@ -123,3 +123,7 @@ def planned_code(recipe: Recipe) -> list[str]:
         lines.append(f"apply will import module {module!r} and call {module}.{attr}() to find "
                      f"the tokenizer folder (data.tokenizer)")
     return lines
+
+
+def _source(recipe: Recipe) -> ModelSource:
+    return MODEL_SOURCES.get(recipe.model.source)()

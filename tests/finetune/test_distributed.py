@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,8 +29,10 @@ from compress.finetune.distributed import (
     processes,
 )
 from compress.recipe.load import load_recipe
+from compress.run.owner import lock_is_free
 from compress.run.pipeline import run_recipe
 from tests.conftest import ROOT, tiny_cnn, tiny_recipe
+from tests.run.test_live_runs import HOLD
 
 
 def test_one_process_is_the_default_and_calls_straight_through(monkeypatch: pytest.MonkeyPatch
@@ -140,7 +143,9 @@ def test_two_processes_finish_one_run_with_the_single_process_architecture(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == \
         ["dist.yaml", "one", "two"]
     two = tmp_path / "two"
-    assert json.loads((two / "status.json").read_text())["state"] == "done"
+    status = json.loads((two / "status.json").read_text())
+    assert status["state"] == "done" and status["owner"]["pid"] != os.getpid()  # rank 0's
+    assert lock_is_free(two) is True  # released when rank 0 ended
     report = json.loads((two / "report.json").read_text())
     assert report["distributed"]["world_size"] == 2
     assert report["distributed"]["backend"] == "gloo"
@@ -151,6 +156,31 @@ def test_two_processes_finish_one_run_with_the_single_process_architecture(tmp_p
     # Each rank took half the batches of an epoch: the data was sharded, not duplicated.
     assert [s["finetune_steps"] for s in report["steps"]] == \
         [s["finetune_steps"] // 2 for s in one.report["steps"]]
+
+
+def test_two_processes_on_a_folder_in_use_are_all_refused_and_none_waits(tmp_path: Path
+                                                                          ) -> None:
+    """Only rank 0 takes the folder's lock; its refusal reaches every rank (no deadlock)."""
+    recipe, out = _recipe(tmp_path), tmp_path / "two"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out),
+                               json.dumps(load_recipe(recipe).to_dict())],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdin=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not Path(f"{out}.held").exists():
+            assert holder.poll() is None and time.time() < deadline
+            time.sleep(0.01)
+        proc = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2"], recipe, out)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    # One sentence from a rank (torchrun stops the other ranks once one has failed).
+    assert proc.stderr.count(f"error: {str(out)!r} is in use") >= 1
+    assert f"is in use by a running compress (pid {holder.pid} on host" in proc.stderr
+    assert json.loads((out / "status.json").read_text())["owner"]["pid"] == holder.pid
 
 
 @pytest.mark.slow

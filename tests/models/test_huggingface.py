@@ -270,20 +270,28 @@ def test_hidden_alone_is_not_expressible_and_loads_through_the_manifest(
         assert torch.equal(rebuilt(x), model.eval()(x))
 
 
-def test_the_proof_catches_a_wrong_hidden_mapping(tiny_folders, monkeypatch) -> None:
+@pytest.mark.parametrize("others", [0.0, 0.5])
+def test_the_proof_catches_a_wrong_hidden_mapping(tiny_folders, monkeypatch,
+                                                  others: float) -> None:
+    """With heads and FFN neurons cut in the same step, the bisection redoes their removals
+    from the snapshot (norms masked, blocks' head counts restored) and still names the hidden
+    cut; a right step costs two forward passes whatever its number of groups."""
     import compress.pruning.transformer as tp
 
     folder, task = tiny_folders["bert"]
+    spec = PruningSpec(ratio=0.5, heads=others, ffn=others, hidden=0.5, round_to=1)
     model = _build(folder, task)
     x = example_input(model)
+    record = TransformerPruner(model, x[:1], spec).step_(0.5, x)
+    assert record.passes == 2 and record.groups == (5 if others else 1)
     real = tp.cut_hidden_
 
     def shifted(s, keep, head_keep):  # keeps the neighbour of each chosen channel
         real(s, (keep + 1) % s.width, head_keep)
 
     monkeypatch.setattr(tp, "cut_hidden_", shifted)
-    pruner = TransformerPruner(model, x[:1], PruningSpec(ratio=0.5, heads=0.0, ffn=0.0,
-                                                         hidden=0.5, round_to=1))
+    model = _build(folder, task)
+    pruner = TransformerPruner(model, x[:1], spec)
     with pytest.raises(CheckFailed, match="hidden size"):
         pruner.step_(0.5, x)
 

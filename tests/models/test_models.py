@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from compress.errors import InputError
 from compress.models import MODEL_SOURCES, build_model
-from compress.models.checkpoint import read_state_dict
+from compress.models.checkpoint import load_checkpoint_, read_state_dict
 from compress.models.cifar_resnet import ChannelMapShortcut, cifar_resnet
 from compress.recipe.sources import ModelSpec
 from tests.conftest import ROOT, shared_path
@@ -145,3 +145,16 @@ def test_starter_defaults_of_channel_pruned_sources_live_in_one_place() -> None:
         differs = {k for k, v in MODEL_SOURCES.get(name).starter_defaults.items()
                    if CHANNEL_STARTER.get(k) != v}
         assert differs <= {"imagenet_input"}, name  # torchvision's models expect 224 px
+
+
+def test_safetensors_checkpoint_loads_into_a_versioned_torchvision_model(tmp_path: Path) -> None:
+    # MNASNet's _load_from_state_dict refuses a state without module versions, which is what
+    # a safetensors file holds: the model's own versions are supplied.
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.mnasnet0_5(num_classes=3)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "m.safetensors")
+    fresh = torchvision.models.mnasnet0_5(num_classes=3)
+    load_checkpoint_(fresh, tmp_path / "m.safetensors")
+    assert torch.equal(fresh.classifier[1].weight, net.classifier[1].weight)

@@ -93,7 +93,8 @@ KINDS = {"structured": {},
 def _metrics(out: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     return {"accuracy": report["compressed"]["accuracy"], "loss": report["compressed"]["loss"],
-            "macs": report["compressed"]["macs"], "weights": (out / "model.safetensors").read_bytes(),
+            "macs": report["compressed"]["macs"],
+            "weights": (out / "model.safetensors").read_bytes(),
             "steps": [(s["accuracy"], s["loss"], s["macs"], s["layers"], s["finetune_steps"])
                       for s in report["steps"]]}
 

@@ -1,0 +1,168 @@
+"""What the pruning proof costs: forward passes and seconds per step, per group vs once + bisection.
+
+    nice python benchmarks/proof_cost.py --threads 1            # ResNet-56, ConvNeXt-T, Swin-T
+    python benchmarks/proof_cost.py --tiny                      # ResNet-20 only (smoke run)
+
+Each model is built at random initialisation with a fixed seed (structure is what the proof's
+cost depends on; the shared CIFAR ResNet-56 checkpoint is loaded when present), its BatchNorm
+statistics recalibrated on random inputs so outputs are not vanishingly small, and pruned by
+one structured step (channel ratio 0.3, about half the MACs) twice from the same start: with the
+old proof (compare after every group: ``per-group``) and the new one (remove all, compare once,
+bisect only on a mismatch: ``bisect``). Forward passes of the probe batch are counted by a hook
+on the model, not inferred; seconds are the proof's own wall time (the zeroed reference
+included) and the whole step's. ResNet-56 is also run with one group deliberately left
+unzeroed (a wrong removal), to show what finding the culprit costs each way.
+
+A model the structured pruner refuses is recorded with the sentence it printed, not skipped.
+Writes benchmarks/results/proof_cost.json and .md (proof_cost-tiny.* with --tiny).
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESNET_CKPT, ROOT, add_common_args, finish, fmt_table, make_parser, start  # noqa: E402
+
+PROBE = 4
+RATIO = 0.3
+
+
+def git_commit() -> str:
+    """The commit measured, ``+dirty`` when the work tree has changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").strip()
+                   else "")
+
+
+def build(name: str) -> tuple[Any, Any, str]:
+    """(model, probe batch, how it was built)."""
+    import torch
+    import torchvision
+
+    from compress.models.cifar_resnet import cifar_resnet
+
+    torch.manual_seed(0)
+    if name.startswith("resnet"):
+        model, size = cifar_resnet(name), 32
+        ckpt = RESNET_CKPT.get(name)
+        how = "random init"
+        if ckpt is not None and ckpt.exists():
+            from compress.models.checkpoint import load_checkpoint_
+
+            load_checkpoint_(model, ckpt)
+            how = f"checkpoint {ckpt.name}"
+    else:
+        model, size = torchvision.models.get_model(name, num_classes=10), 64
+        how = "random init"
+    x = torch.randn(PROBE, 3, size, size, generator=torch.Generator().manual_seed(1))
+    if how == "random init":  # recalibrate BatchNorm so outputs are not ~1e-12
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(16, 3, size, size))
+    return model.eval(), x, f"{how}, {size} px, probe batch {PROBE}"
+
+
+def one_step(model: Any, x: Any, strategy: str, wrong: bool = False) -> dict[str, Any]:
+    """Prune one step with ``strategy``; passes and seconds measured, or the refusal."""
+    import torch
+
+    from compress.errors import CompressError, InputError
+    from compress.pruning import base, structured
+    from compress.pruning.structured import StructuredPruner
+    from compress.recipe.pruning import PruningSpec
+
+    passes = [0]
+    hook = model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+    proofs: list[Any] = []
+    row: dict[str, Any] = {"strategy": strategy}
+    run_proof = base.run_proof
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        row["groups"] = len(args[2])
+        proofs.append(time.perf_counter())
+        result = run_proof(*args, **kwargs)
+        proofs.append(result)
+        return result
+    base.run_proof = recording
+    zero = structured.zero_dep_
+    if wrong:  # the group of the last block's first conv is removed but never zeroed
+        names = {n for n, _ in model.named_modules()}
+        last = sorted(n for n in names if n.endswith(".conv1"))[-1]
+        skip = {model.get_submodule(last), model.get_submodule(last.replace("conv1", "bn1")),
+                model.get_submodule(last.replace("conv1", "conv2"))}
+        structured.zero_dep_ = lambda dep, i, o: None if dep.target.module in skip \
+            else zero(dep, i, o)
+    try:
+        t = time.perf_counter()
+        pruner = StructuredPruner(model, x[:1], PruningSpec(ratio=RATIO))
+        pruner.proof_strategy = strategy
+        row["graph_s"] = time.perf_counter() - t
+        passes[0] = 0
+        t = time.perf_counter()
+        with torch.no_grad():
+            record = pruner.step_(RATIO, x)
+        row.update(step_s=time.perf_counter() - t, groups=record.groups, passes=passes[0],
+                   max_abs_diff=record.max_abs_diff, tolerance=record.tolerance,
+                   proof_s=proofs[-1].seconds, outcome="proven")
+    except CompressError as err:
+        kind = "refused" if isinstance(err, InputError) else "failed"
+        row.update(step_s=time.perf_counter() - t, passes=passes[0], outcome=f"{kind}: {err}",
+                   proof_s=(time.perf_counter() - proofs[0]) if proofs else None)
+    finally:
+        base.run_proof = run_proof
+        structured.zero_dep_ = zero
+        hook.remove()
+    return row
+
+
+def main() -> None:
+    parser = make_parser(__doc__, tiny="ResNet-20 only (a smoke run).")
+    add_common_args(parser)
+    parser.add_argument("--models", nargs="+", help="Measure these models only (resnet names "
+                        "from cifar_resnet, others from torchvision).")
+    args = parser.parse_args()
+    start(args)
+    models = args.models or (["resnet20"] if args.tiny
+                             else ["resnet56", "convnext_tiny", "swin_t"])
+    commit = git_commit()  # the code measured: taken before anything runs
+    rows: list[dict[str, Any]] = []
+    for name in models:
+        model, x, how = build(name)
+        cases = [("bisect", False), ("per-group", False)]
+        if name.startswith("resnet"):
+            cases += [("bisect", True), ("per-group", True)]
+        for strategy, wrong in cases:
+            row = one_step(copy.deepcopy(model), x, strategy, wrong)
+            row.update(model=name, built=how, case="one wrong group" if wrong else "correct")
+            print(f"{name} {row['case']} {strategy}: {row['passes']} passes, "
+                  f"{row.get('proof_s') or 0:.2f} s proof, {row['outcome'][:100]}", flush=True)
+            rows.append(row)
+        # Written after every model, so a run cut short still leaves what it measured.
+        report(args, commit, rows, complete=name == models[-1])
+
+
+def report(args: Any, commit: str, rows: list[dict[str, Any]], complete: bool) -> None:
+    table = [[r["model"], r["case"], r["strategy"], r.get("groups", "-"), r["passes"],
+              f"{r['proof_s']:.2f}" if r.get("proof_s") is not None else "-",
+              f"{r['step_s']:.2f}", r["outcome"]] for r in rows]
+    md = (f"One structured step (channel ratio {RATIO}) per model, the proof run per group (old) "
+          f"and once + bisection (new); forward passes of the probe batch counted by a hook"
+          f"{'' if complete else ' (run cut short: the models measured so far)'}.\n\n"
+          + fmt_table(["model", "case", "proof", "groups", "forward passes", "proof s",
+                       "step s", "outcome"], table))
+    finish("proof_cost", args.tiny, {"git_commit": commit, "complete": complete, "ratio": RATIO,
+                                     "probe_batch": PROBE, "rows": rows}, md, args.out)
+
+
+if __name__ == "__main__":
+    main()
