@@ -63,13 +63,20 @@ def render(r: dict[str, Any]) -> str:
     rows = [["dev top-1 %", f"{b['accuracy']:.2f}", f"{c['accuracy']:.2f}"],
             ["MACs", f"{b['macs'] / 1e6:.1f} M", f"{c['macs'] / 1e6:.1f} M"],
             ["parameters", f"{b['params'] / 1e6:.2f} M", f"{c['params'] / 1e6:.2f} M"]]
+    shape = "×".join(map(str, r.get("sample_shape") or []))
     for bs, ms in (b.get("latency_ms") or {}).get("onnxruntime", {}).items():
         after = c["latency_ms"]["onnxruntime"][bs]["median"]
-        rows.append([f"onnxruntime ms, batch {bs}", f"{ms['median']:.2f}",
-                     f"{after:.2f} ({ms['median'] / after:.2f}×)"])
+        # compress's speedup: the median of per-round ratios, not a ratio of medians
+        speed = r["speedup"]["onnxruntime"][bs]
+        rows.append([f"onnxruntime ms (median), batch {bs}" + (f" × {shape}" if shape else ""),
+                     f"{ms['median']:.2f}", f"{after:.2f} ({speed:.2f}×)"])
+    per_macs = r.get("speedup_per_macs_reduction")
     return fmt_table(["", "baseline", "compressed"], rows) + (
-        f"\nWall time of the apply: {r['apply_wall_s']:.0f} s; peak RSS "
-        f"{r['peak_rss_mib']['self']:.0f} MiB.\n")
+        (f"\nSpeedup ÷ MACs reduction at the largest batch: {per_macs:.2f}." if per_macs
+         else "") +
+        f"\nWall time of the apply: {r['apply_wall_s']:.0f} s (the report's split, in s: "
+        + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in r["timing"].items())
+        + f"); peak RSS (getrusage) {r['peak_rss_mib']['self']:.0f} MiB.\n")
 
 
 render_result = render

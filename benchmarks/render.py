@@ -129,16 +129,16 @@ def _minilm_summary() -> str:
         return note
     r = _load(rel)
     b, c = r["baseline"], r["compressed"]
-    ort_b, ort_c = b["latency_ms"]["onnxruntime"], c["latency_ms"]["onnxruntime"]
-    speed = ", ".join(f"{ort_b[bs]['median'] / ort_c[bs]['median']:.2f}× at batch {bs}"
-                      for bs in ort_b)
-    return (f"Measured with the full recipe by `{r['command']}` ({rel}, "
+    speed = ", ".join(f"{x:.2f}× at batch {bs}" for bs, x in r["speedup"]["onnxruntime"].items())
+    return (f"Measured with the full recipe by `{r['command']}` (`benchmarks/results/{rel}`, "
             f"{r['run']['started'][:10]}, {r['machine']['cores']} cores, load average "
             f"{_fmt_load(r['run']['load_before'])} before): {r['apply_wall_s'] / 60:.1f} "
             f"minutes wall; baseline {_pct(b['accuracy'])} on the {b['eval_samples']} dev "
             f"sentences, {_pct(c['accuracy'])} after pruning and fine-tuning; MACs "
             f"{b['macs'] / 1e6:.1f}M → {c['macs'] / 1e6:.1f}M; onnxruntime {speed} "
-            f"(sequences of the recipe's `report.sample_shape`).\n")
+            f"({r['sample_shape'][0]} tokens). Run with `nice` and one torch thread on a "
+            f"machine shared with other jobs: the wall time is that load's, not the recipe's "
+            f"cost on an idle machine.\n")
 
 
 def _headlines() -> str:
@@ -183,9 +183,8 @@ def _minilm_headline() -> str:
                 "(`python benchmarks/minilm_sst2.py` writes it).")
     r = _load("minilm_sst2.json")
     b, c = r["baseline"], r["compressed"]
-    ort_b, ort_c = b["latency_ms"]["onnxruntime"], c["latency_ms"]["onnxruntime"]
-    top = max(ort_b, key=int)
-    speed = ort_b[top]["median"] / ort_c[top]["median"]
+    top = max(r["speedup"]["onnxruntime"], key=int)
+    speed = r["speedup"]["onnxruntime"][top]
     return (f"- **MiniLM on SST-2** (`recipes/minilm-sst2.yaml`): half the heads and FFN "
             f"neurons removed in {r['apply_wall_s'] / 60:.1f} minutes on "
             f"{r['machine']['cores']} CPU cores (load average "
