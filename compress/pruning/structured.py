@@ -215,7 +215,9 @@ class StructuredPruner:
                 by_name = {group_name(g, dg): g for g in groups}
 
                 def explain(name: str) -> str | None:
-                    group = by_name[name]
+                    group = by_name.get(name)
+                    if group is None:  # not one group's root: no diagnosis
+                        return None
                     traced = self._traced_widths.get(group[0].dep.target.module, -1)
                     return suspect_cause(group_members(group, dg), name, traced)
 
