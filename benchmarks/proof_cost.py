@@ -22,6 +22,7 @@ proof_cost-<models>.* with --models).
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import subprocess
 import sys
@@ -184,8 +185,9 @@ def report(args: Any, commit: str, rows: list[dict[str, Any]], complete: bool) -
           + fmt_table(["model", "case", "proof", "groups", "forward passes", "proof s",
                        "step s", "outcome"], table))
     name = "proof_cost" + ("" if args.models is None else "-" + "-".join(args.models))
-    finish(name, args.tiny, {"git_commit": commit, "complete": complete, "ratio": RATIO,
-                                     "probe_batch": PROBE, "rows": rows}, md, args.out)
+    finish(name, args.tiny, {"git_commit": commit, "complete": complete,
+                             "niceness": os.nice(0), "ratio": RATIO,
+                             "probe_batch": PROBE, "rows": rows}, md, args.out)
 
 
 if __name__ == "__main__":
