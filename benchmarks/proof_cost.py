@@ -136,9 +136,10 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False,
         kind = "refused" if isinstance(err, InputError) else "failed"
         row.update(step_s=time.perf_counter() - t, passes=passes[0], outcome=f"{kind}: {err}",
                    proof_s=(time.perf_counter() - proofs[0]) if proofs else None)
-    except _OutOfTime:
-        row.update(step_s=None, passes=passes[0], outcome=f"not finished within {limit} s, "
-                   f"while {stage[0]}")
+    except _OutOfTime:  # passes so far: none of the proof's while the graph is traced
+        in_step = "graph" not in stage[0]
+        row.update(step_s=None, passes=passes[0] if in_step else None,
+                   outcome=f"not finished within {limit} s, while {stage[0]}")
     finally:
         signal.alarm(0)
         base.run_proof = run_proof
@@ -168,7 +169,7 @@ def main() -> None:
         for strategy, wrong in cases:
             row = one_step(copy.deepcopy(model), x, strategy, wrong, args.limit)
             row.update(model=name, built=how, case="one wrong group" if wrong else "correct")
-            print(f"{name} {row['case']} {strategy}: {row['passes']} passes, "
+            print(f"{name} {row['case']} {strategy}: {row['passes'] or 0} passes, "
                   f"{row.get('proof_s') or 0:.2f} s proof, {row['outcome'][:100]}", flush=True)
             rows.append(row)
         # Written after every model, so a run cut short still leaves what it measured.
@@ -176,7 +177,8 @@ def main() -> None:
 
 
 def report(args: Any, commit: str, rows: list[dict[str, Any]], complete: bool) -> None:
-    table = [[r["model"], r["case"], r["strategy"], r.get("groups", "-"), r["passes"],
+    table = [[r["model"], r["case"], r["strategy"], r.get("groups", "-"),
+              "-" if r["passes"] is None else r["passes"],
               f"{r['proof_s']:.2f}" if r.get("proof_s") is not None else "-",
               "-" if r["step_s"] is None else f"{r['step_s']:.2f}", r["outcome"]] for r in rows]
     md = (f"One structured step (channel ratio {RATIO}) per model, the proof run per group (old) "
