@@ -13,13 +13,17 @@ on the model, not inferred; seconds are the proof's own wall time (the zeroed re
 included) and the whole step's. ResNet-56 is also run with one group deliberately left
 unzeroed (a wrong removal), to show what finding the culprit costs each way.
 
-A model the structured pruner refuses is recorded with the sentence it printed, not skipped.
-Writes benchmarks/results/proof_cost.json and .md (proof_cost-tiny.* with --tiny).
+A model the structured pruner refuses is recorded with the sentence it printed, not skipped; a
+step still running after ``--limit`` seconds is recorded with the stage it was in. Writes
+benchmarks/results/proof_cost.json and .md (proof_cost-tiny.* with --tiny,
+proof_cost-<models>.* with --models).
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -72,8 +76,18 @@ def build(name: str) -> tuple[Any, Any, str]:
     return model.eval(), x, f"{how}, {size} px, probe batch {PROBE}"
 
 
-def one_step(model: Any, x: Any, strategy: str, wrong: bool = False) -> dict[str, Any]:
-    """Prune one step with ``strategy``; passes and seconds measured, or the refusal."""
+class _OutOfTime(BaseException):
+    """Raised by the alarm; a BaseException so no ``except Exception`` on the way takes it."""
+
+
+def _out_of_time(*_: Any) -> None:
+    raise _OutOfTime
+
+
+def one_step(model: Any, x: Any, strategy: str, wrong: bool = False,
+             limit: int = 900) -> dict[str, Any]:
+    """Prune one step with ``strategy``; passes and seconds measured, the refusal, or how far
+    it got within ``limit`` seconds."""
     import torch
 
     from compress.errors import CompressError, InputError
@@ -102,12 +116,16 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False) -> dict[str
                 model.get_submodule(last.replace("conv1", "conv2"))}
         structured.zero_dep_ = lambda dep, i, o: None if dep.target.module in skip \
             else zero(dep, i, o)
+    stage = ["building torch-pruning's dependency graph"]
+    signal.signal(signal.SIGALRM, _out_of_time)
+    signal.alarm(limit)
     try:
         t = time.perf_counter()
         pruner = StructuredPruner(model, x[:1], PruningSpec(ratio=RATIO))
         pruner.proof_strategy = strategy
         row["graph_s"] = time.perf_counter() - t
         passes[0] = 0
+        stage[0] = "choosing, zeroing and removing the step's groups (the proof included)"
         t = time.perf_counter()
         with torch.no_grad():
             record = pruner.step_(RATIO, x)
@@ -118,7 +136,12 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False) -> dict[str
         kind = "refused" if isinstance(err, InputError) else "failed"
         row.update(step_s=time.perf_counter() - t, passes=passes[0], outcome=f"{kind}: {err}",
                    proof_s=(time.perf_counter() - proofs[0]) if proofs else None)
+    except _OutOfTime:  # passes so far: none of the proof's while the graph is traced
+        in_step = "graph" not in stage[0]
+        row.update(step_s=None, passes=passes[0] if in_step else None,
+                   outcome=f"not finished within {limit} s, while {stage[0]}")
     finally:
+        signal.alarm(0)
         base.run_proof = run_proof
         structured.zero_dep_ = zero
         hook.remove()
@@ -130,6 +153,8 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--models", nargs="+", help="Measure these models only (resnet names "
                         "from cifar_resnet, others from torchvision).")
+    parser.add_argument("--limit", type=int, default=900, help="Seconds one step may take; "
+                        "past it the row says where it was (default 900).")
     args = parser.parse_args()
     start(args)
     models = args.models or (["resnet20"] if args.tiny
@@ -142,9 +167,9 @@ def main() -> None:
         if name.startswith("resnet"):
             cases += [("bisect", True), ("per-group", True)]
         for strategy, wrong in cases:
-            row = one_step(copy.deepcopy(model), x, strategy, wrong)
+            row = one_step(copy.deepcopy(model), x, strategy, wrong, args.limit)
             row.update(model=name, built=how, case="one wrong group" if wrong else "correct")
-            print(f"{name} {row['case']} {strategy}: {row['passes']} passes, "
+            print(f"{name} {row['case']} {strategy}: {row['passes'] or 0} passes, "
                   f"{row.get('proof_s') or 0:.2f} s proof, {row['outcome'][:100]}", flush=True)
             rows.append(row)
         # Written after every model, so a run cut short still leaves what it measured.
@@ -152,16 +177,19 @@ def main() -> None:
 
 
 def report(args: Any, commit: str, rows: list[dict[str, Any]], complete: bool) -> None:
-    table = [[r["model"], r["case"], r["strategy"], r.get("groups", "-"), r["passes"],
+    table = [[r["model"], r["case"], r["strategy"], r.get("groups", "-"),
+              "-" if r["passes"] is None else r["passes"],
               f"{r['proof_s']:.2f}" if r.get("proof_s") is not None else "-",
-              f"{r['step_s']:.2f}", r["outcome"]] for r in rows]
+              "-" if r["step_s"] is None else f"{r['step_s']:.2f}", r["outcome"]] for r in rows]
     md = (f"One structured step (channel ratio {RATIO}) per model, the proof run per group (old) "
           f"and once + bisection (new); forward passes of the probe batch counted by a hook"
           f"{'' if complete else ' (run cut short: the models measured so far)'}.\n\n"
           + fmt_table(["model", "case", "proof", "groups", "forward passes", "proof s",
                        "step s", "outcome"], table))
-    finish("proof_cost", args.tiny, {"git_commit": commit, "complete": complete, "ratio": RATIO,
-                                     "probe_batch": PROBE, "rows": rows}, md, args.out)
+    name = "proof_cost" + ("" if args.models is None else "-" + "-".join(args.models))
+    finish(name, args.tiny, {"git_commit": commit, "complete": complete,
+                             "niceness": os.nice(0), "ratio": RATIO,
+                             "probe_batch": PROBE, "rows": rows}, md, args.out)
 
 
 if __name__ == "__main__":
