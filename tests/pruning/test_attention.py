@@ -154,3 +154,23 @@ def test_swin_attention_is_refused_in_one_sentence_unless_ignored() -> None:
                                      "pruned") and "\n" not in str(err.value)
     attn = [n for n, m in swin.named_modules() if type(m).__name__ == "ShiftedWindowAttention"]
     refuse_unfollowable_attention(swin, attn)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.inp(x))[0][:, -1])
+
+
+def test_a_layer_the_proof_cannot_zero_is_named_on_one_line() -> None:
+    model = _Recurrent().eval()
+    x = torch.randn(2, 5, 4)
+    with pytest.raises(CheckFailed) as err:
+        StructuredPruner(model, x[:1], PruningSpec(ratio=0.5)).step_(0.5, x)
+    assert str(err.value).startswith("cannot prove the pruning of LSTM 'lstm': ")
+    assert "\n" not in str(err.value)
