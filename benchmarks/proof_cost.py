@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,19 +31,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESNET_CKPT, ROOT, add_common_args, finish, fmt_table, make_parser, start  # noqa: E402
+from _common import RESNET_CKPT, add_common_args, finish, fmt_table, make_parser, start  # noqa: E402
 
 PROBE = 4
 RATIO = 0.3
-
-
-def git_commit() -> str:
-    """The commit measured, ``+dirty`` when the work tree has changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
-    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").strip()
-                   else "")
 
 
 def build(name: str) -> tuple[Any, Any, str]:
@@ -159,7 +149,6 @@ def main() -> None:
     start(args)
     models = args.models or (["resnet20"] if args.tiny
                              else ["resnet56", "convnext_tiny", "swin_t"])
-    commit = git_commit()  # the code measured: taken before anything runs
     rows: list[dict[str, Any]] = []
     for name in models:
         model, x, how = build(name)
@@ -173,23 +162,29 @@ def main() -> None:
                   f"{row.get('proof_s') or 0:.2f} s proof, {row['outcome'][:100]}", flush=True)
             rows.append(row)
         # Written after every model, so a run cut short still leaves what it measured.
-        report(args, commit, rows, complete=name == models[-1])
+        report(args, rows, complete=name == models[-1])
 
 
-def report(args: Any, commit: str, rows: list[dict[str, Any]], complete: bool) -> None:
-    table = [[r["model"], r["case"], r["strategy"], r.get("groups", "-"),
-              "-" if r["passes"] is None else r["passes"],
-              f"{r['proof_s']:.2f}" if r.get("proof_s") is not None else "-",
-              "-" if r["step_s"] is None else f"{r['step_s']:.2f}", r["outcome"]] for r in rows]
-    md = (f"One structured step (channel ratio {RATIO}) per model, the proof run per group (old) "
-          f"and once + bisection (new); forward passes of the probe batch counted by a hook"
-          f"{'' if complete else ' (run cut short: the models measured so far)'}.\n\n"
-          + fmt_table(["model", "case", "proof", "groups", "forward passes", "proof s",
-                       "step s", "outcome"], table))
+def render_result(r: dict[str, Any]) -> str:
+    """The Markdown table of a result file (printed by the run, published by render.py)."""
+    table = [[x["model"], x["case"], x["strategy"], x.get("groups", "-"),
+              "-" if x["passes"] is None else x["passes"],
+              f"{x['proof_s']:.2f}" if x.get("proof_s") is not None else "-",
+              "-" if x["step_s"] is None else f"{x['step_s']:.2f}", x["outcome"]]
+             for x in r["rows"]]
+    return (f"One structured step (channel ratio {r['ratio']}, probe batch {r['probe_batch']}) "
+            f"per model, the proof run per group (old) and once + bisection (new); forward "
+            f"passes of the probe batch counted by a hook"
+            f"{'' if r['complete'] else ' (run cut short: the models measured so far)'}.\n\n"
+            + fmt_table(["model", "case", "proof", "groups", "forward passes", "proof s",
+                         "step s", "outcome"], table))
+
+
+def report(args: Any, rows: list[dict[str, Any]], complete: bool) -> None:
+    result = {"complete": complete, "niceness": os.nice(0), "ratio": RATIO,
+              "probe_batch": PROBE, "rows": rows}
     name = "proof_cost" + ("" if args.models is None else "-" + "-".join(args.models))
-    finish(name, args.tiny, {"git_commit": commit, "complete": complete,
-                             "niceness": os.nice(0), "ratio": RATIO,
-                             "probe_batch": PROBE, "rows": rows}, md, args.out)
+    finish(name, args.tiny, result, render_result(result), args.out)
 
 
 if __name__ == "__main__":

@@ -238,6 +238,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
                         _table("conv_efficiency.json", "conv_efficiency")),
     "overheads": (("overheads.json",), _table("overheads.json", "overheads")),
     "minilm": (("minilm_sst2.json",), _table("minilm_sst2.json", "minilm_sst2")),
+    "proof-cost": (("proof_cost.json",), _table("proof_cost.json", "proof_cost")),
     "minilm-summary": (("minilm_sst2.json",), _minilm_summary),
     "quickstart-sample": (("quickstart.json",), _quickstart_sample),
     "headlines": (("peer_torch_pruning.json", "minilm_sst2.json", "regimes-per-step.json",
