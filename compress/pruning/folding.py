@@ -12,7 +12,7 @@ Example:
     >>> with torch.no_grad():
     ...     _ = prune.random_unstructured(net[0], "weight", amount=0.5)
     >>> x = torch.ones(3, 4)
-    >>> prove_folded(probe_output(net, x, "demo"), folded_copy(net), x, "demo", 1e-6)
+    >>> prove_folded(probe_output(net, x, "demo"), folded_copy(net), x, "demo", 1e-6).max_diff
     0.0
 """
 

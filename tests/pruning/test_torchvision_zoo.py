@@ -52,28 +52,18 @@ KWARGS: dict[str, dict[str, Any]] = {
 # Models compress refuses, with the exit code and the sentence it prints (asserted; measured
 # numbers in it are compared as <n>). Entries marked with a branch are fixed there and flip to
 # passing when it is merged.
-_VIT = ("equivalence check failed: removing the pruning group rooted at "
-        "'encoder.layers.encoder_layer_11.mlp.3' changed the probe output by 0.2 (tolerance "
-        "0.0001); the dependency graph wired its channels wrongly, add the layer to "
-        "pruning.ignored")
+_SHUFFLE = ("structured pruning cannot map the channels around the elementwise after "
+            "'stage4.0.branch1.3' (ZeroDivisionError while building the dependency graph: "
+            "integer division or modulo by zero); torch-pruning's dependency graph does not "
+            "support this pattern (channel shuffle, a cat of split/chunk outputs with their "
+            "products): change the model or use pruning kind unstructured or n:m")
 _SWIN = ("{cls} 'features.1.0.attn' cannot be pruned: its shifted-window attention splits its "
          "channels into heads inside its own forward, which compress cannot cut exactly "
          "({n} such layers), so structured pruning does not support this model")
 REFUSED: dict[str, tuple[int, str]] = {
-    # ViT: the attention cut is exact (tests/pruning/test_attention.py), but the encoder's
-    # LayerNorms still average over the zeroed residual channels. Branch d16norm restricts each
-    # norm to the kept channels in the proof; then these prune.
-    "vit_b_16": (1, _VIT),
-    "vit_b_32": (1, _VIT),
-    # ConvNeXt: the same cause (LayerNorm2d before each downsampling conv); branch d16norm.
-    "convnext_tiny": (1, "equivalence check failed: removing the pruning group rooted at "
-                         "'features.6.1' changed the probe output by 0.2 (tolerance 0.0001); "
-                         "the dependency graph wired its channels wrongly, add the layer to "
-                         "pruning.ignored"),
-    # DenseNet: groups of one step carry stale concat offsets; branch d16norm.
-    "densenet121": (1, "pruning group rooted at 'features.denseblock4.denselayer2.conv2' broke "
-                       "the model: RuntimeError: running_mean should contain 544 elements not "
-                       "551"),
+    # ShuffleNet V2: torch-pruning's index mapping of the channel shuffle (a reshape, transpose
+    # and reshape) divides by zero while the graph is built.
+    **{name: (2, _SHUFFLE) for name in ALL if name.startswith("shufflenet_")},
     **{name: (2, _SWIN.format(cls="ShiftedWindowAttention" + ("V2" if "v2" in name else ""),
                               n=12 if name.endswith("_t") else 24))
        for name in ALL if name.startswith("swin_")},
@@ -83,19 +73,10 @@ REFUSED: dict[str, tuple[int, str]] = {
                     "own forward, which compress cannot cut exactly (22 such layers), so "
                     "structured pruning does not support this model"),
 }
-# Models that fail today for a cause fixed on another branch, asserted to fail (strict xfail)
-# until it is merged: a traceback (no sentence yet), or the family of a refused model above
-# whose own sentence was not measured yet.
-PENDING: dict[str, str] = {
-    **{name: "traceback: ZeroDivisionError in torch-pruning's index mapping of the channel "
-             "shuffle (branch d16proof)" for name in ALL if name.startswith("shufflenet_")},
-    **{name: "the ViT LayerNorm cause (branch d16norm)"
-       for name in ("vit_l_16", "vit_l_32", "vit_h_14")},
-    **{name: "the ConvNeXt LayerNorm cause (branch d16norm)"
-       for name in ALL if name.startswith("convnext_") and name != "convnext_tiny"},
-    **{name: "the DenseNet concat offsets (branch d16norm)"
-       for name in ALL if name.startswith("densenet") and name != "densenet121"},
-}
+# Models that fail today, asserted to fail (strict xfail) until they are fixed: none. (ViT,
+# ConvNeXt and DenseNet, once listed here or above, prune since the norm restriction and the
+# per-removal groups landed.)
+PENDING: dict[str, str] = {}
 
 IMAGES_PER_CLASS = 2
 CLASSES = 10
