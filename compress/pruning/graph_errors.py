@@ -37,6 +37,7 @@ from typing import Any
 from torch import nn
 
 from compress.errors import CompressError, InputError
+from compress.pruning.proof import first_line
 
 __all__ = ["graph_errors", "choose_groups", "failing_layer", "graph_state"]
 
@@ -97,7 +98,7 @@ def failing_layer(err: BaseException, model: nn.Module) -> str | None:
 
 
 def _sentence(err: BaseException, where: str | None, stage: str) -> str:
-    detail = (str(err).strip().splitlines() or [""])[0]
+    detail = first_line(err)
     return (f"structured pruning cannot map the channels around {where or 'a layer'} "
             f"({type(err).__name__} {stage}: {detail}); torch-pruning's dependency graph does "
             f"not support this pattern (channel shuffle, a cat of split/chunk outputs with "
@@ -133,7 +134,7 @@ def choose_groups(pruner: Any, model: nn.Module, protected: dict[str, str]) -> l
                 raise InputError(_sentence(err, where, "while choosing channels to prune")) \
                     from None
             reason = (f"torch-pruning cannot map its channels ({type(err).__name__}: "
-                      f"{(str(err).strip().splitlines() or [''])[0]})")
+                      f"{first_line(err)})")
             log.warning("left %r unpruned: %s", name, reason)
             protected[name] = reason
             pruner.ignored_layers.append(modules[name])

@@ -35,7 +35,7 @@ from torch import nn
 from compress.errors import CheckFailed, InputError
 from compress.measure.tolerance import Tolerance, scaled_tolerance
 
-__all__ = ["Proof", "Snapshot", "run_proof", "remove_all_", "STRATEGIES"]
+__all__ = ["Proof", "Snapshot", "run_proof", "remove_all_", "first_line", "STRATEGIES"]
 
 STRATEGIES = ("bisect", "per-group")
 Removal = tuple[str, Callable[[], None]]
@@ -135,7 +135,7 @@ class _Comparison:
     def failure(self, name: str, diff: float | BaseException) -> CheckFailed:
         if isinstance(diff, BaseException):
             return CheckFailed(f"pruning group rooted at {name!r} broke the model: "
-                               f"{type(diff).__name__}: {_first_line(diff)}; add {name!r} to "
+                               f"{type(diff).__name__}: {first_line(diff)}; add {name!r} to "
                                f"pruning.ignored")
         cause = self.explain(name) if self.explain is not None else None
         return CheckFailed(
@@ -148,11 +148,12 @@ class _Comparison:
 
 def _what(diff: float | BaseException) -> str:
     if isinstance(diff, BaseException):
-        return f"{type(diff).__name__}: {_first_line(diff)}"
+        return f"{type(diff).__name__}: {first_line(diff)}"
     return f"by {diff:.3g}"
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An exception's message, its first line only (a sentence, not a dump)."""
     return (str(err).strip().splitlines() or [""])[0]
 
 
@@ -163,7 +164,7 @@ def _remove(name: str, remove: Callable[[], None]) -> None:
         raise
     except Exception as err:  # the graph library could not cut this group
         raise InputError(f"the pruning group rooted at {name!r} cannot be removed "
-                         f"({type(err).__name__}: {_first_line(err)}): its channels are wired "
+                         f"({type(err).__name__}: {first_line(err)}): its channels are wired "
                          f"in a way the dependency graph does not support; add {name!r} to "
                          f"pruning.ignored") from None
 
@@ -233,7 +234,7 @@ def _bisect(cmp: _Comparison, snapshot: Snapshot, removals: Sequence[Removal],
             raise CheckFailed(f"equivalence check failed: removing the {len(removals)} pruning "
                               f"groups of the step changed the probe output "
                               f"({_what(whole)}), and redoing the removals to find the group "
-                              f"failed ({type(err).__name__}: {_first_line(err)})") from None
+                              f"failed ({type(err).__name__}: {first_line(err)})") from None
         diff = _measure(cmp)
         if isinstance(diff, BaseException) or not cmp.ok(diff):
             hi, at_hi = mid, diff
