@@ -111,7 +111,8 @@ def _tokenizer(spec: DataSpec, resolve: Callable[[str], Path]) -> Any:
         raise InputError(f"data.source {spec.source} needs data.tokenizer")
     name = resolve_hf_name(spec.tokenizer, resolve)
     try:
-        return AutoTokenizer.from_pretrained(name)
+        # A tokenizer's own code never runs, whatever the model section says.
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot load tokenizer {spec.tokenizer!r}: "
                          f"{str(err).splitlines()[0]}") from None
