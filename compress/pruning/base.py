@@ -56,6 +56,7 @@ class StepRecord:
     tolerance: dict[str, Any] | None = None  # Tolerance.to_dict() of the proof, if one ran
     passes: int | None = None  # forward passes of the probe batch the proof took
     protected: dict[str, str] = field(default_factory=dict)  # left unpruned: name -> why
+    note: str | None = None  # a limit of the step the report states (e.g. only blocks pruned)
 
     @classmethod
     def of(cls, target_ratio: float, groups: int, removed: int, unit: str,

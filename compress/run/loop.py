@@ -170,4 +170,5 @@ def _row(step: int, target: float, ratio: float, record: StepRecord, stats: Any,
         "max_abs_diff": record.max_abs_diff, "proof": record.proof, "layers": record.layers,
         "proof_tolerance": record.tolerance, "proof_passes": record.passes,
         **({"protected": record.protected} if record.protected else {}),
+        **({"note": record.note} if record.note else {}),
     }
