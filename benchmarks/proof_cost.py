@@ -93,6 +93,7 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False,
     run_proof = base.run_proof
 
     def recording(*args: Any, **kwargs: Any) -> Any:
+        row["groups"] = row.get("groups", 0) + len(args[2])  # removals given to the proof
         started.append(time.perf_counter())
         result = run_proof(*args, **kwargs)
         proofs.append(result)
