@@ -181,26 +181,39 @@ def init(model: str = typer.Option(..., "--model", help="SOURCE:NAME: torchvisio
          image_size: int | None = typer.Option(None, "--image-size", help="Resize images to "
                                                "this side (default: 224 for torchvision "
                                                "models, else the images' own size)."),
+         output: Path | None = typer.Option(None, "-o", "--output", help="Write the recipe to "
+                                            "this file (never replaced), with its paths "
+                                            "relative to the file's folder, instead of "
+                                            "printing it."),
          json_out: bool = JsonOption, quiet: bool = QuietOption,
          verbose: bool = VerboseOption) -> None:
-    """Print a commented starter recipe for a model, data and target (redirect it to a file).
+    """Print a commented starter recipe for a model, data and target, or write it with -o.
 
-    With --json: {"yaml": the commented recipe, "recipe": the same as a mapping}.
+    Paths on the command line are relative to the current folder; the recipe resolves its own
+    against its folder, so use -o rather than redirecting the output to another folder.
+    With --json: {"yaml": the commented recipe, "recipe": the same as a mapping, "path": the
+    file written or null}.
     """
     o = Output("init", json_out=json_out, quiet=quiet, verbose=verbose)
     import yaml
 
-    from compress.authoring.starter import render_starter_recipe
+    from compress.authoring.starter import render_starter_recipe, save_starter_recipe
 
     try:
         text = render_starter_recipe(model, data, target_macs=target_macs,
                                      target_sparsity=target_sparsity,
                                      architecture_hint=architecture, checkpoint=checkpoint,
-                                     num_classes=num_classes, image_size=image_size)
+                                     num_classes=num_classes, image_size=image_size,
+                                     recipe_dir=output.parent if output else None)
+        written = save_starter_recipe(text, output) if output else None
     except CompressError as err:
         raise o.fail(err) from None
-    o.result({"yaml": text, "recipe": yaml.safe_load(text)})
-    o.product(text, nl=False)
+    o.result({"yaml": text, "recipe": yaml.safe_load(text),
+              "path": str(written) if written else None})
+    if written:
+        o.note(f"wrote {written}; check it with `compress validate {written}`")
+    else:
+        o.product(text, nl=False)
 
 
 @app.command("list")
