@@ -204,7 +204,7 @@ class TextClassification(TextSource):
     """Text classification from local TSV/CSV/JSON files, tokenised with the model's tokenizer."""
 
     accepts = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
-                         "max_length", "tokenizer"})
+                         "label_names", "max_length", "tokenizer"})
     required = frozenset({"path"})
     starter_path_note = ("A folder with <split>.tsv/.csv/.json/.jsonl files holding a text "
                          "column (sentence or text) and an integer label column.")
@@ -242,10 +242,14 @@ class TextClassification(TextSource):
             out[role] = TokenRows(enc["input_ids"], y.long())
             labels |= set(y.tolist())
         n_classes = max(labels) + 1
+        names = spec.label_names or [str(i) for i in range(n_classes)]
+        if len(names) < n_classes or len(set(names)) != len(names):
+            raise InputError(f"data.label_names has {len(names)} distinct names but the labels "
+                             f"go up to {n_classes - 1}; give one distinct name per label id")
         # Left padding would shift the real tokens' positions if trimmed: keep full rows.
         trim = tokenizer.padding_side == "right" and tokenizer.pad_token_id is not None
         return RawData(train=out.get("train"), eval=out["eval"],
-                       class_names=[str(i) for i in range(n_classes)],
+                       class_names=names,
                        collate=TrimPadding(tokenizer.pad_token_id) if trim else None)
 
 
