@@ -61,6 +61,9 @@ def test_a_run_at_chance_warns_in_its_report_and_fails_its_gate(chance_run: Path
     assert report["status"] == "gate_failed"
     assert "warning: the baseline scores" in (chance_run / "report.md").read_text()
     assert "at chance level" in (chance_run / "report.html").read_text()
+    from compress.cli.render import apply_summary
+
+    assert "\nwarning: the baseline scores" in apply_summary(report)
     cli = invoke(["gate", str(chance_run), "--no-above-chance", "--min-baseline-accuracy", "99"])
     assert cli.exit_code == 1 and "baseline accuracy:" in cli.output
     assert invoke(["gate", str(chance_run), "--above-chance"]).exit_code == 1
