@@ -103,3 +103,46 @@ def example_input(model: torch.nn.Module, batch: int = 4, length: int = 12) -> t
     if model.pad_token_id is not None:
         ids[1:, length - 3:] = model.pad_token_id
     return ids
+
+
+BASE_CARD = """---
+license: mit
+language: en
+tags:
+- sentence-similarity
+- tiny
+---
+# A tiny BERT
+"""
+
+
+def tiny_text_run(root: Path, gates: dict[str, Any] | None = None, **data: Any) -> Path:
+    """A finished run of a tiny seeded BERT (its folder holds a model card with YAML front
+    matter) on a two-class sentiment TSV with ``label_names``, pruned so that ``hf/`` is
+    written (FFN only); no latency timing. Returns the run folder."""
+    from compress.recipe.load import parse_recipe
+    from compress.run.pipeline import run_recipe
+
+    model_dir, task = save_tiny("bert", root / "bert")
+    (model_dir / "README.md").write_text(BASE_CARD, encoding="utf-8")
+    sst = root / "sst"
+    sst.mkdir()
+    for split, n in (("train", 32), ("dev", 16)):
+        rows = ["sentence\tlabel"] + [f"{'a fine film' if i % 2 else 'a dull mess'} {i}\t{i % 2}"
+                                      for i in range(n)]
+        (sst / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    recipe = {
+        "version": 1, "name": "tiny-bert-sst",
+        "model": {"source": "huggingface", "name": str(model_dir), "task": task,
+                  "num_classes": 2, "head": "train"},
+        "data": {"source": "text", "path": str(sst), "eval_split": "dev", "max_length": 16,
+                 "batch_size": 8, "eval_batch_size": 16,
+                 "label_names": ["negative", "positive"], **data},
+        "pruning": {"ratio": 0.5, "heads": 0.0, "round_to": 1},
+        "finetune": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3},
+        "export": {"parity_batch": 2},
+        "report": {"latency": False},
+        "gates": gates or {},
+    }
+    run_recipe(parse_recipe(recipe, base_dir=root), root / "run")
+    return root / "run"

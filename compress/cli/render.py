@@ -43,6 +43,7 @@ def apply_summary(report: dict[str, Any]) -> str:
             f"step {st['step']}: {proof_cell(st)}" for st in steps))
     for g in report.get("gates", []):
         lines.append(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g['message']}")
+    lines += [f"warning: {w}" for w in report.get("warnings") or []]  # e.g. at chance level
     return "\n".join(lines)
 
 
