@@ -80,8 +80,7 @@ def apply(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
                    f"  {command}", err=True)
         raise typer.Exit(130) from None
     o.result(result.report)
-    o.text(apply_summary(result.report))
-    o.text(f"outputs: {result.out_dir}")
+    o.text(apply_summary(result.report, result.out_dir))
     if o.json or o.quiet:  # the summary above names failed gates; else say it on stderr
         for g in result.report.get("gates", []):
             if not g["passed"]:

@@ -53,7 +53,7 @@ def test_apply_end_to_end(tiny_run) -> None:
     assert len(report["steps"]) == 1 and report["steps"][0]["max_abs_diff"] < 1e-4
     assert report["steps"][0]["proof"] == "proven"
     diff = report["steps"][0]["max_abs_diff"]
-    assert f"pruning proof   step 1: {diff:.1e}" in result.output
+    assert f"pruning proof     step 1: {diff:.1e}" in result.output
     assert f"| {diff:.1e} |" in (out / "report.md").read_text()
     assert "not proven" not in result.output + (out / "report.md").read_text()
     assert report["speedup"]["headline"] > 0

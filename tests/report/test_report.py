@@ -28,6 +28,8 @@ from tests.gates.test_gate import make_report, write_run
 runner = CliRunner()
 _IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 _PLOT_BLUE = np.array([31, 119, 180])  # matplotlib's C0, the "compressed" colour
+_BANNER_GREEN = np.array([0x1a, 0x7f, 0x37])  # report.html's "passed" status fill
+_VERDICT_GREEN = np.array([0xda, 0xfb, 0xe1])  # a passed gate's verdict cell
 
 
 def _external_urls(page: str) -> list[str]:
@@ -79,7 +81,7 @@ def test_step_proof_cell_in_md_html_and_summary(diff, proof, cell) -> None:
     row = next(line for line in md.splitlines() if line.startswith("| 1 |"))
     assert row.endswith(f"| {cell} |") and (diff is not None or "e+00" not in row)
     assert f"<td>{cell}</td>" in render_report(report, "html")
-    assert f"pruning proof   step 1: {cell}" in apply_summary(report)
+    assert f"pruning proof     step 1: {cell}" in apply_summary(report)
 
 
 def test_build_report_notes_unproven_steps(tmp_path: Path) -> None:
@@ -299,3 +301,11 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     # The plots decoded and are on screen: many pixels of the plots' bar/line colour.
     blue = (np.abs(pixels - _PLOT_BLUE).sum(axis=-1) < 40).sum()
     assert blue > 20_000, blue
+    # The first screen (900 px) holds the coloured status banner and the gates' verdicts,
+    # each told apart by its own colour: the banner's green fill, a verdict's pale green.
+    first = pixels[:900]
+    banner = (np.abs(first - _BANNER_GREEN).sum(axis=-1) < 12).sum()
+    verdict = (np.abs(first - _VERDICT_GREEN).sum(axis=-1) < 12).sum()
+    assert banner > 20_000 and verdict > 200, (banner, verdict)
+    below = pixels[900:]
+    assert (np.abs(below - _VERDICT_GREEN).sum(axis=-1) < 12).sum() < verdict
