@@ -17,14 +17,27 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from compress.errors import InputError
 
-__all__ = ["Registry", "SourceRegistry"]
+__all__ = ["Registry", "SourceRegistry", "did_you_mean"]
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"``: the closest of ``choices`` to a misspelt ``name``, or ``""``.
+
+    Example:
+        >>> did_you_mean("epohcs", ["epochs", "lr"]), did_you_mean("zzz", ["epochs"])
+        (" (did you mean 'epochs'?)", '')
+    """
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Registry(Generic[T]):
@@ -50,7 +63,8 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise InputError(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}{did_you_mean(str(name), self.names())}; "
+                f"available: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:

@@ -18,17 +18,33 @@ from pathlib import Path
 
 import typer
 
+from compress.cli.help import Typer
 from compress.cli.output import JsonOption, Output, QuietOption, VerboseOption
 from compress.cli.render import apply_summary
 from compress.errors import CheckFailed, CompressError, InputError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "resume_command"]
 
-app = typer.Typer(add_completion=True, no_args_is_help=True,
-                  help="Recipe-driven model compression: prune, fine-tune, export, verify, "
-                       "measure.", pretty_exceptions_enable=False)
+app = Typer(add_completion=True, no_args_is_help=True,
+            help="Recipe-driven model compression: prune, fine-tune, export, verify, measure.",
+            pretty_exceptions_enable=False)
 
-SetOption = typer.Option(None, "--set", help="Override a recipe key: a.b.c=value (repeatable).")
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a recipe key: "
+                         "a.b.c=value (repeatable).")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from compress import __version__
+
+        typer.echo(f"compress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(version: bool = typer.Option(False, "--version", callback=_print_version,
+                                      is_eager=True, help="Print the version and exit.")) -> None:
+    """Recipe-driven model compression: prune, fine-tune, export, verify, measure."""
 
 
 @app.command()
@@ -51,18 +67,20 @@ def apply(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     from compress.run.pipeline import run_recipe
 
     try:
+        loaded = load_recipe(recipe, set_ or [])
         with o.progress():
-            result = run_recipe(load_recipe(recipe, set_ or []), out, overwrite=overwrite,
-                                resume=resume)
+            result = run_recipe(loaded, out, overwrite=overwrite, resume=resume)
     except CompressError as err:
         raise o.fail(err) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted: the run folder is marked 'interrupted'; continue it with "
-                   "--resume", err=True)
+        from compress.run.pipeline import default_out_dir
+
+        command = resume_command(recipe, out or default_out_dir(loaded), set_ or [])
+        typer.echo(f"interrupted: the run folder is marked 'interrupted'; continue it with\n"
+                   f"  {command}", err=True)
         raise typer.Exit(130) from None
     o.result(result.report)
-    o.text(apply_summary(result.report))
-    o.text(f"outputs: {result.out_dir}")
+    o.text(apply_summary(result.report, result.out_dir))
     if o.json or o.quiet:  # the summary above names failed gates; else say it on stderr
         for g in result.report.get("gates", []):
             if not g["passed"]:
@@ -160,11 +178,14 @@ def schema(markdown: bool = typer.Option(False, "--markdown", help="Print the Ma
 
 
 @app.command()
-def init(model: str = typer.Option(..., "--model", help="SOURCE:NAME: torchvision:resnet50, "
-                                   "cifar_resnet:resnet56, python:pkg.mod:fn or "
-                                   "python:file.py:fn."),
-         data: str = typer.Option(..., "--data", help="SOURCE[:ARG]: imagefolder:PATH, "
-                                  "torchvision:CIFAR10 or digits."),
+def init(model: str = typer.Option(..., "--model", metavar="SOURCE:NAME",
+                                   help="torchvision:resnet50, cifar_resnet:resnet56, "
+                                   "huggingface:FOLDER_OR_HUB_ID (or huggingface:module:fn), "
+                                   "python:pkg.mod:fn or python:file.py:fn."),
+         data: str = typer.Option(..., "--data", metavar="SOURCE[:ARG]",
+                                  help="imagefolder:PATH, torchvision:CIFAR10, digits, "
+                                  "text:FOLDER (train/dev TSV, CSV or JSON files) or "
+                                  "text_lm:FILE (causal-lm token blocks)."),
          target_macs: float | None = typer.Option(None, "--target-macs", help="Fraction of "
                                                   "MACs to remove (default 0.5)."),
          target_sparsity: float | None = typer.Option(None, "--target-sparsity",
@@ -296,31 +317,45 @@ def gate(report: Path = typer.Argument(..., help="report.json, or the run folder
 @app.command("report")
 def report_(run_dir: Path = typer.Argument(..., help="Run folder (or its report.json)."),
             fmt: str = typer.Option("md", "--format", "-f", help="md, html or json."),
-            out: Path | None = typer.Option(None, "--out", help="Write here instead (default: "
-                                            "stdout for md/json, RUN_DIR/report.html for html)."),
+            out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file "
+                                            "instead of stdout (any format)."),
             json_out: bool = JsonOption, quiet: bool = QuietOption,
             verbose: bool = VerboseOption) -> None:
-    """Re-render a run's report from its report.json.
+    """Re-render a run's report from its report.json, on stdout or with -o into a file.
 
-    With --json: the report itself when it goes to stdout, else {"wrote": path, "format": ...}.
+    Every format behaves alike: ``compress report RUN -f html > page.html`` and ``-o page.html``
+    give the same page. With --json: the report itself when it goes to stdout, else
+    {"wrote": path, "format": ...}.
     """
     o = Output("report", json_out=json_out, quiet=quiet, verbose=verbose)
     from compress.report.build import load_report, render_report, write_text_atomic
 
     try:
         _refuse_unfinished(run_dir)
-        data, path = load_report(run_dir)
+        data, _ = load_report(run_dir)
         text = render_report(data, fmt)
     except CompressError as err:
         raise o.fail(err) from None
-    target = out or (path.parent / "report.html" if fmt == "html" else None)
-    if target is None:
+    if out is None:
         o.result(data)
         o.product(text.rstrip("\n"))
     else:
-        write_text_atomic(target, text)
-        o.result({"wrote": str(target), "format": fmt})
-        o.text(f"wrote {target}")
+        write_text_atomic(out, text)
+        o.result({"wrote": str(out), "format": fmt})
+        o.note(f"wrote {out}")
+
+
+def resume_command(recipe: Path, out: Path, overrides: list[str]) -> str:
+    """The command that continues an interrupted ``compress apply``, ready to paste.
+
+    Example:
+        >>> resume_command(Path("my recipe.yaml"), Path("runs/r"), ["finetune.epochs=1"])
+        "compress apply 'my recipe.yaml' --out runs/r --set finetune.epochs=1 --resume"
+    """
+    import shlex
+
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    return shlex.join(["compress", "apply", str(recipe), "--out", str(out), *sets, "--resume"])
 
 
 def _refuse_unfinished(run_dir: Path) -> None:
@@ -346,7 +381,8 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run folders (or report.
             verbose: bool = VerboseOption) -> None:
     """Compare finished runs side by side: accuracy, MACs, size, speed, budget, schedule.
 
-    With --json: {"columns": [run names], "rows": [{"label": ..., "values": [one per run]}]}.
+    With --json: {"columns": run names, "rows": [{"key", "label", "values": one number per
+    run (null where not measured), "text": the cells as printed}]}.
     """
     o = Output("compare", json_out=json_out, quiet=quiet, verbose=verbose)
     from compress.cli.render import print_comparison
@@ -358,8 +394,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run folders (or report.
         result = compare_runs(runs)
     except CompressError as err:
         raise o.fail(err) from None
-    o.result({"columns": result.columns,
-              "rows": [{"label": label, "values": cells} for label, cells in result.rows]})
+    o.result(result.to_dict())
     if o.json:
         return
     print_comparison(result)

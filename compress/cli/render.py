@@ -7,43 +7,85 @@ Example:
     >>> print(apply_summary({"baseline": {"accuracy": 90.0, "macs": 2e6, "params": 10},
     ...                      "compressed": {"accuracy": 89.5, "macs": 1e6, "params": 5},
     ...                      "macs_reduction": 0.5}))
-    top-1 accuracy  90.00% -> 89.50% (-0.50 points)
-    MACs            2.00M -> 1.00M (50.0% fewer)
-    parameters      10 -> 5
+    top-1 accuracy    90.00 % → 89.50 % (-0.50 points)
+    MACs              2.00M → 1.00M (50.0% fewer)
+    parameters        10 → 5 (50.0% fewer)
+    measured speedup  not measured
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from compress.report.figures import key_figures
 from compress.report.proof import proof_cell
 
 __all__ = ["apply_summary", "print_inspection", "print_registries", "print_comparison"]
 
+_HF_NOTE = "no stock transformers folder (hf/) was written: "
 
-def apply_summary(report: dict[str, Any]) -> str:
-    """``compress apply``'s closing lines: accuracy, MACs, parameters, latency, the pruning
-    proof of each step (its max difference, or "not proven"), gates."""
+
+def _line(label: str, text: str) -> str:
+    return f"{label:<17} {text}".rstrip()
+
+
+def hf_line(report: dict[str, Any]) -> str | None:
+    """Whether ``hf/`` was written (and where), or why not; None for a model that has none."""
+    path = (report.get("outputs") or {}).get("hf")
+    if path:
+        return f"written: {path} (loads with transformers' from_pretrained)"
+    why = next((n[len(_HF_NOTE):].rstrip(".") for n in report.get("notes") or []
+                if n.startswith(_HF_NOTE)), None)
+    return None if why is None else f"not written: {why}"
+
+
+def apply_summary(report: dict[str, Any], out_dir: Path | None = None) -> str:
+    """``compress apply``'s closing lines: accuracy, MACs, parameters, size, latency per engine
+    and batch size, the headline speedup, the pruning proof of each step (its max difference,
+    or "not proven"), gates, whether ``hf/`` was written, and where the report is."""
+    figures = {f.key: f for f in key_figures(report)}
+    lines = []
+
+    def add(label: str, key: str) -> None:
+        f = figures[key]
+        lines.append(_line(label, f.value + (f" ({f.detail})" if f.detail else "")))
+
+    add("top-1 accuracy", "accuracy")
+    add("MACs", "macs")
     b, c = report["baseline"], report["compressed"]
-    lines = [f"top-1 accuracy  {b['accuracy']:.2f}% -> {c['accuracy']:.2f}% "
-             f"({c['accuracy'] - b['accuracy']:+.2f} points)",
-             f"MACs            {b['macs'] / 1e6:.2f}M -> {c['macs'] / 1e6:.2f}M "
-             f"({report['macs_reduction']:.1%} fewer)",
-             f"parameters      {b['params']:,} -> {c['params']:,}"]
+    fewer = (f" ({1 - c['params'] / b['params']:.1%} fewer)"
+             if b.get("params") and c.get("params") is not None else "")
+    lines.append(_line("parameters", f"{b['params']:,} → {c['params']:,}{fewer}"))
+    if b.get("onnx_bytes") or c.get("onnx_bytes"):
+        add("ONNX size", "size")
+    label = "latency"
     for engine, per_batch in (report.get("speedup") or {}).items():
         if engine == "headline" or not per_batch:
             continue
         for bs, ratio in per_batch.items():
             lb = b["latency_ms"][engine][bs]["median"]
             lc = c["latency_ms"][engine][bs]["median"]
-            lines.append(f"{engine:<11} b{bs:<3} {lb:.3f} ms -> {lc:.3f} ms ({ratio:.2f}x)")
+            lines.append(_line(label, f"{engine:<11} b{bs:<4} {lb:.3f} ms → {lc:.3f} ms "
+                                      f"({ratio:.2f}×)"))
+            label = ""
+    add("measured speedup", "speedup")
     steps = report.get("steps") or []
     if steps:
-        lines.append("pruning proof   " + ", ".join(
-            f"step {st['step']}: {proof_cell(st)}" for st in steps))
-    for g in report.get("gates", []):
-        lines.append(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g['message']}")
+        lines.append(_line("pruning proof", ", ".join(
+            f"step {st['step']}: {proof_cell(st)}" for st in steps)))
+    gates = report.get("gates") or []
+    failed = [g for g in gates if not g["passed"]]
+    if gates:
+        lines.append(_line("gates", f"{len(failed)} of {len(gates)} FAILED" if failed else
+                           "passed" if len(gates) == 1 else f"all {len(gates)} passed"))
+    lines += [f"gate FAIL: {g['message']}" for g in failed]
     lines += [f"warning: {w}" for w in report.get("warnings") or []]  # e.g. at chance level
+    hf = hf_line(report)
+    if hf is not None:
+        lines.append(_line("hf/", hf))
+    if out_dir is not None:
+        lines.append(_line("report", str(Path(out_dir) / "report.html")))
     return "\n".join(lines)
 
 

@@ -90,5 +90,7 @@ def export_model(model: nn.Module, out_dir: Path, spec: ExportSpec, model_spec: 
         result["parity"]["onnx"] = worst
         result["onnx"] = str(path)
         result["onnx_bytes"] = onnx_size(path)
-    log.info("exported to %s; parity %s", out_dir, result["parity"])
+    log.info("exported to %s; parity, max |difference| from PyTorch: %s", out_dir,
+             ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in result["parity"].items()) or "not checked")
     return result

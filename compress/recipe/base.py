@@ -34,10 +34,14 @@ def registered(field: str, module: str, registry: str) -> Any:
 
 def registered_names(module: str, registry: str) -> Callable[[dict[str, Any]], None]:
     """``json_schema_extra`` of a field ``registered`` checks: the JSON schema lists the names
-    registered when the schema is made, so editors can complete and check them."""
+    registered when the schema is made, as its ``enum`` (editors complete and check them) and
+    at the end of its description (so no hand-written list of names can go stale)."""
 
     def extra(schema: dict[str, Any]) -> None:
-        schema["enum"] = getattr(importlib.import_module(module), registry).names()
+        names = getattr(importlib.import_module(module), registry).names()
+        schema["enum"] = names
+        text = schema.get("description", "").rstrip()
+        schema["description"] = (text + " " if text else "") + f"One of: {', '.join(names)}."
 
     return extra
 

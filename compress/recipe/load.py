@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from compress.errors import InputError
 from compress.recipe.spec import Recipe
 from compress.recipe.yamlsafe import MAX_BYTES, read_yaml
+from compress.registry import did_you_mean
 
 __all__ = ["parse_recipe", "apply_overrides", "load_recipe", "recipe_json_schema"]
 
@@ -51,7 +52,8 @@ def _validation_message(err: ValidationError, source: str) -> str:
         where = _format_loc(loc)
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(loc)
-            parts.append(f"unknown key '{where}'; allowed keys here: {', '.join(allowed)}")
+            parts.append(f"unknown key '{where}'{did_you_mean(str(loc[-1]), allowed)}; "
+                         f"allowed keys here: {', '.join(allowed)}")
         elif e["type"] == "missing":
             parts.append(f"missing required key '{where}'")
         else:

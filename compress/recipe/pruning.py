@@ -119,8 +119,8 @@ class PruningSpec(Section):
 class ScheduleSpec(Section):
     """How the pruning is spread over steps."""
 
-    kind: str = Field("one-shot", description="Pruning schedule: one-shot, iterative or "
-                      "hybrid.", examples=["iterative"],
+    kind: str = Field("one-shot", description="How the pruning is spread over steps (a "
+                      "registered schedule).", examples=["iterative"],
                       json_schema_extra=registered_names("compress.schedules", "SCHEDULES"))
     steps: int | None = Field(None, ge=1, description="iterative: number of steps; hybrid: "
                               "number of steps after the first.", examples=[5])

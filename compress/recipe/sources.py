@@ -22,8 +22,8 @@ __all__ = ["ModelSpec", "Normalize", "ArchiveLimits", "DataSpec"]
 class ModelSpec(Section):
     """Where the model comes from. Which fields a source uses is checked by the source."""
 
-    source: str = Field(description="Model source: torchvision, cifar_resnet, python or "
-                        "huggingface.",
+    source: str = Field(description="Where the model comes from (a registered "
+                        "model source).",
                         examples=["cifar_resnet"],
                         json_schema_extra=registered_names("compress.models", "MODEL_SOURCES"))
     name: str | None = Field(None, description="Architecture name (torchvision model name, or "
@@ -99,7 +99,7 @@ class ArchiveLimits(Section):
 class DataSpec(Section):
     """Training and evaluation data."""
 
-    source: str = Field(description="Dataset source: digits, imagefolder or torchvision.",
+    source: str = Field(description="Where the data comes from (a registered dataset).",
                         examples=["imagefolder"],
                         json_schema_extra=registered_names("compress.data", "DATASETS"))
     name: str | None = Field(None, description="torchvision dataset class name.",

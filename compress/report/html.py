@@ -21,6 +21,7 @@ import io
 import re
 from typing import Any
 
+from compress.report.figures import key_figures
 from compress.report.markdown import render_markdown, zeroes_weights
 
 __all__ = ["render_html", "markdown_to_html", "report_plots"]
@@ -38,7 +39,17 @@ blockquote{margin:.8em 0;padding:.2em 1em;border-left:4px solid #d0d7de;color:#5
 code{background:#f6f8fa;padding:0 .25em;border-radius:3px}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #d0d7de}
 figcaption{color:#57606a;font-size:.9em}
-.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}
+.pass,.fail{font-weight:600;padding:0 .45em;border-radius:3px}
+.pass{color:#1a7f37;background:#dafbe1}.fail{color:#cf222e;background:#ffebe9}
+.status{padding:.55em 1em;border-radius:6px;font-weight:600;font-size:1.15em;color:#fff;
+margin:.6em 0}
+.status.passed{background:#1a7f37}.status.gate_failed{background:#cf222e}
+.status.other{background:#6e7781}
+.strip{display:flex;flex-wrap:wrap;gap:.7em;margin:.8em 0 1.2em}
+.fig{flex:1 1 210px;border:1px solid #d0d7de;border-radius:6px;padding:.5em .9em}
+.fig.ok{border-left:6px solid #1a7f37}.fig.bad{border-left:6px solid #cf222e}
+.fig .label{color:#57606a;font-size:.85em}.fig .value{font-size:1.3em;font-weight:600}
+.fig .detail{color:#57606a;font-size:.85em}
 """
 _BASE, _COMP = "#8c959f", "#1f77b4"
 
@@ -154,14 +165,15 @@ def _accuracy_plot(report: dict[str, Any]) -> str:
     ax.plot(xs, ys, "-o", color=_COMP)
     ax.annotate("baseline", (xs[0], ys[0]), textcoords="offset points", xytext=(6, -12))
     for s, x, y in zip(steps, xs[1:], ys[1:]):
-        ax.annotate(f"step {s.get('step')}", (x, y), textcoords="offset points", xytext=(6, 6))
+        ax.annotate(f"step {s.get('step')}", (x, y), textcoords="offset points", xytext=(6, -12))
     ax.axhline(base, color=_BASE, linestyle=":", linewidth=1)
     ax.set_xlabel("weight sparsity (cumulative target)" if masked
                   else "MACs removed (cumulative fraction)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs sparsity per step")
     ax.set_xlim(-0.02, max(1.0, max(xs) + 0.05))
-    ax.margins(y=0.15)  # room for the step labels
+    # The whole 0-100 % scale: a zoomed axis would make a 1-point change look like a cliff.
+    ax.set_ylim(0, 1.03 * max([100.0, *(y for y in ys if y is not None)]))
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -221,7 +233,7 @@ def _width_plot(report: dict[str, Any]) -> str:
     steps = report.get("steps") or []
     last = _layers(steps[-1]) if steps else {}
     n = len(last)
-    fig = Figure(figsize=(8, min(max(2.0, 0.24 * n + 1.4), 18)))
+    fig = Figure(figsize=(8, min(max(2.0, 0.24 * n + 1.4), 18)), layout="constrained")
     ax = fig.add_subplot()
     if not last:
         _note(ax, "no per-layer data in this report")
@@ -253,7 +265,8 @@ def _width_plot(report: dict[str, Any]) -> str:
         ax.margins(x=0.12)
     ax.set_yticks(list(pos), names, fontsize=8 if n > 25 else 9)
     ax.set_ylim(-0.7, n - 0.3)  # the default 5 % margin is several empty rows on deep nets
-    ax.legend(loc="lower right", fontsize=8)
+    # Below the axes, never over a bar or its label.
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     return _png(fig)
 
 
@@ -266,18 +279,49 @@ def report_plots(report: dict[str, Any]) -> list[tuple[str, str]]:
             ("Per-layer size after the last step.", _width_plot(report))]
 
 
+_STATUS = {"passed": "Passed", "gate_failed": "Gate failed"}
+
+
+def _status_banner(report: dict[str, Any]) -> str:
+    status = str(report.get("status", "unknown"))
+    gates = report.get("gates") or []
+    failed = sum(not g.get("passed") for g in gates)
+    detail = (f"{failed} of {len(gates)} gates failed" if failed else
+              f"all {len(gates)} gates passed" if len(gates) > 1 else
+              "the gate passed" if gates else "no gates set")
+    css = status if status in _STATUS else "other"
+    return (f'<div class="status {css}">{html.escape(_STATUS.get(status, status))}: '
+            f"{html.escape(detail)}</div>")
+
+
+def _figure_strip(report: dict[str, Any]) -> str:
+    cards = []
+    for f in key_figures(report):
+        css = "" if f.passed is None else " ok" if f.passed else " bad"
+        cards.append(f'<div class="fig{css}"><div class="label">{html.escape(f.label)}</div>'
+                     f'<div class="value">{html.escape(f.value)}</div>'
+                     f'<div class="detail">{html.escape(f.detail)}</div></div>')
+    return '<div class="strip">' + "".join(cards) + "</div>"
+
+
 def render_html(report: dict[str, Any]) -> str:
-    """The whole page: title, summary table, plots, then the rest of the Markdown report."""
-    body = markdown_to_html(render_markdown(report))
+    """The whole page: title, coloured status, a strip of the key figures, the gates, the
+    summary table, plots, then the rest of the Markdown report."""
+    # The title and the status line are drawn as the banner and the strip here.
+    md = "\n".join(line for line in render_markdown(report).splitlines()
+                   if not line.startswith(("# compress report:", "**Status:**")))
+    body = markdown_to_html(md)
     figures = "\n".join(f'<figure><img src="data:image/png;base64,{png}" alt="{html.escape(cap)}">'
                         f"<figcaption>{html.escape(cap)}</figcaption></figure>"
                         for cap, png in report_plots(report))
     plots = f"<h2>Plots</h2>\n{figures}\n"
-    # Plots go after the summary table, before the first section heading.
-    cut = body.find("<h2>")
+    # Plots go after the summary table and the gates, before the first detailed section.
+    cut = next((m.start() for m in re.finditer("<h2>", body)
+                if not body.startswith("<h2>Gates</h2>", m.start())), -1)
     body = body + "\n" + plots if cut < 0 else body[:cut] + plots + body[cut:]
     title = html.escape(f"compress report: {report.get('name', 'run')}")
+    head = f"<h1>{title}</h1>\n{_status_banner(report)}\n{_figure_strip(report)}\n"
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n"
+            f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n{head}{body}\n"
             f"</body>\n</html>\n")

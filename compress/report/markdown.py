@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from compress.report.figures import environment_rows, human_count, megabytes, signed_points
 from compress.report.proof import proof_cell, tolerance_words
 
 __all__ = ["render_markdown", "gates_markdown", "human_count", "zeroes_weights"]
@@ -71,21 +72,6 @@ def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
     return str(value)
 
 
-def human_count(n: Any) -> str:
-    """``1234567`` -> ``'1.23M'``; anything that is not a number -> ``'n/a'``.
-
-    Example:
-        >>> human_count(1234567), human_count(950), human_count(None)
-        ('1.23M', '950', 'n/a')
-    """
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return "n/a"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     """A report that fits a CI comment or a GitHub step summary.
 
@@ -103,15 +89,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     acc_b, acc_c = b.get("accuracy"), c.get("accuracy")
     drop = None if acc_b is None or acc_c is None else acc_b - acc_c
     lines.append(f"| top-1 accuracy (%) | {_fmt(acc_b, '.2f')} | {_fmt(acc_c, '.2f')} | "
-                 f"{_fmt(None if drop is None else -drop, '+.2f')} points |")
+                 f"{'n/a' if drop is None else signed_points(-drop)} |")
     if b.get("perplexity") is not None:
         lines.append(f"| perplexity | {_fmt(b.get('perplexity'), '.2f')} | "
                      f"{_fmt(c.get('perplexity'), '.2f')} | |")
-    for key, label in (("macs", "MACs"), ("params", "parameters"),
-                       ("onnx_bytes", "ONNX size (bytes)")):
+    for key, label in (("macs", "MACs"), ("params", "parameters"), ("onnx_bytes", "ONNX size")):
         vb, vc = b.get(key), c.get(key)
         ratio = f"{vb / vc:.2f}x smaller" if isinstance(vb, (int, float)) and vc else "n/a"
-        lines.append(f"| {label} | {human_count(vb)} | {human_count(vc)} | {ratio} |")
+        shown = megabytes if key == "onnx_bytes" else human_count
+        lines.append(f"| {label} | {shown(vb)} | {shown(vc)} | {ratio} |")
     speed = report.get("speedup") or {}
     for engine in ("onnxruntime", "torch"):
         for bs, ratio in (speed.get(engine) or {}).items():
@@ -121,6 +107,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{_fmt(lb.get('median'), '.3f')} | {_fmt(lc.get('median'), '.3f')} | "
                          f"{_fmt(ratio, '.2f')}x faster |")
     lines.append("")
+    gates = report.get("gates") or []
+    if gates:  # right below the figures they judge, above the details
+        lines += ["## Gates", "", gates_markdown(gates), ""]
     eff = report.get("speedup_per_macs_reduction")
     if eff is not None:
         lines += [f"Measured speedup ÷ MACs reduction: **{eff:.2f}** (1.0 = every MAC removed "
@@ -161,12 +150,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"- {k}: max |diff| {_fmt(v, '.2e')} (passed{tolerance_words(tolerances.get(k))})"
                   for k, v in parity.items()]
         lines.append("")
-    gates = report.get("gates") or []
-    if gates:
-        lines += ["## Gates", "", gates_markdown(gates), ""]
     env = report.get("environment") or {}
     if env:
-        lines += ["## Environment", ""]
-        lines += [f"- {k}: {v}" for k, v in env.items()]
+        lines += ["## Environment", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {v.replace('|', chr(92) + '|')} |" for k, v in environment_rows(env)]
         lines.append("")
     return "\n".join(lines)

@@ -53,7 +53,7 @@ def test_apply_end_to_end(tiny_run) -> None:
     assert len(report["steps"]) == 1 and report["steps"][0]["max_abs_diff"] < 1e-4
     assert report["steps"][0]["proof"] == "proven"
     diff = report["steps"][0]["max_abs_diff"]
-    assert f"pruning proof   step 1: {diff:.1e}" in result.output
+    assert f"pruning proof     step 1: {diff:.1e}" in result.output
     assert f"| {diff:.1e} |" in (out / "report.md").read_text()
     assert "not proven" not in result.output + (out / "report.md").read_text()
     assert report["speedup"]["headline"] > 0
@@ -203,3 +203,24 @@ def test_apply_refuses_a_finished_folder_unless_overwrite(tmp_path: Path) -> Non
     again = runner.invoke(app, ["apply", str(path), "--out", out])
     assert again.exit_code == 2 and "--overwrite" in again.output and "=True" not in again.output
     assert runner.invoke(app, ["apply", str(path), "--out", out, "--overwrite"]).exit_code == 0
+
+
+def test_ctrl_c_exits_130_and_prints_the_whole_resume_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import compress.run.pipeline as pipeline
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_recipe", interrupted)
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    result = runner.invoke(app, ["apply", str(recipe), "--set", "finetune.epochs=1",
+                                 "--set", "name=my run"])
+    assert result.exit_code == 130
+    command = result.stderr.strip().splitlines()[-1].strip()
+    assert command == (f"compress apply {recipe} --out 'runs/my run' --set finetune.epochs=1 "
+                       f"--set 'name=my run' --resume")
+    out = tmp_path / "elsewhere"
+    result = runner.invoke(app, ["apply", str(recipe), "--out", str(out)])
+    assert result.exit_code == 130
+    assert result.stderr.strip().endswith(f"compress apply {recipe} --out {out} --resume")

@@ -46,7 +46,7 @@ def test_report_md_and_html_say_not_proven(unverified_run) -> None:
 
 def test_terminal_summary_says_not_proven(unverified_run) -> None:
     _, output = unverified_run
-    assert "pruning proof   step 1: not proven" in output
+    assert "pruning proof     step 1: not proven" in output
 
 
 def test_the_proof_gate_fails_the_run_when_required(unverified_run, tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ def test_defaults() -> None:
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"pruning__rate": 0.5}, "unknown key 'pruning.rate'; allowed keys here: kind, importance"),
+    ({"pruning__rate": 0.5},
+     "unknown key 'pruning.rate' (did you mean 'ratio'?); allowed keys here: kind, importance"),
     ({"bogus": 1}, "unknown key 'bogus'"),
     ({"pruning__ratio": 1.5}, "'pruning.ratio': Input should be less than 1"),
     ({"pruning__ratio": -0.1}, "'pruning.ratio': Input should be greater than 0"),
@@ -34,7 +35,8 @@ def test_defaults() -> None:
     ({"finetune__optimizer": "lion"}, "'finetune.optimizer': Input should be 'sgd' or 'adamw'"),
     ({"pruning__importance": "magic"}, "unknown importance criterion 'magic'; available: "),
     ({"model__source": "hub"}, "unknown model source 'hub'; available: cifar_resnet, huggingface, python"),
-    ({"data__source": "imagenet"}, "unknown dataset 'imagenet'; available: digits"),
+    ({"data__source": "imagenet"},
+     "unknown dataset 'imagenet' (did you mean 'imagefolder'?); available: digits"),
     ({"schedule__kind": "sometimes"}, "unknown schedule 'sometimes'; available: hybrid, iterative, one-shot"),
     ({"pruning__target": {"macs": 0.5}}, "give exactly one of 'ratio'"),
     ({"device": "tpu"}, "device must be one of auto, cpu, cuda, cuda:N"),

@@ -28,6 +28,8 @@ from tests.gates.test_gate import make_report, write_run
 runner = CliRunner()
 _IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 _PLOT_BLUE = np.array([31, 119, 180])  # matplotlib's C0, the "compressed" colour
+_BANNER_GREEN = np.array([0x1a, 0x7f, 0x37])  # report.html's "passed" status fill
+_VERDICT_GREEN = np.array([0xda, 0xfb, 0xe1])  # a passed gate's verdict cell
 
 
 def _external_urls(page: str) -> list[str]:
@@ -79,7 +81,7 @@ def test_step_proof_cell_in_md_html_and_summary(diff, proof, cell) -> None:
     row = next(line for line in md.splitlines() if line.startswith("| 1 |"))
     assert row.endswith(f"| {cell} |") and (diff is not None or "e+00" not in row)
     assert f"<td>{cell}</td>" in render_report(report, "html")
-    assert f"pruning proof   step 1: {cell}" in apply_summary(report)
+    assert f"pruning proof     step 1: {cell}" in apply_summary(report)
 
 
 def test_build_report_notes_unproven_steps(tmp_path: Path) -> None:
@@ -187,12 +189,19 @@ def test_report_command_formats(tmp_path: Path) -> None:
     assert md.exit_code == 0 and md.stdout.startswith("# compress report: quickstart")
     js = runner.invoke(app, ["report", str(run / "report.json"), "--format", "json"])
     assert js.exit_code == 0 and json.loads(js.stdout)["name"] == "quickstart"
+    # Every format prints to stdout, html too; -o writes the same text to a file instead.
+    (run / "report.html").unlink(missing_ok=True)
     html = runner.invoke(app, ["report", str(run), "--format", "html"])
-    assert html.exit_code == 0 and html.stdout.strip() == f"wrote {run / 'report.html'}"
-    assert len(_IMG.findall((run / "report.html").read_text())) == 3
-    out = tmp_path / "elsewhere" / "r.md"
-    assert runner.invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
-    assert out.read_text().startswith("# compress report")
+    assert html.exit_code == 0 and html.stdout.startswith("<!DOCTYPE html>")
+    assert len(_IMG.findall(html.stdout)) == 3 and not (run / "report.html").exists()
+    for fmt, head in (("md", "# compress report"), ("html", "<!DOCTYPE html>"),
+                      ("json", "{")):
+        out = tmp_path / "elsewhere" / f"r.{fmt}"
+        wrote = runner.invoke(app, ["report", str(run), "-f", fmt, "-o", str(out)])
+        assert wrote.exit_code == 0 and wrote.stdout == "" and str(out) in wrote.stderr
+        assert out.read_text().startswith(head)
+    assert (tmp_path / "elsewhere" / "r.html").read_text().rstrip("\n") == \
+        html.stdout.rstrip("\n")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -211,7 +220,7 @@ def test_compare_rows() -> None:
                              ("c", _old_format())])
     assert table.columns == ["a", "b", "c"]
     rows = dict(table.rows)
-    assert [label for label, _ in table.rows] == [label for label, _ in COMPARE_ROWS]
+    assert [label for label, _ in table.rows] == [row[0] for row in COMPARE_ROWS]
     assert rows["top-1 accuracy before (%)"] == ["99.44", "99.44", "99.44"]
     assert rows["accuracy drop"][0] == "0.27 points (0.27 %)"
     assert rows["MACs reduction"][0] == "53.4%"
@@ -220,6 +229,12 @@ def test_compare_rows() -> None:
     assert rows["fine-tune epochs (total)"] == ["3.00", "9.00", "3.00"]  # old: summed steps
     assert rows["schedule"] == ["one-shot (1 step)", "iterative (3 steps)", "one-shot (1 step)"]
     assert rows["kind"] == ["structured", "unstructured", "structured"]
+    values = dict(table.values)  # the same figures as numbers, for --json
+    assert values["accuracy_before"] == [99.44, 99.44, 99.44]
+    assert values["accuracy_drop_points"][0] == pytest.approx(0.27)
+    assert values["macs_reduction"][0] == pytest.approx(0.534, abs=1e-3)
+    assert values["speedup"][0] == pytest.approx(1.83, abs=5e-3)
+    assert values["params"][0] == {"before": 520394, "after": 250114}
 
 
 def test_compare_command(tmp_path: Path) -> None:
@@ -229,8 +244,16 @@ def test_compare_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     header = next(line for line in result.stdout.splitlines() if "quickstart" in line)
     assert "sparse" in header
-    for label, _ in COMPARE_ROWS:
+    for label, *_ in COMPARE_ROWS:
         assert label in result.stdout
+    as_json = json.loads(runner.invoke(app, ["compare", str(a), str(b), "--json"]).stdout)
+    assert as_json["columns"] == ["quickstart", "sparse"]
+    for row in as_json["rows"]:  # numbers (or null), never a pre-formatted string
+        assert len(row["values"]) == 2 and len(row["text"]) == 2
+        if row["key"] not in ("schedule", "kind", "status"):
+            assert all(v is None or isinstance(v, (int, float, dict)) for v in row["values"])
+    top = {row["key"]: row["values"] for row in as_json["rows"]}
+    assert top["accuracy_before"] == [99.44, 99.44] and isinstance(top["speedup"][0], float)
     same = write_run(tmp_path / "c", make_report())  # same name as a: columns become paths
     assert compare_runs([a, same]).columns == [str(a), str(same)]
     bad = runner.invoke(app, ["compare", str(a), str(tmp_path / "missing")])
@@ -278,3 +301,11 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     # The plots decoded and are on screen: many pixels of the plots' bar/line colour.
     blue = (np.abs(pixels - _PLOT_BLUE).sum(axis=-1) < 40).sum()
     assert blue > 20_000, blue
+    # The first screen (900 px) holds the coloured status banner and the gates' verdicts,
+    # each told apart by its own colour: the banner's green fill, a verdict's pale green.
+    first = pixels[:900]
+    banner = (np.abs(first - _BANNER_GREEN).sum(axis=-1) < 12).sum()
+    verdict = (np.abs(first - _VERDICT_GREEN).sum(axis=-1) < 12).sum()
+    assert banner > 20_000 and verdict > 200, (banner, verdict)
+    below = pixels[900:]
+    assert (np.abs(below - _VERDICT_GREEN).sum(axis=-1) < 12).sum() < verdict
