@@ -8,8 +8,9 @@ so an edit elsewhere never costs a retraining, and an edit here always does.
 Example:
     >>> round(_lr(0, SETTINGS["tiny"]) / SETTINGS["tiny"]["lr"], 2)  # warmup's first step
     0.5
-    >>> _lr(10**6, SETTINGS["tiny"]) < SETTINGS["tiny"]["lr"] / 9  # decayed to a tenth
-    True
+    >>> s = SETTINGS["tiny"]
+    >>> round(_lr(s["steps"], s) / s["lr"], 2)  # where the schedule ends: a tenth
+    0.1
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from decoder_corpus import cache_root, prepare_corpus
-from provenance import files_digest
+from provenance import files_digest, load_average
 
 log = logging.getLogger("bench")
 
@@ -121,7 +123,7 @@ def train(s: dict[str, Any], corpus: Path, out: Path) -> dict[str, Any]:
     import torch
     from transformers import LlamaForCausalLM
 
-    t0 = time.perf_counter()
+    t0, load_before = time.perf_counter(), load_average()
     text = (corpus / "train.txt").read_text(encoding="utf-8")[: s["train_chars"]]
     tokenizer = _tokenizer(text, s["vocab"])
     train_ids, held = _ids(tokenizer, text), _ids(tokenizer, (corpus / "heldout.txt")
@@ -152,6 +154,8 @@ def train(s: dict[str, Any], corpus: Path, out: Path) -> dict[str, Any]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if (step + 1) % 50 == 0:
+            log.info("step %d: train loss %.3f", step + 1, sum(losses[-50:]) / 50)
         if step + 1 in evals:
             model.eval()
             ppl = heldout_perplexity(model, held, s["seq"])["perplexity"]
@@ -169,6 +173,9 @@ def train(s: dict[str, Any], corpus: Path, out: Path) -> dict[str, Any]:
     record = {"tokenize_s": tokenize_s, "train_s": time.perf_counter() - t_train,
               "train_tokens": len(train_ids), "tokens_seen": s["steps"] * s["batch"] * s["seq"],
               "curve": curve, "threads": torch.get_num_threads(),
+              # the training is cached: what it ran on travels with it
+              "load_before": load_before, "load_after": load_average(),
+              "nice": os.nice(0), "torch": torch.__version__,
               "train_loss_per_10_steps": [round(sum(losses[i:i + 10]) / len(losses[i:i + 10]), 4)
                                           for i in range(0, len(losses), 10)],
               "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
