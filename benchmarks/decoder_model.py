@@ -34,13 +34,14 @@ from typing import Any
 
 from _common import add_common_args, finish, fmt_table, make_parser, start
 from decoder_corpus import prepare_corpus
-from decoder_train import SETTINGS, ensure_model, heldout_perplexity, model_folder
+from decoder_train import ensure_model, heldout_perplexity, model_folder
 from provenance import peak_rss_mib
 
 log = logging.getLogger("bench")
 
 __all__ = ["CHECK", "check_apply", "render_result"]
 
+PROMPT = "It is a truth universally acknowledged, that"
 # The compress apply check: a quarter of the heads and FFN neurons by l2 magnitude.
 CHECK = {"kind": "structured", "importance": "l2", "ratio": 0.25, "heads": 0.25, "ffn": 0.25}
 
@@ -65,34 +66,46 @@ def check_apply(model_dir: Path, corpus: Path, s: dict[str, Any], work: Path) ->
             "run_folder": str(work)}
 
 
+def _load(x: list[float] | None) -> str:
+    return "/".join(f"{v:.1f}" for v in x) if x else "not recorded"
+
+
 def render_result(r: dict[str, Any]) -> str:
     """The model, its training and its held-out perplexity, from a result file."""
     c, t, h, a = r["corpus"], r["training"], r["heldout"], r["apply_check"]
-    cfg = r["config"]
+    cfg, s, prune = r["config"], r["settings"], a["recipe_pruning"]
+    when = (f"trained {t['trained']} by an earlier run of this script and cached (load average "
+            f"{_load(t.get('load_before'))} before, {_load(t.get('load_after'))} after, nice "
+            f"{t.get('nice')})" if r["cached"] else "trained in this run")
     rows = [["corpus", f"{c['name']}, Debian package `{c['package']}` {c['version']} "
-             f"({c['licence']})"],
-            ["split (chapters)", c["split_rule"]],
+             f"(sha256 `{c['deb_sha256'][:12]}…`; {c['licence']})"],
+            ["split (by chapter)", c["split_rule"]],
             ["tokens: train / held-out", f"{t['train_tokens']:,} / {h['tokens']:,} "
-             f"(byte-level BPE, vocab {cfg['vocab_size']})"],
+             f"(byte-level BPE trained on the training split, vocab {cfg['vocab_size']})"],
             ["model", f"Llama, hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} blocks, "
-             f"{cfg['num_attention_heads']} query / {cfg['num_key_value_heads']} kv heads, FFN "
-             f"{cfg['intermediate_size']}, untied LM head: {r['params']:,} parameters "
-             f"({r['params_non_embedding']:,} outside the embedding and LM head)"],
+             f"{cfg['num_attention_heads']} query / {cfg['num_key_value_heads']} kv heads of "
+             f"{cfg['head_dim']}, FFN {cfg['intermediate_size']}, untied LM head: "
+             f"{r['params']:,} parameters ({r['params_non_embedding']:,} outside the embedding "
+             f"and LM head); cached as `{Path(r['model_dir']).name}`"],
             ["training", f"{t['tokens_seen']:,} tokens seen "
-             f"({t['tokens_seen'] / t['train_tokens']:.1f} epochs), "
-             f"{r['settings']['steps']} steps of {r['settings']['batch']} × "
-             f"{r['settings']['seq']} tokens, {t['threads']} torch thread(s), "
-             f"{t['train_s'] / 60:.1f} min" + (" (cached from an earlier run)"
-                                               if r["cached"] else "")],
-            ["held-out perplexity", f"**{h['perplexity']:.2f}** ({h['tokens']:,} scored tokens, "
-             f"blocks of {r['settings']['seq']})"],
+             f"({t['tokens_seen'] / t['train_tokens']:.2f} passes over the training split), "
+             f"{s['steps']} AdamW steps of {s['batch']} × {s['seq']} tokens, peak lr {s['lr']}, "
+             f"seed {s['seed']}; {t['threads']} torch thread(s), {t['train_s'] / 60:.1f} min; "
+             + when],
+            ["held-out perplexity", f"**{h['perplexity']:.2f}** ({h['tokens']:,} scored tokens "
+             f"in blocks of {s['seq']})"],
             ["held-out perplexity during training", ", ".join(
-                f"{p['heldout_perplexity']:.1f} at {p['tokens_seen'] / 1e6:.2f} M tokens"
+                f"{p['heldout_perplexity']:.1f} after {p['tokens_seen'] / 1e6:.2f} M tokens"
                 for p in t["curve"])],
-            ["`compress apply` (25 % heads + FFN, l2, no fine-tune)",
-             f"perplexity {a['baseline']['perplexity']:.2f} → "
+            [f"`compress apply`: {prune['heads']:.0%} of heads and of FFN neurons by "
+             f"{prune['importance']}, no fine-tune",
+             f"held-out perplexity {a['baseline']['perplexity']:.2f} → "
              f"{a['compressed']['perplexity']:.2f}; parameters {a['baseline']['params']:,} → "
-             f"{a['compressed']['params']:,}; proof {', '.join(map(str, a['proofs']))}"]]
+             f"{a['compressed']['params']:,}; proof: {', '.join(map(str, a['proofs']))}; "
+             f"{a['wall_s'] / 60:.1f} min"]]
+    if "sample" in r:
+        text = " ".join(r["sample"]["greedy_40_tokens"].split()).replace("|", "\\|")
+        rows.append(["greedy continuation of the prompt (40 tokens)", f"“{text}”"])
     return fmt_table(["", ""], rows)
 
 
@@ -103,7 +116,6 @@ def main() -> None:
     add_common_args(parser)
     args = parser.parse_args()
     start(args)
-    s = SETTINGS["tiny" if args.tiny else "full"]
     cached = not args.retrain and model_folder(args.tiny, prepare_corpus()[1]).joinpath(
         "training.json").is_file()
     model_dir, corpus, s = ensure_model(args.tiny, args.retrain)
@@ -117,6 +129,10 @@ def main() -> None:
                      return_tensors="pt")["input_ids"][0]
     with torch.no_grad():
         heldout = heldout_perplexity(model, held, s["seq"])
+        prompt = tokenizer(PROMPT, return_tensors="pt")
+        greedy = model.generate(**prompt, max_new_tokens=40, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
+    sample = tokenizer.decode(greedy[0], skip_special_tokens=True)
     params = sum(p.numel() for p in model.parameters())
     embed = model.get_input_embeddings().weight.numel() + model.lm_head.weight.numel()
     work = args.work / ("decoder_model-tiny" if args.tiny else "decoder_model")
@@ -133,6 +149,7 @@ def main() -> None:
                                                       "chapters")},
                           "package": manifest["source"].split()[-1]},
                "training": record, "heldout": heldout, "apply_check": apply_check,
+               "sample": {"prompt": PROMPT, "greedy_40_tokens": sample},
                "peak_rss_mib": peak_rss_mib()}
     finish("decoder_model", args.tiny, payload, render_result(payload), args.out)
 
