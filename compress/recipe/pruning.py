@@ -86,11 +86,14 @@ class PruningSpec(Section):
                               "with target the fraction its search finds).",
                               examples=[0.5])
     hidden: float | None = Field(None, ge=0, lt=1, description="Transformers (BERT-family and "
-                                 "DistilBERT sequence classifiers): fraction of the hidden size "
-                                 "removed by the end of the schedule (default: 0, kept). These "
-                                 "configs derive the head size from hidden / heads, so the same "
-                                 "fraction as heads keeps the result loadable by stock "
-                                 "from_pretrained.", examples=[0.5])
+                                 "DistilBERT sequence classifiers; Llama, Qwen2, Qwen3, Mistral "
+                                 "and GPT-2 decoders, LM head tied or not): fraction of the "
+                                 "hidden size removed by the end of the schedule (default: 0, "
+                                 "kept). BERT and GPT-2 configs derive the head size from "
+                                 "hidden / heads, so the same fraction as heads keeps the result "
+                                 "loadable by stock from_pretrained; Llama-style configs keep "
+                                 "their head size and k/v heads, and need the hidden size a "
+                                 "multiple of the query heads.", examples=[0.5])
 
     _known_kind = registered("kind", "compress.pruning", "PRUNING_KINDS")
     _known_importance = registered("importance", "compress.pruning.criteria", "IMPORTANCE")
