@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from compress.errors import InputError
-from compress.recipe.base import Section, device_name, pruning_kind_of
+from compress.recipe.base import Section, criterion_of, device_name, pruning_kind_of
 from compress.recipe.calibration import CalibrationSpec
 from compress.recipe.pruning import PruningSpec, ScheduleSpec
 from compress.recipe.sources import DataSpec, ModelSpec
@@ -93,6 +93,9 @@ class Recipe(Section):
         if pruning_kind_of(self.pruning.kind).single_step and self.schedule.kind != "one-shot":
             raise ValueError(f"{self.pruning.kind} pruning has a fixed pattern: use "
                              f"schedule.kind: one-shot")
+        if criterion_of(self.pruning.importance).one_shot and self.schedule.kind != "one-shot":
+            raise ValueError(f"importance {self.pruning.importance} chooses every weight from "
+                             f"one calibration pass: use schedule.kind: one-shot")
         seq_len = self.calibration.seq_len
         if seq_len is not None and seq_len > self.data.max_length:
             raise ValueError(f"calibration.seq_len ({seq_len}) exceeds data.max_length "
