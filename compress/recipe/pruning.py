@@ -36,7 +36,9 @@ class PruningSpec(Section):
         "every m consecutive input weights (e.g. 2:4).", examples=["structured"],
         json_schema_extra=registered_names("compress.pruning", "PRUNING_KINDS"))
     importance: str = Field("l2", description="Importance criterion that ranks channels "
-                            "(structured) or weights (unstructured: l1, l2, random).",
+                            "(structured) or weights (unstructured, n:m: l1, l2, random, and "
+                            "wanda or sparsegpt, which read the calibration section's samples "
+                            "and prune in one step).",
                             examples=["l2", "taylor"],
                             json_schema_extra=registered_names("compress.pruning.criteria",
                                                                "IMPORTANCE"))
@@ -69,6 +71,13 @@ class PruningSpec(Section):
                                    "layer may lose.", examples=[0.8])
     calibration_batches: int = Field(4, gt=0, description="Training batches used by "
                                      "gradient-based criteria (taylor, hessian).", examples=[8])
+    sparsegpt_damping: float = Field(0.01, gt=0, lt=1, description="sparsegpt: added to the "
+                                     "Hessian's diagonal, as a share of its mean diagonal "
+                                     "(raise it when a layer's Hessian is refused as not "
+                                     "positive definite).", examples=[0.01])
+    sparsegpt_block: int = Field(128, gt=0, description="sparsegpt: input columns updated "
+                                 "together (memory and speed, not the result); a multiple of m "
+                                 "for n:m.", examples=[128])
     verify: bool = Field(True, description="Prove each step: zeroed group == removed group on a "
                          "probe batch. A mismatch fails the run.", examples=[True])
     verify_atol: float = Field(1e-4, gt=0, le=1e-2, description="Tolerance of the proof, a "
