@@ -43,7 +43,8 @@ def _configs() -> dict[str, tuple[str, Any]]:
             tie_word_embeddings=False, initializer_range=0.2)),
         "qwen2": ("sequence-classification", t.Qwen2Config(
             vocab_size=MINILM_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
-            num_key_value_heads=4, intermediate_size=96, num_labels=3, pad_token_id=0, initializer_range=0.2)),
+            num_key_value_heads=4, intermediate_size=96, num_labels=3, pad_token_id=0,
+            initializer_range=0.2)),
         "gpt2": ("causal-lm", t.GPT2Config(
             vocab_size=MINILM_VOCAB, n_embd=32, n_layer=2, n_head=4, n_inner=64,
             n_positions=128, initializer_range=0.2)),
@@ -146,3 +147,23 @@ def tiny_text_run(root: Path, gates: dict[str, Any] | None = None, **data: Any) 
     }
     run_recipe(parse_recipe(recipe, base_dir=root), root / "run")
     return root / "run"
+
+
+def save_all(root: Path, archs: Any) -> dict[str, tuple[Path, str]]:
+    """:func:`save_tiny` for each of ``archs`` under ``root``: ``{arch: (folder, task)}``."""
+    return {arch: save_tiny(arch, root / arch) for arch in archs}
+
+
+def build_tiny(folder: Path, task: str) -> Any:
+    """compress's wrapper (``HFModel``) around the model saved in ``folder``."""
+    from compress.models import build_model
+    from compress.recipe.sources import ModelSpec
+
+    return build_model(ModelSpec(source="huggingface", name=str(folder), task=task))
+
+
+def fast_subset(archs: Any, fast: set[str]) -> list[Any]:
+    """pytest params of ``archs``, all but ``fast`` marked slow (kept out of ``make test``)."""
+    import pytest
+
+    return [pytest.param(a, marks=() if a in fast else pytest.mark.slow) for a in archs]

@@ -95,7 +95,7 @@ class HFModel(nn.Module):
 
     def _has_hidden_stream(self) -> bool:
         return (self.layout is not None and self.layout.hidden is not None
-                and self.task == "sequence-classification")
+                and self.task in self.layout.hidden.tasks)
 
     def hidden_width(self) -> int | None:
         """The hidden size now, where compress can prune it (else None: as in the config)."""

@@ -87,6 +87,9 @@ COUNT_CHECK = "not applicable (count check)"
 
 class Pruner(Protocol):
     needs_grad: bool  # its criterion needs accumulate_gradients before each step
+    # Optional (absent reads False): its criterion needs use_calibration(calibration), a
+    # compress.pruning.calibrated.Calibration, before each step.
+    # needs_calibration: bool
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         ...

@@ -52,7 +52,7 @@ from compress.pruning.base import (
     prove_removals_,
     scheduled_step,
 )
-from compress.pruning.criteria import IMPORTANCE
+from compress.pruning.criteria import IMPORTANCE, structured_criteria
 from compress.pruning.graph_errors import choose_groups, graph_errors, graph_state
 from compress.pruning.groups import (
     GroupRoundingPruner,
@@ -336,6 +336,6 @@ def _check(spec: PruningSpec) -> None:
 
 
 PRUNING_KINDS.register("structured")(PruningKind(
-    build_structured, criteria=tuple(IMPORTANCE.names()),
+    build_structured, criteria=structured_criteria(),
     description="Structured pruning through torch-pruning's dependency graph, with a proof for "
                 "every step", check=_check, shrinks_shapes=True))

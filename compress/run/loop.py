@@ -29,6 +29,7 @@ from compress.finetune.finetune import finetune_
 from compress.measure.counts import count_macs_params
 from compress.pruning import build_pruner
 from compress.pruning.base import Pruner, StepRecord
+from compress.pruning.calibrated import Calibration
 from compress.pruning.masks import load_state_
 from compress.pruning.planning import channel_ratios
 from compress.recipe.pruning import PruningSpec, ScheduleSpec
@@ -76,7 +77,10 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   on_step: StepCallback | None = None,
                   resume: ResumePoint | None = None,
                   checkpoints: CheckpointFactory | None = None,
-                  dist: Processes | None = None) -> tuple[list[dict[str, Any]], Pruner]:
+                  dist: Processes | None = None,
+                  calibration: list[torch.Tensor] | None = None,
+                  block_checkpoints: Callable[[int], Path] | None = None,
+                  ) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
     Returns one row per step and the pruner (call its ``finalize_`` before export).
@@ -86,6 +90,9 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     the next one, or from inside its fine-tune. A SIGINT/SIGTERM that asked to stop during a
     fine-tune that finished anyway stops the run after ``on_step`` (KeyboardInterrupt).
     ``dist``: the processes of a multi-process launch, which fine-tune together.
+    ``calibration``: the calibration batches, for criteria that read them (wanda, sparsegpt);
+    ``block_checkpoints(step)`` is the folder where such a step keeps its finished blocks, so
+    that a killed step resumes from them.
     """
     base_macs, base_params = count_macs_params(model, example)
     targets = plan_targets(schedule, pruning.final_target())
@@ -94,6 +101,10 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     if pruner.needs_grad and train is None:
         raise InputError(f"importance {pruning.importance!r} needs gradients; provide "
                          f"training data")
+    calibrated = getattr(pruner, "needs_calibration", False)  # optional in a Pruner
+    if calibrated and not calibration:
+        raise InputError(f"importance {pruning.importance!r} needs calibration samples; "
+                         f"provide them (the recipe's calibration section)")
     rows: list[dict[str, Any]] = []
     done = 0
     if resume is not None:
@@ -122,6 +133,11 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                 assert train is not None
                 pruner.accumulate_gradients(
                     itertools.islice(train, pruning.calibration_batches), device)
+            if calibrated:
+                assert calibration is not None
+                pruner.use_calibration(  # type: ignore[attr-defined]  # needs_calibration says
+Calibration(
+                    calibration, block_checkpoints(i) if block_checkpoints else None))
             record = pruner.step_(ratio, probe)
         stats = None
         if train is not None:

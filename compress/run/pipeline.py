@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from compress.data import serving_info
+from compress.data.calibration import calibration_batches
 from compress.errors import CompressError, InputError
 from compress.export.hf import save_hf_, write_model_card
 from compress.export.model import export_model
@@ -40,6 +41,7 @@ from compress.measure.latency import Candidate, measure_latency
 from compress.pruning.base import Pruner, StepRecord
 from compress.pruning.masks import folded_copy
 from compress.pruning.transformer import is_transformer
+from compress.recipe.base import criterion_of
 from compress.recipe.spec import Recipe
 from compress.report.build import build_report, write_report
 from compress.rng import sampler_generator
@@ -203,6 +205,10 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
         return folder.finetune_checkpoint(step, pruner, record, rows_so_far,
                                           recipe.finetune.checkpoint_every)
 
+    calibration = None
+    if criterion_of(recipe.pruning.importance).needs_calibration:
+        calibration = calibration_batches(bundle, recipe.calibration, recipe.seed)
+
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
                                   pruning=recipe.pruning, schedule=recipe.schedule,
@@ -211,7 +217,8 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                   teacher=teacher, on_step=on_step, resume=resume,
                                   # mid-fine-tune snapshots: single-process runs only
                                   checkpoints=checkpoints if dist.describe() is None else None,
-                                  dist=dist)
+                                  dist=dist, calibration=calibration,
+                                  block_checkpoints=folder.block_dir if dist.is_main else None)
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
     return dist.on_main(lambda: _finish(recipe, ctx.out_dir, model, baseline_model, baseline_onnx,
