@@ -52,7 +52,11 @@ from compress.pruning.base import (
     prove_removals_,
     scheduled_step,
 )
-from compress.pruning.criteria import IMPORTANCE, structured_criteria
+from compress.pruning.criteria import (
+    IMPORTANCE,
+    structured_criteria,
+    structured_kind_criteria,
+)
 from compress.pruning.graph_errors import choose_groups, graph_errors, graph_state
 from compress.pruning.groups import (
     GroupRoundingPruner,
@@ -87,6 +91,10 @@ def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: Pruni
     if is_transformer(model):
         return TransformerPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
     refuse_without_layout(model)  # never the generic graph: it breaks on unknown attention
+    if IMPORTANCE.get(spec.importance).factory is None:
+        raise InputError(f"pruning.importance {spec.importance!r} ranks the heads, FFN neurons "
+                         f"and hidden channels of transformers models; for this model use one "
+                         f"of {', '.join(structured_criteria())}")
     if spec.heads is not None or spec.ffn is not None or spec.hidden is not None:
         raise InputError("pruning.heads, pruning.ffn and pruning.hidden apply to transformers "
                          "models only; remove them")
@@ -313,6 +321,6 @@ def _check(spec: PruningSpec) -> None:
 
 
 PRUNING_KINDS.register("structured")(PruningKind(
-    build_structured, criteria=structured_criteria(),
+    build_structured, criteria=structured_kind_criteria(),
     description="Structured pruning through torch-pruning's dependency graph, with a proof for "
                 "every step", check=_check, shrinks_shapes=True))

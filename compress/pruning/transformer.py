@@ -28,6 +28,7 @@ from torch import nn
 from compress.errors import InputError
 from compress.pruning.base import StepRecord, prove_removals_, scheduled_step
 from compress.pruning.criteria import IMPORTANCE, transformer_criteria
+from compress.pruning.hf_activation import ActivationStats, activation_stats
 from compress.pruning.hf_hidden import Stream, cut_hidden_, masked_norms, stream, zero_hidden_
 from compress.pruning.hf_layout import (
     LAYOUTS,
@@ -102,6 +103,10 @@ class TransformerPruner(TransformerPlanner):
                       for r in ratios]
         self._ratios = ratios
         first = blocks(model.hf, self.layout)
+        self._calibration: list[torch.Tensor] | None = None
+        # activation importance: statistics of the calibration samples, taken at each step
+        self.needs_calibration = spec.importance == "activation"
+        self._activation = ActivationStats()
         self._heads0 = {b.index: b.heads for b in first}
         self._ffn0 = {b.index: b.ffn for b in first}
         self.prunes_hidden = hidden_final > 0
@@ -138,6 +143,11 @@ class TransformerPruner(TransformerPlanner):
         with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
             head_frac, ffn_frac, hidden_frac = self._plan[self.steps_done]
             all_blocks = blocks(self.model.hf, self.layout)
+            if self.needs_calibration:
+                if not self._calibration:
+                    raise InputError("pruning.importance 'activation' needs calibration "
+                                     "samples (the recipe's calibration section)")
+                self._activation = activation_stats(self.model, all_blocks, self._calibration)
             with torch.no_grad():
                 plan = [p for p in self._plan_step(all_blocks, head_frac, ffn_frac)
                         if self.only is None or (p[0].index, p[1]) in self.only]

@@ -1,11 +1,13 @@
 """What the transformers pruner removes: head, FFN-neuron and hidden-channel importance
-(l1, l2, taylor, random) and the plan of each step (per block or across blocks, whole
-key/value groups kept intact for grouped-query attention, counts rounded to ``round_to``).
+(l1, l2, taylor, random, and activation from the pruner's ``_activation`` statistics) and
+the plan of each step (per block or across blocks, whole key/value groups kept intact for
+grouped-query attention, counts rounded to ``round_to``).
 
 :class:`~compress.pruning.transformer.TransformerPruner` adds the surgery and its proof; this
 base only reads the model. It expects ``model``, ``spec``, ``needs_grad``, ``layout``, ``round_to``,
 ``steps_done`` and the original sizes ``_heads0``, ``_ffn0`` (and ``_hidden0`` when the hidden
-size is pruned), which the pruner sets.
+size is pruned), the calibration samples ``_calibration`` and ``only``, which the pruner
+sets.
 
 Example:
     >>> class Sizes(TransformerPlanner):
@@ -23,6 +25,7 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.measure.evaluate import task_loss
+from compress.pruning.calibrated import Calibration
 from compress.pruning.hf_hidden import Stream, stream
 from compress.pruning.hf_layout import Block, blocks
 
@@ -79,11 +82,15 @@ class TransformerPlanner:
         return total if self.spec.importance != "l2" else total.sqrt()
 
     def _head_scores(self, block: Block) -> torch.Tensor:
+        if self.spec.importance == "activation":
+            return self._activation.heads[block.index].float()
         if self.spec.importance == "random":
             return torch.rand(block.heads, generator=self._generator(block, 0))
         return self._unit_scores(block, "heads", block.heads)
 
     def _ffn_scores(self, block: Block) -> torch.Tensor:
+        if self.spec.importance == "activation":
+            return self._activation.ffn[block.index].float()
         if self.spec.importance == "random":
             return torch.rand(block.ffn, generator=self._generator(block, 1))
         return self._unit_scores(block, "ffn", block.ffn)
@@ -103,12 +110,21 @@ class TransformerPlanner:
         else:
             everything = torch.arange(s.width)
             channel = sum(self._score(m, everything, d) for m, d in s.slices())
+            # A classifier's square layer's outputs are ranked by their weights' size (its
+            # activations are not recorded).
             head = (self._score(s.square, everything, 0) + self._score(s.head_out, everything, 1)
                     if s.square is not None else torch.zeros(s.width))
-            if self.spec.importance == "l2":
+            if self.spec.importance in ("l2", "activation"):
                 channel, head = channel.sqrt(), head.sqrt()
+            if self.spec.importance == "activation":
+                assert self._activation.hidden is not None
+                channel = self._activation.hidden.float()
         head_cut = sorted(head.argsort()[:n_remove].tolist()) if s.square is not None else []
         return sorted(channel.argsort()[:n_remove].tolist()), head_cut
+
+    def use_calibration(self, calibration: Calibration) -> None:
+        """The calibration samples the next step's activation statistics are taken on."""
+        self._calibration = list(calibration.batches)
 
     def _generator(self, block: Block, kind: int) -> torch.Generator:
         return torch.Generator().manual_seed(1000 * self.steps_done + 10 * block.index + kind)

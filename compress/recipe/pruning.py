@@ -38,7 +38,9 @@ class PruningSpec(Section):
     importance: str = Field("l2", description="Importance criterion that ranks channels "
                             "(structured) or weights (unstructured, n:m: l1, l2, random, and "
                             "wanda or sparsegpt, which read the calibration section's samples "
-                            "and prune in one step).",
+                            "and prune in one step). Transformers also take activation "
+                            "(Minitron: heads, FFN neurons and hidden channels ranked by their "
+                            "activations on the calibration samples).",
                             examples=["l2", "taylor"],
                             json_schema_extra=registered_names("compress.pruning.criteria",
                                                                "IMPORTANCE"))
