@@ -95,9 +95,10 @@ def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: Pruni
         raise InputError(f"pruning.importance {spec.importance!r} ranks the heads, FFN neurons "
                          f"and hidden channels of transformers models; for this model use one "
                          f"of {', '.join(structured_criteria())}")
-    if spec.heads is not None or spec.ffn is not None or spec.hidden is not None:
-        raise InputError("pruning.heads, pruning.ffn and pruning.hidden apply to transformers "
-                         "models only; remove them")
+    if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None
+            or spec.blocks is not None):
+        raise InputError("pruning.heads, pruning.ffn, pruning.hidden and pruning.blocks apply "
+                         "to transformers models only; remove them")
     with graph_errors(model, "while building the dependency graph"):
         return StructuredPruner(model, example_inputs, spec,
                                 cumulative_ratios=cumulative_ratios)
