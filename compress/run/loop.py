@@ -90,7 +90,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     the next one, or from inside its fine-tune. A SIGINT/SIGTERM that asked to stop during a
     fine-tune that finished anyway stops the run after ``on_step`` (KeyboardInterrupt).
     ``dist``: the processes of a multi-process launch, which fine-tune together.
-    ``calibration``: the calibration batches, for criteria that read them (wanda, sparsegpt);
+    ``calibration``: the calibration batches, for criteria that read them (wanda, sparsegpt,
+    activation) and for depth pruning, which ranks blocks on them;
     ``block_checkpoints(step)`` is the folder where such a step keeps its finished blocks, so
     that a killed step resumes from them.
     """
@@ -133,10 +134,9 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                 assert train is not None
                 pruner.accumulate_gradients(
                     itertools.islice(train, pruning.calibration_batches), device)
-            if calibrated:
-                assert calibration is not None
-                pruner.use_calibration(  # type: ignore[attr-defined]  # needs_calibration says
-Calibration(
+            # Needed (wanda, sparsegpt) or wanted (depth pruning ranks blocks on them).
+            if calibration and hasattr(pruner, "use_calibration"):
+                pruner.use_calibration(Calibration(  # type: ignore[attr-defined]
                     calibration, block_checkpoints(i) if block_checkpoints else None))
             record = pruner.step_(ratio, probe)
         stats = None
