@@ -5,7 +5,7 @@ see :class:`~compress.measure.layer_timing.LayerShape`) to its median time in mi
 Missing entries are measured when asked for, all at once (interleaved). A table is valid for
 its :func:`table_key`: the CPU and its vector capability (onnxruntime picks its kernels and
 channel blocks by it), the onnxruntime version, threads, batch size and the measuring code's
-version; the on-disk cache under ``$XDG_CACHE_HOME/compress/latency`` is one file per key, so
+version; the on-disk cache (:func:`cache_dir`) is one file per key, so
 a changed key measures afresh. A table read from a file the recipe names is ``frozen``: it is
 never measured into, so every machine plans the same widths from it.
 
@@ -57,7 +57,10 @@ def table_key(*, threads: int, batch: int) -> dict[str, Any]:
 
 
 def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/compress/latency`` (``~/.cache/...`` when unset)."""
+    """``latency`` in compress's cache: ``$COMPRESS_CACHE`` (as for datasets), else
+    ``$XDG_CACHE_HOME/compress``, else ``~/.cache/compress``."""
+    if os.environ.get("COMPRESS_CACHE"):
+        return Path(os.environ["COMPRESS_CACHE"]).expanduser() / "latency"
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "compress" / "latency"
 

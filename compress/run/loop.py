@@ -76,7 +76,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   on_step: StepCallback | None = None,
                   resume: ResumePoint | None = None,
                   checkpoints: CheckpointFactory | None = None,
-                  dist: Processes | None = None) -> tuple[list[dict[str, Any]], Pruner]:
+                  dist: Processes | None = None,
+                  latency: Any = None) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
     Returns one row per step and the pruner (call its ``finalize_`` before export).
@@ -86,10 +87,11 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     the next one, or from inside its fine-tune. A SIGINT/SIGTERM that asked to stop during a
     fine-tune that finished anyway stops the run after ``on_step`` (KeyboardInterrupt).
     ``dist``: the processes of a multi-process launch, which fine-tune together.
+    ``latency``: the planner of a latency target (see :func:`channel_ratios`).
     """
     base_macs, base_params = count_macs_params(model, example)
     targets = plan_targets(schedule, pruning.final_target())
-    ratios = channel_ratios(model, example, pruning, targets)
+    ratios = channel_ratios(model, example, pruning, targets, latency)
     pruner = build_pruner(model, example, pruning, ratios)
     if pruner.needs_grad and train is None:
         raise InputError(f"importance {pruning.importance!r} needs gradients; provide "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from compress.fsutil import FS_FAULTS, write_failure
 from compress.gates.gate import GateOutcome, evaluate_gates, gates_passed
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
-from compress.measure.latency import Candidate, measure_latency
+from compress.measure.latency import Candidate, headline_speedup, measure_latency
 from compress.pruning.base import Pruner, StepRecord
+from compress.pruning.latency_plan import LatencyPlanner
 from compress.pruning.masks import folded_copy
 from compress.pruning.transformer import is_transformer
 from compress.recipe.spec import Recipe
@@ -202,6 +204,7 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
         return folder.finetune_checkpoint(step, pruner, record, rows_so_far,
                                           recipe.finetune.checkpoint_every)
 
+    planner = latency_planner(recipe, tuple(probe.shape[1:]))
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
                                   pruning=recipe.pruning, schedule=recipe.schedule,
@@ -210,19 +213,19 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                   teacher=teacher, on_step=on_step, resume=resume,
                                   # mid-fine-tune snapshots: single-process runs only
                                   checkpoints=checkpoints if dist.describe() is None else None,
-                                  dist=dist)
+                                  dist=dist, latency=planner)
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
     return dist.on_main(lambda: _finish(recipe, ctx.out_dir, model, baseline_model, baseline_onnx,
                                         baseline_eval, base_macs, base_params, steps, probe,
-                                        timing, t0, dist, serving))
+                                        timing, t0, dist, serving, planner))
 
 
 def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.Module,
             baseline_onnx: Path | None, baseline_eval: dict[str, Any], base_macs: int,
             base_params: int, steps: list[dict[str, Any]], probe: torch.Tensor,
             timing: dict[str, float], t0: float, dist: Processes,
-            serving: dict[str, Any]) -> Result:
+            serving: dict[str, Any], planner: LatencyPlanner | None = None) -> Result:
     """Export, measure, report and gates: rank 0 only under a launcher."""
     model_spec = resolved_model_spec(recipe)
     t = time.perf_counter()
@@ -250,6 +253,8 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
                 "onnx_bytes": onnx_size(baseline_onnx) if baseline_onnx else None}
     report = build_report(recipe, baseline=baseline, steps=steps, exported=exported,
                           latency=latency, timing=timing, model=model)
+    if planner is not None:
+        report["latency_target"] = planner.summary(headline_speedup(latency) if latency else None)
     gates = evaluate_gates(report, recipe.gates)
     report["gates"] = [g.to_dict() for g in gates]
     report["status"] = "passed" if gates_passed(gates) else "gate_failed"
@@ -258,6 +263,19 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
     write_report(report, out_dir)
     log.info("wrote %s", out_dir)
     return Result(out_dir, report, gates)
+
+
+def latency_planner(recipe: Recipe, probe_shape: tuple[int, ...]) -> LatencyPlanner | None:
+    """The planner of ``pruning.target.latency``, timing what the report times: onnxruntime,
+    the report's threads and its largest batch size."""
+    target = recipe.pruning.target
+    if target is None or target.latency is None:
+        return None
+    table = recipe.resolve_path(target.latency_table) if target.latency_table else None
+    return LatencyPlanner(threads=recipe.report.threads or os.cpu_count() or 1,
+                          batch=max(recipe.report.batch_sizes),
+                          sample_shape=tuple(recipe.report.sample_shape or probe_shape),
+                          table_file=table, protocol=recipe.report)
 
 
 def _vocab_size(model: nn.Module) -> int | None:

@@ -73,7 +73,11 @@ def test_table_is_cached_reused_and_invalidated_by_its_key(tmp_path: Path) -> No
     assert lt.cached_table(key, _counting(calls), tmp_path)[0].entries == {}
 
 
-def test_cache_folder_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "c"))
+    assert lt.cache_dir() == tmp_path / "c" / "latency"
+    monkeypatch.delenv("COMPRESS_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert lt.cache_dir() == tmp_path / "compress" / "latency"
 
