@@ -74,20 +74,23 @@ class LatencyPlanner:
     ``measure_layers`` and ``measure_speedup`` replace the onnxruntime timings (tests inject
     deterministic ones); ``table_file`` is the recipe's ``latency_table``; ``protocol``: the
     report's :class:`~compress.recipe.stages.ReportSpec` (rounds, warmup, block lengths), which
-    the closed loop times with at ``batch`` and ``threads``.
+    the closed loop times with at ``batch`` and ``threads``. ``closed_loop=False`` plans from
+    the table alone and keeps no plan in it (``compress inspect``: a dry run times no model).
     """
 
     def __init__(self, *, threads: int, batch: int, sample_shape: Sequence[int],
                  table_file: Path | None = None, cache_folder: Path | None = None,
                  measure_layers: Measure | None = None,
                  measure_speedup: SpeedupMeter | None = None, max_tries: int = 4,
-                 protocol: Any = None) -> None:
+                 protocol: Any = None, closed_loop: bool = True) -> None:
         self.threads, self.batch, self.sample_shape = threads, batch, tuple(sample_shape)
         self.table_file, self.cache_folder, self.max_tries = table_file, cache_folder, max_tries
         self.measure_layers = measure_layers or (
             lambda reqs: time_layers(reqs, batch=batch, threads=threads))
         self.measure_speedup, self.protocol = measure_speedup, protocol
+        self.closed_loop = closed_loop
         self.record: dict[str, Any] = {}
+        self._predict: Callable[[nn.Module], float] | None = None
 
     def _table(self) -> tuple[LatencyTable, Path]:
         if self.table_file is not None and self.table_file.exists():
@@ -117,9 +120,10 @@ class LatencyPlanner:
             widths = layer_io_widths(m, names)
             return sum(table.times([(shapes[n], *widths[n]) for n in names]))
 
-        full = predict(model)
+        full, self._predict = predict(model), predict
         plan_key = _plan_key(spec, targets, shapes)
-        how = "table" if table.frozen else "closed loop"
+        measure = self.closed_loop and not table.frozen
+        how = "closed loop" if measure else "table"
         tol, goal = spec.target.tolerance, targets[-1]
         cache: dict[float, float] = {}
 
@@ -142,7 +146,7 @@ class LatencyPlanner:
                         raise
                     raise InputError(_short(goal, attempts)) from None
                 attempts.append({"ratio": ratio, "predicted": predicted, "measured": None})
-                if table.frozen:
+                if not measure:
                     break
                 measured = 1 - 1 / self._speedup(model, example, spec, ratio)
                 attempts[-1]["measured"] = measured
@@ -154,14 +158,15 @@ class LatencyPlanner:
             scale = (goal + shift) / goal
             ratios = [min(solve(min(t * scale, 0.999))[0], ratio) for t in targets[:-1]]
             ratios.append(ratio)
-            table.plans[plan_key] = ratios
+            if measure:  # an open-loop plan is not what compress apply would keep
+                table.plans[plan_key] = ratios
         stairs = {n: table.staircase(s) for n, s in _distinct(shapes).items()}
         if not table.frozen:
             table.save(path)
         last = attempts[-1]
         self.record = {
             "target": goal, "requested_speedup": 1 / (1 - goal), "ratios": ratios,
-            "planned_by": how, "tolerance": tol,
+            "planned_by": how, "tolerance": tol, "baseline_predicted_ms": full,
             "predicted_speedup": _speedup(last["predicted"]),
             "measured_speedup": _speedup(last["measured"]),
             "attempts": attempts, "table": str(path), "table_entries": len(table.entries),
@@ -169,6 +174,13 @@ class LatencyPlanner:
             "fitted_to_this_machine": not table.frozen, "staircase": stairs}
         log.info("latency target %.0f%%: channel ratio %.4f (%s)", 100 * goal, ratios[-1], how)
         return ratios
+
+    def predict_ms(self, model: nn.Module) -> float:
+        """The table's latency (ms) of ``model``, pruned or not, after :meth:`ratios` planned
+        for the model it was pruned from."""
+        if self._predict is None:
+            raise RuntimeError("predict_ms needs a plan: call ratios first")
+        return self._predict(model)
 
     def _speedup(self, model: nn.Module, example: torch.Tensor, spec: PruningSpec,
                  ratio: float) -> float:

@@ -173,8 +173,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     allowed = [r for r in cache if r > 0 and cache[r] >= macs_reduction - tolerance]
     assert allowed, cache
     best = min(allowed, key=lambda r: abs(cache[r] - macs_reduction))
-    log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
-             100 * macs_reduction)
+    log.info("ratio %.4f removes %.2f%% of the %s (target %.2f%%)", best, 100 * cache[best],
+             _WHAT[quantity], 100 * macs_reduction)
     return best, cache[best]
 
 
@@ -217,12 +217,13 @@ def channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec
                    targets: Sequence[float], latency: Any = None) -> list[float]:
     """Per-step ratios for the pruner: MACs targets are turned into channel ratios by search,
     latency targets by ``latency`` (a :class:`~compress.pruning.latency_plan.LatencyPlanner`,
-    which times layers and models: ``compress apply`` makes one)."""
+    which times layers and models: ``compress apply`` and ``compress inspect`` make one)."""
     if pruning.target is None:
         return list(targets)
     if pruning.target.latency is not None:
         if latency is None:
-            raise InputError("pruning.target.latency is planned by timing the model, which "
-                             "only compress apply does; use pruning.target.macs here")
+            raise InputError("pruning.target.latency is planned from a latency table, which "
+                             "compress apply and compress inspect make; use "
+                             "pruning.target.macs here")
         return latency.ratios(model, example, pruning, targets)
     return solve_ratios_for_macs(model, example, pruning, targets)

@@ -265,17 +265,21 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
     return Result(out_dir, report, gates)
 
 
-def latency_planner(recipe: Recipe, probe_shape: tuple[int, ...]) -> LatencyPlanner | None:
+def latency_planner(recipe: Recipe, probe_shape: tuple[int, ...], *,
+                    closed_loop: bool = True) -> LatencyPlanner | None:
     """The planner of ``pruning.target.latency``, timing what the report times: onnxruntime,
-    the report's threads and its largest batch size."""
+    the report's threads and its largest batch size. ``closed_loop=False`` (a dry run) plans
+    from the table alone and writes no table file the recipe names (only the cache)."""
     target = recipe.pruning.target
     if target is None or target.latency is None:
         return None
     table = recipe.resolve_path(target.latency_table) if target.latency_table else None
+    if table is not None and not closed_loop and not table.exists():
+        table = None
     return LatencyPlanner(threads=recipe.report.threads or os.cpu_count() or 1,
                           batch=max(recipe.report.batch_sizes),
                           sample_shape=tuple(recipe.report.sample_shape or probe_shape),
-                          table_file=table, protocol=recipe.report)
+                          table_file=table, protocol=recipe.report, closed_loop=closed_loop)
 
 
 def _vocab_size(model: nn.Module) -> int | None:

@@ -153,5 +153,5 @@ def test_saved_table_plans_the_same_widths_on_a_second_run(tmp_path: Path) -> No
 
 
 def test_latency_target_needs_a_planner() -> None:
-    with pytest.raises(InputError, match="only compress apply does"):
+    with pytest.raises(InputError, match="compress apply and compress inspect make"):
         channel_ratios(tiny_cnn().eval(), torch.zeros(1, *SHAPE), _spec(), [0.5])

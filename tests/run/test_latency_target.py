@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from compress.errors import InputError
 from compress.pruning import latency_plan
 from compress.recipe.load import parse_recipe
+from compress.run.inspection import inspect_recipe
 from compress.run.pipeline import run_recipe
 from tests.conftest import tiny_recipe
 
@@ -61,3 +63,35 @@ def test_latency_target_times_for_real(tmp_path: Path) -> None:
     plan = report["latency_target"]
     assert plan["measured_entries"] > 0 and plan["staircase"]
     assert plan["measured_speedup"] >= 1 / (1 - 0.4 + 0.15)
+
+
+def test_unreachable_target_stops_the_run_in_one_sentence(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", lambda *_: 1.05)
+    with pytest.raises(InputError) as err:
+        run_recipe(_recipe(tmp_path), tmp_path / "run")
+    text = str(err.value)
+    assert "pruning.target.latency=0.4 (1.67x faster) cannot be reached on this machine" in text
+    assert "best measured 1.05x" in text and "\n" not in text
+
+
+def test_inspect_predicts_latency_per_step_without_timing_models(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
+
+    def never(*_args):
+        raise AssertionError("a dry run timed a model")
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", never)
+    recipe = parse_recipe(tiny_recipe(
+        tmp_path, report={"latency": False}, schedule={"kind": "iterative", "steps": 2},
+        pruning={"ratio": None, "round_to": 1,
+                 "target": {"latency": 0.4, "latency_table": str(tmp_path / "t.json")}}))
+    info = inspect_recipe(recipe)
+    first, last = info["steps"]
+    assert first["predicted_speedup"] < last["predicted_speedup"]
+    assert last["predicted_speedup"] >= 1 / (1 - 0.4 + 0.02)
+    base = info["latency_table"]["baseline_predicted_ms"]
+    assert last["predicted_latency_ms"] == pytest.approx(base / last["predicted_speedup"])
+    assert info["latency_table"]["planned_by"] == "table"
+    assert not (tmp_path / "t.json").exists()  # a dry run writes no file the recipe names
