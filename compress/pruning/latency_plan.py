@@ -93,7 +93,8 @@ class LatencyPlanner:
         self._predict: Callable[[nn.Module], float] | None = None
 
     def _table(self) -> tuple[LatencyTable, Path]:
-        if self.table_file is not None and self.table_file.exists():
+        if self.frozen:
+            assert self.table_file is not None
             return read_table(self.table_file), self.table_file
         key = table_key(threads=self.threads, batch=self.batch)
         table, cached = cached_table(key, self.measure_layers, self.cache_folder)
@@ -174,6 +175,11 @@ class LatencyPlanner:
             "fitted_to_this_machine": not table.frozen, "staircase": stairs}
         log.info("latency target %.0f%%: channel ratio %.4f (%s)", 100 * goal, ratios[-1], how)
         return ratios
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the plan comes from a table file alone, the same in every process."""
+        return self.table_file is not None and self.table_file.exists()
 
     def predict_ms(self, model: nn.Module) -> float:
         """The table's latency (ms) of ``model``, pruned or not, after :meth:`ratios` planned

@@ -205,6 +205,11 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                           recipe.finetune.checkpoint_every)
 
     planner = latency_planner(recipe, tuple(probe.shape[1:]))
+    if planner is not None and dist.describe() is not None and not planner.frozen:
+        # Each process would time on its own and could plan other widths than the others.
+        raise InputError("pruning.target.latency is timed in one process: plan it with a "
+                         "single-process compress apply first, its pruning.target.latency_table "
+                         "naming the file to keep, then launch with that file")
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
                                   pruning=recipe.pruning, schedule=recipe.schedule,

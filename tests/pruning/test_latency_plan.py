@@ -130,6 +130,7 @@ def test_saved_table_plans_the_same_widths_on_a_second_run(tmp_path: Path) -> No
     model, file = tiny_cnn(width=32).eval(), tmp_path / "table.json"
     spec = _spec(latency_table=str(file))
     first = _planner(tmp_path, _predicted, table_file=file)
+    assert not first.frozen  # named but not there: measured here, so per-process
     ratios = first.ratios(model, torch.zeros(1, *SHAPE), spec, [0.25, 0.5])
     assert file.is_file() and ratios[0] < ratios[1]
 
@@ -139,6 +140,7 @@ def test_saved_table_plans_the_same_widths_on_a_second_run(tmp_path: Path) -> No
     again = LatencyPlanner(threads=4, batch=64, sample_shape=SHAPE, table_file=file,
                            cache_folder=tmp_path / "other", measure_layers=never,
                            measure_speedup=never)  # another machine's settings: not used
+    assert again.frozen
     fresh = tiny_cnn(width=32).eval()
     assert again.ratios(fresh, torch.zeros(1, *SHAPE), spec, [0.25, 0.5]) == ratios
     assert again.record["planned_by"] == "saved plan"
