@@ -10,8 +10,9 @@ by timing the pruned model against the baseline (closed loop).
    with the predicted reduction in place of the MACs').
 3. Closed loop: the baseline and a copy pruned to the final ratio are exported and timed
    interleaved, as the report times them. When the measured reduction falls short of the
-   target by more than ``target.tolerance``, the predicted goal is raised by the shortfall and
-   the search runs again (the prediction leaves out what is not a conv or linear layer); after
+   target by more than ``target.tolerance``, the predicted goal is raised by the shortfall (and
+   past the last try's prediction, so no pruning is timed twice) and the search runs again
+   (the prediction leaves out what is not a conv or linear layer); after
    a few tries, or when no ratio predicts the raised goal, the run is refused in one sentence.
 
 A table file named by the recipe is frozen: its timings (and the ratios planned from them,
@@ -63,6 +64,8 @@ from compress.recipe.pruning import PruningSpec
 __all__ = ["LatencyPlanner", "SpeedupMeter"]
 
 log = logging.getLogger(__name__)
+
+_STEP = 0.005  # after a shortfall, the next try predicts at least this much more reduction
 
 SpeedupMeter = Callable[[nn.Module, nn.Module], float]  # (baseline, pruned) -> measured speedup
 
@@ -140,8 +143,11 @@ class LatencyPlanner:
         else:
             shift = 0.0
             for _ in range(self.max_tries):
+                want = goal + shift
+                if attempts:  # never time the same pruning twice (noise would decide)
+                    want = max(want, attempts[-1]["predicted"] + tol + _STEP)
                 try:
-                    ratio, predicted = solve(min(goal + shift, 0.999))
+                    ratio, predicted = solve(min(want, 0.999))
                 except InputError:
                     if not attempts:
                         raise

@@ -106,6 +106,23 @@ def test_closed_loop_prunes_further_when_measurement_falls_short(tmp_path: Path)
     assert last["measured"] >= 0.5 - spec.target.tolerance > first["measured"]
 
 
+def test_closed_loop_never_times_the_same_pruning_twice(tmp_path: Path) -> None:
+    # Coarse widths (round_to 16) leave few prunings; a pruning's first timing falls short and
+    # a second would pass (noise). The loop must not time the same model again until lucky.
+    model, seen = tiny_cnn(width=32).eval(), []
+    spec = PruningSpec(target={"latency": 0.5}, round_to=16)
+
+    def noisy(base: nn.Module, pruned: nn.Module) -> float:
+        widths = tuple(sorted(layer_io_widths(pruned, sorted(capture_layers(
+            base, torch.zeros(1, *SHAPE)))).items()))
+        seen.append(widths)
+        return 1.6 if seen.count(widths) == 1 else 2.5
+
+    with pytest.raises(InputError, match="cannot be reached on this machine"):
+        _planner(tmp_path, noisy).ratios(model, torch.zeros(1, *SHAPE), spec, [0.5])
+    assert seen and len(set(seen)) == len(seen)
+
+
 def test_closed_loop_refuses_an_unreachable_target_in_one_sentence(tmp_path: Path) -> None:
     model = tiny_cnn(width=32).eval()
     planner = _planner(tmp_path, lambda base, pruned: 1.2)  # the machine never goes faster
