@@ -10,10 +10,11 @@ by timing the pruned model against the baseline (closed loop).
    with the predicted reduction in place of the MACs').
 3. Closed loop: the baseline and a copy pruned to the final ratio are exported and timed
    interleaved, as the report times them. When the measured reduction falls short of the
-   target by more than ``target.tolerance``, the predicted goal is raised by the shortfall (and
-   past the last try's prediction, so no pruning is timed twice) and the search runs again
-   (the prediction leaves out what is not a conv or linear layer); after
-   a few tries, or when no ratio predicts the raised goal, the run is refused in one sentence.
+   target by more than ``target.tolerance``, the prediction is calibrated: it leaves out what
+   is not a conv or linear layer, so the time that makes it agree with the measurement is
+   added to every prediction, and the search runs again, for more reduction than the last try
+   (no pruning is timed twice: noise would decide). After a few tries, or when no ratio
+   predicts enough, the run is refused in one sentence.
 
 A table file named by the recipe is frozen: its timings (and the ratios planned from them,
 kept in it) are used as they are, without the closed loop, so another machine plans the same
@@ -65,7 +66,7 @@ __all__ = ["LatencyPlanner", "SpeedupMeter"]
 
 log = logging.getLogger(__name__)
 
-_STEP = 0.005  # after a shortfall, the next try predicts at least this much more reduction
+_STEP = 0.005  # after a shortfall, the next try predicts at least this much more (+ tolerance)
 
 SpeedupMeter = Callable[[nn.Module, nn.Module], float]  # (baseline, pruned) -> measured speedup
 
@@ -129,41 +130,50 @@ class LatencyPlanner:
         measure = self.closed_loop and not table.frozen
         how = "closed loop" if measure else "table"
         tol, goal = spec.target.tolerance, targets[-1]
-        cache: dict[float, float] = {}
+        ms_at: dict[float, float] = {0.0: full}  # the table's ms by channel ratio tried
+        rest = [0.0]  # ms the table leaves out (other ops, overheads), calibrated by timing
+
+        def reduction(ms: float) -> float:
+            return 1 - (ms + rest[0]) / (full + rest[0])
 
         def solve(want: float) -> tuple[float, float]:
-            return solve_ratio_for_macs(model, example, spec, want, tolerance=tol, cache=cache,
-                                        reduction_of=lambda m: 1 - predict(m) / full,
-                                        quantity="latency")
+            cache = {r: reduction(ms) for r, ms in ms_at.items()}  # trials kept across steps
+            found = solve_ratio_for_macs(model, example, spec, want, tolerance=tol, cache=cache,
+                                         reduction_of=lambda m: reduction(predict(m)),
+                                         quantity="latency")
+            ms_at.update({r: (1 - red) * (full + rest[0]) - rest[0] for r, red in cache.items()})
+            return found
 
         attempts: list[dict[str, Any]] = []
         if plan_key in table.plans:
             ratios, how = list(table.plans[plan_key]), "saved plan"
             attempts.append({"ratio": ratios[-1], "predicted": None, "measured": None})
         else:
-            shift = 0.0
             for _ in range(self.max_tries):
-                want = goal + shift
+                want = goal
                 if attempts:  # never time the same pruning twice (noise would decide)
-                    want = max(want, attempts[-1]["predicted"] + tol + _STEP)
+                    want = max(want, reduction(ms_at[attempts[-1]["ratio"]]) + tol + _STEP)
                 try:
                     ratio, predicted = solve(min(want, 0.999))
                 except InputError:
                     if not attempts:
                         raise
                     raise InputError(_short(goal, attempts)) from None
-                attempts.append({"ratio": ratio, "predicted": predicted, "measured": None})
+                attempts.append({"ratio": ratio, "predicted": predicted, "measured": None,
+                                 "unaccounted_ms": rest[0]})
                 if not measure:
                     break
-                measured = 1 - 1 / self._speedup(model, example, spec, ratio)
-                attempts[-1]["measured"] = measured
+                speedup = self._speedup(model, example, spec, ratio)
+                attempts[-1]["measured"] = measured = 1 - 1 / speedup
                 if measured >= goal - tol:
                     break
-                shift += goal - measured
+                if speedup <= 1:  # no faster at all: no time left out explains it
+                    raise InputError(_short(goal, attempts))
+                # The time that, added to the table's, gives the speedup just measured.
+                rest[0] = max(0.0, (full - speedup * ms_at[ratio]) / (speedup - 1))
             else:
                 raise InputError(_short(goal, attempts))
-            scale = (goal + shift) / goal
-            ratios = [min(solve(min(t * scale, 0.999))[0], ratio) for t in targets[:-1]]
+            ratios = [min(solve(min(t, 0.999))[0], ratio) for t in targets[:-1]]
             ratios.append(ratio)
             if measure:  # an open-loop plan is not what compress apply would keep
                 table.plans[plan_key] = ratios

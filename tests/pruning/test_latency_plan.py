@@ -106,6 +106,26 @@ def test_closed_loop_prunes_further_when_measurement_falls_short(tmp_path: Path)
     assert last["measured"] >= 0.5 - spec.target.tolerance > first["measured"]
 
 
+def test_closed_loop_calibrates_the_time_the_table_leaves_out(tmp_path: Path) -> None:
+    # The machine spends a fixed extra half of the table's baseline time on other ops: the
+    # first try falls short, the second is planned with that time added and meets the target.
+    model = tiny_cnn(width=32).eval()
+    shapes = capture_layers(model, torch.zeros(1, *SHAPE))
+
+    def table_ms(m: nn.Module) -> float:
+        w = layer_io_widths(m, sorted(shapes))
+        return sum(_macs_ms([(shapes[n], *w[n]) for n in sorted(shapes)]))
+    rest = table_ms(model) / 2
+
+    planner = _planner(tmp_path, lambda base, pruned: (table_ms(base) + rest) /
+                       (table_ms(pruned) + rest))
+    planner.ratios(model, torch.zeros(1, *SHAPE), _spec(latency=0.4), [0.4])
+    first, second = planner.record["attempts"]
+    assert first["measured"] < 0.4 - 0.02 <= second["measured"]
+    assert second["unaccounted_ms"] == pytest.approx(rest)
+    assert second["predicted"] == pytest.approx(second["measured"])
+
+
 def test_closed_loop_never_times_the_same_pruning_twice(tmp_path: Path) -> None:
     # Coarse widths (round_to 16) leave few prunings; a pruning's first timing falls short and
     # a second would pass (noise). The loop must not time the same model again until lucky.
