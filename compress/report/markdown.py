@@ -49,12 +49,15 @@ def latency_target_lines(plan: Mapping[str, Any] | None) -> list[str]:
     Example:
         >>> lines = latency_target_lines({"requested_speedup": 2.0, "predicted_speedup": 2.1,
         ...     "measured_speedup": 1.97, "report_speedup": None, "ratios": [0.4],
-        ...     "planned_by": "closed loop", "attempts": [{}], "fitted_to_this_machine": True,
+        ...     "planned_by": "closed loop", "attempts": [{"unaccounted_ms": 0.5}],
+        ...     "fitted_to_this_machine": True,
         ...     "table": "t.json", "hardware": {"cpu": "X", "cpu_capability": "AVX2",
         ...     "threads": 2, "batch": 64, "onnxruntime": "1.0"}, "staircase": {}})
         >>> lines[2].split("; ")[1:]  # doctest: +NORMALIZE_WHITESPACE
         ['predicted from the layer table 2.10x', 'timed while planning 1.97x',
          "the report's timing: not measured (channel ratio 0.400, closed loop, 1 try)."]
+        >>> lines[4][:60]
+        'The prediction adds 0.500 ms that the layer table leaves out'
     """
     if not plan:
         return []
@@ -67,6 +70,10 @@ def latency_target_lines(plan: Mapping[str, Any] | None) -> list[str]:
              f"{_speed(plan.get('report_speedup'))} (channel ratio "
              f"{plan['ratios'][-1]:.3f}, {plan['planned_by']}, {tries} "
              f"{'try' if tries == 1 else 'tries'}).", ""]
+    rest = (plan.get("attempts") or [{}])[-1].get("unaccounted_ms")
+    if rest:
+        lines += [f"The prediction adds {rest:.3f} ms that the layer table leaves out (other "
+                  f"ops, overheads), solved from an earlier try's measured speedup.", ""]
     where = (f"onnxruntime {hw.get('onnxruntime')} on {hw.get('cpu')} "
              f"({hw.get('cpu_capability')}), {hw.get('threads')} threads, batch {hw.get('batch')}")
     if plan.get("fitted_to_this_machine"):
