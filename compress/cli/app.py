@@ -170,6 +170,9 @@ def init(model: str = typer.Option(..., "--model", help="SOURCE:NAME: torchvisio
          target_sparsity: float | None = typer.Option(None, "--target-sparsity",
                                                       help="Fraction of channels to remove, "
                                                       "instead of a MACs target."),
+         target_speedup: float | None = typer.Option(None, "--target-speedup", help="Times "
+                                                     "faster on onnxruntime (CPU), e.g. 2: a "
+                                                     "latency target instead of a MACs one."),
          architecture: str | None = typer.Option(None, "--architecture", help="cnn or "
                                                  "transformer (default: guessed from the "
                                                  "model name)."),
@@ -195,6 +198,7 @@ def init(model: str = typer.Option(..., "--model", help="SOURCE:NAME: torchvisio
     try:
         text = render_starter_recipe(model, data, target_macs=target_macs,
                                      target_sparsity=target_sparsity,
+                                     target_speedup=target_speedup,
                                      architecture_hint=architecture, checkpoint=checkpoint,
                                      num_classes=num_classes, image_size=image_size)
     except CompressError as err:
