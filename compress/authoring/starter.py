@@ -85,14 +85,19 @@ def _data(w: StarterWriter, request: StarterRequest, inputs: tuple[str, ...]) ->
     cls().starter(w, arg, request)
 
 
-def _pruning(w: StarterWriter, target: float, by_macs: bool, source: Any) -> None:
+def _pruning(w: StarterWriter, target: float, by_macs: bool, source: Any,
+             speedup: float | None = None) -> None:
     """The pruning section, in the words of the model ``source`` (channels, heads, neurons)."""
     texts = source.starter_defaults
     pct = f"{target * 100:g}"
     w.section("pruning", texts["pruning"])
     w.key("kind", "structured")
     w.key("importance", "l2", texts["importance"])
-    if by_macs:
+    if speedup is not None:
+        w.key("target", {"latency": target}, f"{speedup:g}x faster: remove {pct} % of the "
+              f"latency onnxruntime measures at the report's largest batch size; the channel "
+              f"ratio is searched on a per-layer latency table, then checked by timing.")
+    elif by_macs:
         w.key("target", {"macs": target}, f"Remove {pct} % of the multiply-accumulates; the "
               f"channel ratio that does it is found by search.")
     else:
@@ -146,7 +151,7 @@ def _training(w: StarterWriter, *, transformer: bool, patience: bool, small: boo
 
 
 def _results(w: StarterWriter, target: float, by_macs: bool, imagenet_input: bool,
-             tokens: bool = False) -> None:
+             tokens: bool = False, speedup: bool = False) -> None:
     w.section("export", "ONNX is written only after onnxruntime matched torch on real inputs.")
     w.key("safetensors", True)
     w.key("onnx", True)
@@ -165,7 +170,10 @@ def _results(w: StarterWriter, target: float, by_macs: bool, imagenet_input: boo
               "so CI can fail on it.")
     w.key("max_accuracy_drop", 2.0 if target < ONE_SHOT_BELOW else 5.0, "Top-1 accuracy may "
           "drop by at most this many points.")
-    if by_macs:
+    if speedup:
+        w.key("min_speedup", round(1 / (1 - max(target - 0.02, 0.0)), 2), "The requested "
+              "speedup less the search's default tolerance (pruning.target.tolerance: 0.02).")
+    elif by_macs:
         w.key("min_macs_reduction", round(max(target - 0.02, 0.0), 4), "The target less the "
               "search's default tolerance (pruning.target.tolerance: 0.02).")
     elif tokens:
@@ -183,6 +191,7 @@ def _results(w: StarterWriter, target: float, by_macs: bool, imagenet_input: boo
 def render_starter_recipe(model: str, data: str, target_macs: float | None = None,
                           target_sparsity: float | None = None,
                           architecture_hint: str | None = None, *,
+                          target_speedup: float | None = None,
                           checkpoint: str | None = None, num_classes: int | None = None,
                           image_size: int | None = None,
                           recipe_dir: str | os.PathLike[str] | None = None) -> str:
@@ -191,7 +200,8 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     ``model`` is ``SOURCE:NAME`` (``torchvision:resnet50``, ``cifar_resnet:resnet56``,
     ``python:pkg.mod:fn``, ``python:file.py:fn``); ``data`` is ``SOURCE[:ARG]``
     (``imagefolder:PATH``, ``torchvision:CIFAR10``, ``digits``). Give at most one target: a
-    fraction of MACs (default 0.5) or of channels to remove. ``architecture_hint`` is ``cnn``
+    fraction of MACs (default 0.5) or of channels to remove, or ``target_speedup`` (times
+    faster on onnxruntime; convolutional models: a latency target). ``architecture_hint`` is ``cnn``
     or ``transformer`` (default: guessed from the model name). ``checkpoint`` is your trained
     weights; ``num_classes`` defaults to what the data says (the class folders of a local
     imagefolder's ``train/``); ``image_size`` is the side images are resized to (default: 224
@@ -211,6 +221,14 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
 
     if target_macs is not None and target_sparsity is not None:
         raise InputError("give one target, either target_macs or target_sparsity, not both")
+    if target_speedup is not None and (target_macs, target_sparsity) != (None, None):
+        raise InputError("give one target: target_speedup replaces target_macs and "
+                         "target_sparsity")
+    if target_speedup is not None and not 1 < target_speedup < 1000:
+        raise InputError(f"target_speedup is how many times faster, above 1, e.g. 2 (got "
+                         f"{target_speedup})")
+    if target_speedup is not None:  # a latency target: the fraction of latency removed
+        target_macs = round(1 - 1 / target_speedup, 4)
     by_macs = target_sparsity is None
     target = (0.5 if target_macs is None else target_macs) if target_sparsity is None \
         else target_sparsity
@@ -222,9 +240,13 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     by_macs = by_macs and source_defaults.get("macs_target", True)  # transformers: fractions
     transformer = (source_defaults.get("transformer", False)
                    or looks_like_transformer(model.partition(":")[2], architecture_hint))
+    if target_speedup is not None and (transformer or not by_macs):
+        raise InputError("target_speedup plans convolutional models; transformers models take "
+                         "target_macs (read as the fraction of heads and neurons)")
     regime = choose_regime(target, transformer)
     patience = regime.kind != "one-shot"
     flag = "--target-macs" if by_macs else "--target-sparsity"
+    flag, shown = ("--target-speedup", target_speedup) if target_speedup else (flag, target)
     extra = {"--architecture": architecture_hint, "--checkpoint": checkpoint,
              "--num-classes": num_classes, "--image-size": image_size}
     flags = "".join(f" {k} {v}" for k, v in extra.items() if v is not None)
@@ -235,7 +257,7 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     w = StarterWriter(recipe_dir)
     # The command on a line of its own, unwrapped, so it can be copied back.
     w.lines += ["# Starter recipe, written by",
-                f"#   compress init --model {model} --data {data} {flag} {target:g}{flags}"]
+                f"#   compress init --model {model} --data {data} {flag} {shown:g}{flags}"]
     w.comment("Every key is described in docs/recipes.md; check an edited copy with `compress "
               "validate`, run it with `compress apply`. Relative paths resolve against the "
               "folder this file is in.")
@@ -253,15 +275,16 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     _data(body, request, source_defaults["inputs"])
     data_defaults = _defaults(DATASETS, data_source)
     measure = "macs" if by_macs else source_defaults["unit"]
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{short}-{measure}{target * 100:g}")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{short}-speedup{target_speedup:g}x"
+                  if target_speedup else f"{short}-{measure}{target * 100:g}")
     w.lines.append(f"name: {inline_yaml(name)}")
     w.lines += body.lines
 
-    _pruning(w, target, by_macs, source)
+    _pruning(w, target, by_macs, source, target_speedup)
     _schedule(w, target, regime)
     _training(w, transformer=transformer, patience=patience, small=data_defaults["small"])
     _results(w, target, by_macs, request.imagenet_input,
-             tokens=data_defaults["inputs"] == "tokens")
+             tokens=data_defaults["inputs"] == "tokens", speedup=target_speedup is not None)
     text = "\n".join(w.lines) + "\n"
 
     recipe = parse_recipe(yaml.safe_load(text), source="starter recipe", base_dir=recipe_dir)

@@ -191,6 +191,9 @@ def init(model: str = typer.Option(..., "--model", metavar="SOURCE:NAME",
          target_sparsity: float | None = typer.Option(None, "--target-sparsity",
                                                       help="Fraction of channels to remove, "
                                                       "instead of a MACs target."),
+         target_speedup: float | None = typer.Option(None, "--target-speedup", help="Times "
+                                                     "faster on onnxruntime (CPU), e.g. 2: a "
+                                                     "latency target instead of a MACs one."),
          architecture: str | None = typer.Option(None, "--architecture", help="cnn or "
                                                  "transformer (default: guessed from the "
                                                  "model name)."),
@@ -223,6 +226,7 @@ def init(model: str = typer.Option(..., "--model", metavar="SOURCE:NAME",
     try:
         text = render_starter_recipe(model, data, target_macs=target_macs,
                                      target_sparsity=target_sparsity,
+                                     target_speedup=target_speedup,
                                      architecture_hint=architecture, checkpoint=checkpoint,
                                      num_classes=num_classes, image_size=image_size,
                                      recipe_dir=output.parent if output else None)

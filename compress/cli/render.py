@@ -107,12 +107,22 @@ def print_inspection(info: dict[str, Any]) -> None:
         groups.add_row(g["root"], str(g["channels"]), ", ".join(g["members"]))
     console.print(groups)
     steps = Table(title="predicted after each step (no training)")
-    for col in ("step", "target", "MACs", "params", "MACs reduction"):
+    timed = info.get("latency_table")
+    for col in ("step", "target", "MACs", "params", "MACs reduction",
+                *(("latency (layer table)", "speedup") if timed else ())):
         steps.add_column(col)
     for st in info["steps"]:
         steps.add_row(str(st["step"]), f"{st['target']:.3f}", f"{st['macs'] / 1e6:.2f}M",
-                      f"{st['params']:,}", f"{st['macs_reduction']:.1%}")
+                      f"{st['params']:,}", f"{st['macs_reduction']:.1%}",
+                      *((f"{st['predicted_latency_ms']:.3f} ms",
+                         f"{st['predicted_speedup']:.2f}x") if timed else ()))
     console.print(steps)
+    if timed:
+        hw = timed["hardware"]
+        console.print(f"latency predicted from the layer table {timed['table']} (baseline "
+                      f"{timed['baseline_predicted_ms']:.3f} ms; onnxruntime on {hw['cpu']}, "
+                      f"{hw['threads']} threads, batch {hw['batch']}; conv and linear layers "
+                      f"only, not measured on the whole model: compress apply does that)")
     if info.get("run_folder"):
         console.print(f"run folder {info['run_folder']['path']}: {info['run_folder']['state']}")
     if info.get("sensitivity"):

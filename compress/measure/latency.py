@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("onnxruntime", "torch")
 
-__all__ = ["Candidate", "ENGINES", "measure_latency", "compare_onnx", "latency_summary", "headline_speedup"]
+__all__ = ["Candidate", "ENGINES", "measure_latency", "compare_onnx", "latency_summary",
+           "headline_speedup", "quiet_timing"]
 
 
 @dataclass
@@ -123,7 +124,7 @@ def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 @contextmanager
-def _quiet_timing(threads: int) -> Iterator[None]:
+def quiet_timing(threads: int) -> Iterator[None]:
     """Pin torch's thread count and pause the garbage collector, restoring both afterwards."""
     # A collection during one block would be charged to one model only.
     previous = torch.get_num_threads()
@@ -192,7 +193,7 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                      "max_block_ms": spec.max_block_ms, "batch_sizes": list(spec.batch_sizes),
                      "sample_shape": list(sample_shape), "seed": seed}}
     providers: list[str] | None = None
-    with _quiet_timing(threads):
+    with quiet_timing(threads):
         for engine in spec.engines:
             if engine == "onnxruntime":
                 missing = [n for n, c in cands.items() if c.onnx_path is None]
@@ -270,7 +271,7 @@ def compare_onnx(paths: dict[str, Path], *, reference: str | dict[str, str],
                                            "runs_per_round": spec.runs_per_round,
                                            "min_block_ms": spec.min_block_ms,
                                            "max_block_ms": spec.max_block_ms, "seed": seed}}
-    with _quiet_timing(threads):
+    with quiet_timing(threads):
         levels = optimization or {}
         sessions = {n: _ort_session(n, Path(p), threads, device, tuple(sample_shape),
                                     levels.get(n, "all")) for n, p in paths.items()}

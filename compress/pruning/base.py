@@ -133,8 +133,8 @@ class PruningKind:
 
 
 def ratio_or_macs(spec: Any) -> float:
-    """The target of kinds that take ``ratio`` or ``target.macs``: whichever is given."""
-    value = spec.target.macs if spec.target is not None else spec.ratio
+    """The target of kinds that take ``ratio`` or ``target``: whichever is given."""
+    value = spec.target.value() if spec.target is not None else spec.ratio
     assert value is not None, "checked by the kind"
     return value
 

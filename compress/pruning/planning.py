@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,7 +90,9 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
                          macs_reduction: float, *, tolerance: float = 0.0,
                          iterations: int = 7, precision: float = 0.002,
                          cache: dict[float, float] | None = None,
-                         final_ratio: float | None = None) -> tuple[float, float]:
+                         final_ratio: float | None = None,
+                         reduction_of: Callable[[nn.Module], float] | None = None,
+                         quantity: str = "macs") -> tuple[float, float]:
     """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
 
     Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
@@ -100,11 +103,13 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     shared between searches on the same model and spec: the steps of a schedule then start
     from what earlier searches measured. ``final_ratio``: the schedule's last ratio, for an
     earlier step of a transformer whose given fractions scale with the schedule.
+    ``reduction_of(pruned copy)``: another resource's reduction to search for (``quantity``
+    names it in ``pruning.target``), e.g. latency predicted from a latency table.
     """
     base_macs, _ = count_macs_params(model, example_inputs)
     cache = {} if cache is None else cache
     trial_spec = gradient_free(spec.model_copy(update={"verify": False}),
-                               "pruning.target.macs (its search prunes copies)")
+                               f"pruning.target.{quantity} (its search prunes copies)")
 
     def trial(r: float, spec: PruningSpec) -> nn.Module:
         pruned = copy.deepcopy(model).eval()
@@ -118,6 +123,9 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     def reduction(r: float) -> float:
         if r not in cache:
             pruned = reused.prune(r) if reused.ok else trial(r, trial_spec)
+            if reduction_of is not None:
+                cache[r] = reduction_of(pruned)
+                return cache[r]
             try:
                 macs = count_macs_params(pruned, example_inputs)[0]
             except Exception as err:  # the unproven cut broke the model: which group did?
@@ -147,8 +155,9 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     if hi is None:
         best = max(cache, key=cache.__getitem__)
         if macs_reduction - cache[best] > tolerance:
-            raise InputError(f"pruning.target.macs={macs_reduction} cannot be reached: at most "
-                             f"{cache[best]:.1%} of the MACs can be removed with these "
+            raise InputError(f"pruning.target.{quantity}={macs_reduction} cannot be reached: "
+                             f"at most {cache[best]:.1%} of the {_WHAT[quantity]} can be removed "
+                             f"with these "
                              f"settings; {_advice(model, spec)}")
         hi = best  # within tolerance: refine between the best ratio and the one below it
         lo = max((r for r in cache if r < best), default=0.0)
@@ -164,9 +173,12 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     allowed = [r for r in cache if r > 0 and cache[r] >= macs_reduction - tolerance]
     assert allowed, cache
     best = min(allowed, key=lambda r: abs(cache[r] - macs_reduction))
-    log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
-             100 * macs_reduction)
+    log.info("ratio %.4f removes %.2f%% of the %s (target %.2f%%)", best, 100 * cache[best],
+             _WHAT[quantity], 100 * macs_reduction)
     return best, cache[best]
+
+
+_WHAT = {"macs": "MACs", "latency": "latency predicted from the latency table"}
 
 
 def _advice(model: nn.Module, spec: PruningSpec) -> str:
@@ -202,8 +214,16 @@ def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: 
 
 
 def channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,
-                   targets: Sequence[float]) -> list[float]:
-    """Per-step ratios for the pruner: MACs targets are turned into channel ratios by search."""
+                   targets: Sequence[float], latency: Any = None) -> list[float]:
+    """Per-step ratios for the pruner: MACs targets are turned into channel ratios by search,
+    latency targets by ``latency`` (a :class:`~compress.pruning.latency_plan.LatencyPlanner`,
+    which times layers and models: ``compress apply`` and ``compress inspect`` make one)."""
     if pruning.target is None:
         return list(targets)
+    if pruning.target.latency is not None:
+        if latency is None:
+            raise InputError("pruning.target.latency is planned from a latency table, which "
+                             "compress apply and compress inspect make; use "
+                             "pruning.target.macs here")
+        return latency.ratios(model, example, pruning, targets)
     return solve_ratios_for_macs(model, example, pruning, targets)

@@ -19,12 +19,43 @@ __all__ = ["Target", "PruningSpec", "ScheduleSpec"]
 
 
 class Target(Section):
-    macs: float = Field(gt=0, lt=1, description="Fraction of MACs to remove (0.5 halves them).",
-                        examples=[0.5])
+    # Exactly one resource to reduce: macs (counted) or latency (measured). No docstring: the
+    # schema takes the description of PruningSpec.target.
+    macs: float | None = Field(None, gt=0, lt=1, description="Fraction of MACs to remove (0.5 "
+                               "halves them).", examples=[0.5])
+    latency: float | None = Field(None, gt=0, lt=1, description="Fraction of the measured "
+                                  "latency to remove (0.5 = 2x faster), timed on the engine, "
+                                  "threads and largest batch size the report times "
+                                  "(onnxruntime on the CPU).", examples=[0.5])
+    latency_table: str | None = Field(None, description="With latency: a JSON file of layer "
+                                      "timings and the widths planned from them. Missing, it "
+                                      "is measured here and written; given, another machine "
+                                      "plans the same widths from it.",
+                                      examples=["tables/resnet56-avx2.json"])
     tolerance: float = Field(0.02, ge=0, lt=1, description="How far below the target the "
                              "closest reachable reduction may fall (channel rounding makes "
-                             "the reduction a step function); beyond it the run is refused.",
-                             examples=[0.01])
+                             "the reduction a step function; measured latency is noisy); "
+                             "beyond it the run is refused.", examples=[0.01])
+
+    @model_validator(mode="after")
+    def _one_resource(self) -> Target:
+        if (self.macs is None) == (self.latency is None):
+            raise ValueError("give exactly one of 'macs' (e.g. 0.5) or 'latency' (e.g. 0.5: "
+                             "2x faster)")
+        if self.latency_table is not None and self.latency is None:
+            raise ValueError("'latency_table' goes with a 'latency' target")
+        return self
+
+    def value(self) -> float:
+        """The fraction to remove, whichever resource it is of.
+
+        Example:
+            >>> Target(latency=0.5).value()
+            0.5
+        """
+        value = self.macs if self.macs is not None else self.latency
+        assert value is not None, "checked by _one_resource"
+        return value
 
 
 class PruningSpec(Section):
@@ -47,10 +78,11 @@ class PruningSpec(Section):
     ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of channels (weights "
                                 "for unstructured) to remove from each prunable group (local) "
                                 "or overall (global).", examples=[0.5])
-    target: Target | None = Field(None, description="Reach a resource target instead of a "
-                                  "ratio; the channel ratio (transformers: the fraction of "
-                                  "heads and FFN neurons not given) is found by search.",
-                                  examples=[{"macs": 0.5}])
+    target: Target | None = Field(None, description="Reach a resource target (MACs, or "
+                                  "latency measured on onnxruntime) instead of a ratio; the "
+                                  "channel ratio (transformers: the fraction of heads and FFN "
+                                  "neurons not given; MACs only) is found by search.",
+                                  examples=[{"macs": 0.5}, {"latency": 0.5}])
     ignored: list[str] = Field(default_factory=list, description="Module names whose output "
                                "channels are kept; 're:' prefixes a regular expression.",
                                examples=[["linear", "re:layer\\d\\.\\d+\\.conv2"]])

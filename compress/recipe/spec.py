@@ -106,6 +106,12 @@ class Recipe(Section):
             # The run could only fail its gate at the end: say so before it starts.
             raise ValueError("gates.require_proof needs the proofs that pruning.verify: false "
                              "skips; set pruning.verify: true or gates.require_proof: false")
+        target = self.pruning.target
+        if target is not None and target.latency is not None and (
+                "onnxruntime" not in self.report.engines or self.report.device != "cpu"):
+            # The latency table and the closed loop time onnxruntime on the CPU (for now).
+            raise ValueError("pruning.target.latency is timed on onnxruntime's CPU engine: "
+                             "list onnxruntime in report.engines and keep report.device: cpu")
         return self
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:

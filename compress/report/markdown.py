@@ -18,7 +18,8 @@ from typing import Any
 from compress.report.figures import environment_rows, human_count, megabytes, signed_points
 from compress.report.proof import proof_cell, tolerance_words
 
-__all__ = ["render_markdown", "gates_markdown", "human_count", "zeroes_weights"]
+__all__ = ["render_markdown", "gates_markdown", "latency_target_lines", "human_count",
+           "zeroes_weights"]
 
 # The unit a step records when it masks weights inside dense tensors (unstructured, n:m); a
 # step that removes whole channels, heads or neurons records those instead.
@@ -40,6 +41,63 @@ def zeroes_weights(steps: Sequence[Mapping[str, Any]]) -> bool:
         (False, False)
     """
     return bool(steps) and steps[-1].get("removed_unit") == _MASKED_UNIT
+
+
+def latency_target_lines(plan: Mapping[str, Any] | None) -> list[str]:
+    """The report's section on a latency target: requested, predicted and measured speedups,
+    the hardware the widths were fitted to, and each layer shape's staircase.
+
+    Example:
+        >>> lines = latency_target_lines({"requested_speedup": 2.0, "predicted_speedup": 2.1,
+        ...     "measured_speedup": 1.97, "report_speedup": None, "ratios": [0.4],
+        ...     "planned_by": "closed loop", "attempts": [{"unaccounted_ms": 0.5}],
+        ...     "fitted_to_this_machine": True,
+        ...     "table": "t.json", "hardware": {"cpu": "X", "cpu_capability": "AVX2",
+        ...     "threads": 2, "batch": 64, "onnxruntime": "1.0"}, "staircase": {}})
+        >>> lines[2].split("; ")[1:]  # doctest: +NORMALIZE_WHITESPACE
+        ['predicted from the layer table 2.10x', 'timed while planning 1.97x',
+         "the report's timing: not measured (channel ratio 0.400, closed loop, 1 try)."]
+        >>> lines[4][:60]
+        'The prediction adds 0.500 ms that the layer table leaves out'
+    """
+    if not plan:
+        return []
+    hw = plan.get("hardware") or {}
+    tries = len(plan.get("attempts") or [])
+    lines = ["## Latency target", "",
+             f"Requested **{plan['requested_speedup']:.2f}x** faster; predicted from the layer "
+             f"table {_speed(plan.get('predicted_speedup'))}; timed while planning "
+             f"{_speed(plan.get('measured_speedup'))}; the report's timing: "
+             f"{_speed(plan.get('report_speedup'))} (channel ratio "
+             f"{plan['ratios'][-1]:.3f}, {plan['planned_by']}, {tries} "
+             f"{'try' if tries == 1 else 'tries'}).", ""]
+    rest = (plan.get("attempts") or [{}])[-1].get("unaccounted_ms")
+    if rest:
+        lines += [f"The prediction adds {rest:.3f} ms that the layer table leaves out (other "
+                  f"ops, overheads), solved from an earlier try's measured speedup.", ""]
+    where = (f"onnxruntime {hw.get('onnxruntime')} on {hw.get('cpu')} "
+             f"({hw.get('cpu_capability')}), {hw.get('threads')} threads, batch {hw.get('batch')}")
+    if plan.get("fitted_to_this_machine"):
+        lines += [f"The widths were fitted to this machine: {where}. Table: "
+                  f"`{plan.get('table')}` (name it in pruning.target.latency_table to plan the "
+                  f"same widths on another machine).", ""]
+    else:
+        lines += [f"The widths come from the table file `{plan.get('table')}`, measured with "
+                  f"{where}.", ""]
+    stairs = plan.get("staircase") or {}
+    if stairs:
+        lines += ["| layer (first of its shape) | output widths where time drops (ms) |",
+                  "|---|---|"]
+        for name, steps in stairs.items():
+            cells = ", ".join(f"{int(w)}: {ms:.3f}" for w, ms in steps)
+            lines.append(f"| {name} | {cells} |")
+        lines.append("")
+    return lines
+
+
+def _speed(value: float | None) -> str:
+    """A speedup, or that it was not measured (never a number from elsewhere)."""
+    return "not measured" if value is None else f"{value:.2f}x"
 
 
 def gates_markdown(gates: list[dict[str, Any]], *, title: str | None = None) -> str:
@@ -114,6 +172,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if eff is not None:
         lines += [f"Measured speedup ÷ MACs reduction: **{eff:.2f}** (1.0 = every MAC removed "
                   f"turned into time saved; onnxruntime, largest batch).", ""]
+    lines += latency_target_lines(report.get("latency_target"))
     steps = report.get("steps") or []
     if steps:
         lines += ["## Pruning steps", "",

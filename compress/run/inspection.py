@@ -35,6 +35,7 @@ from compress.recipe.pruning import PruningSpec
 from compress.recipe.spec import Recipe
 from compress.run.folder import read_status
 from compress.run.owner import describe_state
+from compress.run.pipeline import latency_planner
 from compress.run.preflight import check_recipe
 from compress.run.prepare import prepare
 from compress.schedules import plan_targets
@@ -62,7 +63,9 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     }
     targets = plan_targets(recipe.schedule, pruning.final_target())
     trial = copy.deepcopy(model)
-    ratios_per_step = channel_ratios(model, example, pruning, targets)
+    # A latency target is planned from the layer table alone: a dry run times no model.
+    planner = latency_planner(recipe, tuple(prepared.probe.shape[1:]), closed_loop=False)
+    ratios_per_step = channel_ratios(model, example, pruning, targets, planner)
     pruner = build_pruner(trial, example, pruning, ratios_per_step)
     steps = []
     for i, (target, ratio) in enumerate(zip(targets, ratios_per_step), start=1):
@@ -71,7 +74,16 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
         steps.append({"step": i, "target": target, "ratio": ratio, "macs": m, "params": p,
                       "macs_reduction": 1 - m / macs, "params_reduction": 1 - p / params,
                       "layers": record.layers})
+        if planner is not None:
+            ms = planner.predict_ms(trial)
+            steps[-1].update(predicted_latency_ms=ms,
+                             predicted_speedup=planner.record["baseline_predicted_ms"] / ms)
     info["steps"] = steps
+    if planner is not None:
+        rec = planner.record
+        info["latency_table"] = {k: rec[k] for k in ("table", "hardware", "planned_by",
+                                                     "baseline_predicted_ms",
+                                                     "fitted_to_this_machine")}
     if sensitivity:
         subset = list(itertools.islice(_samples(bundle.eval), eval_samples))
         info["sensitivity"] = sensitivity_scan(model, example, recipe, subset, ratios)

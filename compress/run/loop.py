@@ -80,7 +80,7 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   dist: Processes | None = None,
                   calibration: list[torch.Tensor] | None = None,
                   block_checkpoints: Callable[[int], Path] | None = None,
-                  ) -> tuple[list[dict[str, Any]], Pruner]:
+                  latency: Any = None) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
     Returns one row per step and the pruner (call its ``finalize_`` before export).
@@ -94,10 +94,11 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     activation) and for depth pruning, which ranks blocks on them;
     ``block_checkpoints(step)`` is the folder where such a step keeps its finished blocks, so
     that a killed step resumes from them.
+    ``latency``: the planner of a latency target (see :func:`channel_ratios`).
     """
     base_macs, base_params = count_macs_params(model, example)
     targets = plan_targets(schedule, pruning.final_target())
-    ratios = channel_ratios(model, example, pruning, targets)
+    ratios = channel_ratios(model, example, pruning, targets, latency)
     pruner = build_pruner(model, example, pruning, ratios)
     if pruner.needs_grad and train is None:
         raise InputError(f"importance {pruning.importance!r} needs gradients; provide "

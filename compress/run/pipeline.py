@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ from compress.gates.gate import GateOutcome, evaluate_gates, gates_passed
 from compress.measure.chance import chance_warnings
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
-from compress.measure.latency import Candidate, measure_latency
+from compress.measure.latency import Candidate, headline_speedup, measure_latency
 from compress.pruning.base import Pruner, StepRecord
+from compress.pruning.latency_plan import LatencyPlanner
 from compress.pruning.masks import folded_copy
 from compress.pruning.transformer import is_transformer
 from compress.recipe.base import criterion_of
@@ -211,6 +213,12 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
             or recipe.pruning.blocks is not None):
         calibration = calibration_batches(bundle, recipe.calibration, recipe.seed)
 
+    planner = latency_planner(recipe, tuple(probe.shape[1:]))
+    if planner is not None and dist.describe() is not None and not planner.frozen:
+        # Each process would time on its own and could plan other widths than the others.
+        raise InputError("pruning.target.latency is timed in one process: plan it with a "
+                         "single-process compress apply first, its pruning.target.latency_table "
+                         "naming the file to keep, then launch with that file")
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
                                   pruning=recipe.pruning, schedule=recipe.schedule,
@@ -220,19 +228,20 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                   # mid-fine-tune snapshots: single-process runs only
                                   checkpoints=checkpoints if dist.describe() is None else None,
                                   dist=dist, calibration=calibration,
-                                  block_checkpoints=folder.block_dir if dist.is_main else None)
+                                  block_checkpoints=folder.block_dir if dist.is_main else None,
+                                  latency=planner)
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
     return dist.on_main(lambda: _finish(recipe, ctx.out_dir, model, baseline_model, baseline_onnx,
                                         baseline_eval, base_macs, base_params, steps, probe,
-                                        timing, t0, dist, serving))
+                                        timing, t0, dist, serving, planner))
 
 
 def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.Module,
             baseline_onnx: Path | None, baseline_eval: dict[str, Any], base_macs: int,
             base_params: int, steps: list[dict[str, Any]], probe: torch.Tensor,
             timing: dict[str, float], t0: float, dist: Processes,
-            serving: dict[str, Any]) -> Result:
+            serving: dict[str, Any], planner: LatencyPlanner | None = None) -> Result:
     """Export, measure, report and gates: rank 0 only under a launcher."""
     model_spec = resolved_model_spec(recipe)
     t = time.perf_counter()
@@ -267,6 +276,8 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
     report["notes"] = [f"warning: {w}" for w in report["warnings"]] + report["notes"]
     for warning in report["warnings"]:
         log.warning("%s", warning)
+    if planner is not None:
+        report["latency_target"] = planner.summary(headline_speedup(latency) if latency else None)
     gates = evaluate_gates(report, recipe.gates)
     report["gates"] = [g.to_dict() for g in gates]
     report["status"] = "passed" if gates_passed(gates) else "gate_failed"
@@ -279,6 +290,23 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
     write_report(report, out_dir)
     log.info("wrote %s", out_dir)
     return Result(out_dir, report, gates)
+
+
+def latency_planner(recipe: Recipe, probe_shape: tuple[int, ...], *,
+                    closed_loop: bool = True) -> LatencyPlanner | None:
+    """The planner of ``pruning.target.latency``, timing what the report times: onnxruntime,
+    the report's threads and its largest batch size. ``closed_loop=False`` (a dry run) plans
+    from the table alone and writes no table file the recipe names (only the cache)."""
+    target = recipe.pruning.target
+    if target is None or target.latency is None:
+        return None
+    table = recipe.resolve_path(target.latency_table) if target.latency_table else None
+    if table is not None and not closed_loop and not table.exists():
+        table = None
+    return LatencyPlanner(threads=recipe.report.threads or os.cpu_count() or 1,
+                          batch=max(recipe.report.batch_sizes),
+                          sample_shape=tuple(recipe.report.sample_shape or probe_shape),
+                          table_file=table, protocol=recipe.report, closed_loop=closed_loop)
 
 
 def _vocab_size(model: nn.Module) -> int | None:

@@ -81,7 +81,8 @@ def test_reference_mentions_every_registered_name() -> None:
     "| `round_to` | `int \\| \"auto\"` | `auto` |",
     "| `patience` | `int \\| list[int] \\| null` | `null` |",
     "| `augment` | `list of: random_crop, horizontal_flip` | `[]` |",
-    "| `macs` | `float` | required |",
+    "| `macs` | `float \\| null` | `null` |",
+    "| `mean` | `list[float]` | required |",
     "| `schedule` | `mapping` | (section defaults) |",
 ])
 def test_readable_types_and_defaults(row: str) -> None:

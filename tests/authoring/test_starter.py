@@ -330,3 +330,22 @@ def test_a_new_model_source_brings_its_starter_in_its_own_class(
 def test_text_data_needs_a_model_that_takes_tokens() -> None:
     with pytest.raises(InputError, match="no template for data source 'text' yet"):
         render_starter_recipe("cifar_resnet:resnet20", "text:./sst2")
+
+
+def test_target_speedup_writes_a_latency_target_and_a_speedup_gate() -> None:
+    text = render_starter_recipe("cifar_resnet:resnet56", "digits", target_speedup=2)
+    recipe, _ = _check(text)
+    assert recipe.pruning.target.latency == 0.5 and recipe.pruning.target.macs is None
+    assert recipe.gates.min_speedup == round(1 / (1 - 0.48), 2)
+    assert recipe.gates.min_macs_reduction is None and recipe.name == "resnet56-speedup2x"
+    assert text.splitlines()[1].endswith("--data digits --target-speedup 2")
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"target_speedup": 2, "target_macs": 0.5}, "target_speedup replaces target_macs"),
+    ({"target_speedup": 1.0}, "how many times faster, above 1"),
+    ({"target_speedup": 2, "architecture_hint": "transformer"}, "convolutional models"),
+])
+def test_bad_target_speedup_is_refused(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(InputError, match=fragment):
+        render_starter_recipe("cifar_resnet:resnet56", "digits", **kwargs)

@@ -1,0 +1,97 @@
+"""A latency target through ``run_recipe`` on the tiny digits recipe: the plan is in the report
+(requested, predicted, measured, hardware), the table file is written and, given back, plans
+the same widths. Timings are injected (tests never depend on wall time) except in the slow
+test, which times layers and models for real on onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.errors import InputError
+from compress.pruning import latency_plan
+from compress.recipe.load import parse_recipe
+from compress.run.inspection import inspect_recipe
+from compress.run.pipeline import run_recipe
+from tests.conftest import tiny_recipe
+
+
+def _macs_ms(reqs, **_kw):
+    return [i * o * max(1, len(s.kernel)) / 1e3 for s, i, o in reqs]
+
+
+def _recipe(tmp_path: Path, **target):
+    return parse_recipe(tiny_recipe(tmp_path, report={"latency": False},
+                                    pruning={"ratio": None, "round_to": 1,
+                                             "target": {"latency": 0.4, **target}}))
+
+
+def test_latency_target_is_planned_reported_and_reproduced(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
+    measured: list[int] = []
+
+    def meter(self, base: torch.nn.Module, pruned: torch.nn.Module) -> float:
+        measured.append(1)
+        return 1.8  # 44 % less latency: the target (40 %) is met on the first try
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", meter)
+    table = tmp_path / "table.json"
+    first = run_recipe(_recipe(tmp_path, latency_table=str(table)), tmp_path / "a").report
+    plan = first["latency_target"]
+    assert plan["requested_speedup"] == pytest.approx(1 / 0.6)
+    assert plan["measured_speedup"] == pytest.approx(1.8) and measured == [1]
+    assert plan["planned_by"] == "closed loop" and plan["fitted_to_this_machine"]
+    assert plan["hardware"]["engine"] == "onnxruntime" and table.is_file()
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "## Latency target" in md and "fitted to this machine" in md
+    monkeypatch.setattr(latency_plan, "time_layers", None)  # a frozen table measures nothing
+    second = run_recipe(_recipe(tmp_path, latency_table=str(table)), tmp_path / "b").report
+    assert second["latency_target"]["planned_by"] == "saved plan" and measured == [1]
+    assert not second["latency_target"]["fitted_to_this_machine"]
+    assert second["steps"][-1]["layers"] == first["steps"][-1]["layers"]
+    assert "come from the table file" in (tmp_path / "b" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_latency_target_times_for_real(tmp_path: Path) -> None:
+    # A modest target with a wide tolerance: the check is the machinery, not this machine.
+    recipe = _recipe(tmp_path, tolerance=0.15)
+    report = run_recipe(recipe, tmp_path / "run").report
+    plan = report["latency_target"]
+    assert plan["measured_entries"] > 0 and plan["staircase"]
+    assert plan["measured_speedup"] >= 1 / (1 - 0.4 + 0.15)
+
+
+def test_unreachable_target_stops_the_run_in_one_sentence(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", lambda *_: 1.05)
+    with pytest.raises(InputError) as err:
+        run_recipe(_recipe(tmp_path), tmp_path / "run")
+    text = str(err.value)
+    assert "pruning.target.latency=0.4 (1.67x faster) cannot be reached on this machine" in text
+    assert "best measured 1.05x" in text and "\n" not in text
+
+
+def test_inspect_predicts_latency_per_step_without_timing_models(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
+
+    def never(*_args):
+        raise AssertionError("a dry run timed a model")
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", never)
+    recipe = parse_recipe(tiny_recipe(
+        tmp_path, report={"latency": False}, schedule={"kind": "iterative", "steps": 2},
+        pruning={"ratio": None, "round_to": 1,
+                 "target": {"latency": 0.4, "latency_table": str(tmp_path / "t.json")}}))
+    info = inspect_recipe(recipe)
+    first, last = info["steps"]
+    assert first["predicted_speedup"] < last["predicted_speedup"]
+    assert last["predicted_speedup"] >= 1 / (1 - 0.4 + 0.02)
+    base = info["latency_table"]["baseline_predicted_ms"]
+    assert last["predicted_latency_ms"] == pytest.approx(base / last["predicted_speedup"])
+    assert info["latency_table"]["planned_by"] == "table"
+    assert not (tmp_path / "t.json").exists()  # a dry run writes no file the recipe names
