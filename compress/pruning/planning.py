@@ -28,6 +28,7 @@ from torch import nn
 
 from compress.errors import CheckFailed, InputError
 from compress.measure.counts import count_macs_params
+from compress.progress import report_phase
 from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.proof import Snapshot
 from compress.pruning.structured import build_structured
@@ -164,8 +165,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     allowed = [r for r in cache if r > 0 and cache[r] >= macs_reduction - tolerance]
     assert allowed, cache
     best = min(allowed, key=lambda r: abs(cache[r] - macs_reduction))
-    log.info("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
-             100 * macs_reduction)
+    log.debug("ratio %.4f removes %.2f%% of MACs (target %.2f%%)", best, 100 * cache[best],
+              100 * macs_reduction)
     return best, cache[best]
 
 
@@ -185,20 +186,33 @@ def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: 
                           targets: Sequence[float]) -> list[float]:
     """The channel ratio of each cumulative MACs target of a schedule, sharing one cache."""
     assert spec.target is not None
+    found: dict[float, tuple[float, float]] = {}  # target -> (ratio, MACs reduction)
+    caches: list[dict[float, float]] = []
 
     def solve(target: float, cache: dict[float, float], final: float | None = None) -> float:
-        return solve_ratio_for_macs(model, example_inputs, spec, target, cache=cache,
-                                    tolerance=spec.target.tolerance, final_ratio=final)[0]
+        if not any(c is cache for c in caches):
+            caches.append(cache)
+        found[target] = solve_ratio_for_macs(model, example_inputs, spec, target, cache=cache,
+                                             tolerance=spec.target.tolerance, final_ratio=final)
+        return found[target][0]
 
-    cache: dict[float, float] = {}
-    if not (spec.heads or spec.ffn or spec.hidden) or len(targets) == 1:
-        return [solve(t, cache) for t in targets]
-    # A fraction given beside the target is reached at the last step and scales with the
-    # schedule before it (as the pruner plans it), so earlier steps are searched against the
-    # last step's ratio, with a cache of their own.
-    final = solve(targets[-1], cache)
-    earlier: dict[float, float] = {}
-    return [solve(t, earlier, final) for t in targets[:-1]] + [final]
+    # One phase, reported as one line with its result: the trials are its inner workings.
+    with report_phase("width search") as phase:
+        cache: dict[float, float] = {}
+        if not (spec.heads or spec.ffn or spec.hidden) or len(targets) == 1:
+            ratios = [solve(t, cache) for t in targets]
+        else:
+            # A fraction given beside the target is reached at the last step and scales with
+            # the schedule before it (as the pruner plans it), so earlier steps are searched
+            # against the last step's ratio, with a cache of their own.
+            final = solve(targets[-1], cache)
+            earlier: dict[float, float] = {}
+            ratios = [solve(t, earlier, final) for t in targets[:-1]] + [final]
+        trials = sum(len(c) - (0.0 in c) for c in caches)  # 0.0 is known, not tried
+        phase.result = "; ".join(
+            f"channel ratio {found[t][0]:.4f} removes {found[t][1]:.2%} of MACs (target {t:.2%})"
+            for t in targets) + f"; {trials} trial prunes"
+    return ratios
 
 
 def channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,

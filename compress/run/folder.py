@@ -262,8 +262,27 @@ class RunFolder:
         return FinetuneCheckpoint(self.step_dir(step), every, context=context,
                                   tensors=pruner.get_tensors())
 
+    def save_ratios(self, ratios: list[float]) -> None:
+        """Keep the per-step channel ratios (a MACs search's result) for a resume."""
+        (self.path / "steps").mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path / "steps" / "ratios.json", json.dumps({"ratios": ratios}))
+
+    def saved_ratios(self) -> list[float] | None:
+        path = self.path / "steps" / "ratios.json"
+        if not path.is_file():
+            return None
+        ratios = read_run_file(path, {"ratios": list})["ratios"]
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios):
+            raise _damaged(path, "'ratios' is not a list of numbers")
+        return [float(r) for r in ratios]
+
     def resume_point(self, sampler: torch.Generator | None) -> ResumePoint:
         """Where to go on: inside the fine-tune after the last finished step, or after it."""
+        point = self._resume_point(sampler)
+        point.ratios = self.saved_ratios()
+        return point
+
+    def _resume_point(self, sampler: torch.Generator | None) -> ResumePoint:
         step = self.last_finished_step()
         for finished in range(1, step + 1):  # a kill between state.json and their removal
             remove_snapshots(self.step_dir(finished))

@@ -27,6 +27,7 @@ from compress.finetune.checkpoint import FinetuneCheckpoint, Snapshot
 from compress.finetune.distributed import Processes
 from compress.finetune.finetune import finetune_
 from compress.measure.counts import count_macs_params
+from compress.progress import report_phase
 from compress.pruning import build_pruner
 from compress.pruning.base import Pruner, StepRecord
 from compress.pruning.masks import load_state_
@@ -64,6 +65,7 @@ class ResumePoint:
     finetune: Snapshot | None = None
     record: StepRecord | None = None
     source: Path | None = None  # the checkpoint folder, for messages
+    ratios: list[float] | None = None  # the interrupted run's MACs search result, if any
 
 
 def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tensor,
@@ -76,7 +78,9 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   on_step: StepCallback | None = None,
                   resume: ResumePoint | None = None,
                   checkpoints: CheckpointFactory | None = None,
-                  dist: Processes | None = None) -> tuple[list[dict[str, Any]], Pruner]:
+                  dist: Processes | None = None,
+                  on_ratios: Callable[[list[float]], None] | None = None
+                  ) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
     Returns one row per step and the pruner (call its ``finalize_`` before export).
@@ -86,10 +90,17 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     the next one, or from inside its fine-tune. A SIGINT/SIGTERM that asked to stop during a
     fine-tune that finished anyway stops the run after ``on_step`` (KeyboardInterrupt).
     ``dist``: the processes of a multi-process launch, which fine-tune together.
+    ``on_ratios(ratios)`` receives the per-step channel ratios (a MACs target's search result)
+    to keep for a resume, which then reuses them instead of searching again.
     """
     base_macs, base_params = count_macs_params(model, example)
     targets = plan_targets(schedule, pruning.final_target())
-    ratios = channel_ratios(model, example, pruning, targets)
+    if resume is not None and resume.ratios is not None and len(resume.ratios) == len(targets):
+        ratios = list(resume.ratios)  # the search is deterministic: its result was kept
+    else:
+        ratios = channel_ratios(model, example, pruning, targets)
+        if on_ratios is not None:
+            on_ratios(ratios)
     pruner = build_pruner(model, example, pruning, ratios)
     if pruner.needs_grad and train is None:
         raise InputError(f"importance {pruning.importance!r} needs gradients; provide "
@@ -122,7 +133,10 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                 assert train is not None
                 pruner.accumulate_gradients(
                     itertools.islice(train, pruning.calibration_batches), device)
-            record = pruner.step_(ratio, probe)
+            with report_phase(f"step {i}/{len(targets)} prune") as phase:
+                record = pruner.step_(ratio, probe)
+                phase.result = (f"removed {record.removed} {record.unit} in {record.groups} "
+                                f"groups; max |zeroed - removed| {record.describe_proof()}")
         stats = None
         if train is not None:
             ckpt = checkpoints(i, pruner, record) if checkpoints is not None else None
@@ -131,7 +145,10 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
             stats = finetune_(model, train, finetune, device, step=i, val_loader=val,
                               teacher=teacher, description=f"step {i}/{len(targets)} fine-tune",
                               checkpoint=ckpt, dist=dist)
-        metrics = evaluate_fn(model)
+        with report_phase(f"step {i}/{len(targets)} evaluation") as phase:
+            metrics = evaluate_fn(model)
+            if metrics.get("accuracy") is not None:
+                phase.result = f"top-1 {metrics['accuracy']:.2f} %"
         macs, params = count_macs_params(model, example)
         row = _row(i, target, ratio, record, stats, metrics, macs, params, base_macs, base_params)
         rows.append(row)
