@@ -82,18 +82,19 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False,
 
     from compress.errors import CompressError, InputError
     from compress.pruning import base, structured
-    from compress.pruning.structured import StructuredPruner
+    from compress.pruning.structured import build_structured
     from compress.recipe.pruning import PruningSpec
 
     passes = [0]
     hook = model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+    started: list[float] = []  # one proof per step, or one per closed block (Swin, ShuffleNet)
     proofs: list[Any] = []
     row: dict[str, Any] = {"strategy": strategy}
     run_proof = base.run_proof
 
     def recording(*args: Any, **kwargs: Any) -> Any:
-        row["groups"] = len(args[2])
-        proofs.append(time.perf_counter())
+        row["groups"] = row.get("groups", 0) + len(args[2])  # removals given to the proof
+        started.append(time.perf_counter())
         result = run_proof(*args, **kwargs)
         proofs.append(result)
         return result
@@ -111,7 +112,8 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False,
     signal.alarm(limit)
     try:
         t = time.perf_counter()
-        pruner = StructuredPruner(model, x[:1], PruningSpec(ratio=RATIO))
+        pruner = build_structured(model, x[:1], PruningSpec(ratio=RATIO),
+                                  cumulative_ratios=[RATIO])
         pruner.proof_strategy = strategy
         row["graph_s"] = time.perf_counter() - t
         passes[0] = 0
@@ -119,13 +121,16 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False,
         t = time.perf_counter()
         with torch.no_grad():
             record = pruner.step_(RATIO, x)
-        row.update(step_s=time.perf_counter() - t, groups=record.groups, passes=passes[0],
+        # Closed blocks are proven on their own inputs: the blocks' passes, not the model's.
+        row.update(step_s=time.perf_counter() - t, groups=record.groups,
+                   passes=passes[0] if record.note is None else record.passes,
                    max_abs_diff=record.max_abs_diff, tolerance=record.tolerance,
-                   proof_s=proofs[-1].seconds, outcome="proven")
+                   proof_s=sum(p.seconds for p in proofs),
+                   outcome="proven" if record.note is None else f"proven; {record.note}")
     except CompressError as err:
         kind = "refused" if isinstance(err, InputError) else "failed"
         row.update(step_s=time.perf_counter() - t, passes=passes[0], outcome=f"{kind}: {err}",
-                   proof_s=(time.perf_counter() - proofs[0]) if proofs else None)
+                   proof_s=(time.perf_counter() - started[0]) if started else None)
     except _OutOfTime:  # passes so far: none of the proof's while the graph is traced
         in_step = "graph" not in stage[0]
         row.update(step_s=None, passes=passes[0] if in_step else None,

@@ -141,6 +141,31 @@ def _minilm_summary() -> str:
             f"cost on an idle machine.\n")
 
 
+def _minilm_expressible() -> str:
+    """The comparison of the stock-expressible prunings, and what the inexpressible one
+    would gain over the best of them."""
+    rel = "minilm_expressible.json"
+    if (note := _missing(rel)) is not None:
+        return note
+    r = _load(rel)
+    rows = {v["variant"]: v for v in r["variants"]}
+    stock = [v for v in r["variants"] if v["stock_expressible"]]
+    best = max(stock, key=lambda v: v["accuracy"])
+    text = f"<sub>{source_line(r, rel)}</sub>\n\n" + _script("minilm_expressible")(r).strip()
+    other = rows.get("heads+ffn")
+    if other is not None:
+        gain = other["accuracy"] - best["accuracy"]
+        text += (f"\n\nThe stock-expressible pruning that lost least here is `{best['variant']}` "
+                 f"({_pct(best['accuracy'])} dev top-1 at {100 * best['macs_reduction']:.1f} % "
+                 f"fewer MACs). Fewer heads at the same hidden size (`heads+ffn`, which BERT "
+                 f"configs cannot describe, so no `hf/`) scored {_pct(other['accuracy'])}: "
+                 f"{gain:+.2f} points against it on these {r['eval_samples']} sentences"
+                 + (f", at {other['speedup']:.2f}× against {best['speedup']:.2f}× onnxruntime "
+                    f"speedup" if other.get("speedup") and best.get("speedup") else "")
+                 + ".")
+    return text + "\n"
+
+
 def _headlines() -> str:
     peer = _load("peer_torch_pruning.json")
     per_step, over = _load("regimes-per-step.json"), _load("overheads.json")
@@ -239,7 +264,9 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "overheads": (("overheads.json",), _table("overheads.json", "overheads")),
     "minilm": (("minilm_sst2.json",), _table("minilm_sst2.json", "minilm_sst2")),
     "proof-cost": (("proof_cost.json",), _table("proof_cost.json", "proof_cost")),
+    "decoder-model": (("decoder_model.json",), _table("decoder_model.json", "decoder_model")),
     "minilm-summary": (("minilm_sst2.json",), _minilm_summary),
+    "minilm-expressible": (("minilm_expressible.json",), _minilm_expressible),
     "quickstart-sample": (("quickstart.json",), _quickstart_sample),
     "headlines": (("peer_torch_pruning.json", "minilm_sst2.json", "regimes-per-step.json",
                    "regimes.json", "overheads.json"), _headlines),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.errors import InputError
+from compress.errors import CompressError, InputError
 from compress.export.load import load_model
 from compress.export.standalone import export_pruned
 from compress.measure.counts import count_macs_params
@@ -32,7 +33,7 @@ from compress.recipe.stages import FinetuneSpec
 from compress.run.loop import run_schedule_
 from compress.run.pipeline import Result, run_recipe
 
-__all__ = ["apply", "load", "prune", "save", "Result", "PruneResult"]
+__all__ = ["apply", "load", "prune", "save", "in_python_terms", "Result", "PruneResult"]
 
 
 def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
@@ -64,9 +65,34 @@ def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
     else:
         raise InputError(f"apply() takes a recipe path, dict or Recipe, not "
                          f"{type(recipe).__name__}")
-    with _listening(progress):
-        return run_recipe(r, Path(out_dir) if out_dir is not None else None,
-                          overwrite=overwrite, resume=resume)
+    try:
+        with _listening(progress):
+            return run_recipe(r, Path(out_dir) if out_dir is not None else None,
+                              overwrite=overwrite, resume=resume)
+    except CompressError as err:
+        err.args = tuple(in_python_terms(a) if isinstance(a, str) else a for a in err.args)
+        raise
+
+
+# The run's sentences name the CLI's flags; a Python caller passes arguments instead.
+_FLAG_ARGUMENTS = ((re.compile(r"--overwrite\b"), "overwrite=True"),
+                   (re.compile(r"--resume\b"), "resume=True"),
+                   (re.compile(r"(?<![\w-])--out\b"), "out_dir"),
+                   (re.compile(r"(?<![\w-])--set\b"), "overrides="))
+
+
+def in_python_terms(sentence: str) -> str:
+    """``sentence`` with the ``compress apply`` flags it advises named as :func:`apply`'s
+    arguments (the CLI shows the same errors with its flags).
+
+    Example:
+        >>> in_python_terms("'runs/q' holds a finished run; pass --overwrite to replace it or "
+        ...                 "choose another --out")
+        "'runs/q' holds a finished run; pass overwrite=True to replace it or choose another out_dir"
+    """
+    for flag, argument in _FLAG_ARGUMENTS:
+        sentence = flag.sub(argument, sentence)
+    return sentence
 
 
 def _listening(progress: ProgressFn | None) -> contextlib.AbstractContextManager[None]:

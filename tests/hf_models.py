@@ -43,7 +43,8 @@ def _configs() -> dict[str, tuple[str, Any]]:
             tie_word_embeddings=False, initializer_range=0.2)),
         "qwen2": ("sequence-classification", t.Qwen2Config(
             vocab_size=MINILM_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
-            num_key_value_heads=4, intermediate_size=96, num_labels=3, pad_token_id=0, initializer_range=0.2)),
+            num_key_value_heads=4, intermediate_size=96, num_labels=3, pad_token_id=0,
+            initializer_range=0.2)),
         "gpt2": ("causal-lm", t.GPT2Config(
             vocab_size=MINILM_VOCAB, n_embd=32, n_layer=2, n_head=4, n_inner=64,
             n_positions=128, initializer_range=0.2)),
@@ -103,3 +104,66 @@ def example_input(model: torch.nn.Module, batch: int = 4, length: int = 12) -> t
     if model.pad_token_id is not None:
         ids[1:, length - 3:] = model.pad_token_id
     return ids
+
+
+BASE_CARD = """---
+license: mit
+language: en
+tags:
+- sentence-similarity
+- tiny
+---
+# A tiny BERT
+"""
+
+
+def tiny_text_run(root: Path, gates: dict[str, Any] | None = None, **data: Any) -> Path:
+    """A finished run of a tiny seeded BERT (its folder holds a model card with YAML front
+    matter) on a two-class sentiment TSV with ``label_names``, pruned so that ``hf/`` is
+    written (FFN only); no latency timing. Returns the run folder."""
+    from compress.recipe.load import parse_recipe
+    from compress.run.pipeline import run_recipe
+
+    model_dir, task = save_tiny("bert", root / "bert")
+    (model_dir / "README.md").write_text(BASE_CARD, encoding="utf-8")
+    sst = root / "sst"
+    sst.mkdir()
+    for split, n in (("train", 32), ("dev", 16)):
+        rows = ["sentence\tlabel"] + [f"{'a fine film' if i % 2 else 'a dull mess'} {i}\t{i % 2}"
+                                      for i in range(n)]
+        (sst / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    recipe = {
+        "version": 1, "name": "tiny-bert-sst",
+        "model": {"source": "huggingface", "name": str(model_dir), "task": task,
+                  "num_classes": 2, "head": "train"},
+        "data": {"source": "text", "path": str(sst), "eval_split": "dev", "max_length": 16,
+                 "batch_size": 8, "eval_batch_size": 16,
+                 "label_names": ["negative", "positive"], **data},
+        "pruning": {"ratio": 0.5, "heads": 0.0, "round_to": 1},
+        "finetune": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3},
+        "export": {"parity_batch": 2},
+        "report": {"latency": False},
+        "gates": gates or {},
+    }
+    run_recipe(parse_recipe(recipe, base_dir=root), root / "run")
+    return root / "run"
+
+
+def save_all(root: Path, archs: Any) -> dict[str, tuple[Path, str]]:
+    """:func:`save_tiny` for each of ``archs`` under ``root``: ``{arch: (folder, task)}``."""
+    return {arch: save_tiny(arch, root / arch) for arch in archs}
+
+
+def build_tiny(folder: Path, task: str) -> Any:
+    """compress's wrapper (``HFModel``) around the model saved in ``folder``."""
+    from compress.models import build_model
+    from compress.recipe.sources import ModelSpec
+
+    return build_model(ModelSpec(source="huggingface", name=str(folder), task=task))
+
+
+def fast_subset(archs: Any, fast: set[str]) -> list[Any]:
+    """pytest params of ``archs``, all but ``fast`` marked slow (kept out of ``make test``)."""
+    import pytest
+
+    return [pytest.param(a, marks=() if a in fast else pytest.mark.slow) for a in archs]

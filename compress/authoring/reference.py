@@ -39,6 +39,7 @@ _SNIPPET_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("source", "name", "checkpoint"),
     "data": ("source", "path", "batch_size", "val_subset", "augment", "normalize"),
     "pruning": ("kind", "importance", "target", "round_to", "ignored"),
+    "calibration": ("samples", "seq_len", "batch_size", "split"),
     "schedule": ("kind", "steps", "step_rule"),
     "finetune": ("optimizer", "lr", "patience", "monitor", "min_delta", "max_epochs",
                  "eval_every"),

@@ -19,7 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -35,7 +37,7 @@ from compress.authoring.regime import (
 from compress.authoring.writer import StarterRequest, StarterWriter
 from compress.errors import InputError
 
-__all__ = ["render_starter_recipe"]
+__all__ = ["render_starter_recipe", "save_starter_recipe"]
 
 
 def _source(registry: Any, spec: str, what: str, example: str) -> tuple[str, str, Any]:
@@ -182,7 +184,8 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
                           target_sparsity: float | None = None,
                           architecture_hint: str | None = None, *,
                           checkpoint: str | None = None, num_classes: int | None = None,
-                          image_size: int | None = None) -> str:
+                          image_size: int | None = None,
+                          recipe_dir: str | os.PathLike[str] | None = None) -> str:
     """A commented, valid YAML recipe (what ``compress init`` prints).
 
     ``model`` is ``SOURCE:NAME`` (``torchvision:resnet50``, ``cifar_resnet:resnet56``,
@@ -192,7 +195,9 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
     or ``transformer`` (default: guessed from the model name). ``checkpoint`` is your trained
     weights; ``num_classes`` defaults to what the data says (the class folders of a local
     imagefolder's ``train/``); ``image_size`` is the side images are resized to (default: 224
-    for torchvision models, else the images' own size).
+    for torchvision models, else the images' own size). Paths are given relative to the
+    current folder; ``recipe_dir`` is the folder the recipe will be saved in (default: the
+    current one), and the recipe names them relative to it, as it resolves them.
 
     Example:
         >>> text = render_starter_recipe("cifar_resnet:resnet20", "digits", target_sparsity=0.3)
@@ -227,7 +232,7 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
         if value is not None and value < 1:
             raise InputError(f"{what} must be a positive whole number (got {value})")
 
-    w = StarterWriter()
+    w = StarterWriter(recipe_dir)
     # The command on a line of its own, unwrapped, so it can be copied back.
     w.lines += ["# Starter recipe, written by",
                 f"#   compress init --model {model} --data {data} {flag} {target:g}{flags}"]
@@ -243,7 +248,7 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
                              data_classes=data_classes, checkpoint=checkpoint,
                              image_size=image_size, patience=patience,
                              imagenet_input=source_defaults.get("imagenet_input", False))
-    body = StarterWriter()
+    body = StarterWriter(recipe_dir)
     short, source = _model(body, request)
     _data(body, request, source_defaults["inputs"])
     data_defaults = _defaults(DATASETS, data_source)
@@ -259,7 +264,30 @@ def render_starter_recipe(model: str, data: str, target_macs: float | None = Non
              tokens=data_defaults["inputs"] == "tokens")
     text = "\n".join(w.lines) + "\n"
 
-    recipe = parse_recipe(yaml.safe_load(text), source="starter recipe")
+    recipe = parse_recipe(yaml.safe_load(text), source="starter recipe", base_dir=recipe_dir)
     plan_targets(recipe.schedule, recipe.pruning.final_target())
     check_data_spec(recipe.data)
     return text
+
+
+def save_starter_recipe(text: str, path: str | os.PathLike[str]) -> Path:
+    """Write a rendered starter recipe to ``path`` (its folder is created); an existing file
+    is never replaced (it may hold the user's edits).
+
+    Example:
+        >>> save_starter_recipe("version: 1\\n", "recipes/quickstart.yaml")
+        Traceback (most recent call last):
+        compress.errors.InputError: 'recipes/quickstart.yaml' exists; remove it or choose another -o
+    """
+    from compress.fsutil import write_text_atomic
+
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        raise InputError(f"{str(path)!r} exists; remove it or choose another -o")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the folder of {str(path)!r} ({err.strerror or err}); "
+                         f"choose another -o") from None
+    write_text_atomic(target, text)
+    return target

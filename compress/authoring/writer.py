@@ -10,8 +10,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from compress.authoring.reference import inline_yaml
@@ -33,8 +35,26 @@ class StarterWriter:
         ['  batch_size: 64', '  # Training augmentations.', '  augment: [random_crop]']
     """
 
-    def __init__(self) -> None:
+    def __init__(self, recipe_dir: str | os.PathLike[str] | None = None) -> None:
         self.lines: list[str] = []
+        # The folder the recipe will be written to (paths resolve against it); None: the
+        # current folder, where the command line's paths already point.
+        self.recipe_dir = recipe_dir
+
+    def path(self, given: str) -> str:
+        """``given`` (a path relative to the current folder, as typed on the command line)
+        as the recipe must write it: relative to the recipe's folder.
+
+        Example:
+            >>> StarterWriter("out/recipes").path("data/sst2")
+            '../../data/sst2'
+            >>> StarterWriter().path("data/sst2"), StarterWriter("out").path("/abs/data")
+            ('data/sst2', '/abs/data')
+        """
+        if self.recipe_dir is None or os.path.isabs(given):
+            return given
+        return Path(os.path.relpath(os.path.abspath(given),
+                                    os.path.abspath(self.recipe_dir))).as_posix()
 
     def comment(self, text: str, indent: int = 0) -> None:
         """``text`` as ``# `` lines wrapped at 96 columns, indented by ``indent``."""

@@ -203,26 +203,39 @@ def init(model: str = typer.Option(..., "--model", metavar="SOURCE:NAME",
          image_size: int | None = typer.Option(None, "--image-size", help="Resize images to "
                                                "this side (default: 224 for torchvision "
                                                "models, else the images' own size)."),
+         output: Path | None = typer.Option(None, "-o", "--output", help="Write the recipe to "
+                                            "this file (never replaced), with its paths "
+                                            "relative to the file's folder, instead of "
+                                            "printing it."),
          json_out: bool = JsonOption, quiet: bool = QuietOption,
          verbose: bool = VerboseOption) -> None:
-    """Print a commented starter recipe for a model, data and target (redirect it to a file).
+    """Print a commented starter recipe for a model, data and target, or write it with -o.
 
-    With --json: {"yaml": the commented recipe, "recipe": the same as a mapping}.
+    Paths on the command line are relative to the current folder; the recipe resolves its own
+    against its folder, so use -o rather than redirecting the output to another folder.
+    With --json: {"yaml": the commented recipe, "recipe": the same as a mapping, "path": the
+    file written or null}.
     """
     o = Output("init", json_out=json_out, quiet=quiet, verbose=verbose)
     import yaml
 
-    from compress.authoring.starter import render_starter_recipe
+    from compress.authoring.starter import render_starter_recipe, save_starter_recipe
 
     try:
         text = render_starter_recipe(model, data, target_macs=target_macs,
                                      target_sparsity=target_sparsity,
                                      architecture_hint=architecture, checkpoint=checkpoint,
-                                     num_classes=num_classes, image_size=image_size)
+                                     num_classes=num_classes, image_size=image_size,
+                                     recipe_dir=output.parent if output else None)
+        written = save_starter_recipe(text, output) if output else None
     except CompressError as err:
         raise o.fail(err) from None
-    o.result({"yaml": text, "recipe": yaml.safe_load(text)})
-    o.product(text, nl=False)
+    o.result({"yaml": text, "recipe": yaml.safe_load(text),
+              "path": str(written) if written else None})
+    if written:
+        o.note(f"wrote {written}; check it with `compress validate {written}`")
+    else:
+        o.product(text, nl=False)
 
 
 @app.command("list")
@@ -263,6 +276,12 @@ def gate(report: Path = typer.Argument(..., help="report.json, or the run folder
              None, "--require-proof/--no-require-proof", help="Fail unless every pruning step "
              "was proven exact (a skipped proof is 'not proven'); --no-require-proof drops the "
              "recipe's requirement."),
+         min_baseline_accuracy: float | None = _threshold(
+             "--min-baseline-accuracy", "Smallest top-1 of the model before pruning (%)."),
+         above_chance: bool | None = typer.Option(
+             None, "--above-chance/--no-above-chance", help="Fail when the baseline or the "
+             "compressed model scores at chance level (100 / classes %, plus two standard "
+             "errors)."),
          junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML: one "
                                            "testcase per gate."),
          markdown: Path | None = typer.Option(None, "--markdown", help="Also write a Markdown "
@@ -280,7 +299,8 @@ def gate(report: Path = typer.Argument(..., help="report.json, or the run folder
     overrides = {"max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup,
                  "max_accuracy_drop_relative": max_accuracy_drop_relative,
                  "max_size_mb": max_size_mb, "min_macs_reduction": min_macs_reduction,
-                 "require_proof": require_proof}
+                 "require_proof": require_proof, "min_baseline_accuracy": min_baseline_accuracy,
+                 "above_chance": above_chance}
     try:
         run = run_gate(report, overrides, junit=junit, markdown=markdown)
     except CompressError as err:
@@ -379,6 +399,45 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run folders (or report.
     if o.json:
         return
     print_comparison(result)
+
+
+@app.command()
+def push(run_dir: Path = typer.Argument(..., help="Run folder whose hf/ folder is uploaded."),
+         repo_id: str = typer.Argument(..., help="Hub repository, OWNER/NAME (created when "
+                                       "missing)."),
+         onnx: bool = typer.Option(False, "--onnx", help="Also upload model.onnx (as "
+                                   "onnx/model.onnx)."),
+         force: bool = typer.Option(False, "--force", help="Push a run that is not finished or "
+                                    "whose gates failed."),
+         private: bool = typer.Option(False, "--private", help="Create the repository private."),
+         revision: str | None = typer.Option(None, "--revision", help="Branch to commit to "
+                                             "(default: main)."),
+         dry_run: bool = typer.Option(False, "--dry-run", help="List the files that would be "
+                                      "uploaded; send nothing."),
+         json_out: bool = JsonOption, quiet: bool = QuietOption,
+         verbose: bool = VerboseOption) -> None:
+    """Upload a finished run's stock transformers folder (hf/, with its model card) to the Hub.
+
+    Uses huggingface_hub's token (HF_TOKEN or `hf auth login`). With --json: {"repo_id": ...,
+    "files": [paths in the repository], "bytes": ..., "dry_run": ..., "url"?: ...}.
+    """
+    o = Output("push", json_out=json_out, quiet=quiet, verbose=verbose)
+    from compress.export.push import push_run
+
+    try:
+        done = push_run(run_dir, repo_id, onnx=onnx, force=force, private=private,
+                        revision=revision, dry_run=dry_run)
+    except CompressError as err:
+        raise o.fail(err) from None
+    o.result(done)
+    size = f"{done['bytes'] / 1e6:.1f} MB"
+    if dry_run:
+        o.text(f"would upload {len(done['files'])} files ({size}) to {repo_id}:")
+        for name in done["files"]:
+            o.text(f"  {name}")
+    else:
+        o.text(f"uploaded {len(done['files'])} files ({size}) to {repo_id}"
+               + (f": {done['url']}" if done.get("url") else ""))
 
 
 def main() -> None:

@@ -80,6 +80,7 @@ def apply_summary(report: dict[str, Any], out_dir: Path | None = None) -> str:
         lines.append(_line("gates", f"{len(failed)} of {len(gates)} FAILED" if failed else
                            "passed" if len(gates) == 1 else f"all {len(gates)} passed"))
     lines += [f"gate FAIL: {g['message']}" for g in failed]
+    lines += [f"warning: {w}" for w in report.get("warnings") or []]  # e.g. at chance level
     hf = hf_line(report)
     if hf is not None:
         lines.append(_line("hf/", hf))

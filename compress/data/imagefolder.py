@@ -34,6 +34,7 @@ from compress.data import DATASETS
 from compress.data.archive import extract_once
 from compress.data.base import RawData, TensorImages
 from compress.data.images import ImageSource
+from compress.data.splits import choose_eval_split, split_names
 from compress.errors import InputError
 
 if TYPE_CHECKING:
@@ -260,9 +261,30 @@ class ImageFolderSource(ImageSource):
         """
         if not arg:
             raise InputError("data source 'imagefolder' needs a path: imagefolder:PATH")
-        w.key("path", arg, "A folder or .tar.gz laid out split/class/*.jpg; the splits are "
+        w.key("path", w.path(arg), "A folder or .tar.gz laid out split/class/*.jpg; the splits are "
               "train/ and test/ unless train_split/eval_split say otherwise.")
+        found = split_names(Path(arg), None)
+        if found and "test" not in found and (split := choose_eval_split(found)) != "test":
+            w.key("eval_split", split, f"The folder holds {', '.join(found)}/; accuracy is "
+                  f"measured on {split}/.")
         return True, True
+
+    def check_files(self, spec: Any, resolve: Callable[[str], Path]) -> None:
+        """A local folder holds the split folders the recipe names (``compress validate``;
+        nothing is read; an archive's members are checked when it is extracted).
+
+        Example:
+            >>> from compress.recipe.sources import DataSpec
+            >>> ImageFolderSource().check_files(DataSpec(source="imagefolder", path="."),
+            ...                                 Path)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            compress.errors.InputError: data.path '.' has no 'test' split folder ...
+        """
+        path = resolve(spec.path)
+        if path.is_dir():
+            root = _find_root(path, [spec.train_split, spec.eval_split])
+            for split, key in ((spec.eval_split, "eval_split"), (spec.train_split, "train_split")):
+                _class_dirs(root, split, key, str(spec.path))
 
     def load(self, spec: Any, resolve: Callable[[str], Path], train: bool) -> RawData:
         path = resolve(spec.path)

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, default_collate
 
 from compress.data import DATASETS
 from compress.data.base import RawData
+from compress.data.splits import choose_eval_split, split_file, split_names
 from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 
@@ -111,30 +112,20 @@ def _tokenizer(spec: DataSpec, resolve: Callable[[str], Path]) -> Any:
         raise InputError(f"data.source {spec.source} needs data.tokenizer")
     name = resolve_hf_name(spec.tokenizer, resolve)
     try:
-        return AutoTokenizer.from_pretrained(name)
+        # A tokenizer's own code never runs, whatever the model section says.
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot load tokenizer {spec.tokenizer!r}: "
                          f"{str(err).splitlines()[0]}") from None
 
 
-def _split_file(folder: Path, split: str, suffixes: tuple[str, ...]) -> Path:
-    if not folder.is_dir():
-        raise InputError(f"data.path {str(folder)!r} is not a folder")
-    for suffix in suffixes:
-        candidate = folder / f"{split}{suffix}"
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"data.path {str(folder)!r} has no {split}{{{','.join(suffixes)}}} file; "
-                     f"set data.train_split / data.eval_split to the file names")
-
-
-def _prepare(spec: DataSpec, resolve: Callable[[str], Path], train: bool,
-             suffixes: tuple[str, ...]) -> tuple[Any, dict[str, Path]]:
-    """The tokenizer and the file of each role (``eval``, and ``train`` when training)."""
+def _split_files(spec: DataSpec, resolve: Callable[[str], Path], train: bool,
+                 suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """The file of each role (``eval``, and ``train`` when training)."""
     folder = resolve(spec.path)
     splits = {"eval": spec.eval_split, **({"train": spec.train_split} if train else {})}
-    files = {role: _split_file(folder, split, suffixes) for role, split in splits.items()}
-    return _tokenizer(spec, resolve), files
+    return {role: split_file(folder, split, suffixes, f"{role}_split")
+            for role, split in splits.items()}
 
 
 class TextSource:
@@ -145,6 +136,19 @@ class TextSource:
         "inputs": "tokens", "small": False,
     }
     starter_path_note = ""  # what data.path holds, in the starter recipe
+    suffixes: tuple[str, ...] = ()  # the split files' extensions
+
+    def check_files(self, spec: DataSpec, resolve: Callable[[str], Path]) -> None:
+        """Every split file the recipe names exists (``compress validate``; nothing is read).
+
+        Example:
+            >>> from compress.recipe.sources import DataSpec
+            >>> TextLM().check_files(DataSpec(source="text_lm", path="."),
+            ...                      Path)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            compress.errors.InputError: data.eval_split 'test': data.path '.' has no test{.txt} ...
+        """
+        _split_files(spec, resolve, True, self.suffixes)
 
     def serving_info(self, spec: DataSpec, bundle: DataBundle) -> dict[str, Any]:
         """What model.json tells a service about the classes and the input tokens.
@@ -183,9 +187,11 @@ class TextSource:
         source = request.data_source
         if not arg:
             raise InputError(f"data source {source!r} needs a folder: {source}:PATH")
-        w.key("path", arg, self.starter_path_note)
+        w.key("path", w.path(arg), self.starter_path_note)
+        found = split_names(Path(arg), self.suffixes)
         w.key("train_split", "train")
-        w.key("eval_split", "test", "The file accuracy (or perplexity) is measured on, e.g. dev.")
+        w.key("eval_split", choose_eval_split(found), "The file accuracy (or perplexity) is "
+              "measured on" + (f" (the folder holds: {', '.join(found)})." if found else "."))
         w.key("max_length", 128, "Tokens per row: longer texts are cut; batches are cut to their "
               "longest row, so short texts cost less.")
         w.key("batch_size", 32)
@@ -199,15 +205,17 @@ class TextClassification(TextSource):
     """Text classification from local TSV/CSV/JSON files, tokenised with the model's tokenizer."""
 
     accepts = frozenset({"path", "train_split", "eval_split", "text_column", "label_column",
-                         "max_length", "tokenizer"})
+                         "label_names", "max_length", "tokenizer"})
     required = frozenset({"path"})
     starter_path_note = ("A folder with <split>.tsv/.csv/.json/.jsonl files holding a text "
                          "column (sentence or text) and an integer label column.")
+    suffixes = tuple(_FORMATS)
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
         import datasets
 
-        tokenizer, files = _prepare(spec, resolve, train, tuple(_FORMATS))
+        files = _split_files(spec, resolve, train, self.suffixes)
+        tokenizer = _tokenizer(spec, resolve)
         out: dict[str, TokenRows] = {}
         labels: set[int] = set()
         for role, path in files.items():
@@ -235,10 +243,14 @@ class TextClassification(TextSource):
             out[role] = TokenRows(enc["input_ids"], y.long())
             labels |= set(y.tolist())
         n_classes = max(labels) + 1
+        names = spec.label_names or [str(i) for i in range(n_classes)]
+        if len(names) < n_classes or len(set(names)) != len(names):
+            raise InputError(f"data.label_names has {len(names)} distinct names but the labels "
+                             f"go up to {n_classes - 1}; give one distinct name per label id")
         # Left padding would shift the real tokens' positions if trimmed: keep full rows.
         trim = tokenizer.padding_side == "right" and tokenizer.pad_token_id is not None
         return RawData(train=out.get("train"), eval=out["eval"],
-                       class_names=[str(i) for i in range(n_classes)],
+                       class_names=names,
                        collate=TrimPadding(tokenizer.pad_token_id) if trim else None)
 
 
@@ -249,9 +261,11 @@ class TextLM(TextSource):
     accepts = frozenset({"path", "train_split", "eval_split", "max_length", "tokenizer"})
     required = frozenset({"path"})
     starter_path_note = "A folder with <split>.txt files, cut into token blocks."
+    suffixes = (".txt",)
 
     def load(self, spec: DataSpec, resolve: Callable[[str], Path], train: bool) -> RawData:
-        tokenizer, files = _prepare(spec, resolve, train, (".txt",))
+        files = _split_files(spec, resolve, train, self.suffixes)
+        tokenizer = _tokenizer(spec, resolve)
         out: dict[str, TokenRows] = {}
         for role, path in files.items():
             ids = tokenizer(path.read_text(encoding="utf-8"), return_tensors="pt")["input_ids"][0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,11 @@ from torch import nn
 
 from compress.errors import CheckFailed
 from compress.export.onnx import parity
-from compress.fsutil import honour_umask_, temp_path_for, writing
+from compress.fsutil import honour_umask_, temp_path_for, write_text_atomic, writing
 from compress.measure.tolerance import Tolerance
 from compress.pruning.hf_layout import blocks, rewrite_config_
 
-__all__ = ["save_hf_", "HF_FOLDER"]
+__all__ = ["save_hf_", "write_model_card", "name_labels_", "HF_FOLDER"]
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,47 @@ def _stage_and_prove(model: nn.Module, stage: Path, probe: torch.Tensor, atol: f
                           f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
 
 
+def name_labels_(config: Any, classes: Sequence[str] | None) -> bool:
+    """Set ``id2label``/``label2id`` from the data's class names (an image folder's class
+    folders, a text recipe's ``data.label_names``); names that are just the ids, or a count
+    that is not the head's, leave transformers' ``LABEL_i``. Returns whether it named them.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> c = SimpleNamespace(num_labels=2, id2label={0: "LABEL_0", 1: "LABEL_1"})
+        >>> name_labels_(c, ["0", "1"]), name_labels_(c, ["neg", "pos"]), c.label2id
+        (False, True, {'neg': 0, 'pos': 1})
+    """
+    names = [str(n) for n in classes or []]
+    if (len(names) != getattr(config, "num_labels", None) or len(set(names)) != len(names)
+            or names == [str(i) for i in range(len(names))]):
+        return False
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+    return True
+
+
+def write_model_card(hf_dir: Path, report: dict[str, Any], *, base_path: str | None,
+                     revision: str | None, task: str) -> Path:
+    """``hf_dir/README.md``, the model card rendered from the run's ``report`` and the base
+    folder's config and card (license, tags)."""
+    from compress.report.card import base_card_front_matter, read_json_config, render_model_card
+
+    base = Path(base_path) if base_path else None
+    text = render_model_card(report, read_json_config(hf_dir / "config.json"),
+                             base_config=read_json_config(base / "config.json") if base else {},
+                             base_card=base_card_front_matter(base), revision=revision,
+                             task=task)
+    write_text_atomic(hf_dir / "README.md", text)
+    return hf_dir / "README.md"
+
+
 def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: float = 1e-5,
-             max_shard_size: str = "2GB") -> dict[str, Any]:
+             max_shard_size: str = "2GB",
+             classes: Sequence[str] | None = None) -> dict[str, Any]:
     """Write ``out_dir/hf`` when the config can express the model; prove the stock reload.
 
+    ``classes`` name the labels in the config (see :func:`name_labels_`).
     Returns ``{"saved": bool, "path"?: str, "parity"?: float, "parity_tolerance"?: dict,
     "reason"?: str}`` (the tolerance: ``atol`` scaled to the output, as every parity check's,
     see :func:`~compress.export.onnx.parity`). Raises
@@ -100,6 +138,7 @@ def save_hf_(model: nn.Module, out_dir: Path, probe: torch.Tensor, *, atol: floa
         reason = "; ".join(problems) + " (load it with compress.load instead)"
         log.info("not writing %s/: %s", HF_FOLDER, reason)
         return {"saved": False, "reason": reason}
+    name_labels_(hf.config, classes)
     target = out_dir / HF_FOLDER
     with writing(target):
         stage = temp_path_for(target)

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from compress.errors import InputError
+from compress.measure.chance import models_at_chance
 from compress.recipe.stages import GatesSpec
 from compress.report.proof import proof_cell, unproven_steps
 
@@ -43,6 +44,10 @@ _GATES: dict[str, _Gate] = {
     "min_speedup": _Gate("speedup", ">=", lambda v: f"{v:.2f}x"),
     "max_size_mb": _Gate("model size", "<=", lambda v: f"{v:.3g} MB"),
     "min_macs_reduction": _Gate("MACs reduction", ">=", lambda v: f"{v:.3f}"),
+    "min_baseline_accuracy": _Gate("baseline accuracy", ">=", lambda v: f"{v:.2f} %"),
+    # Measured: how many of baseline and compressed score at chance level; passes at 0.
+    "above_chance": _Gate("above chance", "<=", lambda v: f"{v:.0f} model(s) at chance",
+                          required="baseline and compressed above chance"),
     # Measured: how many steps were not proven; the gate passes at 0.
     "require_proof": _Gate("pruning proof", "<=", lambda v: f"{v:.0f} step(s) not proven",
                            required="every step proven"),
@@ -114,7 +119,30 @@ def _measure(report: Mapping[str, Any], name: str) -> float | None:
     if name == "require_proof":
         steps = report.get("steps") or []
         return float(len(unproven_steps(steps))) if steps else None
+    if name == "min_baseline_accuracy":
+        return _number(_get(report, "baseline", "accuracy"))
+    if name == "above_chance":
+        sides = models_at_chance(report)
+        return None if sides is None else float(len(sides))
     raise AssertionError(name)
+
+
+def _chance_message(report: Mapping[str, Any], passed: bool) -> str:
+    """What the chance gate saw.
+
+    Example:
+        >>> _chance_message({"baseline": {"accuracy": 50.5, "eval_samples": 800, "classes": 2},
+        ...                  "compressed": {"accuracy": 50.0}}, False)
+        'above chance: baseline, compressed at chance level (required: both above chance)'
+    """
+    sides = models_at_chance(report)
+    if sides is None:
+        return ("above chance: not measured, the report has no class count (required: both "
+                "above chance)")
+    if not passed:
+        return (f"above chance: {', '.join(sides)} at chance level (required: both above "
+                f"chance)")
+    return "above chance: baseline and compressed both above chance level"
 
 
 def _proof_message(report: Mapping[str, Any], passed: bool) -> str:
@@ -166,6 +194,7 @@ def evaluate_gates(report: Mapping[str, Any], gates: GatesSpec) -> list[GateOutc
         passed = measured is not None and (measured <= threshold if gate.comparison == "<="
                                            else measured >= threshold)
         message = (_proof_message(report, passed) if name == "require_proof"
+                   else _chance_message(report, passed) if name == "above_chance"
                    else _message(name, measured, threshold, passed))
         outcomes.append(GateOutcome(name, passed, measured, float(threshold), gate.comparison,
                                     message))

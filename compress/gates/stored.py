@@ -39,6 +39,8 @@ class _Measured(_Open):
     accuracy: _Number = None
     macs: _Number = None
     onnx_bytes: _Number = None
+    eval_samples: StrictInt | None = None
+    classes: StrictInt | None = None
 
 
 class _Speedup(_Open):
@@ -57,6 +59,8 @@ class _RecipeGates(_Open):
     min_speedup: _Number = None
     max_size_mb: _Number = None
     min_macs_reduction: _Number = None
+    min_baseline_accuracy: _Number = None
+    above_chance: StrictBool | None = None
     require_proof: StrictBool | None = None
 
 

@@ -82,8 +82,8 @@ class ChannelPrunedSource:
         fields = self.starter_keys(w, arg, request)
         if request.checkpoint:
             fields["checkpoint"] = request.checkpoint
-            w.key("checkpoint", request.checkpoint, "Your trained weights (.safetensors, or "
-                  ".pt/.pth/.th loaded with weights_only=True).")
+            w.key("checkpoint", w.path(request.checkpoint), "Your trained weights (.safetensors, "
+                  "or .pt/.pth/.th loaded with weights_only=True).")
         else:
             w.comment("checkpoint: path/to/trained.safetensors   # or .pt/.pth/.th; pruning "
                       "needs trained weights", 2)

@@ -22,7 +22,7 @@ from torch import nn
 
 from compress.errors import InputError
 
-__all__ = ["read_state_dict", "load_checkpoint_", "load_state_strict_"]
+__all__ = ["read_state_dict", "load_checkpoint_", "load_state_strict_", "check_weights"]
 
 _TORCH_SUFFIXES = {".pt", ".pth", ".th", ".bin", ".ckpt"}
 
@@ -91,16 +91,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"checkpoint {str(path)!r} does not hold a state dict of tensors")
-    _check_entries(path, state)
+    check_weights(str(path), state)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 
-def _check_entries(path: Path, state: dict[object, torch.Tensor]) -> None:
+def check_weights(shown: str, state: dict[object, torch.Tensor]) -> None:
     """Names are strings; weights are real and finite, so a broken checkpoint is bad input here
-    rather than a pruning proof that fails later for no reason of its own."""
-    shown = str(path)
+    rather than a pruning proof that fails later for no reason of its own.
+
+    ``shown`` names the checkpoint (a file, or a Hugging Face folder or id) in the sentence.
+    """
     for key, tensor in state.items():
         if not isinstance(key, str):
             raise InputError(f"checkpoint {shown!r} has a key that is not a parameter name "

@@ -116,7 +116,7 @@ def hf_notes(spec: ModelSpec, pruning: PruningSpec, resolve: Callable[[str], Pat
         shown = heads if isinstance(heads, str) else f"{heads:g}"
         fix = ("Set pruning.hidden equal to pruning.heads (both shrink, the head size "
                "stays), or pruning.heads: 0 to prune FFN neurons only, to keep hf/"
-               if layout.hidden is not None and spec.task == "sequence-classification"
+               if layout.hidden is not None and spec.task in layout.hidden.tasks
                and pruning.target is None
                else "Set pruning.heads: 0 to prune FFN neurons only and keep hf/")
         notes.append(f"{model_type} configs derive the head size from hidden_size / "

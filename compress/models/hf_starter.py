@@ -67,7 +67,8 @@ class HuggingFaceStarter:
                              f"text_lm:PATH (language modelling) or imagefolder:PATH (got data "
                              f"source {request.data_source!r})")
         task = TASK_OF_DATA[request.data_source]
-        w.key("name", arg)
+        # A local folder is a path (relative to the recipe); anything else a hub id or module.
+        w.key("name", w.path(arg) if Path(arg).is_dir() else arg)
         w.key("task", task, "Picked from the data source; the model is loaded with this task's "
               "AutoModel class.")
         fields: dict[str, Any] = {"name": arg, "task": task}

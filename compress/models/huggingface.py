@@ -28,6 +28,7 @@ from torch import nn
 from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
+from compress.models.checkpoint import check_weights
 from compress.models.hf_preflight import hf_code, hf_model_type, hf_notes
 from compress.models.hf_starter import HuggingFaceStarter
 from compress.pruning.hf_hidden import cut_hidden_, stream
@@ -94,7 +95,7 @@ class HFModel(nn.Module):
 
     def _has_hidden_stream(self) -> bool:
         return (self.layout is not None and self.layout.hidden is not None
-                and self.task == "sequence-classification")
+                and self.task in self.layout.hidden.tasks)
 
     def hidden_width(self) -> int | None:
         """The hidden size now, where compress can prune it (else None: as in the config)."""
@@ -234,6 +235,9 @@ class HuggingFaceSource(HuggingFaceStarter):
             raise InputError(f"cannot load transformers model {spec.name!r} for task "
                              f"{spec.task!r}: {str(err).splitlines()[0]}") from None
         hf.eval()
+        if pretrained:
+            # from_pretrained reads weights as stored; NaN there would surface as a failed proof.
+            check_weights(spec.name, dict(hf.state_dict()))
         model = HFModel(hf, spec.task, pad_token_id=_pad_id(path, spec.task, hf.config),
                         source_path=path)
         model.new_parameters = [f"hf.{n}" for n in new_params]

@@ -71,7 +71,9 @@ class PythonSource(ChannelPrunedSource):
             {'factory': 'nets.py:cnn', 'num_classes': 3}
         """
         fields: dict[str, Any] = {"factory": arg}
-        w.key("factory", arg, "'package.module:function' or 'file.py:function' (relative to "
+        file, colon, function = arg.rpartition(":")
+        shown = f"{w.path(file)}:{function}" if colon and file.endswith(".py") else arg
+        w.key("factory", shown, "'package.module:function' or 'file.py:function' (relative to "
               "this file) returning the nn.Module.")
         if request.num_classes is not None:
             fields["num_classes"] = request.num_classes

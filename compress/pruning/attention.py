@@ -192,8 +192,13 @@ def refuse_unfollowable_attention(model: nn.Module, ignored: Sequence[str]) -> N
     if not found:
         return
     name, what = found[0]
-    raise InputError(f"{type(model.get_submodule(name)).__name__} {name!r} cannot be pruned: "
-                     f"its {what} splits its channels into heads inside its own forward, which "
-                     f"compress cannot cut exactly ({len(found)} such layers), so structured "
-                     f"pruning does not support this model")
+    cls = type(model.get_submodule(name)).__name__
+    err = InputError(f"{cls} {name!r} cannot be pruned: its {what} splits its channels into "
+                     f"heads inside its own forward, which compress cannot cut exactly "
+                     f"({len(found)} such layers), so structured pruning does not support this "
+                     f"model")
+    # What the pruning of closed blocks (compress.pruning.local) says when it takes over.
+    err.untraceable = (f"its {len(found)} {cls} layers split their channels into heads inside "
+                       f"their own forward, which compress cannot cut exactly")
+    raise err
 

@@ -56,6 +56,7 @@ class StepRecord:
     tolerance: dict[str, Any] | None = None  # Tolerance.to_dict() of the proof, if one ran
     passes: int | None = None  # forward passes of the probe batch the proof took
     protected: dict[str, str] = field(default_factory=dict)  # left unpruned: name -> why
+    note: str | None = None  # a limit of the step the report states (e.g. only blocks pruned)
 
     @classmethod
     def of(cls, target_ratio: float, groups: int, removed: int, unit: str,
@@ -86,6 +87,9 @@ COUNT_CHECK = "not applicable (count check)"
 
 class Pruner(Protocol):
     needs_grad: bool  # its criterion needs accumulate_gradients before each step
+    # Optional (absent reads False): its criterion needs use_calibration(calibration), a
+    # compress.pruning.calibrated.Calibration, before each step.
+    # needs_calibration: bool
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         ...

@@ -1,15 +1,16 @@
 """Importance criteria of structured pruning: how channels, heads and neurons are ranked.
 
-The one list of structured criteria. torch-pruning's graph pruner uses every entry's
-``factory``; the transformers pruner scores heads and FFN neurons itself and supports the
-entries marked ``transformers``. The mask kinds (unstructured, n:m) rank single weights and
-declare their own short list beside their handler.
+The one list of criteria. torch-pruning's graph pruner uses every entry's ``factory``; the
+transformers pruner scores heads and FFN neurons itself and supports the entries marked
+``transformers``. The mask kinds (unstructured, n:m) rank single weights and declare their own
+short list beside their handler; the entries without a ``factory`` (``wanda``, ``sparsegpt``)
+rank single weights only, from calibration inputs (``needs_calibration``), in one step.
 
 Example:
     >>> sorted(n for n in IMPORTANCE.names() if IMPORTANCE.get(n).transformers)
     ['l1', 'l2', 'random', 'taylor']
-    >>> IMPORTANCE.get("taylor").needs_grad
-    True
+    >>> IMPORTANCE.get("taylor").needs_grad, structured_criteria()[:2]
+    (True, ('fpgm', 'hessian'))
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ import torch_pruning as tp
 
 from compress.registry import Registry
 
-__all__ = ["Criterion", "IMPORTANCE", "transformer_criteria"]
+__all__ = ["Criterion", "IMPORTANCE", "transformer_criteria", "structured_criteria"]
 
 
 @dataclass(frozen=True)
 class Criterion:
-    """An importance criterion: a factory of torch-pruning importance objects."""
+    """An importance criterion: a factory of torch-pruning importance objects (None: a
+    criterion of single weights only)."""
 
-    factory: Callable[[], Any]
+    factory: Callable[[], Any] | None
     needs_grad: bool = False
     per_sample: bool = False  # needs squared per-sample gradients (Hessian diagonal estimate)
     description: str = ""
     transformers: bool = False  # the transformers pruner scores heads/neurons with it too
+    needs_calibration: bool = False  # runs the calibration samples (recipe section calibration)
+    one_shot: bool = False  # chooses everything in one step (schedule.kind: one-shot only)
 
 
 IMPORTANCE: Registry[Criterion] = Registry("importance criterion")
@@ -57,6 +61,19 @@ IMPORTANCE.register("fpgm")(Criterion(lambda: tp.importance.FPGMImportance(p=2),
                                       description="geometric median (FPGM)"))
 IMPORTANCE.register("random")(Criterion(lambda: tp.importance.RandomImportance(),
                                         description="random baseline", transformers=True))
+IMPORTANCE.register("wanda")(Criterion(
+    None, needs_calibration=True, one_shot=True,
+    description="Wanda: |weight| x L2 norm of its input over the calibration samples, compared "
+                "within each output row (unstructured, n:m)"))
+IMPORTANCE.register("sparsegpt")(Criterion(
+    None, needs_calibration=True, one_shot=True,
+    description="SparseGPT: per-row masks from the layer-wise reconstruction error, kept "
+                "weights updated to reconstruct the calibration outputs (unstructured, n:m)"))
+
+
+def structured_criteria() -> tuple[str, ...]:
+    """The criteria torch-pruning's graph pruner can use (those with a factory)."""
+    return tuple(n for n in IMPORTANCE.names() if IMPORTANCE.get(n).factory is not None)
 
 
 def transformer_criteria() -> tuple[str, ...]:

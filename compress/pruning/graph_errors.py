@@ -113,7 +113,13 @@ def graph_errors(model: nn.Module, stage: str) -> Iterator[None]:
     except CompressError:
         raise
     except Exception as err:
-        raise InputError(_sentence(err, failing_layer(err, model), stage)) from None
+        where = failing_layer(err, model)
+        refusal = InputError(_sentence(err, where, stage))
+        # What the pruning of closed blocks (compress.pruning.local) says when it takes over.
+        refusal.untraceable = (f"torch-pruning's dependency graph cannot map the channels "
+                               f"around {where or 'a layer'} ({type(err).__name__}: "
+                               f"{first_line(err)})")
+        raise refusal from None
 
 
 def choose_groups(pruner: Any, model: nn.Module, protected: dict[str, str]) -> list[Any]:

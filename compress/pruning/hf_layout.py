@@ -16,13 +16,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from compress.pruning.hf_hidden import HiddenLayout
+from compress.pruning.hf_hidden import DECODER_HIDDEN, GPT2_HIDDEN, HiddenLayout
 from compress.pruning.hf_surgery import dims, keep_in_, keep_out_, out_width, zero_in_, zero_out_
 from compress.registry import Registry
 
@@ -77,15 +77,20 @@ LAYOUTS.register("vit")(Layout(
     ffn_in=("mlp.fc1",), ffn_out="mlp.fc2", head_dim_in_config=True))
 LAYOUTS.register("gpt2")(Layout(
     layers="h", attention="attn", qkv=("attn.c_attn",), out="attn.c_proj", ffn_in=("mlp.c_fc",),
-    ffn_out="mlp.c_proj", ffn_config_key="n_inner", head_attrs=("num_heads",)))
+    ffn_out="mlp.c_proj", ffn_config_key="n_inner", head_attrs=("num_heads",),
+    hidden=GPT2_HIDDEN))
 _DECODER = Layout(layers="layers", attention="self_attn",
                   qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                   out="self_attn.o_proj", ffn_in=("mlp.gate_proj", "mlp.up_proj"),
                   ffn_out="mlp.down_proj", gqa=True, head_dim_in_config=True, head_attrs=())
 # Gemma 2/3 soft-cap and window attention per layer, Gemma 3 and Qwen3 normalise q and k per
 # head (one weight of head_dim shared by all heads): none of it depends on the head count.
-for _name in ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text"):
+# Gemma scales its embeddings by sqrt(config.hidden_size) (and its RMSNorms by 1 + weight):
+# a narrower stream would be scaled differently, so its hidden size is not pruned.
+for _name in ("gemma", "gemma2", "gemma3_text"):
     LAYOUTS.register(_name)(_DECODER)
+for _name in ("llama", "qwen2", "qwen3", "mistral"):
+    LAYOUTS.register(_name)(replace(_DECODER, hidden=DECODER_HIDDEN))
 LAYOUTS.register("phi3")(Layout(
     layers="layers", attention="self_attn", qkv=("self_attn.qkv_proj",), out="self_attn.o_proj",
     ffn_in=("mlp.gate_up_proj",), ffn_out="mlp.down_proj", gqa=True, head_dim_in_config=True,
@@ -124,6 +129,7 @@ class Block:
     kv_heads: int    # key/value heads (== heads unless GQA)
     gqa: bool = False
     ffn_parts: int = 1
+    module: nn.Module | None = None  # the block itself
 
     @property
     def ffn(self) -> int:
@@ -172,7 +178,7 @@ def blocks(hf_model: nn.Module, layout: Layout) -> list[Block]:
                          block.get_submodule(layout.out),
                          [block.get_submodule(p) for p in layout.ffn_in],
                          block.get_submodule(layout.ffn_out), head_dim, heads, kv_heads,
-                         layout.gqa, layout.ffn_parts))
+                         layout.gqa, layout.ffn_parts, block))
     return out
 
 

@@ -30,21 +30,29 @@ from torch.nn.utils import prune
 
 from compress.errors import CheckFailed, InputError
 from compress.pruning.base import PruningKind, StepRecord
+from compress.pruning.calibrated import CalibratedCriteria, is_conv1d
+from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.folding import folded_copy, probe_output, prove_folded
 from compress.pruning.selection import protected_layers
 from compress.recipe.pruning import PruningSpec
 
 log = logging.getLogger(__name__)
 
-# Single weights are ranked by magnitude (l1 and l2 rank them identically) or at random.
-MASK_CRITERIA = ("l1", "l2", "random")
+# Single weights are ranked by magnitude (l1 and l2 rank them identically), at random, or from
+# calibration inputs within each output row (wanda, sparsegpt: compress.pruning.calibrated).
+MASK_CRITERIA = ("l1", "l2", "random", "wanda", "sparsegpt")
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 DENSE_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 # folded_copy: mid-run exports take it from here, with the kinds' other helpers.
 __all__ = ["MASK_CRITERIA", "MaskedTensor", "MaskPruner", "load_state_", "folded_copy",
-           "mask_kind", "DENSE_LAYERS", "NORM_LAYERS"]
+           "mask_kind", "check_mask_criterion", "DENSE_LAYERS", "NORM_LAYERS", "is_dense"]
+
+
+def is_dense(module: nn.Module) -> bool:
+    """A convolution or linear layer (transformers' transposed ``Conv1D`` included)."""
+    return isinstance(module, DENSE_LAYERS) or is_conv1d(module)
 
 
 @dataclass(frozen=True)
@@ -82,12 +90,13 @@ def _install_(t: MaskedTensor, keep: torch.Tensor) -> None:
         setattr(t.module, t.param, t.original() * mask)  # what the pre-forward hook computes
 
 
-class MaskPruner:
+class MaskPruner(CalibratedCriteria):
     """What both kinds share: choosing tensors, masking, the proof, finalising.
 
     A kind defines ``_select(name, module) -> [MaskedTensor]`` (its prunable tensors),
-    ``_keeps(target) -> [bool mask]`` (the new masks) and ``_check_pattern(target)`` (its own
-    proof on the applied masks, raising CheckFailed).
+    ``_keeps(target) -> [bool mask]`` (the new masks), ``_pattern(t, target) -> RowPattern``
+    (what each output row keeps, for the calibrated criteria) and ``_check_pattern(target)``
+    (its own proof on the applied masks, raising CheckFailed).
     """
 
     kind = ""
@@ -98,6 +107,7 @@ class MaskPruner:
                  cumulative_ratios: Sequence[float]) -> None:
         self.model, self.spec, self.example_inputs = model, spec, example_inputs
         self._ratios, self._step, self._probe = list(cumulative_ratios), 0, None
+        self.needs_calibration = IMPORTANCE.get(spec.importance).needs_calibration
         assert self._ratios and all(0 <= r < 1 for r in self._ratios), self._ratios
         self.ignored_names = ignored = protected_layers(model, example_inputs, spec.ignored)
         # MultiheadAttention reads out_proj.weight without calling out_proj, so the masked
@@ -114,6 +124,17 @@ class MaskPruner:
                              f"must be one that {self.eligible} (skipped: "
                              f"{self.skipped or 'none'}); ignore fewer layers")
         self._total = sum(t.original().numel() for t in self._tensors)
+
+    def _calibrated_layer(self, name: str, module: nn.Module) -> bool:
+        """False (noted in :attr:`skipped`) for a convolution under a calibrated criterion:
+        wanda and sparsegpt prune linear layers."""
+        if self.needs_calibration and isinstance(module, nn.modules.conv._ConvNd):
+            self.skipped[name] = f"{self.spec.importance} prunes linear layers only"
+            return False
+        return True
+
+    def _install(self, t: MaskedTensor, keep: torch.Tensor) -> None:
+        _install_(t, keep)
 
     def _scores(self, t: MaskedTensor) -> torch.Tensor:
         """Higher = more important; pruned weights score -inf, so they are pruned first."""
@@ -142,7 +163,8 @@ class MaskPruner:
         before = sum(t.pruned() for t in self._tensors)
         proof = None
         with torch.no_grad():
-            keeps = self._keeps(target_ratio)
+            keeps = self._calibrated_keeps(target_ratio) if self.needs_calibration \
+                else self._keeps(target_ratio)
             for t, keep in zip(self._tensors, keeps, strict=True):
                 old = t.mask()
                 assert old is None or not keep[old == 0].any(), f"{t.key}: a weight came back"
@@ -252,6 +274,18 @@ def load_state_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     if unused:
         raise RuntimeError(f"the saved state has keys the model lacks: {sorted(unused)[:5]}")
     model.load_state_dict(mapped, strict=True)
+
+
+def check_mask_criterion(spec: PruningSpec) -> None:
+    """The calibrated criteria rank within each output row of each layer, weights only."""
+    if not IMPORTANCE.get(spec.importance).needs_calibration:
+        return
+    if spec.scope != "local":
+        raise ValueError(f"importance {spec.importance} compares weights within each output "
+                         f"row; use scope: local")
+    if spec.prune_biases or spec.prune_norms:
+        raise ValueError(f"importance {spec.importance} prunes linear weights; remove "
+                         f"prune_biases/prune_norms (they go with magnitude criteria)")
 
 
 def mask_kind(cls: type[MaskPruner], **hooks: Any) -> PruningKind:

@@ -21,7 +21,15 @@ from torch import nn
 
 from compress.errors import CheckFailed
 from compress.pruning.base import PRUNING_KINDS
-from compress.pruning.masks import DENSE_LAYERS, MaskedTensor, MaskPruner, mask_kind
+from compress.pruning.calibrated import is_conv1d
+from compress.pruning.masks import (
+    MaskedTensor,
+    MaskPruner,
+    check_mask_criterion,
+    is_dense,
+    mask_kind,
+)
+from compress.pruning.sparsegpt import RowPattern
 from compress.recipe.pruning import PruningSpec
 
 log = logging.getLogger(__name__)
@@ -47,11 +55,12 @@ class NMPruner(MaskPruner):
 
     @staticmethod
     def _in_dim(module: nn.Module) -> int:
-        # ConvTranspose weights are [in, out/groups, *k]; the others [out, in/groups, *k].
-        return 0 if getattr(module, "transposed", False) else 1
+        # ConvTranspose weights are [in, out/groups, *k], Conv1D's [in, out]; the others
+        # [out, in/groups, *k].
+        return 0 if getattr(module, "transposed", False) or is_conv1d(module) else 1
 
     def _select(self, name: str, module: nn.Module) -> list[MaskedTensor]:
-        if not isinstance(module, DENSE_LAYERS):
+        if not is_dense(module) or not self._calibrated_layer(name, module):
             return []
         width = module.weight.shape[self._in_dim(module)]
         if width % self.spec.m:
@@ -59,6 +68,9 @@ class NMPruner(MaskPruner):
             log.info("n:m: skipping %s: %s", name, self.skipped[name])
             return []
         return [MaskedTensor(name, module, "weight")]
+
+    def _pattern(self, t: MaskedTensor, target_ratio: float) -> RowPattern:
+        return RowPattern(nm=(self.spec.n, self.spec.m))
 
     def _blocks(self, t: MaskedTensor, w: torch.Tensor) -> torch.Tensor:
         """``w`` as [..., blocks, m], the blocks running along the input dimension."""
@@ -88,6 +100,10 @@ def _check_nm(spec: PruningSpec) -> None:
         raise ValueError(f"n:m pruning needs n < m (got {spec.n}:{spec.m})")
     if spec.ratio is not None or spec.target is not None:
         raise ValueError("n:m pruning fixes the sparsity at 1 - n/m; remove 'ratio'/'target'")
+    check_mask_criterion(spec)
+    if spec.importance == "sparsegpt" and spec.sparsegpt_block % spec.m:
+        raise ValueError(f"sparsegpt_block ({spec.sparsegpt_block}) must be a multiple of m "
+                         f"({spec.m}): each block of columns holds whole groups")
 
 
 PRUNING_KINDS.register("n:m")(mask_kind(NMPruner, check=_check_nm, single_step=True,

@@ -36,8 +36,8 @@ from torch import nn
 
 from compress.errors import CheckFailed
 
-__all__ = ["CHANNEL_NORMS", "RMSNormPruner", "is_channel_norm", "norm_width",
-           "restricted_norms", "suspect_cause"]
+__all__ = ["CHANNEL_NORMS", "RMSNormPruner", "is_channel_norm", "is_hf_rms_norm",
+           "norm_width", "restricted_norms", "suspect_cause"]
 
 # Norms whose statistics mix channels; compress restricts these to the kept channels.
 # (BatchNorm and InstanceNorm normalise each channel on its own: zeroing is enough.)
@@ -54,6 +54,23 @@ def is_channel_norm(module: Any) -> bool:
     return isinstance(module, CHANNEL_NORMS)
 
 
+def is_hf_rms_norm(module: Any) -> bool:
+    """Whether ``module`` is transformers' T5-style RMSNorm (Llama, Qwen2/3, Mistral):
+    ``weight * x / rms(x)`` over the last dim, its epsilon in ``variance_epsilon``.
+
+    Gemma's RMSNorm scales by ``1 + weight`` and names its epsilon ``eps``: it is not one.
+    Which dim it normalises is still checked on the actual input (see the module docstring).
+
+    Example:
+        >>> is_hf_rms_norm(nn.RMSNorm(4)), is_hf_rms_norm(nn.LayerNorm(4))
+        (False, False)
+    """
+    weight = getattr(module, "weight", None)
+    return (isinstance(module, nn.Module) and type(module).__name__.endswith("RMSNorm")
+            and isinstance(getattr(module, "variance_epsilon", None), float)
+            and isinstance(weight, torch.Tensor) and weight.ndim == 1)
+
+
 def norm_width(module: nn.Module) -> int:
     """The number of channels ``module`` normalises now (its last normalised dim for LN/RMS).
 
@@ -63,6 +80,8 @@ def norm_width(module: nn.Module) -> int:
     """
     if isinstance(module, nn.GroupNorm):
         return module.num_channels
+    if is_hf_rms_norm(module):
+        return int(module.weight.shape[-1])
     return int(module.normalized_shape[-1])
 
 
@@ -104,13 +123,16 @@ def _restricted(m: nn.Module, x: torch.Tensor, keep: torch.Tensor, dim: int) -> 
         return out.movedim(1, dim)
     xm = x.movedim(dim, -1)
     kept = xm.index_select(-1, keep)
-    shape = (*m.normalized_shape[:-1], k)
     w = m.weight.index_select(-1, keep) if m.weight is not None else None
-    if isinstance(m, nn.RMSNorm):
-        y = F.rms_norm(kept, shape, w, m.eps)
+    if is_hf_rms_norm(m):  # its own arithmetic: float32 statistics, weight times the cast back
+        h = kept.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + m.variance_epsilon)
+        y = w * h.to(kept.dtype)
+    elif isinstance(m, nn.RMSNorm):
+        y = F.rms_norm(kept, (*m.normalized_shape[:-1], k), w, m.eps)
     else:
         b = m.bias.index_select(-1, keep) if m.bias is not None else None
-        y = F.layer_norm(kept, shape, w, b, m.eps)
+        y = F.layer_norm(kept, (*m.normalized_shape[:-1], k), w, b, m.eps)
     out = xm.new_zeros(xm.shape)
     out.index_copy_(-1, keep, y.to(out.dtype))
     return out.movedim(-1, dim)
@@ -122,7 +144,7 @@ def _channel_dim(m: nn.Module, x: torch.Tensor, output: torch.Tensor, name: str,
     width = norm_width(m)
     if isinstance(m, nn.GroupNorm):
         candidates = [1] + [d for d in range(x.ndim) if d != 1]
-    elif len(m.normalized_shape) > 1:
+    elif is_hf_rms_norm(m) or len(m.normalized_shape) > 1:
         candidates = [x.ndim - 1]  # the pruned dim is the last of several normalised ones
     else:
         candidates = [x.ndim - 1] + list(range(x.ndim - 1))
@@ -170,7 +192,7 @@ def restricted_norms(removed: Mapping[nn.Module, Iterable[int]], names: Mapping[
     """
     states: dict[nn.Module, _Restriction] = {}
     for norm, idxs in removed.items():
-        assert is_channel_norm(norm), type(norm)
+        assert is_channel_norm(norm) or is_hf_rms_norm(norm), type(norm)
         root = (roots or {}).get(norm)
         state = _Restriction(norm_width(norm), {int(i) for i in idxs},
                              names.get(norm, type(norm).__name__),

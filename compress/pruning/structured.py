@@ -52,7 +52,7 @@ from compress.pruning.base import (
     prove_removals_,
     scheduled_step,
 )
-from compress.pruning.criteria import IMPORTANCE
+from compress.pruning.criteria import IMPORTANCE, structured_criteria
 from compress.pruning.graph_errors import choose_groups, graph_errors, graph_state
 from compress.pruning.groups import (
     GroupRoundingPruner,
@@ -64,8 +64,9 @@ from compress.pruning.groups import (
     removal,
     zero_dep_,
 )
+from compress.pruning.local import BlockPruner, closed_blocks, layer_widths
 from compress.pruning.norms import restricted_norms, suspect_cause
-from compress.pruning.selection import channel_round_to, protected_layers
+from compress.pruning.selection import channel_round_to, protected_layers, resolve_ignored
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["StructuredPruner", "build_structured"]
@@ -90,9 +91,24 @@ def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: Pruni
     if spec.heads is not None or spec.ffn is not None or spec.hidden is not None:
         raise InputError("pruning.heads, pruning.ffn and pruning.hidden apply to transformers "
                          "models only; remove them")
-    with graph_errors(model, "while building the dependency graph"):
-        return StructuredPruner(model, example_inputs, spec,
-                                cumulative_ratios=cumulative_ratios)
+    try:
+        with graph_errors(model, "while building the dependency graph"):
+            return StructuredPruner(model, example_inputs, spec,
+                                    cumulative_ratios=cumulative_ratios)
+    except InputError as err:
+        why = getattr(err, "untraceable", None)
+        if why is None:
+            raise
+        ignored = [n for hits in resolve_ignored(model, spec.ignored).values() for n in hits]
+        blocks = closed_blocks(model, ignored)
+        if not blocks:
+            raise
+        pruner = BlockPruner(model, example_inputs, spec, blocks, why=why,
+                             build=StructuredPruner, cumulative_ratios=cumulative_ratios)
+        if not pruner.blocks:
+            raise
+        log.warning("%s", pruner.note())
+        return pruner
 
 
 class StructuredPruner:
@@ -147,27 +163,25 @@ class StructuredPruner:
 
     def widths(self) -> dict[str, int]:
         """Output width of every prunable layer (conv/linear), by module name."""
-        out = {}
-        for name, m in self.model.named_modules():
-            if isinstance(m, nn.modules.conv._ConvNd):
-                out[name] = m.out_channels
-            elif isinstance(m, nn.Linear):
-                out[name] = m.out_features
-        return out
+        return layer_widths(self.model)
 
     def accumulate_gradients(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                             device: torch.device) -> None:
-        """Fill ``.grad`` for gradient-based criteria from a few training batches."""
-        was_training = self.model.training
-        self.model.eval()  # frozen BN statistics: gradients of the model being pruned
-        self.model.zero_grad(set_to_none=True)
+                             device: torch.device, *, model: nn.Module | None = None) -> None:
+        """Fill ``.grad`` for gradient-based criteria from a few training batches.
+
+        ``model``: the whole model the batches are for, when this pruner prunes a block of it.
+        """
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()  # frozen BN statistics: gradients of the model being pruned
+        model.zero_grad(set_to_none=True)
         n = 0
         squares: dict[nn.Parameter, torch.Tensor] = {}
         for x, y in batches:
             if self.criterion.per_sample:
-                n += self._accumulate_squares(x.to(device), y.to(device), squares)
+                n += _accumulate_squares(model, x.to(device), y.to(device), squares)
                 continue
-            loss = task_loss(self.model(x.to(device)), y.to(device))
+            loss = task_loss(model(x.to(device)), y.to(device))
             loss.backward()
             n += 1
         if self.criterion.per_sample and n:
@@ -180,19 +194,15 @@ class StructuredPruner:
         if n == 0:
             raise InputError(f"importance {self.spec.importance!r} needs training batches; "
                              f"configure data with a training split")
-        self.model.train(was_training)
+        model.train(was_training)
 
-    def _accumulate_squares(self, x: torch.Tensor, y: torch.Tensor,
-                            squares: dict[nn.Parameter, torch.Tensor]) -> int:
-        losses = task_loss(self.model(x), y, reduction="none")
-        for i, loss in enumerate(losses):
-            self.model.zero_grad(set_to_none=True)
-            loss.backward(retain_graph=i < len(losses) - 1)
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    g2 = p.grad.detach().pow(2)
-                    squares[p] = squares[p] + g2 if p in squares else g2
-        return len(losses)
+    def share_scores_(self, other: StructuredPruner) -> None:
+        """Take the per-sample gradient scores ``other`` accumulated over the same whole model
+        (``.grad`` itself is shared by the parameters)."""
+        if self.criterion.per_sample:
+            theirs, mine = other._pruner.importance, self._pruner.importance
+            mine.zero_grad()
+            mine._accu_grad, mine._counter = theirs._accu_grad, theirs._counter
 
     def step_(self, target_ratio: float, probe: torch.Tensor) -> StepRecord:
         """Prune to the next scheduled ratio in place and prove the result on ``probe``."""
@@ -232,7 +242,7 @@ class StructuredPruner:
                         also=[*graph_state(self._pruner), *note_removed.restrictions])
             self.history.append(history)
         record = StepRecord.of(target_ratio, len(groups), removed, "channels", proof,
-                               self.widths())
+                               layer_widths(self.model))
         record.protected = dict(self.protected)
         log.debug("step %d: removed %d channels in %d groups, max |zeroed - removed| = %s",
                   self.steps_done, removed, len(groups), record.describe_proof())
@@ -307,12 +317,25 @@ class StructuredPruner:
         self.history = [list(h) for h in state["history"]]
 
 
+def _accumulate_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        squares: dict[nn.Parameter, torch.Tensor]) -> int:
+    losses = task_loss(model(x), y, reduction="none")
+    for i, loss in enumerate(losses):
+        model.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=i < len(losses) - 1)
+        for p in model.parameters():
+            if p.grad is not None:
+                g2 = p.grad.detach().pow(2)
+                squares[p] = squares[p] + g2 if p in squares else g2
+    return len(losses)
+
+
 def _check(spec: PruningSpec) -> None:
     check_ratio_or_target(spec)
     check_transformer_fractions(spec, structured=True)
 
 
 PRUNING_KINDS.register("structured")(PruningKind(
-    build_structured, criteria=tuple(IMPORTANCE.names()),
+    build_structured, criteria=structured_criteria(),
     description="Structured pruning through torch-pruning's dependency graph, with a proof for "
                 "every step", check=_check, shrinks_shapes=True))

@@ -111,9 +111,10 @@ class TransformerPruner(TransformerPlanner):
                 raise InputError(f"pruning.hidden is not supported for "
                                  f"{model.hf.config.model_type} models; supported: "
                                  f"{', '.join(supported)}")
-            if model.task != "sequence-classification":
-                raise InputError(f"pruning.hidden needs model.task: sequence-classification "
-                                 f"(for {model.task} the hidden size is the output's width)")
+            if model.task not in self.layout.hidden.tasks:
+                raise InputError(f"pruning.hidden needs model.task: "
+                                 f"{' or '.join(self.layout.hidden.tasks)} (for {model.task} "
+                                 f"the hidden size is the output's width)")
             self._hidden0 = self._stream().width
         self.round_to = 8 if spec.round_to == "auto" else spec.round_to
         if spec.scope == "global" and self.layout.gqa:

@@ -92,7 +92,8 @@ class TransformerPlanner:
         return stream(self.model.hf, self.layout, blocks(self.model.hf, self.layout))
 
     def _hidden_cut(self, s: Stream, fraction: float) -> tuple[list[int], list[int]]:
-        """(hidden channels, head square-layer outputs) to remove: the same count of each."""
+        """(hidden channels, head square-layer outputs) to remove: the same count of each
+        (none of the latter without a square head layer: decoders)."""
         n_remove = s.width - self._keep_count(self._hidden0, fraction)
         if n_remove <= 0:
             return [], []
@@ -100,13 +101,14 @@ class TransformerPlanner:
             gen = torch.Generator().manual_seed(1000 * self.steps_done + 7)
             channel, head = torch.rand(s.width, generator=gen), torch.rand(s.width, generator=gen)
         else:
-            channel = sum(self._score(m, torch.arange(s.width), d) for m, d in s.slices())
-            head = (self._score(s.square, torch.arange(s.width), 0)
-                    + self._score(s.head_out, torch.arange(s.width), 1))
+            everything = torch.arange(s.width)
+            channel = sum(self._score(m, everything, d) for m, d in s.slices())
+            head = (self._score(s.square, everything, 0) + self._score(s.head_out, everything, 1)
+                    if s.square is not None else torch.zeros(s.width))
             if self.spec.importance == "l2":
                 channel, head = channel.sqrt(), head.sqrt()
-        return (sorted(channel.argsort()[:n_remove].tolist()),
-                sorted(head.argsort()[:n_remove].tolist()))
+        head_cut = sorted(head.argsort()[:n_remove].tolist()) if s.square is not None else []
+        return sorted(channel.argsort()[:n_remove].tolist()), head_cut
 
     def _generator(self, block: Block, kind: int) -> torch.Generator:
         return torch.Generator().manual_seed(1000 * self.steps_done + 10 * block.index + kind)

@@ -19,7 +19,16 @@ from torch import nn
 
 from compress.errors import CheckFailed
 from compress.pruning.base import PRUNING_KINDS, check_ratio_or_target, check_transformer_fractions
-from compress.pruning.masks import DENSE_LAYERS, NORM_LAYERS, MaskedTensor, MaskPruner, mask_kind
+from compress.pruning.calibrated import weight_rows
+from compress.pruning.masks import (
+    NORM_LAYERS,
+    MaskedTensor,
+    MaskPruner,
+    check_mask_criterion,
+    is_dense,
+    mask_kind,
+)
+from compress.pruning.sparsegpt import RowPattern, row_counts
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["UnstructuredPruner"]
@@ -30,19 +39,24 @@ class UnstructuredPruner(MaskPruner):
 
     ``scope: local`` prunes that fraction of every tensor, ``global`` ranks all tensors
     together. Exactly ``round(target * count)`` weights are pruned: ``topk`` cuts ties, where
-    a threshold could overshoot.
+    a threshold could overshoot. wanda and sparsegpt spread that count over the output rows
+    (:func:`~compress.pruning.sparsegpt.row_counts`) and rank within each row.
     """
 
     kind = "unstructured"
 
     def _select(self, name: str, module: nn.Module) -> list[MaskedTensor]:
         params = []
-        if isinstance(module, DENSE_LAYERS):
+        if is_dense(module) and self._calibrated_layer(name, module):
             params = ["weight"] + (["bias"] if self.spec.prune_biases else [])
         elif isinstance(module, NORM_LAYERS) and self.spec.prune_norms:
             params = ["weight"]  # the scale; a zero shift would not remove anything
         return [MaskedTensor(name if p == "weight" else f"{name}.{p}", module, p) for p in params
                 if getattr(module, p, None) is not None]
+
+    def _pattern(self, t: MaskedTensor, target_ratio: float) -> RowPattern:
+        rows, cols = weight_rows(t).shape
+        return RowPattern(counts=row_counts(rows, cols, target_ratio))
 
     @staticmethod
     def _lowest_off(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -72,6 +86,7 @@ class UnstructuredPruner(MaskPruner):
 def _check_unstructured(spec: PruningSpec) -> None:
     check_ratio_or_target(spec)
     check_transformer_fractions(spec, structured=False)
+    check_mask_criterion(spec)
     if spec.target is not None:
         raise ValueError("unstructured pruning does not reduce dense MACs; give "
                          "'ratio' (the weight sparsity) instead of 'target'")

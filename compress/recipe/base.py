@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-__all__ = ["Section", "registered", "registered_names", "pruning_kind_of", "device_name"]
+__all__ = ["Section", "registered", "registered_names", "pruning_kind_of", "criterion_of",
+           "device_name"]
 
 
 def registered(field: str, module: str, registry: str) -> Any:
@@ -53,6 +54,11 @@ class Section(BaseModel):
 def pruning_kind_of(name: str) -> Any:
     """The registered kind; imported when a recipe is validated (the kinds import torch)."""
     return importlib.import_module("compress.pruning").pruning_kind(name)
+
+
+def criterion_of(name: str) -> Any:
+    """The registered importance criterion (imported lazily, as the kinds are)."""
+    return importlib.import_module("compress.pruning.criteria").IMPORTANCE.get(name)
 
 
 def device_name(v: str) -> str:

@@ -36,7 +36,9 @@ class PruningSpec(Section):
         "every m consecutive input weights (e.g. 2:4).", examples=["structured"],
         json_schema_extra=registered_names("compress.pruning", "PRUNING_KINDS"))
     importance: str = Field("l2", description="Importance criterion that ranks channels "
-                            "(structured) or weights (unstructured: l1, l2, random).",
+                            "(structured) or weights (unstructured, n:m: l1, l2, random, and "
+                            "wanda or sparsegpt, which read the calibration section's samples "
+                            "and prune in one step).",
                             examples=["l2", "taylor"],
                             json_schema_extra=registered_names("compress.pruning.criteria",
                                                                "IMPORTANCE"))
@@ -69,6 +71,13 @@ class PruningSpec(Section):
                                    "layer may lose.", examples=[0.8])
     calibration_batches: int = Field(4, gt=0, description="Training batches used by "
                                      "gradient-based criteria (taylor, hessian).", examples=[8])
+    sparsegpt_damping: float = Field(0.01, gt=0, lt=1, description="sparsegpt: added to the "
+                                     "Hessian's diagonal, as a share of its mean diagonal "
+                                     "(raise it when a layer's Hessian is refused as not "
+                                     "positive definite).", examples=[0.01])
+    sparsegpt_block: int = Field(128, gt=0, description="sparsegpt: input columns updated "
+                                 "together (memory and speed, not the result); a multiple of m "
+                                 "for n:m.", examples=[128])
     verify: bool = Field(True, description="Prove each step: zeroed group == removed group on a "
                          "probe batch. A mismatch fails the run.", examples=[True])
     verify_atol: float = Field(1e-4, gt=0, le=1e-2, description="Tolerance of the proof, a "
@@ -86,11 +95,14 @@ class PruningSpec(Section):
                               "with target the fraction its search finds).",
                               examples=[0.5])
     hidden: float | None = Field(None, ge=0, lt=1, description="Transformers (BERT-family and "
-                                 "DistilBERT sequence classifiers): fraction of the hidden size "
-                                 "removed by the end of the schedule (default: 0, kept). These "
-                                 "configs derive the head size from hidden / heads, so the same "
-                                 "fraction as heads keeps the result loadable by stock "
-                                 "from_pretrained.", examples=[0.5])
+                                 "DistilBERT sequence classifiers; Llama, Qwen2, Qwen3, Mistral "
+                                 "and GPT-2 decoders, LM head tied or not): fraction of the "
+                                 "hidden size removed by the end of the schedule (default: 0, "
+                                 "kept). BERT and GPT-2 configs derive the head size from "
+                                 "hidden / heads, so the same fraction as heads keeps the result "
+                                 "loadable by stock from_pretrained; Llama-style configs keep "
+                                 "their head size and k/v heads, and need the hidden size a "
+                                 "multiple of the query heads.", examples=[0.5])
 
     _known_kind = registered("kind", "compress.pruning", "PRUNING_KINDS")
     _known_importance = registered("importance", "compress.pruning.criteria", "IMPORTANCE")

@@ -140,6 +140,10 @@ class DataSpec(Section):
                                     examples=["sentence"])
     label_column: str = Field("label", description="text: column holding the integer label.",
                               examples=["label"])
+    label_names: list[str] | None = Field(None, description="text: the name of each label id "
+                                          "(0, 1, ...), for the report, model.json and hf/'s "
+                                          "id2label (default: the ids).",
+                                          examples=[["negative", "positive"]])
     max_length: int = Field(128, gt=1, description="text: tokens per sample (padded or cut); "
                             "text_lm: tokens per block.", examples=[128])
     tokenizer: str | None = Field(None, description="text, text_lm: tokenizer folder or hub id "

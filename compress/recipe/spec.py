@@ -22,7 +22,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from compress.errors import InputError
-from compress.recipe.base import Section, device_name, pruning_kind_of
+from compress.recipe.base import Section, criterion_of, device_name, pruning_kind_of
+from compress.recipe.calibration import CalibrationSpec
 from compress.recipe.pruning import PruningSpec, ScheduleSpec
 from compress.recipe.sources import DataSpec, ModelSpec
 from compress.recipe.stages import ExportSpec, FinetuneSpec, GatesSpec, ReportSpec
@@ -45,6 +46,10 @@ class Recipe(Section):
                            examples=[{"source": "digits"}])
     pruning: PruningSpec = Field(description="What to prune and how much.",
                                  examples=[{"target": {"macs": 0.5}}])
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Samples "
+                                         "run through the model by criteria that measure "
+                                         "activations (wanda, sparsegpt); unused otherwise.",
+                                         examples=[{"samples": 128, "seq_len": 128}])
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="How the pruning "
                                    "is spread over steps.", examples=[{"kind": "one-shot"}])
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec, description="Fine-tuning "
@@ -88,6 +93,14 @@ class Recipe(Section):
         if pruning_kind_of(self.pruning.kind).single_step and self.schedule.kind != "one-shot":
             raise ValueError(f"{self.pruning.kind} pruning has a fixed pattern: use "
                              f"schedule.kind: one-shot")
+        if criterion_of(self.pruning.importance).one_shot and self.schedule.kind != "one-shot":
+            raise ValueError(f"importance {self.pruning.importance} chooses every weight from "
+                             f"one calibration pass: use schedule.kind: one-shot")
+        seq_len = self.calibration.seq_len
+        if seq_len is not None and seq_len > self.data.max_length:
+            raise ValueError(f"calibration.seq_len ({seq_len}) exceeds data.max_length "
+                             f"({self.data.max_length}), the tokens each sample holds; lower it "
+                             f"or raise data.max_length")
         if self.gates.require_proof and not self.pruning.verify:
             # The run could only fail its gate at the end: say so before it starts.
             raise ValueError("gates.require_proof needs the proofs that pruning.verify: false "

@@ -202,6 +202,15 @@ class GatesSpec(Section):
                                       examples=[25.0])
     min_macs_reduction: float | None = Field(None, ge=0, lt=1, description="Smallest allowed "
                                              "fraction of MACs removed.", examples=[0.45])
+    min_baseline_accuracy: float | None = Field(None, ge=0, le=100, description="Smallest "
+                                                "allowed top-1 of the model before pruning, in "
+                                                "percent: a baseline that never learned the "
+                                                "task makes every other figure meaningless.",
+                                                examples=[70.0])
+    above_chance: bool = Field(False, description="The baseline and the compressed model must "
+                               "both score above chance level (100 / classes %, plus two "
+                               "standard errors on the evaluation samples); a run at chance "
+                               "is also a warning in its report, gate or not.", examples=[True])
     require_proof: bool = Field(False, description="Every pruning step must be proven exact: a "
                                 "step whose proof was skipped (pruning.verify: false) fails the "
                                 "gate. Steps checked by a pattern count (unstructured, n:m) "

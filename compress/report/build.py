@@ -115,6 +115,8 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
     protected = {n: why for s in steps for n, why in (s.get("protected") or {}).items()}
     for name, why in sorted(protected.items()):
         notes.append(f"layer {name!r} was left unpruned: {why}.")
+    for note in dict.fromkeys(s["note"] for s in steps if s.get("note")):
+        notes.append(f"{note}.")
     unproven = unproven_steps(steps)
     if unproven:
         notes.append(f"pruning step(s) {', '.join(map(str, unproven))}: not proven "

@@ -195,6 +195,10 @@ class RunFolder:
     def step_dir(self, step: int) -> Path:
         return self.path / "steps" / f"{step:02d}"
 
+    def block_dir(self, step: int) -> Path:
+        """Where step ``step`` keeps its finished blocks while it runs."""
+        return self.step_dir(step) / "blocks"
+
     def last_finished_step(self) -> int:
         return last_finished_step(self.path)
 
@@ -253,6 +257,7 @@ class RunFolder:
         # Written last: a step folder without state.json is never resumed from.
         write_text_atomic(step_dir / "state.json", json.dumps(state))
         remove_snapshots(step_dir)  # the fine-tune's own checkpoints are superseded
+        shutil.rmtree(self.block_dir(step), ignore_errors=True)  # and so are its blocks
 
     def finetune_checkpoint(self, step: int, pruner: Pruner, record: StepRecord,
                             rows: list[dict[str, Any]], every: float) -> FinetuneCheckpoint:
@@ -268,6 +273,7 @@ class RunFolder:
         write_text_atomic(self.path / "steps" / "ratios.json", json.dumps({"ratios": ratios}))
 
     def saved_ratios(self) -> list[float] | None:
+        """What :meth:`save_ratios` kept, or None."""
         path = self.path / "steps" / "ratios.json"
         if not path.is_file():
             return None
@@ -276,16 +282,15 @@ class RunFolder:
             raise _damaged(path, "'ratios' is not a list of numbers")
         return [float(r) for r in ratios]
 
-    def resume_point(self, sampler: torch.Generator | None) -> ResumePoint:
-        """Where to go on: inside the fine-tune after the last finished step, or after it."""
-        point = self._resume_point(sampler)
-        point.ratios = self.saved_ratios()
-        return point
+    def resume_point(self, sampler: torch.Generator | None) -> ResumePoint | None:
+        """Where to go on: inside the fine-tune after the last finished step, or after it.
 
-    def _resume_point(self, sampler: torch.Generator | None) -> ResumePoint:
+        None when no step finished but the first one left finished blocks: the run starts
+        over, and that step reuses them."""
         step = self.last_finished_step()
         for finished in range(1, step + 1):  # a kill between state.json and their removal
             remove_snapshots(self.step_dir(finished))
+            shutil.rmtree(self.block_dir(finished), ignore_errors=True)
         partial = latest_snapshot(self.step_dir(step + 1))
         if partial is not None:
             context, where = partial.context, latest_snapshot_dir(self.step_dir(step + 1))
@@ -298,7 +303,10 @@ class RunFolder:
             return ResumePoint(step=step, pruner_state=context["pruner"],
                                pruner_tensors=partial.tensors, model_state=partial.model,
                                rows=context["rows"], restore_rng=lambda: None,
-                               finetune=partial, record=record, source=where)
+                               finetune=partial, record=record, source=where,
+                               ratios=self.saved_ratios())
+        if step == 0 and any(self.block_dir(1).glob("*.safetensors")):
+            return None
         if step == 0:
             raise InputError(f"nothing to resume in {str(self.path)!r}: no pruning step "
                              f"finished; start over with --overwrite")
@@ -309,5 +317,5 @@ class RunFolder:
         return ResumePoint(step=step, pruner_state=state["pruner"],
                            pruner_tensors=_load_tensors(tensors) if tensors.is_file() else {},
                            model_state=_load_tensors(step_dir / "model.safetensors"),
-                           rows=state["rows"], source=step_dir,
+                           rows=state["rows"], source=step_dir, ratios=self.saved_ratios(),
                            restore_rng=lambda: restore_rng_state(rng, sampler))

@@ -30,6 +30,7 @@ from compress.measure.counts import count_macs_params
 from compress.progress import report_phase
 from compress.pruning import build_pruner
 from compress.pruning.base import Pruner, StepRecord
+from compress.pruning.calibrated import Calibration
 from compress.pruning.masks import load_state_
 from compress.pruning.planning import channel_ratios
 from compress.recipe.pruning import PruningSpec, ScheduleSpec
@@ -79,7 +80,9 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   resume: ResumePoint | None = None,
                   checkpoints: CheckpointFactory | None = None,
                   dist: Processes | None = None,
-                  on_ratios: Callable[[list[float]], None] | None = None
+                  on_ratios: Callable[[list[float]], None] | None = None,
+                  calibration: list[torch.Tensor] | None = None,
+                  block_checkpoints: Callable[[int], Path] | None = None,
                   ) -> tuple[list[dict[str, Any]], Pruner]:
     """Prune ``model`` in place step by step, fine-tuning and evaluating after each step.
 
@@ -92,6 +95,9 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     ``dist``: the processes of a multi-process launch, which fine-tune together.
     ``on_ratios(ratios)`` receives the per-step channel ratios (a MACs target's search result)
     to keep for a resume, which then reuses them instead of searching again.
+    ``calibration``: the calibration batches, for criteria that read them (wanda, sparsegpt);
+    ``block_checkpoints(step)`` is the folder where such a step keeps its finished blocks, so
+    that a killed step resumes from them.
     """
     base_macs, base_params = count_macs_params(model, example)
     targets = plan_targets(schedule, pruning.final_target())
@@ -105,6 +111,10 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     if pruner.needs_grad and train is None:
         raise InputError(f"importance {pruning.importance!r} needs gradients; provide "
                          f"training data")
+    calibrated = getattr(pruner, "needs_calibration", False)  # optional in a Pruner
+    if calibrated and not calibration:
+        raise InputError(f"importance {pruning.importance!r} needs calibration samples; "
+                         f"provide them (the recipe's calibration section)")
     rows: list[dict[str, Any]] = []
     done = 0
     if resume is not None:
@@ -133,6 +143,11 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                 assert train is not None
                 pruner.accumulate_gradients(
                     itertools.islice(train, pruning.calibration_batches), device)
+            if calibrated:
+                assert calibration is not None
+                pruner.use_calibration(  # type: ignore[attr-defined]  # needs_calibration says
+Calibration(
+                    calibration, block_checkpoints(i) if block_checkpoints else None))
             with report_phase(f"step {i}/{len(targets)} prune") as phase:
                 record = pruner.step_(ratio, probe)
                 phase.result = (f"removed {record.removed} {record.unit} in {record.groups} "
@@ -187,4 +202,5 @@ def _row(step: int, target: float, ratio: float, record: StepRecord, stats: Any,
         "max_abs_diff": record.max_abs_diff, "proof": record.proof, "layers": record.layers,
         "proof_tolerance": record.tolerance, "proof_passes": record.passes,
         **({"protected": record.protected} if record.protected else {}),
+        **({"note": record.note} if record.note else {}),
     }

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from compress.data import serving_info
+from compress.data.calibration import calibration_batches
 from compress.errors import CompressError, InputError
-from compress.export.hf import save_hf_
+from compress.export.hf import save_hf_, write_model_card
 from compress.export.model import export_model
 from compress.export.onnx import export_onnx, onnx_size
 from compress.export.safetensors import save_safetensors
@@ -33,6 +34,7 @@ from compress.finetune.gpu import cuda_settings
 from compress.finetune.head import train_head_
 from compress.fsutil import FS_FAULTS, write_failure
 from compress.gates.gate import GateOutcome, evaluate_gates, gates_passed
+from compress.measure.chance import chance_warnings
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
 from compress.measure.latency import Candidate, measure_latency
@@ -40,6 +42,7 @@ from compress.progress import report_phase
 from compress.pruning.base import Pruner, StepRecord
 from compress.pruning.masks import folded_copy
 from compress.pruning.transformer import is_transformer
+from compress.recipe.base import criterion_of
 from compress.recipe.spec import Recipe
 from compress.report.build import build_report, write_report
 from compress.rng import sampler_generator
@@ -203,6 +206,10 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
         return folder.finetune_checkpoint(step, pruner, record, rows_so_far,
                                           recipe.finetune.checkpoint_every)
 
+    calibration = None
+    if criterion_of(recipe.pruning.importance).needs_calibration:
+        calibration = calibration_batches(bundle, recipe.calibration, recipe.seed)
+
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
                                   pruning=recipe.pruning, schedule=recipe.schedule,
@@ -211,7 +218,8 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                   teacher=teacher, on_step=on_step, resume=resume,
                                   # mid-fine-tune snapshots: single-process runs only
                                   checkpoints=checkpoints if dist.describe() is None else None,
-                                  dist=dist,
+                                  dist=dist, calibration=calibration,
+                                  block_checkpoints=folder.block_dir if dist.is_main else None,
                                   on_ratios=lambda r: dist.on_main(lambda: folder.save_ratios(r)))
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
@@ -232,7 +240,8 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
     with report_phase("export") as phase:
         exported = export_model(model, out_dir, recipe.export, model_spec, probe, serving)
         if is_transformer(model) and recipe.export.safetensors:
-            exported["hf"] = save_hf_(model, out_dir, probe[: recipe.export.parity_batch])
+            exported["hf"] = save_hf_(model, out_dir, probe[: recipe.export.parity_batch],
+                                      classes=serving.get("classes"))
         written = [k for k in ("safetensors", "onnx") if exported.get(k)]
         if (exported.get("hf") or {}).get("saved"):
             written.append("hf/")
@@ -257,11 +266,21 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
                 "onnx_bytes": onnx_size(baseline_onnx) if baseline_onnx else None}
     report = build_report(recipe, baseline=baseline, steps=steps, exported=exported,
                           latency=latency, timing=timing, model=model)
+    # The class count tells chance level; a model at it is a warning whatever the gates say.
+    report["baseline"]["classes"] = len(serving.get("classes") or []) or None
+    report["warnings"] = chance_warnings(report)
+    report["notes"] = [f"warning: {w}" for w in report["warnings"]] + report["notes"]
+    for warning in report["warnings"]:
+        log.warning("%s", warning)
     gates = evaluate_gates(report, recipe.gates)
     report["gates"] = [g.to_dict() for g in gates]
     report["status"] = "passed" if gates_passed(gates) else "gate_failed"
     if dist.describe() is not None:
         report["distributed"] = dist.describe()
+    if report["outputs"].get("hf"):
+        write_model_card(Path(report["outputs"]["hf"]), report, base_path=model.source_path,
+                         revision=getattr(model.hf.config, "_commit_hash", None),
+                         task=model.task)
     write_report(report, out_dir)
     log.info("wrote %s", out_dir)
     return Result(out_dir, report, gates)

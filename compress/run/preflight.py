@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from compress.data import check_data_spec
+from compress.data import DATASETS, check_data_spec
 from compress.errors import InputError
 from compress.hf_names import hf_name_function
 from compress.models import MODEL_SOURCES, ModelSource, check_model_spec
@@ -60,6 +60,9 @@ def check_recipe(recipe: Recipe) -> Recipe:
         path = recipe.resolve_path(recipe.data.path)
         if _kind(path, "data.path") == "missing":
             raise InputError(f"data.path {str(path)!r} does not exist")
+        source = DATASETS.get(recipe.data.source)()
+        if hasattr(source, "check_files"):  # the split files a local folder must hold
+            source.check_files(recipe.data, recipe.resolve_path)
     return recipe
 
 

@@ -145,7 +145,8 @@ def test_shell_completion_completes_commands_and_options() -> None:
     done = subprocess.run([script], env=_env(_COMPRESS_COMPLETE="complete_bash",
                                              COMP_WORDS="compress gate --min", COMP_CWORD="2"),
                           capture_output=True, text=True, timeout=120)
-    assert set(done.stdout.split()) == {"--min-speedup", "--min-macs-reduction"}
+    assert set(done.stdout.split()) == {"--min-speedup", "--min-macs-reduction",
+                                        "--min-baseline-accuracy"}
 
 
 def test_install_completion_writes_the_bash_script(tmp_path: Path) -> None:

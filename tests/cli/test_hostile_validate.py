@@ -97,6 +97,8 @@ def test_sys_exit_as_model_name_is_not_called(tmp_path: Path) -> None:
 @hostile
 def test_a_module_function_tokenizer_is_not_called(payload: Path) -> None:
     (payload / "sst2").mkdir()
+    for split in ("train", "test"):  # validate checks that the split files exist
+        (payload / "sst2" / f"{split}.tsv").write_text("sentence\tlabel\nfine\t1\n")
     recipe = tiny_recipe(payload, data={"source": "text", "path": "sst2",
                                         "tokenizer": f"{MODULE}:build", "train_subset": None,
                                         "eval_subset": None})

@@ -128,3 +128,33 @@ def test_apply_refuses_integer_keys_with_exit_2(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "ints.pt")
     assert_refused(_apply(tmp_path, tmp_path / "ints.pt"), "has a key that is not a parameter "
                    "name (0, of type int)")
+
+
+@hostile
+def test_apply_refuses_a_hugging_face_folder_with_nan_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from tests.hf_models import save_tiny
+
+    folder, _ = save_tiny("bert", tmp_path / "nan-bert")
+    state = load_file(str(folder / "model.safetensors"))
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[1]
+    state[name].view(-1)[:2] = float("nan")
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.tsv").write_text("sentence\tlabel\n" + "good film\t1\n" * 4
+                                                 + "so so\t2\n" * 4)
+    (tmp_path / "data" / "dev.tsv").write_text("sentence\tlabel\n" + "bad film\t0\n" * 8)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "version": 1,
+        "model": {"source": "huggingface", "name": str(folder), "num_classes": 3,
+                  "task": "sequence-classification"},
+        "data": {"source": "text", "path": "data", "eval_split": "dev"},
+        "pruning": {"ratio": 0.5, "ffn": 0.5}, "finetune": {"epochs": 1, "max_steps": 1},
+        "export": {"onnx": False}, "report": {"latency": False}}))
+    tree = Tree(tmp_path)
+    result = invoke(["apply", recipe, "--out", tmp_path / "run"], cwd=tmp_path)
+    assert tree.new_files(allowed=["run"]) == []
+    assert_no_marker(tmp_path)
+    assert_refused(result, "non-finite weights in the checkpoint", repr(name), "holds 2 NaN")

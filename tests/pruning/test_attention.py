@@ -141,7 +141,8 @@ def test_torchvision_vit_exports_and_reloads_after_its_attention_is_cut(tmp_path
     assert attn.embed_dim == attn.head_dim * attn.num_heads
 
 
-def test_swin_attention_is_refused_in_one_sentence_unless_ignored() -> None:
+def test_swin_attention_is_named_in_one_sentence_unless_ignored() -> None:
+    """The sentence build_structured raises when no closed block is left to prune."""
     import torchvision
 
     from compress.pruning.attention import refuse_unfollowable_attention

@@ -80,12 +80,30 @@ def _x() -> torch.Tensor:
     return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-def test_channel_shuffle_is_refused_naming_the_layer(own) -> None:
+def test_channel_shuffle_is_refused_naming_the_layer_without_closed_blocks(own) -> None:
+    """With every closed block ignored, nothing is left that compress can prune exactly."""
     _, models = own
     with pytest.raises(InputError, match=r"cannot map the channels around the \w+ after "
                                          r"'1\.stage\d\.0\.branch\d\.\d+' \(ZeroDivisionError "
                                          r"while building the dependency graph"):
-        compress.prune(models["shufflenet"](), _x(), ratio=0.5)
+        compress.prune(models["shufflenet"](), _x(), ratio=0.5, ignored=[r"re:.*branch2"])
+
+
+def test_channel_shuffle_prunes_inside_closed_blocks_and_says_so(own) -> None:
+    _, models = own
+    net = models["shufflenet"]().eval()
+    before = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    step = compress.prune(net, _x(), ratio=0.5).steps[-1]
+    assert step["proof"] == "proven" and step["max_abs_diff"] < 1e-4
+    assert "inner channels of 16 closed blocks were pruned" in step["note"]
+    assert "cannot map the channels around" in step["note"]
+    after = {n: m.out_channels for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    changed = {n for n in before if before[n] != after[n]}
+    # Only a branch's first 1x1 conv and its depthwise conv lose channels; every width the
+    # channel shuffle sees (branch outputs, branch1, stem, conv5) is kept.
+    assert changed and all(".branch2." in n and n.endswith((".0", ".3")) for n in changed)
+    with torch.no_grad():
+        assert net(_x()).shape == (4, 10)
 
 
 def test_chunk_product_is_pruned_with_its_stem_protected(own) -> None:
@@ -110,9 +128,10 @@ def test_split_grouped_fails_its_proof_naming_the_layer(own, target: dict) -> No
     assert result.steps[-1]["proof"] == "proven"
 
 
-def _recipe(tmp_path: Path, path: Path, factory: str) -> Path:
+def _recipe(tmp_path: Path, path: Path, factory: str, **pruning: object) -> Path:
     recipe = tiny_recipe(tmp_path, model={"source": "python", "factory": f"{path}:{factory}",
                                           "kwargs": {}, "num_classes": 10},
+                         pruning={"ratio": 0.5, **pruning},
                          finetune={"epochs": 0}, export={"onnx": False},
                          report={"latency": False})
     file = tmp_path / "recipe.yaml"
@@ -128,7 +147,8 @@ def _recipe(tmp_path: Path, path: Path, factory: str) -> Path:
 def test_cli_says_one_sentence_with_the_right_code(tmp_path: Path, own, factory: str,
                                                    code: int, fragments: list[str]) -> None:
     path, _ = own
-    recipe = _recipe(tmp_path, path, factory)
+    ignored = {"ignored": [r"re:.*branch2"]} if factory == "shufflenet" else {}
+    recipe = _recipe(tmp_path, path, factory, **ignored)
     tree = Tree(tmp_path)
     result = invoke(["apply", recipe, "--out", tmp_path / "run"])
     if code == 2:

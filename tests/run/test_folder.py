@@ -207,7 +207,9 @@ def test_finished_run_is_not_overwritten(references: Callable[[str], tuple[Path,
     out = tmp_path / "run"
     out.mkdir()
     (out / "status.json").write_text(json.dumps({"state": "done"}))
-    with pytest.raises(compress.InputError, match="holds a finished run; pass --overwrite"):
+    # The Python caller is told its arguments, not the CLI's flags (the CLI test checks those).
+    with pytest.raises(compress.InputError, match="holds a finished run; pass overwrite=True to "
+                       "replace it or choose another out_dir$"):
         compress.apply(recipe, out_dir=out)
     with pytest.raises(compress.InputError, match="nothing to resume"):
         compress.apply(recipe, out_dir=tmp_path / "empty", resume=True)
@@ -221,7 +223,7 @@ def test_unfinished_run_needs_resume_or_overwrite_and_the_same_recipe(tmp_path: 
     recipe = compress.recipe.load.parse_recipe(stored)
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict()))
     (out / "status.json").write_text(json.dumps({"state": "running"}))
-    with pytest.raises(compress.InputError, match="unfinished run .*--resume"):
+    with pytest.raises(compress.InputError, match="unfinished run .*resume=True"):
         compress.apply(recipe, out_dir=out)
     with pytest.raises(compress.InputError, match=r"recipe changed .*finetune\.max_steps"):
         compress.apply(recipe, out_dir=out, resume=True, finetune={"max_steps": 5})
