@@ -94,7 +94,7 @@ class _Tasks:
 
 def _count(event: ProgressEvent) -> str:
     if not event.total:
-        return f"{event.completed}" if event.completed else ""
+        return f"{event.completed} done" if event.completed else ""
     return f"{event.completed}/{event.total} ({event.fraction:.0%})"
 
 

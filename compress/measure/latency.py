@@ -234,8 +234,9 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                 phase.advance(message=f"{engine} batch {batch}: {row['speedup']:.2f}x")
             result["engines"][engine] = per_batch
         headline = headline_speedup(result)
+        engine = next((e for e in ENGINES if result["engines"].get(e)), "")
         phase.result = "not measured" if headline is None else \
-            f"headline speedup {headline:.2f}x (largest batch)"
+            f"headline speedup {headline:.2f}x: {engine} at the largest batch"
     result["environment"] = environment(threads, device, providers)
     return result
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -90,7 +90,9 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
                          macs_reduction: float, *, tolerance: float = 0.0,
                          iterations: int = 7, precision: float = 0.002,
                          cache: dict[float, float] | None = None,
-                         final_ratio: float | None = None) -> tuple[float, float]:
+                         final_ratio: float | None = None,
+                         on_trial: Callable[[float, float], None] | None = None
+                         ) -> tuple[float, float]:
     """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
 
     Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
@@ -101,6 +103,7 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     shared between searches on the same model and spec: the steps of a schedule then start
     from what earlier searches measured. ``final_ratio``: the schedule's last ratio, for an
     earlier step of a transformer whose given fractions scale with the schedule.
+    ``on_trial(ratio, reduction)`` is called after each trial prune.
     """
     base_macs, _ = count_macs_params(model, example_inputs)
     cache = {} if cache is None else cache
@@ -127,6 +130,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
                                   f"broke the model and the proof could not name the group: "
                                   f"{type(err).__name__}: {err}") from None
             cache[r] = 1.0 - macs / base_macs
+            if on_trial is not None:
+                on_trial(r, cache[r])
         return cache[r]
 
     # Coarse scan first: with round_to, very high ratios can round a layer to zero width, which
@@ -187,16 +192,16 @@ def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: 
     """The channel ratio of each cumulative MACs target of a schedule, sharing one cache."""
     assert spec.target is not None
     found: dict[float, tuple[float, float]] = {}  # target -> (ratio, MACs reduction)
-    caches: list[dict[float, float]] = []
 
     def solve(target: float, cache: dict[float, float], final: float | None = None) -> float:
-        if not any(c is cache for c in caches):
-            caches.append(cache)
-        found[target] = solve_ratio_for_macs(model, example_inputs, spec, target, cache=cache,
-                                             tolerance=spec.target.tolerance, final_ratio=final)
+        found[target] = solve_ratio_for_macs(
+            model, example_inputs, spec, target, cache=cache, tolerance=spec.target.tolerance,
+            final_ratio=final,
+            on_trial=lambda r, red: phase.advance(message=f"trial ratio {r:.4f}: {red:.1%}"))
         return found[target][0]
 
-    # One phase, reported as one line with its result: the trials are its inner workings.
+    # One phase, reported as one line with its result: the trials are its inner workings
+    # (each one advances the phase, so a long search still shows a heartbeat in a CI log).
     with report_phase("width search") as phase:
         cache: dict[float, float] = {}
         if not (spec.heads or spec.ffn or spec.hidden) or len(targets) == 1:
@@ -208,10 +213,9 @@ def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: 
             final = solve(targets[-1], cache)
             earlier: dict[float, float] = {}
             ratios = [solve(t, earlier, final) for t in targets[:-1]] + [final]
-        trials = sum(len(c) - (0.0 in c) for c in caches)  # 0.0 is known, not tried
         phase.result = "; ".join(
             f"channel ratio {found[t][0]:.4f} removes {found[t][1]:.2%} of MACs (target {t:.2%})"
-            for t in targets) + f"; {trials} trial prunes"
+            for t in targets) + f"; {phase.completed} trial prunes"
     return ratios
 
 

@@ -49,9 +49,13 @@ def test_a_fine_tune_in_ci_logs_where_it_is_and_when_it_ends(
     ends = [t.split(": done in ")[0] for t in lines if ": done in " in t]
     assert ends == ["baseline evaluation", "width search", "step 1/1 prune",
                     "step 1/1 fine-tune", "step 1/1 evaluation", "export"]
+    # Its trials are a heartbeat while it runs (interval 0: every trial), not steps.
+    trials = [t for t in lines if t.startswith("width search: ") and "done in" not in t]
+    assert trials and all(re.match(r"width search: \d+ done, trial ratio 0\.\d{4}: \d+\.\d%, "
+                                    r"\d:\d\d:\d\d elapsed$", t) for t in trials), trials
     search = next(t for t in lines if t.startswith("width search: done"))
     assert re.search(r"channel ratio 0\.\d{4} removes \d+\.\d\d% of MACs \(target 50\.00%\); "
-                     r"\d+ trial prunes\)$", search)
+                     rf"{len(trials)} trial prunes\)$", search)
 
 
 def test_the_rate_is_bounded_per_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
