@@ -164,6 +164,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
           importance: str = "l2", ignored: Sequence[str] = (), round_to: int | str = "auto",
           scope: str = "local", schedule: str | dict[str, Any] = "one-shot",
           heads: float | None = None, ffn: float | None = None, hidden: float | None = None,
+          blocks: int | float | None = None,
           train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
           eval_fn: Callable[[nn.Module], dict[str, float] | float] | None = None,
           finetune: dict[str, Any] | FinetuneSpec | None = None,
@@ -175,9 +176,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
     Every step is proven exact on ``probe`` (default: ``example_inputs``). ``eval_fn`` returns
     a metric (float, or a dict with ``accuracy``) after each step. ``schedule`` is a kind
     (``"one-shot"``) or a dict like the recipe's section
-    (``{"kind": "iterative", "steps": 3}``). ``heads``, ``ffn`` and ``hidden`` are the recipe's
-    transformers fractions (a transformers model is compress's ``HFModel``). ``progress``
-    receives a
+    (``{"kind": "iterative", "steps": 3}``). ``heads``, ``ffn``, ``hidden`` and ``blocks`` are
+    the recipe's transformers fractions (a transformers model is compress's ``HFModel``;
+    ``blocks`` are ranked on the probe). ``progress`` receives a
     :class:`~compress.progress.ProgressEvent` as fine-tuning advances.
 
     Example:
@@ -188,7 +189,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
     try:
         spec = PruningSpec(ratio=ratio, target={"macs": target_macs} if target_macs else None,
                            importance=importance, ignored=list(ignored), round_to=round_to,
-                           scope=scope, heads=heads, ffn=ffn, hidden=hidden)
+                           scope=scope, heads=heads, ffn=ffn, hidden=hidden, blocks=blocks)
         sched = ScheduleSpec(kind=schedule) if isinstance(schedule, str) \
             else ScheduleSpec(**schedule)
         ft = finetune if isinstance(finetune, FinetuneSpec) else FinetuneSpec(

@@ -31,6 +31,7 @@ from compress.models import MODEL_SOURCES
 from compress.models.checkpoint import check_weights
 from compress.models.hf_preflight import hf_code, hf_model_type, hf_notes
 from compress.models.hf_starter import HuggingFaceStarter
+from compress.pruning.hf_depth import drop_blocks_
 from compress.pruning.hf_hidden import cut_hidden_, stream
 from compress.pruning.hf_layout import LAYOUTS, blocks, remove_units_, unsupported_sentence
 
@@ -65,6 +66,8 @@ class HFModel(nn.Module):
         self.layout = LAYOUTS.get(model_type) if model_type in LAYOUTS else None
         self.input_name = "pixel_values" if task == "image-classification" else "input_ids"
         self.new_parameters: list[str] = []  # names from_pretrained had to initialise
+        # The original index of each block, once depth pruning dropped some (None: all kept).
+        self.block_origin: list[int] | None = None
 
     @property
     def dynamic_dims(self) -> dict[int, str]:
@@ -91,6 +94,8 @@ class HFModel(nn.Module):
         attrs: dict[str, Any] = {"heads": [b.heads for b in found], "ffn": [b.ffn for b in found]}
         if self._has_hidden_stream():
             attrs["hidden"] = self.hidden_width()
+        # The original index of each block left (all of them unless depth pruning dropped some).
+        attrs["blocks"] = list(self.block_origin or range(len(found)))
         return attrs
 
     def _has_hidden_stream(self) -> bool:
@@ -108,6 +113,15 @@ class HFModel(nn.Module):
         if not attrs:
             return
         assert self.layout is not None
+        stack = self.hf.base_model.get_submodule(self.layout.layers)
+        kept = attrs.get("blocks", list(range(len(stack))))
+        if kept != sorted(set(kept)) or not kept or kept[0] < 0 or kept[-1] >= len(stack):
+            raise InputError(f"the manifest's kept blocks {str(kept)[:60]} are not distinct "
+                             f"increasing indices of the model's {len(stack)} blocks; the "
+                             f"manifest is damaged")
+        if len(kept) < len(stack):
+            drop_blocks_(stack, self.hf.config, [i for i in range(len(stack)) if i not in kept])
+            self.block_origin = list(kept)
         if attrs.get("hidden") is not None:
             s = stream(self.hf, self.layout, blocks(self.hf, self.layout))
             if attrs["hidden"] != s.width:

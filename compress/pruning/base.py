@@ -149,10 +149,10 @@ def check_ratio_or_target(spec: Any) -> None:
 def check_transformer_fractions(spec: Any, *, structured: bool) -> None:
     """``heads``, ``ffn`` and ``hidden`` only with structured pruning; beside a MACs target,
     the search needs one of ``heads`` and ``ffn`` left to it."""
-    if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None) and (
-            not structured):
-        raise ValueError("'heads', 'ffn' and 'hidden' need kind: structured (they scale with "
-                         "the schedule like the ratio does)")
+    if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None
+            or getattr(spec, "blocks", None) is not None) and not structured:
+        raise ValueError("'heads', 'ffn', 'hidden' and 'blocks' need kind: structured (they "
+                         "scale with the schedule like the ratio does)")
     if spec.target is not None and spec.heads is not None and spec.ffn is not None:
         raise ValueError("with 'target', leave 'heads' or 'ffn' out: the search sets its "
                          "fraction to meet the target (a fraction given keeps its value)")

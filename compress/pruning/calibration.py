@@ -12,6 +12,7 @@ are held at a time: the hidden states of the calibration samples, plus the block
 * :func:`record_inputs`: run one block (or a whole model) over its inputs with hooks that hand
   each named layer's input to a callback as a ``(tokens, features)`` matrix of real tokens
   (padding positions are left out), e.g. to sum per-channel activation statistics.
+* :func:`run_hooked`: run one block over its inputs with given forward hooks in place.
 
 Example:
     >>> from torch import nn
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 __all__ = ["BlockInputs", "model_blocks", "stream_blocks", "record_inputs", "real_tokens",
-           "capture_inputs"]
+           "capture_inputs", "run_hooked"]
 
 
 def model_blocks(model: nn.Module) -> nn.ModuleList | None:
@@ -108,7 +109,9 @@ def capture_inputs(model: nn.Module, block: nn.Module, batches: Sequence[torch.T
 
     def hook(module: nn.Module, a: tuple[Any, ...], k: dict[str, Any]) -> None:
         args.append(a)
-        kwargs.append(dict(k))
+        # A KV cache (a decoder classifier makes one) would grow with every run of the block.
+        kwargs.append({n: None if type(v).__name__.endswith("Cache") else v
+                       for n, v in k.items()})
         raise _Captured
 
     handle = block.register_forward_pre_hook(hook, with_kwargs=True)
@@ -171,11 +174,20 @@ def record_inputs(block: nn.Module, inputs: BlockInputs, layers: dict[str, nn.Mo
             on_input(name, x.reshape(-1, x.shape[-1]).float())
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers.items()]
+    run_hooked(block, inputs, [(m, hook_for(n)) for n, m in layers.items()],
+               lambda mark: current.__setitem__(0, mark))
+
+
+def run_hooked(block: nn.Module, inputs: BlockInputs,
+               hooks: Sequence[tuple[nn.Module, Callable[..., None]]],
+               on_batch: Callable[[torch.Tensor | None], None]) -> None:
+    """Run ``block`` over ``inputs`` without gradients, each forward hook of ``hooks``
+    (module, hook) in place; ``on_batch(real-token mask)`` is called before each batch."""
+    handles = [m.register_forward_hook(h) for m, h in hooks]
     try:
         with torch.no_grad():
             for a, k, mark in zip(inputs.args, inputs.kwargs, inputs.tokens, strict=True):
-                current[0] = mark
+                on_batch(mark)
                 block(*a, **k)
     finally:
         for h in handles:

@@ -8,7 +8,7 @@ rank single weights only, from calibration inputs (``needs_calibration``), in on
 
 Example:
     >>> sorted(n for n in IMPORTANCE.names() if IMPORTANCE.get(n).transformers)
-    ['l1', 'l2', 'random', 'taylor']
+    ['activation', 'l1', 'l2', 'random', 'taylor']
     >>> IMPORTANCE.get("taylor").needs_grad, structured_criteria()[:2]
     (True, ('fpgm', 'hessian'))
 """
@@ -23,7 +23,8 @@ import torch_pruning as tp
 
 from compress.registry import Registry
 
-__all__ = ["Criterion", "IMPORTANCE", "transformer_criteria", "structured_criteria"]
+__all__ = ["Criterion", "IMPORTANCE", "transformer_criteria", "structured_criteria",
+           "structured_kind_criteria"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ IMPORTANCE.register("fpgm")(Criterion(lambda: tp.importance.FPGMImportance(p=2),
                                       description="geometric median (FPGM)"))
 IMPORTANCE.register("random")(Criterion(lambda: tp.importance.RandomImportance(),
                                         description="random baseline", transformers=True))
+IMPORTANCE.register("activation")(Criterion(
+    None, transformers=True, needs_calibration=True,
+    description="Minitron's activation importance: the size of what each head, FFN neuron or "
+                "hidden channel computes on the calibration samples (L2 over the sequence, "
+                "mean over the samples; transformers, structured)"))
 IMPORTANCE.register("wanda")(Criterion(
     None, needs_calibration=True, one_shot=True,
     description="Wanda: |weight| x L2 norm of its input over the calibration samples, compared "
@@ -74,6 +80,13 @@ IMPORTANCE.register("sparsegpt")(Criterion(
 def structured_criteria() -> tuple[str, ...]:
     """The criteria torch-pruning's graph pruner can use (those with a factory)."""
     return tuple(n for n in IMPORTANCE.names() if IMPORTANCE.get(n).factory is not None)
+
+
+def structured_kind_criteria() -> tuple[str, ...]:
+    """What ``kind: structured`` accepts: the graph pruner's criteria and the transformers
+    pruner's (``activation`` ranks heads, neurons and hidden channels of transformers only)."""
+    return tuple(n for n in IMPORTANCE.names()
+                 if IMPORTANCE.get(n).factory is not None or IMPORTANCE.get(n).transformers)
 
 
 def transformer_criteria() -> tuple[str, ...]:

@@ -52,7 +52,11 @@ from compress.pruning.base import (
     prove_removals_,
     scheduled_step,
 )
-from compress.pruning.criteria import IMPORTANCE, structured_criteria
+from compress.pruning.criteria import (
+    IMPORTANCE,
+    structured_criteria,
+    structured_kind_criteria,
+)
 from compress.pruning.graph_errors import choose_groups, graph_errors, graph_state
 from compress.pruning.groups import (
     GroupRoundingPruner,
@@ -88,9 +92,14 @@ def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: Pruni
     if is_transformer(model):
         return TransformerPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
     refuse_without_layout(model)  # never the generic graph: it breaks on unknown attention
-    if spec.heads is not None or spec.ffn is not None or spec.hidden is not None:
-        raise InputError("pruning.heads, pruning.ffn and pruning.hidden apply to transformers "
-                         "models only; remove them")
+    if IMPORTANCE.get(spec.importance).factory is None:
+        raise InputError(f"pruning.importance {spec.importance!r} ranks the heads, FFN neurons "
+                         f"and hidden channels of transformers models; for this model use one "
+                         f"of {', '.join(structured_criteria())}")
+    if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None
+            or spec.blocks is not None):
+        raise InputError("pruning.heads, pruning.ffn, pruning.hidden and pruning.blocks apply "
+                         "to transformers models only; remove them")
     try:
         with graph_errors(model, "while building the dependency graph"):
             return StructuredPruner(model, example_inputs, spec,
@@ -336,6 +345,6 @@ def _check(spec: PruningSpec) -> None:
 
 
 PRUNING_KINDS.register("structured")(PruningKind(
-    build_structured, criteria=structured_criteria(),
+    build_structured, criteria=structured_kind_criteria(),
     description="Structured pruning through torch-pruning's dependency graph, with a proof for "
                 "every step", check=_check, shrinks_shapes=True))

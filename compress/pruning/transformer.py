@@ -28,6 +28,8 @@ from torch import nn
 from compress.errors import InputError
 from compress.pruning.base import StepRecord, prove_removals_, scheduled_step
 from compress.pruning.criteria import IMPORTANCE, transformer_criteria
+from compress.pruning.hf_activation import ActivationStats, activation_stats
+from compress.pruning.hf_depth import bypassed, drop_blocks_
 from compress.pruning.hf_hidden import Stream, cut_hidden_, masked_norms, stream, zero_hidden_
 from compress.pruning.hf_layout import (
     LAYOUTS,
@@ -38,7 +40,7 @@ from compress.pruning.hf_layout import (
     unsupported_sentence,
     zero_units_,
 )
-from compress.pruning.transformer_plan import TransformerPlanner
+from compress.pruning.transformer_plan import TransformerPlanner, block_count
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["TransformerPruner", "is_transformer", "refuse_without_layout"]
@@ -102,6 +104,13 @@ class TransformerPruner(TransformerPlanner):
                       for r in ratios]
         self._ratios = ratios
         first = blocks(model.hf, self.layout)
+        depth = block_count(spec.blocks, len(first))
+        self._drops = [round(depth * r / final) for r in ratios]  # blocks gone after step k
+        self._calibration: list[torch.Tensor] | None = None
+        # activation importance: statistics of the calibration samples, taken at each step
+        self.needs_calibration = spec.importance == "activation"
+        self._activation = ActivationStats()
+        self.block_scores: list[float] = []  # of the last step that dropped blocks
         self._heads0 = {b.index: b.heads for b in first}
         self._ffn0 = {b.index: b.ffn for b in first}
         self.prunes_hidden = hidden_final > 0
@@ -117,6 +126,9 @@ class TransformerPruner(TransformerPlanner):
                                  f"the hidden size is the output's width)")
             self._hidden0 = self._stream().width
         self.round_to = 8 if spec.round_to == "auto" else spec.round_to
+        if spec.scope == "global" and depth:
+            raise InputError("pruning.blocks is not supported with pruning.scope: global; use "
+                             "scope: local")
         if spec.scope == "global" and self.layout.gqa:
             raise InputError("pruning.scope: global is not supported for grouped-query "
                              "attention models; use scope: local")
@@ -138,15 +150,22 @@ class TransformerPruner(TransformerPlanner):
         with scheduled_step(self.model, self._ratios, self.steps_done, target_ratio):
             head_frac, ffn_frac, hidden_frac = self._plan[self.steps_done]
             all_blocks = blocks(self.model.hf, self.layout)
+            if self.needs_calibration:
+                if not self._calibration:
+                    raise InputError("pruning.importance 'activation' needs calibration "
+                                     "samples (the recipe's calibration section)")
+                self._activation = activation_stats(self.model, all_blocks, self._calibration)
+            drop = self._blocks_to_drop(probe)
+            kept = [b for b in all_blocks if b.index not in drop]
             with torch.no_grad():
-                plan = [p for p in self._plan_step(all_blocks, head_frac, ffn_frac)
+                plan = [p for p in self._plan_step(kept, head_frac, ffn_frac)
                         if self.only is None or (p[0].index, p[1]) in self.only]
                 if self.only is not None and (-1, "hidden") not in self.only:
                     hidden_frac = 0.0
                 for block, kind, units in plan:
                     self._apply(block, kind, units, zero=True)
                 # Hidden channels are scored once the heads and neurons above are zeroed.
-                s = self._stream() if hidden_frac > 0 else None
+                s = self._stream(kept) if hidden_frac > 0 else None
                 cut = self._hidden_cut(s, hidden_frac) if s is not None else ([], [])
                 hidden_keep = None
                 if cut[0]:
@@ -158,26 +177,47 @@ class TransformerPruner(TransformerPlanner):
                                                                              zero=False)
 
                 masking = masked_norms(s, hidden_keep) if hidden_keep is not None else nullcontext()
-                with masking as release:
+                # The reference: the dropped blocks bypassed (each returns its input).
+                with masking as release, bypassed([all_blocks[i].module for i in drop]) as keep:
                     removals = [removal(*p) for p in plan]
                     if hidden_keep is not None:
                         def remove_hidden() -> None:
                             release()  # the cut model normalises over the kept channels itself
                             self._cut_hidden(s, cut)
                         removals.append(("hidden size", remove_hidden))
+                    if drop:
+                        def remove_blocks() -> None:
+                            keep()
+                            self._drop(drop)
+                        removals.append((f"blocks {drop}", remove_blocks))
                     proof = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
-                                            atol=self.spec.verify_atol, also=all_blocks)
+                                            atol=self.spec.verify_atol,
+                                            also=[*all_blocks, self.model.hf.config])
             self.history.append([[b.index, kind, units] for b, kind, units in plan]
-                                + ([[-1, "hidden", cut[0], cut[1]]] if cut[0] else []))
+                                + ([[-1, "hidden", cut[0], cut[1]]] if cut[0] else [])
+                                + ([[-1, "blocks", drop]] if drop else []))
+            self._renumber(all_blocks, drop)
             self.steps_done += 1
             self._rewrite_config()
-        removed = sum(len(u) for _, _, u in plan) + len(cut[0])
-        record = StepRecord.of(target_ratio, len(plan) + bool(cut[0]), removed,
+        removed = sum(len(u) for _, _, u in plan) + len(cut[0]) + len(drop)
+        record = StepRecord.of(target_ratio, len(plan) + bool(cut[0]) + bool(drop), removed,
                                "heads+neurons", proof, self.widths())
         log.debug("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
                   "removed| = %s", self.steps_done, removed, record.groups,
                   record.describe_proof())
         return record
+
+    def _drop(self, drop: list[int]) -> None:
+        stack = self.model.hf.base_model.get_submodule(self.layout.layers)
+        origin = self.model.block_origin or list(range(len(stack)))
+        drop_blocks_(stack, self.model.hf.config, drop)
+        self.model.block_origin = [o for i, o in enumerate(origin) if i not in drop]
+
+    def _renumber(self, before: list[Block], drop: list[int]) -> None:
+        """The original head and FFN sizes, keyed by the blocks' indices after ``drop``."""
+        kept = [b.index for b in before if b.index not in drop]
+        self._heads0 = {new: self._heads0[old] for new, old in enumerate(kept)}
+        self._ffn0 = {new: self._ffn0[old] for new, old in enumerate(kept)}
 
     def _cut_hidden(self, s: Stream, cut: Sequence[list[int]]) -> None:
         cut_hidden_(s, _complement(s.width, cut[0]), _complement(s.width, cut[1]))
@@ -195,6 +235,8 @@ class TransformerPruner(TransformerPlanner):
             out[f"block{b.index}.ffn"] = b.ffn
         if self.prunes_hidden:
             out["hidden"] = self._stream().width
+        if any(self._drops):
+            out["blocks"] = len(blocks(self.model.hf, self.layout))
         return out
 
     def groups(self) -> list[dict[str, Any]]:
@@ -233,12 +275,17 @@ class TransformerPruner(TransformerPlanner):
         assert self.steps_done == 0 and state["kind"] == "transformer"
         with torch.no_grad():
             for step in state["history"]:
-                by_index = {b.index: b for b in blocks(self.model.hf, self.layout)}
+                before = blocks(self.model.hf, self.layout)
+                drop = next((e[2] for e in step if e[1] == "blocks"), [])
+                kept = [b for b in before if b.index not in drop]
                 for entry in step:
                     if entry[1] == "hidden":
-                        self._cut_hidden(self._stream(), entry[2:])
-                    else:
-                        self._apply(by_index[entry[0]], entry[1], entry[2], zero=False)
+                        self._cut_hidden(self._stream(kept), entry[2:])
+                    elif entry[1] != "blocks":
+                        self._apply(before[entry[0]], entry[1], entry[2], zero=False)
+                if drop:
+                    self._drop(drop)
+                self._renumber(before, drop)
         self.steps_done = state["steps_done"]
         self.history = [list(h) for h in state["history"]]
         self._rewrite_config()

@@ -1,11 +1,14 @@
 """What the transformers pruner removes: head, FFN-neuron and hidden-channel importance
-(l1, l2, taylor, random) and the plan of each step (per block or across blocks, whole
-key/value groups kept intact for grouped-query attention, counts rounded to ``round_to``).
+(l1, l2, taylor, random, and activation from the pruner's ``_activation`` statistics), the
+whole blocks a step drops (least block importance) and the plan of each step (per block or
+across blocks, whole key/value groups kept intact for grouped-query attention, counts rounded
+to ``round_to``).
 
 :class:`~compress.pruning.transformer.TransformerPruner` adds the surgery and its proof; this
 base only reads the model. It expects ``model``, ``spec``, ``needs_grad``, ``layout``, ``round_to``,
 ``steps_done`` and the original sizes ``_heads0``, ``_ffn0`` (and ``_hidden0`` when the hidden
-size is pruned), which the pruner sets.
+size is pruned), the blocks dropped after each step ``_drops``, the calibration samples
+``_calibration`` and ``only``, which the pruner sets.
 
 Example:
     >>> class Sizes(TransformerPlanner):
@@ -16,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -23,10 +27,14 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.measure.evaluate import task_loss
+from compress.pruning.calibrated import Calibration
+from compress.pruning.hf_depth import block_importance
 from compress.pruning.hf_hidden import Stream, stream
 from compress.pruning.hf_layout import Block, blocks
 
-__all__ = ["TransformerPlanner"]
+__all__ = ["TransformerPlanner", "block_count"]
+
+log = logging.getLogger("compress.pruning.transformer")  # the pruner's log, one place
 
 
 class TransformerPlanner:
@@ -79,17 +87,23 @@ class TransformerPlanner:
         return total if self.spec.importance != "l2" else total.sqrt()
 
     def _head_scores(self, block: Block) -> torch.Tensor:
+        if self.spec.importance == "activation":
+            return self._activation.heads[block.index].float()
         if self.spec.importance == "random":
             return torch.rand(block.heads, generator=self._generator(block, 0))
         return self._unit_scores(block, "heads", block.heads)
 
     def _ffn_scores(self, block: Block) -> torch.Tensor:
+        if self.spec.importance == "activation":
+            return self._activation.ffn[block.index].float()
         if self.spec.importance == "random":
             return torch.rand(block.ffn, generator=self._generator(block, 1))
         return self._unit_scores(block, "ffn", block.ffn)
 
-    def _stream(self) -> Stream:
-        return stream(self.model.hf, self.layout, blocks(self.model.hf, self.layout))
+    def _stream(self, block_list: list[Block] | None = None) -> Stream:
+        if block_list is None:
+            block_list = blocks(self.model.hf, self.layout)
+        return stream(self.model.hf, self.layout, block_list)
 
     def _hidden_cut(self, s: Stream, fraction: float) -> tuple[list[int], list[int]]:
         """(hidden channels, head square-layer outputs) to remove: the same count of each
@@ -103,12 +117,36 @@ class TransformerPlanner:
         else:
             everything = torch.arange(s.width)
             channel = sum(self._score(m, everything, d) for m, d in s.slices())
+            # A classifier's square layer's outputs are ranked by their weights' size (its
+            # activations are not recorded).
             head = (self._score(s.square, everything, 0) + self._score(s.head_out, everything, 1)
                     if s.square is not None else torch.zeros(s.width))
-            if self.spec.importance == "l2":
+            if self.spec.importance in ("l2", "activation"):
                 channel, head = channel.sqrt(), head.sqrt()
+            if self.spec.importance == "activation":
+                assert self._activation.hidden is not None
+                channel = self._activation.hidden.float()
         head_cut = sorted(head.argsort()[:n_remove].tolist()) if s.square is not None else []
         return sorted(channel.argsort()[:n_remove].tolist()), head_cut
+
+    # -- depth --------------------------------------------------------------------------------
+    def use_calibration(self, calibration: Calibration) -> None:
+        """The calibration samples the next step reads: activation statistics, and the
+        ranking of whole blocks (without them, blocks are ranked on the probe batch)."""
+        self._calibration = list(calibration.batches)
+
+    def _blocks_to_drop(self, probe: torch.Tensor) -> list[int]:
+        """The least important blocks this step drops (indices of the blocks now)."""
+        n = self._drops[self.steps_done] - (self._drops[self.steps_done - 1]
+                                            if self.steps_done else 0)
+        if n <= 0 or (self.only is not None and (-1, "blocks") not in self.only):
+            return []
+        data = self._calibration or [probe]
+        self.block_scores = block_importance(self.model, data)
+        log.info("block importance (1 - cos) on %d %s: %s", sum(len(b) for b in data),
+                 "calibration samples" if self._calibration else "probe samples",
+                 ", ".join(f"{v:.4f}" for v in self.block_scores))
+        return sorted(torch.tensor(self.block_scores).argsort()[:n].tolist())
 
     def _generator(self, block: Block, kind: int) -> torch.Generator:
         return torch.Generator().manual_seed(1000 * self.steps_done + 10 * block.index + kind)
@@ -183,3 +221,18 @@ class TransformerPlanner:
                 n_remove -= 1
             plan += [(b, kind, sorted(chosen[b.index])) for b in all_blocks if b.index in chosen]
         return plan
+
+
+def block_count(blocks: int | float | None, n: int) -> int:
+    """Blocks to remove by the end of the schedule: ``blocks`` as a count or a fraction of
+    ``n``; :class:`InputError` when none would be left."""
+    if blocks is None:
+        return 0
+    count = blocks if isinstance(blocks, int) else round(blocks * n)
+    if count == 0:  # a fraction too small to remove even one block would silently do nothing
+        raise InputError(f"pruning.blocks: {blocks} of the model's {n} blocks rounds to none; "
+                         f"give at least {1 / n:.3g} or a count")
+    if count >= n:
+        raise InputError(f"pruning.blocks: {blocks} would remove all {n} blocks of the model; "
+                         f"give at most {n - 1}")
+    return count

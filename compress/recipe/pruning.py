@@ -38,7 +38,9 @@ class PruningSpec(Section):
     importance: str = Field("l2", description="Importance criterion that ranks channels "
                             "(structured) or weights (unstructured, n:m: l1, l2, random, and "
                             "wanda or sparsegpt, which read the calibration section's samples "
-                            "and prune in one step).",
+                            "and prune in one step). Transformers also take activation "
+                            "(Minitron: heads, FFN neurons and hidden channels ranked by their "
+                            "activations on the calibration samples).",
                             examples=["l2", "taylor"],
                             json_schema_extra=registered_names("compress.pruning.criteria",
                                                                "IMPORTANCE"))
@@ -104,8 +106,29 @@ class PruningSpec(Section):
                                  "their head size and k/v heads, and need the hidden size a "
                                  "multiple of the query heads.", examples=[0.5])
 
+    blocks: int | float | None = Field(None, description="Transformers: whole blocks removed "
+                                       "by the end of the schedule, an integer count (2) or a "
+                                       "fraction of the blocks below 1 (0.25); the blocks that "
+                                       "change their hidden state least on the calibration "
+                                       "samples (1 - cosine of input and output) go first. "
+                                       "Default: none.", examples=[2, 0.25])
+
     _known_kind = registered("kind", "compress.pruning", "PRUNING_KINDS")
     _known_importance = registered("importance", "compress.pruning.criteria", "IMPORTANCE")
+
+    @field_validator("blocks", mode="before")
+    @classmethod
+    def _block_count(cls, v: object) -> object:
+        if isinstance(v, bool) or (v is not None and not isinstance(v, (int, float))):
+            raise ValueError("blocks is a count of blocks (e.g. 2) or a fraction below 1 "
+                             "(e.g. 0.25)")
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError(f"blocks as a fraction must lie between 0 and 1 (got {v}); give "
+                             f"a count as an integer (e.g. 2)")
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"blocks must be at least 1 (got {v}); leave it out to keep "
+                             f"every block")
+        return v
 
     @field_validator("round_to")
     @classmethod

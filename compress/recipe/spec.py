@@ -48,7 +48,8 @@ class Recipe(Section):
                                  examples=[{"target": {"macs": 0.5}}])
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Samples "
                                          "run through the model by criteria that measure "
-                                         "activations (wanda, sparsegpt); unused otherwise.",
+                                         "activations (wanda, sparsegpt, activation); unused "
+                                         "otherwise.",
                                          examples=[{"samples": 128, "seq_len": 128}])
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="How the pruning "
                                    "is spread over steps.", examples=[{"kind": "one-shot"}])

@@ -95,7 +95,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     ``dist``: the processes of a multi-process launch, which fine-tune together.
     ``on_ratios(ratios)`` receives the per-step channel ratios (a MACs target's search result)
     to keep for a resume, which then reuses them instead of searching again.
-    ``calibration``: the calibration batches, for criteria that read them (wanda, sparsegpt);
+    ``calibration``: the calibration batches, for criteria that read them (wanda, sparsegpt,
+    activation) and for depth pruning, which ranks blocks on them;
     ``block_checkpoints(step)`` is the folder where such a step keeps its finished blocks, so
     that a killed step resumes from them.
     """
@@ -143,10 +144,9 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                 assert train is not None
                 pruner.accumulate_gradients(
                     itertools.islice(train, pruning.calibration_batches), device)
-            if calibrated:
-                assert calibration is not None
-                pruner.use_calibration(  # type: ignore[attr-defined]  # needs_calibration says
-Calibration(
+            # Needed (wanda, sparsegpt) or wanted (depth pruning ranks blocks on them).
+            if calibration and hasattr(pruner, "use_calibration"):
+                pruner.use_calibration(Calibration(  # type: ignore[attr-defined]
                     calibration, block_checkpoints(i) if block_checkpoints else None))
             with report_phase(f"step {i}/{len(targets)} prune") as phase:
                 record = pruner.step_(ratio, probe)

@@ -207,7 +207,9 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                           recipe.finetune.checkpoint_every)
 
     calibration = None
-    if criterion_of(recipe.pruning.importance).needs_calibration:
+    # Depth pruning ranks blocks on the calibration samples (else on the probe batch).
+    if (criterion_of(recipe.pruning.importance).needs_calibration
+            or recipe.pruning.blocks is not None):
         calibration = calibration_batches(bundle, recipe.calibration, recipe.seed)
 
     t = time.perf_counter()
