@@ -70,6 +70,24 @@ def test_quiet_shows_no_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert _apply(tmp_path, monkeypatch, "0", "-q") == []
 
 
+def test_inspect_sensitivity_shows_its_progress(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("compress.cli.output.stderr_is_terminal", lambda: False)
+    monkeypatch.setenv("COMPRESS_PROGRESS_INTERVAL", "0")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, pruning={"ratio": 0.5})))
+    result = runner.invoke(app, ["inspect", str(recipe), "--sensitivity", "--samples", "32",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [m["text"] for m in LINE.finditer(result.stderr)]
+    during = [t for t in lines if re.match(r"sensitivity: \d+/\d+ \(\d+%\), .+ at 0\.\d+: "
+                                           r"[+-]\d+\.\d\d points, ", t)]
+    total = int(during[0].split("/")[1].split()[0])
+    assert len(during) >= total - 1 and total >= 2, lines  # each group at each ratio
+    done = [t for t in lines if t.startswith("sensitivity: done in ")]
+    assert len(done) == 1 and done[0].endswith("ratios each)"), lines
+
+
 def test_log_lines_at_most_one_per_interval_with_an_eta() -> None:
     lines: list[str] = []
     clock = iter(range(0, 1000)).__next__
