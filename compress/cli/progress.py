@@ -143,17 +143,17 @@ class ProgressBars:
     def _start(self) -> None:
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             SpinnerColumn,
             TextColumn,
             TimeElapsedColumn,
         )
 
+        # The count as text: "3/40", or "3" for a phase of unknown length (not "3/?").
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                 BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[eta]}"), console=self.console,
-                                 transient=True)
+                                 BarColumn(), TextColumn("{task.fields[count]}"),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+                                 console=self.console, transient=True)
         self.progress.start()
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -162,11 +162,13 @@ class ProgressBars:
             self._start()
         if event.task not in self.ids:
             self.ids[event.task] = self.progress.add_task(event.task, total=event.total or None,
-                                                          eta="")
+                                                          eta="", count="")
         description = f"{event.task} {task.message}".rstrip()
         self.progress.update(self.ids[event.task], completed=event.completed,
                              total=event.total or None, description=description,
-                             eta="" if left is None else f"ETA {clock_time(left)}")
+                             eta="" if left is None else f"ETA {clock_time(left)}",
+                             count=f"{event.completed}/{event.total}" if event.total else
+                             str(event.completed or ""))
         if event.done:
             self.tasks.end(event)
             self.progress.remove_task(self.ids.pop(event.task))

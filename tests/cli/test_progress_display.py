@@ -113,16 +113,18 @@ def test_terminal_bars_show_an_eta_and_print_each_phase_end() -> None:
     from rich.console import Console
 
     console = Console(record=True, force_terminal=True, width=120)
-    times = iter([0.0, 5.0, 10.0, 10.0, 12.0])
+    times = iter([0.0, 5.0, 10.0, 10.0, 11.0, 12.0])
     bars = ProgressBars(console, clock=lambda: next(times))
     bars(ProgressEvent("step 1/1 fine-tune", 0, 100))
     bars(ProgressEvent("step 1/1 fine-tune", 50, 100, "loss 0.3"))
     task = bars.progress.tasks[0]
     assert task.fields["eta"] == "ETA 0:00:05" and task.description == \
-        "step 1/1 fine-tune loss 0.3"
+        "step 1/1 fine-tune loss 0.3" and task.fields["count"] == "50/100"
     bars(ProgressEvent("step 1/1 fine-tune", 100, 100, done=True))
     bars(ProgressEvent("width search", 0, 0))
-    bars(ProgressEvent("width search", 0, 0, "ratio 0.27", done=True))
+    bars(ProgressEvent("width search", 3, 0, "trial ratio 0.2500: 48.0%"))
+    assert bars.progress.tasks[0].fields["count"] == "3"  # of an unknown number: no "/?"
+    bars(ProgressEvent("width search", 3, 0, "ratio 0.27", done=True))
     assert bars.progress is None  # nothing running: the live display is gone
     text = console.export_text()
     assert "✓ step 1/1 fine-tune: done in 0:00:10 (100/100, loss 0.3)" in text
