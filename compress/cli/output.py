@@ -153,9 +153,13 @@ class Output:
             yield
             return
         if not self.tty:
-            with progress_to(ProgressLog(logging.getLogger("compress.progress").info,
-                                         interval=progress_interval())):
-                yield
+            lines = ProgressLog(logging.getLogger("compress.progress").info,
+                                interval=progress_interval(), heartbeat=True)
+            try:
+                with progress_to(lines):
+                    yield
+            finally:
+                lines.close()
             return
         bars = ProgressBars(self.console)
         try:

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class _Task:
     first: int  # units already done when it started (a resumed fine-tune)
     message: str = ""
     last_line: float = 0.0
+    last: ProgressEvent | None = None  # the latest event, for a heartbeat line
 
 
 class _Tasks:
@@ -83,6 +85,7 @@ class _Tasks:
             task = self.running[event.task] = _Task(now, event.completed, last_line=now)
         if event.message:
             task.message = event.message  # a step without a loss keeps the last one shown
+        task.last = event
         elapsed = now - task.started
         left = eta(elapsed, event.completed - task.first, event.total - event.completed) \
             if event.total else None
@@ -106,27 +109,59 @@ def done_line(event: ProgressEvent, task: _Task, elapsed: float) -> str:
 
 
 class ProgressLog:
-    """A listener that writes timed plain lines through ``write`` (a logger's ``info``)."""
+    """A listener that writes timed plain lines through ``write`` (a logger's ``info``).
+
+    With ``heartbeat``, a background thread also writes a line for a phase that sent nothing
+    for ``interval`` seconds (an export or one slow step): a CI log is never silent for long.
+    Call :meth:`close` when done."""
 
     def __init__(self, write: Callable[[str], Any], *, interval: float = 15.0,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, heartbeat: bool = False) -> None:
         self.write, self.interval = write, interval
         self.tasks = _Tasks(clock)
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._beats: threading.Thread | None = None
+        if heartbeat and interval > 0:
+            self._beats = threading.Thread(target=self._beat, daemon=True,
+                                           name="compress-progress")
+            self._beats.start()
 
     def __call__(self, event: ProgressEvent) -> None:
-        task, elapsed, left = self.tasks.update(event)
-        if event.done:
-            self.tasks.end(event)
-            self.write(done_line(event, task, elapsed))
-            return
-        now = task.started + elapsed
-        if elapsed == 0 or now - task.last_line < self.interval:
-            return  # the start itself, or too soon after the last line
-        task.last_line = now
+        with self._lock:
+            task, elapsed, left = self.tasks.update(event)
+            if event.done:
+                self.tasks.end(event)
+                self.write(done_line(event, task, elapsed))
+                return
+            if elapsed == 0 or task.started + elapsed - task.last_line < self.interval:
+                return  # the start itself, or too soon after the last line
+            self._line(event, task, elapsed, left)
+
+    def _line(self, event: ProgressEvent, task: _Task, elapsed: float,
+              left: float | None) -> None:
+        task.last_line = task.started + elapsed
         parts = [p for p in (_count(event), task.message, f"{clock_time(elapsed)} elapsed") if p]
         if left is not None:
             parts.append(f"ETA {clock_time(left)}")
         self.write(f"{event.task}: " + ", ".join(parts))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval / 4):
+            with self._lock:
+                now = self.tasks.clock()
+                for task in list(self.tasks.running.values()):
+                    if task.last is not None and now - task.last_line >= self.interval:
+                        elapsed = now - task.started
+                        done = task.last.completed - task.first
+                        left = eta(elapsed, done, task.last.total - task.last.completed) \
+                            if task.last.total else None
+                        self._line(task.last, task, elapsed, left)
+
+    def close(self) -> None:
+        """Stop the heartbeat thread (if any)."""
+        self._stop.set()
+        if self._beats is not None:
+            self._beats.join()
 
 
 class ProgressBars:

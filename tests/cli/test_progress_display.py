@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,26 @@ def test_log_lines_at_most_one_per_interval_with_an_eta() -> None:
     assert len(lines) == 11  # one per 10 s over 100 s, and the end
     assert lines[0] == "fine-tune: 10/100 (10%), loss 0.5, 0:00:10 elapsed, ETA 0:01:30"
     assert lines[-1] == "fine-tune: done in 0:01:41 (100/100, loss 0.5)"
+
+
+def test_a_silent_phase_gets_heartbeat_lines_in_ci() -> None:
+    # An export sends no event between its start and its end: the heartbeat thread writes.
+    lines: list[str] = []
+    show = ProgressLog(lines.append, interval=0.05, heartbeat=True)
+    try:
+        show(ProgressEvent("export", 0, 0))
+        for _ in range(500):  # until the thread wrote (a loaded machine may be slow)
+            if lines:
+                break
+            time.sleep(0.01)
+        show(ProgressEvent("export", 0, 0, "wrote onnx", done=True))
+    finally:
+        show.close()
+    assert lines and re.fullmatch(r"export: \d:\d\d:\d\d elapsed", lines[0]), lines
+    assert re.fullmatch(r"export: done in \d:\d\d:\d\d \(wrote onnx\)", lines[-1]), lines
+    count = len(lines)
+    time.sleep(0.2)  # closed, and nothing running: no more lines
+    assert len(lines) == count
 
 
 def test_a_resumed_fine_tune_estimates_from_where_it_resumed() -> None:
