@@ -44,7 +44,8 @@ def apply(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], *,
 
     ``overrides`` are ``a.b.c=value`` strings; keyword ``sections`` are merged into the recipe
     (``finetune={"epochs": 1}``). ``progress`` receives a
-    :class:`~compress.progress.ProgressEvent` as long loops (fine-tuning) advance.
+    :class:`~compress.progress.ProgressEvent` as each phase of the run (baseline evaluation,
+    width search, prune, fine-tune, evaluation, export, timing) starts, advances and ends.
 
     Example:
         >>> result = apply("recipes/quickstart.yaml", out_dir="runs/q")  # doctest: +SKIP

@@ -147,6 +147,13 @@ def test_github_actions_workflow_posts_the_report_and_fails_on_a_failed_gate(
     assert (ROOT / workflow["env"]["RECIPE"]).is_file()  # the recipe it names as shipped
     steps = {s.get("name"): s for s in workflow["jobs"]["compress"]["steps"]}
     assert "GITHUB_STEP_SUMMARY" in steps["Post the report to the job summary"]["run"]
+    # The JUnit file the gate step writes is published as a check, also when a gate failed.
+    check = steps["Publish the gates as a check"]
+    assert check["uses"].startswith("dorny/test-reporter@") and check["if"] == "always()"
+    assert check["with"]["reporter"] == "java-junit"
+    assert check["with"]["path"] == "${{ env.RUN }}/gates.xml"
+    assert '--junit "$RUN/gates.xml"' in steps["Check the gates"]["run"]
+    assert workflow["permissions"]["checks"] == "write"
 
     def run(name: str, gates: dict[str, float]) -> tuple[dict[str, str], bool, Path]:
         folder = tmp_path / name

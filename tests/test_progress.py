@@ -59,8 +59,10 @@ def test_finetune_reports_every_step_block_and_ends_done() -> None:
     assert total == 48
     assert {e.task for e in events} == {"step 1/1 fine-tune"}
     assert (events[0].completed, events[0].total) == (0, total)
-    assert [e.completed for e in events[1:-1]] == [20, 40, 48]  # every 20 steps and the last
-    assert all("loss" in e.message for e in events[1:-1])
+    assert [e.completed for e in events[1:-1]] == list(range(1, 49))  # every step
+    with_loss = [e.completed for e in events[1:-1] if e.message]
+    assert with_loss == [20, 40, 48]  # the loss every 20 steps and at the last
+    assert all(e.message.startswith("loss ") for e in events[1:-1] if e.message)
     assert events[-1].done and events[-1].completed == total
     assert sum(e.done for e in events) == 1
 
@@ -77,5 +79,8 @@ def test_prune_api_passes_progress_to_the_callback() -> None:
     model = tiny_cnn()
     compress.prune(model, torch.randn(1, 3, 8, 8), ratio=0.5, train_loader=loader(),
                    finetune={"epochs": 1}, progress=events.append)
-    assert events and events[0].completed == 0 and events[-1].done
-    assert events[-1].task == "step 1/1 fine-tune"
+    tasks = list(dict.fromkeys(e.task for e in events))  # every phase of the step, in order
+    assert tasks == ["step 1/1 prune", "step 1/1 fine-tune", "step 1/1 evaluation"]
+    for task in tasks:  # each starts at 0 and ends once, done
+        mine = [e for e in events if e.task == task]
+        assert mine[0].completed == 0 and mine[-1].done and sum(e.done for e in mine) == 1

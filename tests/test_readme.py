@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from compress.cli.app import app
@@ -89,6 +91,49 @@ def test_the_synopsis_matches_the_cli() -> None:
         for option in options:
             assert option in result.stdout, f"compress {command} has no {option}"
     assert runner.invoke(app, ["--version"]).exit_code == 0
+
+
+def _compress_lines(script: str) -> list[list[str]]:
+    """The words of each `compress ...` command of a bash block (continuations joined,
+    comments and redirections dropped)."""
+    lines = []
+    for line in script.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        words = words[: words.index(">")] if ">" in words else words
+        lines += [words] if words[:1] == ["compress"] else []
+    return lines
+
+
+def test_every_compress_command_in_the_shell_blocks_names_real_options() -> None:
+    # The synopsis is checked above; these are the lines people paste, in any section.
+    group = typer.main.get_command(app)
+
+    def names(params: list) -> set[str]:
+        return {o for p in params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
+
+    options = {name: names(cmd.params) for name, cmd in group.commands.items()}
+    lines = [(s, w) for s, lang, body in readme_blocks(README)
+             if lang == "bash" and s != "Commands" for w in _compress_lines(body)]
+    assert {w[1] for _, w in lines} >= {"apply", "init", "validate", "push", "gate"}, lines
+    for section, words in lines:
+        assert words[1] in options, f"{section}: no command {words[1]!r}: {' '.join(words)}"
+        for word in words[2:]:
+            flag = word.split("=", 1)[0]
+            if re.fullmatch(r"--?[a-z][a-z0-9-]*", flag):
+                assert flag in options[words[1]], f"{section}: compress {words[1]} has no {flag}"
+
+
+def test_the_tour_outputs_are_ignored_by_git() -> None:
+    # What the walk (and a new user) leaves in the checkout does not show in `git status`.
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout")
+    shell = "\n".join(body for _, lang, body in readme_blocks(README) if lang == "bash")
+    python = "\n".join(body for _, lang, body in readme_blocks(README) if lang == "python")
+    for written in ("my-images", "my-resnet18.safetensors", "my-recipe.yaml", "gates.xml",
+                    "gates.md", "runs/quickstart", "out/my_model", "runs/quickstart-api"):
+        assert written in shell + python, written
+        proc = subprocess.run(["git", "check-ignore", "-q", written], cwd=ROOT)
+        assert proc.returncode == 0, f"{written} is not ignored by .gitignore"
 
 
 def _copy_of_the_repository(dest: Path) -> None:

@@ -137,8 +137,9 @@ def inspect(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     from compress.run.inspection import inspect_recipe, plot_sensitivity
 
     try:
-        info = inspect_recipe(load_recipe(recipe, set_ or []), sensitivity=sensitivity,
-                              eval_samples=samples)
+        with o.progress():
+            info = inspect_recipe(load_recipe(recipe, set_ or []), sensitivity=sensitivity,
+                                  eval_samples=samples)
     except CompressError as err:
         raise o.fail(err) from None
     if plot is not None and info.get("sensitivity"):

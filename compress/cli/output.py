@@ -9,8 +9,10 @@ Every command takes the same three flags:
   inspect) still print it.
 * ``--verbose``: debug logs.
 
-Progress bars are drawn on stderr only when it is a terminal (and not with ``--quiet``): the
-library reports progress through :mod:`compress.progress` and never draws.
+Progress goes to stderr (not with ``--quiet``): bars on a terminal, timed log lines elsewhere
+(see :mod:`compress.cli.progress`); the library reports it through :mod:`compress.progress`
+and never draws. The progress bars and load reports of transformers, datasets and tqdm are
+silenced unless ``--verbose``.
 
 Example:
     >>> out = Output("validate", json_out=True)  # doctest: +SKIP
@@ -31,10 +33,10 @@ from typing import Any
 import typer
 
 from compress.errors import CompressError, InputError
-from compress.progress import ProgressEvent, progress_to
+from compress.progress import progress_to
 
-__all__ = ["Output", "ProgressBars", "JsonOption", "QuietOption", "VerboseOption",
-           "stderr_is_terminal"]
+__all__ = ["Output", "JsonOption", "QuietOption", "VerboseOption", "stderr_is_terminal",
+           "progress_interval", "silence_third_party"]
 
 log = logging.getLogger("compress.cli.app")
 
@@ -50,37 +52,40 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-class ProgressBars:
-    """A :mod:`compress.progress` listener drawing one rich bar per running task."""
+def progress_interval() -> float:
+    """Seconds between two progress lines of one phase when stderr is not a terminal
+    (``COMPRESS_PROGRESS_INTERVAL``, default 15)."""
+    try:
+        return max(0.0, float(os.environ.get("COMPRESS_PROGRESS_INTERVAL", "15")))
+    except ValueError:
+        return 15.0
 
-    def __init__(self, console: Any) -> None:
-        self.console = console
-        self.progress: Any = None
-        self.tasks: dict[str, Any] = {}
 
-    def __call__(self, event: ProgressEvent) -> None:
-        if self.progress is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+# Environment switches read when each library is imported (compress imports them lazily,
+# after the command's flags are known); for one already imported, its own API below.
+_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+              "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+              "TQDM_DISABLE": "1"}
 
-            self.progress = Progress("[progress.description]{task.description}", BarColumn(),
-                                     MofNCompleteColumn(), TimeRemainingColumn(),
-                                     console=self.console, transient=True)
-            self.progress.start()
-        task = self.tasks.get(event.task)
-        if task is None:
-            task = self.tasks[event.task] = self.progress.add_task(event.task, total=event.total)
-        self.progress.update(task, completed=event.completed, total=event.total,
-                             description=f"{event.task} {event.message}".rstrip())
-        if event.done:
-            self.progress.remove_task(self.tasks.pop(event.task))
-            if not self.tasks:
-                self.close()
 
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-            self.tasks.clear()
+def silence_third_party() -> None:
+    """No progress bars, load-report tables or info chatter from transformers, datasets,
+    huggingface_hub and tqdm: compress reports its own progress (``--verbose`` keeps them)."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 class Output:
@@ -102,6 +107,8 @@ class Output:
         if quiet and verbose:
             raise self.fail(InputError("give --quiet or --verbose, not both"))
         self._setup_logging()
+        if not verbose:
+            silence_third_party()
         from compress import __version__
 
         log.debug("compress %s, python %s, command %s", __version__, sys.version.split()[0],
@@ -138,9 +145,21 @@ class Output:
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[None]:
-        """Draw the library's progress inside the block, when stderr is a terminal."""
-        if not self.tty or self.quiet:
+        """Show the library's progress inside the block: bars on a terminal, timed log lines
+        elsewhere; nothing with ``--quiet`` or on a rank other than 0."""
+        from compress.cli.progress import ProgressBars, ProgressLog
+
+        if self.quiet or self.silent:
             yield
+            return
+        if not self.tty:
+            lines = ProgressLog(logging.getLogger("compress.progress").info,
+                                interval=progress_interval(), heartbeat=True)
+            try:
+                with progress_to(lines):
+                    yield
+            finally:
+                lines.close()
             return
         bars = ProgressBars(self.console)
         try:

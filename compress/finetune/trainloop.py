@@ -169,9 +169,13 @@ def _train(plan: Fit, pos: Position,
                 reason = monitor.collapse()
                 if reason is not None:
                     return Divergence(reason, pos.step - pos.start)
+            # Every step, so an ETA and a CI log line are never stale; the loss (a device
+            # sync on a GPU) every 20 steps and at the end.
             if pos.step % 20 == 0 or pos.step == total or stop:
                 pos.last_loss = loss.item()
                 report_progress(plan.description, pos.step, total, f"loss {pos.last_loss:.3f}")
+            else:
+                report_progress(plan.description, pos.step, total)
             if pos.step >= total or stop:
                 break
             if ckpt is not None and ckpt.stop_requested():

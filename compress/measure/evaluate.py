@@ -14,12 +14,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from compress.progress import report_phase
 
 __all__ = ["evaluate", "task_loss", "IGNORE_INDEX"]
 
@@ -48,12 +52,23 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "m
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, *, task: str | None = None) -> dict[str, float]:
     """Top-1 accuracy in percent, mean cross-entropy and sample count; restores train mode.
 
     Language models also get ``perplexity`` (exp of the mean token loss); their accuracy is
-    next-token top-1 and ``samples`` counts scored tokens.
+    next-token top-1 and ``samples`` counts scored tokens. With ``task``, the batches are
+    reported as that phase's progress (see :mod:`compress.progress`).
     """
+    with report_phase(task, len(loader) if hasattr(loader, "__len__") else 0) \
+            if task else contextlib.nullcontext() as phase:
+        result = _evaluate(model, loader, device, phase)
+        if phase is not None:
+            phase.result = f"top-1 {result['accuracy']:.2f} % on {result['samples']:,} samples"
+    return result
+
+
+def _evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+              device: torch.device, phase: Any) -> dict[str, float]:
     was_training = model.training
     model.eval()
     correct, total, loss_sum, language = 0, 0, 0.0, False
@@ -67,6 +82,8 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
                                     ignore_index=IGNORE_INDEX).item()
         correct += ((flat_logits.argmax(dim=-1) == flat_target) & scored).sum().item()
         total += int(scored.sum().item())
+        if phase is not None:
+            phase.advance()
     model.train(was_training)
     assert total > 0, "evaluation data is empty"
     result = {"accuracy": 100.0 * correct / total, "loss": loss_sum / total, "samples": total}

@@ -34,6 +34,7 @@ from torch import nn
 from compress.errors import InputError
 from compress.measure.machine import environment, ort_providers, session_options
 from compress.measure.timing import Timer, latency_stats, summarize_ab, time_ab, time_interleaved
+from compress.progress import report_phase
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -193,13 +194,15 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                      "max_block_ms": spec.max_block_ms, "batch_sizes": list(spec.batch_sizes),
                      "sample_shape": list(sample_shape), "seed": seed}}
     providers: list[str] | None = None
-    with quiet_timing(threads):
+    with quiet_timing(threads), \
+            report_phase("timing", len(spec.engines) * len(spec.batch_sizes)) as phase:
         for engine in spec.engines:
             if engine == "onnxruntime":
                 missing = [n for n, c in cands.items() if c.onnx_path is None]
                 if missing:
                     result["skipped"][engine] = f"no ONNX file for {' and '.join(missing)}"
                     logger.info("skipping onnxruntime: %s", result["skipped"][engine])
+                    phase.advance(len(spec.batch_sizes))
                     continue
                 # One session per model, built once: session start-up is not inference time.
                 sessions = {n: _ort_session(n, Path(c.onnx_path), threads, device, sample_shape,
@@ -226,10 +229,15 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                                       rounds=spec.rounds, runs_per_round=per_block,
                                       timer=timer)
                 row = per_batch[str(batch)] = summarize_ab(timings, batch)
-                logger.info("%s batch %d: %.3f ms -> %.3f ms, speedup %.2fx", engine, batch,
-                            row["baseline"]["median_ms"], row["compressed"]["median_ms"],
-                            row["speedup"])
+                logger.debug("%s batch %d: %.3f ms -> %.3f ms, speedup %.2fx", engine, batch,
+                             row["baseline"]["median_ms"], row["compressed"]["median_ms"],
+                             row["speedup"])
+                phase.advance(message=f"{engine} batch {batch}: {row['speedup']:.2f}x")
             result["engines"][engine] = per_batch
+        headline = headline_speedup(result)
+        engine = next((e for e in ENGINES if result["engines"].get(e)), "")
+        phase.result = "not measured" if headline is None else \
+            f"headline speedup {headline:.2f}x: {engine} at the largest batch"
     result["environment"] = environment(threads, device, providers)
     return result
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from compress.errors import InputError
 from compress.fsutil import save_tensors_atomic
+from compress.progress import report_phase
 from compress.pruning.calibration import (
     BlockInputs,
     model_blocks,
@@ -148,7 +149,8 @@ def prune_in_blocks_(model: nn.Module, tensors: Sequence[Any], calibration: Cali
             for t in mine:
                 keeps[t.key] = saved[f"{t.key}.keep"].to(device)
                 restore_one(t, keeps[t.key], saved.get(f"{t.key}.weight"))
-            log.info("block %d: restored from %s", index, path)
+            log.debug("block %d: restored from %s", index, path)
+            phase.advance(message=f"block {index} restored from its checkpoint")
             return
         stats = _gather(block, inputs, mine, hessian)
         for t in mine:
@@ -160,20 +162,27 @@ def prune_in_blocks_(model: nn.Module, tensors: Sequence[Any], calibration: Cali
                         for t in mine}
             path.parent.mkdir(parents=True, exist_ok=True)
             save_tensors_atomic(out, path, {"keys": json.dumps([t.key for t in mine])})
-        log.info("block %d: %d layers pruned", index, len(mine))
+        log.debug("block %d: %d layers pruned", index, len(mine))
+        phase.advance(message=f"block {index}: {len(mine)} layers pruned")
 
-    stream_blocks(model, batches, visit, carry=calibration.carry)
     rest = by_block.get(-1, [])
-    if rest:  # outside the blocks, or no blocks at all: one pass of the whole model
-        was_training = model.training
-        model.eval()
-        try:
-            inputs = BlockInputs.of_batches(batches, [real_tokens(model, b) for b in batches])
-            stats = _gather(model, inputs, rest, hessian)
-        finally:
-            model.train(was_training)
-        for t in rest:
-            keeps[t.key] = prune_one(t, stats.pop(t.key))
+    # A phase of its own, one unit per block: on a large model this takes minutes.
+    with report_phase("calibrated prune, block by block",
+                      len(stack or []) + bool(rest)) as phase:
+        stream_blocks(model, batches, visit, carry=calibration.carry)
+        if rest:  # outside the blocks, or no blocks at all: one pass of the whole model
+            was_training = model.training
+            model.eval()
+            try:
+                inputs = BlockInputs.of_batches(batches,
+                                                [real_tokens(model, b) for b in batches])
+                stats = _gather(model, inputs, rest, hessian)
+            finally:
+                model.train(was_training)
+            for t in rest:
+                keeps[t.key] = prune_one(t, stats.pop(t.key))
+            phase.advance(message=f"layers outside the blocks: {len(rest)}")
+        phase.result = f"{len(keeps)} layers pruned"
     return keeps
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from compress.errors import CheckFailed, InputError
 from compress.measure.counts import count_macs_params
+from compress.progress import report_phase
 from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.proof import Snapshot
 from compress.pruning.structured import build_structured
@@ -92,7 +93,9 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
                          cache: dict[float, float] | None = None,
                          final_ratio: float | None = None,
                          reduction_of: Callable[[nn.Module], float] | None = None,
-                         quantity: str = "macs") -> tuple[float, float]:
+                         quantity: str = "macs",
+                         on_trial: Callable[[float, float], None] | None = None
+                         ) -> tuple[float, float]:
     """Find the channel ratio whose pruning removes ``macs_reduction`` of the MACs.
 
     Prunes throw-away copies (no proof needed: nothing is kept). With ``round_to`` the
@@ -105,6 +108,7 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     earlier step of a transformer whose given fractions scale with the schedule.
     ``reduction_of(pruned copy)``: another resource's reduction to search for (``quantity``
     names it in ``pruning.target``), e.g. latency predicted from a latency table.
+    ``on_trial(ratio, reduction)`` is called after each trial prune.
     """
     base_macs, _ = count_macs_params(model, example_inputs)
     cache = {} if cache is None else cache
@@ -134,6 +138,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
                                   f"broke the model and the proof could not name the group: "
                                   f"{type(err).__name__}: {err}") from None
             cache[r] = 1.0 - macs / base_macs
+            if on_trial is not None:
+                on_trial(r, cache[r])
         return cache[r]
 
     # Coarse scan first: with round_to, very high ratios can round a layer to zero width, which
@@ -173,8 +179,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     allowed = [r for r in cache if r > 0 and cache[r] >= macs_reduction - tolerance]
     assert allowed, cache
     best = min(allowed, key=lambda r: abs(cache[r] - macs_reduction))
-    log.info("ratio %.4f removes %.2f%% of the %s (target %.2f%%)", best, 100 * cache[best],
-             _WHAT[quantity], 100 * macs_reduction)
+    log.debug("ratio %.4f removes %.2f%% of the %s (target %.2f%%)", best, 100 * cache[best],
+              _WHAT[quantity], 100 * macs_reduction)
     return best, cache[best]
 
 
@@ -197,20 +203,32 @@ def solve_ratios_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: 
                           targets: Sequence[float]) -> list[float]:
     """The channel ratio of each cumulative MACs target of a schedule, sharing one cache."""
     assert spec.target is not None
+    found: dict[float, tuple[float, float]] = {}  # target -> (ratio, MACs reduction)
 
     def solve(target: float, cache: dict[float, float], final: float | None = None) -> float:
-        return solve_ratio_for_macs(model, example_inputs, spec, target, cache=cache,
-                                    tolerance=spec.target.tolerance, final_ratio=final)[0]
+        found[target] = solve_ratio_for_macs(
+            model, example_inputs, spec, target, cache=cache, tolerance=spec.target.tolerance,
+            final_ratio=final,
+            on_trial=lambda r, red: phase.advance(message=f"trial ratio {r:.4f}: {red:.1%}"))
+        return found[target][0]
 
-    cache: dict[float, float] = {}
-    if not (spec.heads or spec.ffn or spec.hidden) or len(targets) == 1:
-        return [solve(t, cache) for t in targets]
-    # A fraction given beside the target is reached at the last step and scales with the
-    # schedule before it (as the pruner plans it), so earlier steps are searched against the
-    # last step's ratio, with a cache of their own.
-    final = solve(targets[-1], cache)
-    earlier: dict[float, float] = {}
-    return [solve(t, earlier, final) for t in targets[:-1]] + [final]
+    # One phase, reported as one line with its result: the trials are its inner workings
+    # (each one advances the phase, so a long search still shows a heartbeat in a CI log).
+    with report_phase("width search") as phase:
+        cache: dict[float, float] = {}
+        if not (spec.heads or spec.ffn or spec.hidden) or len(targets) == 1:
+            ratios = [solve(t, cache) for t in targets]
+        else:
+            # A fraction given beside the target is reached at the last step and scales with
+            # the schedule before it (as the pruner plans it), so earlier steps are searched
+            # against the last step's ratio, with a cache of their own.
+            final = solve(targets[-1], cache)
+            earlier: dict[float, float] = {}
+            ratios = [solve(t, earlier, final) for t in targets[:-1]] + [final]
+        phase.result = "; ".join(
+            f"channel ratio {found[t][0]:.4f} removes {found[t][1]:.2%} of MACs (target {t:.2%})"
+            for t in targets) + f"; {phase.completed} trial prunes"
+    return ratios
 
 
 def channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec,

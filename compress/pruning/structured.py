@@ -253,8 +253,8 @@ class StructuredPruner:
         record = StepRecord.of(target_ratio, len(groups), removed, "channels", proof,
                                layer_widths(self.model))
         record.protected = dict(self.protected)
-        log.info("step %d: removed %d channels in %d groups, max |zeroed - removed| = %s",
-                 self.steps_done, removed, len(groups), record.describe_proof())
+        log.debug("step %d: removed %d channels in %d groups, max |zeroed - removed| = %s",
+                  self.steps_done, removed, len(groups), record.describe_proof())
         return record
 
     def retarget_(self, ratio: float) -> None:

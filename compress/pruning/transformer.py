@@ -202,9 +202,9 @@ class TransformerPruner(TransformerPlanner):
         removed = sum(len(u) for _, _, u in plan) + len(cut[0]) + len(drop)
         record = StepRecord.of(target_ratio, len(plan) + bool(cut[0]) + bool(drop), removed,
                                "heads+neurons", proof, self.widths())
-        log.info("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
-                 "removed| = %s", self.steps_done, removed, record.groups,
-                 record.describe_proof())
+        log.debug("step %d: removed %d heads/neurons/channels in %d groups, max |zeroed - "
+                  "removed| = %s", self.steps_done, removed, record.groups,
+                  record.describe_proof())
         return record
 
     def _drop(self, drop: list[int]) -> None:

@@ -267,6 +267,21 @@ class RunFolder:
         return FinetuneCheckpoint(self.step_dir(step), every, context=context,
                                   tensors=pruner.get_tensors())
 
+    def save_ratios(self, ratios: list[float]) -> None:
+        """Keep the per-step channel ratios (a MACs search's result) for a resume."""
+        (self.path / "steps").mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path / "steps" / "ratios.json", json.dumps({"ratios": ratios}))
+
+    def saved_ratios(self) -> list[float] | None:
+        """What :meth:`save_ratios` kept, or None."""
+        path = self.path / "steps" / "ratios.json"
+        if not path.is_file():
+            return None
+        ratios = read_run_file(path, {"ratios": list})["ratios"]
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios):
+            raise _damaged(path, "'ratios' is not a list of numbers")
+        return [float(r) for r in ratios]
+
     def resume_point(self, sampler: torch.Generator | None) -> ResumePoint | None:
         """Where to go on: inside the fine-tune after the last finished step, or after it.
 
@@ -288,7 +303,8 @@ class RunFolder:
             return ResumePoint(step=step, pruner_state=context["pruner"],
                                pruner_tensors=partial.tensors, model_state=partial.model,
                                rows=context["rows"], restore_rng=lambda: None,
-                               finetune=partial, record=record, source=where)
+                               finetune=partial, record=record, source=where,
+                               ratios=self.saved_ratios())
         if step == 0 and any(self.block_dir(1).glob("*.safetensors")):
             return None
         if step == 0:
@@ -301,5 +317,5 @@ class RunFolder:
         return ResumePoint(step=step, pruner_state=state["pruner"],
                            pruner_tensors=_load_tensors(tensors) if tensors.is_file() else {},
                            model_state=_load_tensors(step_dir / "model.safetensors"),
-                           rows=state["rows"], source=step_dir,
+                           rows=state["rows"], source=step_dir, ratios=self.saved_ratios(),
                            restore_rng=lambda: restore_rng_state(rng, sampler))

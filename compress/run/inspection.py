@@ -27,6 +27,7 @@ from torch import nn
 from compress.errors import InputError
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
+from compress.progress import report_phase
 from compress.pruning import build_pruner
 from compress.pruning.planning import channel_ratios, gradient_free
 from compress.pruning.selection import resolve_ignored
@@ -143,25 +144,28 @@ def sensitivity_scan(model: nn.Module, example: torch.Tensor, recipe: Recipe,
     transformer = is_transformer(model)
     roots = [g["root"] for g in list_groups(model, example, pruning)]
     rows = []
-    for root in roots:
-        row: dict[str, Any] = {"group": root, "drops": {}}
-        for r in ratios:
-            trial = copy.deepcopy(model)
-            if transformer:
-                unit = (-1, "hidden") if root.startswith("hidden") else \
-                    (int(root.split()[1]), root.split()[2])
-                spec = pruning.model_copy(update={"ratio": r, "heads": r, "ffn": r,
-                                                  "hidden": r if unit[0] < 0 else None})
-                TransformerPruner(trial, example, spec, cumulative_ratios=[r],
-                                  only={unit}).step_(r, example)
-            else:
-                others = [g for g in roots if g != root]
-                spec = pruning.model_copy(update={"ratio": r,
-                                                  "ignored": [*pruning.ignored, *others]})
-                build_pruner(trial, example, spec, [r]).step_(r, example)
-            row["drops"][str(r)] = base - evaluate(trial, batches, device)["accuracy"]
-        rows.append(row)
-        log.info("sensitivity %s: %s", root, row["drops"])
+    with report_phase("sensitivity", len(roots) * len(ratios)) as phase:
+        for root in roots:
+            row: dict[str, Any] = {"group": root, "drops": {}}
+            for r in ratios:
+                trial = copy.deepcopy(model)
+                if transformer:
+                    unit = (-1, "hidden") if root.startswith("hidden") else \
+                        (int(root.split()[1]), root.split()[2])
+                    spec = pruning.model_copy(update={"ratio": r, "heads": r, "ffn": r,
+                                                      "hidden": r if unit[0] < 0 else None})
+                    TransformerPruner(trial, example, spec, cumulative_ratios=[r],
+                                      only={unit}).step_(r, example)
+                else:
+                    others = [g for g in roots if g != root]
+                    spec = pruning.model_copy(update={"ratio": r,
+                                                      "ignored": [*pruning.ignored, *others]})
+                    build_pruner(trial, example, spec, [r]).step_(r, example)
+                row["drops"][str(r)] = base - evaluate(trial, batches, device)["accuracy"]
+                phase.advance(message=f"{root} at {r}: {row['drops'][str(r)]:+.2f} points")
+            rows.append(row)
+            log.debug("sensitivity %s: %s", root, row["drops"])
+        phase.result = f"{len(roots)} groups, {len(ratios)} ratios each"
     return rows
 
 

@@ -27,6 +27,7 @@ from compress.finetune.checkpoint import FinetuneCheckpoint, Snapshot
 from compress.finetune.distributed import Processes
 from compress.finetune.finetune import finetune_
 from compress.measure.counts import count_macs_params
+from compress.progress import report_phase
 from compress.pruning import build_pruner
 from compress.pruning.base import Pruner, StepRecord
 from compress.pruning.calibrated import Calibration
@@ -65,6 +66,7 @@ class ResumePoint:
     finetune: Snapshot | None = None
     record: StepRecord | None = None
     source: Path | None = None  # the checkpoint folder, for messages
+    ratios: list[float] | None = None  # the interrupted run's MACs search result, if any
 
 
 def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tensor,
@@ -78,6 +80,7 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                   resume: ResumePoint | None = None,
                   checkpoints: CheckpointFactory | None = None,
                   dist: Processes | None = None,
+                  on_ratios: Callable[[list[float]], None] | None = None,
                   calibration: list[torch.Tensor] | None = None,
                   block_checkpoints: Callable[[int], Path] | None = None,
                   latency: Any = None) -> tuple[list[dict[str, Any]], Pruner]:
@@ -90,6 +93,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     the next one, or from inside its fine-tune. A SIGINT/SIGTERM that asked to stop during a
     fine-tune that finished anyway stops the run after ``on_step`` (KeyboardInterrupt).
     ``dist``: the processes of a multi-process launch, which fine-tune together.
+    ``on_ratios(ratios)`` receives the per-step channel ratios (a MACs target's search result)
+    to keep for a resume, which then reuses them instead of searching again.
     ``calibration``: the calibration batches, for criteria that read them (wanda, sparsegpt,
     activation) and for depth pruning, which ranks blocks on them;
     ``block_checkpoints(step)`` is the folder where such a step keeps its finished blocks, so
@@ -98,7 +103,12 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     """
     base_macs, base_params = count_macs_params(model, example)
     targets = plan_targets(schedule, pruning.final_target())
-    ratios = channel_ratios(model, example, pruning, targets, latency)
+    if resume is not None and resume.ratios is not None and len(resume.ratios) == len(targets):
+        ratios = list(resume.ratios)  # the search is deterministic: its result was kept
+    else:
+        ratios = channel_ratios(model, example, pruning, targets, latency)
+        if on_ratios is not None:
+            on_ratios(ratios)
     pruner = build_pruner(model, example, pruning, ratios)
     if pruner.needs_grad and train is None:
         raise InputError(f"importance {pruning.importance!r} needs gradients; provide "
@@ -139,7 +149,10 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
             if calibration and hasattr(pruner, "use_calibration"):
                 pruner.use_calibration(Calibration(  # type: ignore[attr-defined]
                     calibration, block_checkpoints(i) if block_checkpoints else None))
-            record = pruner.step_(ratio, probe)
+            with report_phase(f"step {i}/{len(targets)} prune") as phase:
+                record = pruner.step_(ratio, probe)
+                phase.result = (f"removed {record.removed} {record.unit} in {record.groups} "
+                                f"groups; max |zeroed - removed| {record.describe_proof()}")
         stats = None
         if train is not None:
             ckpt = checkpoints(i, pruner, record) if checkpoints is not None else None
@@ -148,7 +161,10 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
             stats = finetune_(model, train, finetune, device, step=i, val_loader=val,
                               teacher=teacher, description=f"step {i}/{len(targets)} fine-tune",
                               checkpoint=ckpt, dist=dist)
-        metrics = evaluate_fn(model)
+        with report_phase(f"step {i}/{len(targets)} evaluation") as phase:
+            metrics = evaluate_fn(model)
+            if metrics.get("accuracy") is not None:
+                phase.result = f"top-1 {metrics['accuracy']:.2f} %"
         macs, params = count_macs_params(model, example)
         row = _row(i, target, ratio, record, stats, metrics, macs, params, base_macs, base_params)
         rows.append(row)

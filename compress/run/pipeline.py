@@ -39,6 +39,7 @@ from compress.measure.chance import chance_warnings
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
 from compress.measure.latency import Candidate, headline_speedup, measure_latency
+from compress.progress import report_phase
 from compress.pruning.base import Pruner, StepRecord
 from compress.pruning.latency_plan import LatencyPlanner
 from compress.pruning.masks import folded_copy
@@ -164,22 +165,22 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
     model_spec = resolved_model_spec(recipe)
     serving = serving_info(recipe.data, bundle)
 
-    def timed_eval(m: nn.Module) -> dict[str, float]:
+    def timed_eval(m: nn.Module, task: str | None = None) -> dict[str, float]:
         t = time.perf_counter()
-        res = evaluate(m, bundle.eval, ctx.device)
+        res = evaluate(m, bundle.eval, ctx.device, task=task)
         timing["eval_s"] += time.perf_counter() - t
         return res
 
-    baseline_eval = timed_eval(model)
+    baseline_eval = timed_eval(model, "baseline evaluation")
     base_macs, base_params = count_macs_params(model, example)
-    log.info("baseline: top-1 %.2f%%, %d MACs, %d params", baseline_eval["accuracy"],
-             base_macs, base_params)
+    log.info("baseline: %s MACs, %s parameters", f"{base_macs:,}", f"{base_params:,}")
     baseline_model = copy.deepcopy(model).cpu().eval()
     baseline_onnx = None
     t = time.perf_counter()
     if recipe.report.latency and "onnxruntime" in recipe.report.engines and dist.is_main:
-        baseline_onnx = export_onnx(baseline_model, ctx.out_dir / "baseline" / "model.onnx",
-                                    probe[:2], recipe.export.opset)
+        with report_phase("baseline ONNX export (for timing)"):
+            baseline_onnx = export_onnx(baseline_model, ctx.out_dir / "baseline" / "model.onnx",
+                                        probe[:2], recipe.export.opset)
     timing["baseline_export_s"] = time.perf_counter() - t
     teacher = None
     if recipe.finetune.distill is not None:
@@ -229,7 +230,8 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                   checkpoints=checkpoints if dist.describe() is None else None,
                                   dist=dist, calibration=calibration,
                                   block_checkpoints=folder.block_dir if dist.is_main else None,
-                                  latency=planner)
+                                  latency=planner,
+                                  on_ratios=lambda r: dist.on_main(lambda: folder.save_ratios(r)))
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
     return dist.on_main(lambda: _finish(recipe, ctx.out_dir, model, baseline_model, baseline_onnx,
@@ -246,10 +248,15 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
     model_spec = resolved_model_spec(recipe)
     t = time.perf_counter()
     model = model.cpu().eval()
-    exported = export_model(model, out_dir, recipe.export, model_spec, probe, serving)
-    if is_transformer(model) and recipe.export.safetensors:
-        exported["hf"] = save_hf_(model, out_dir, probe[: recipe.export.parity_batch],
-                                  classes=serving.get("classes"))
+    with report_phase("export") as phase:
+        exported = export_model(model, out_dir, recipe.export, model_spec, probe, serving)
+        if is_transformer(model) and recipe.export.safetensors:
+            exported["hf"] = save_hf_(model, out_dir, probe[: recipe.export.parity_batch],
+                                      classes=serving.get("classes"))
+        written = [k for k in ("safetensors", "onnx") if exported.get(k)]
+        if (exported.get("hf") or {}).get("saved"):
+            written.append("hf/")
+        phase.result = "wrote " + ", ".join(written) if written else "nothing written"
     timing["export_s"] = time.perf_counter() - t
 
     latency = None

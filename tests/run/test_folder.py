@@ -336,3 +336,25 @@ def test_sigkill_then_resume_in_a_new_process_equals_uninterrupted(
     assert where in err and "steps/01/finetune" not in err
     assert _metrics(out) == expected
     assert compress.load(out, trust_code=True) is not None
+
+
+def test_a_resumed_run_reuses_the_width_search_of_the_interrupted_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = _recipe(tmp_path, target={"macs": 0.5}, ratio=None)
+    out = tmp_path / "run"
+    events: list[Any] = []
+    _kill_after(monkeypatch, compress.run.folder, "write_text_atomic",
+                lambda path, text: path == out / "steps" / "01" / "state.json")
+    with pytest.raises(Killed):
+        compress.apply(recipe, out_dir=out, progress=events.append)
+    monkeypatch.undo()
+    searched = [e for e in events if e.task == "width search" and e.done]
+    assert len(searched) == 1 and "trial prunes" in searched[0].message
+    kept = json.loads((out / "steps" / "ratios.json").read_text())["ratios"]
+    assert len(kept) == 3 and kept == sorted(kept)
+    events.clear()
+    compress.apply(recipe, out_dir=out, resume=True, progress=events.append)
+    assert read_status(out)["state"] == "done"
+    assert not [e for e in events if e.task == "width search"]  # not searched again
+    steps = json.loads((out / "report.json").read_text())["steps"]
+    assert [s["ratio"] for s in steps] == kept
