@@ -57,7 +57,9 @@ REFUSED: dict[str, tuple[int, str]] = {}
 BLOCKS_ONLY = [n for n in ALL if n.startswith(("shufflenet_", "swin_", "maxvit_"))]
 # MACs targets other than 2x: ShuffleNet V2's closed blocks (the inner width of each unit's
 # second branch) hold too few of its MACs for 2x; 0.5x's branch is 24 channels wide at stage 2.
-MACS_TARGET: dict[str, float] = {n: 0.2 for n in ALL if n.startswith("shufflenet_")}
+# MaxViT's closed blocks (stem, MBConv and MLP layers) hold at most 41 % of its MACs at 224 px.
+MACS_TARGET: dict[str, float] = {**{n: 0.2 for n in ALL if n.startswith("shufflenet_")},
+                                 "maxvit_t": 0.35}
 # Models that fail today, asserted to fail (strict xfail) until they are fixed: none. (ViT,
 # ConvNeXt and DenseNet, once listed here or above, prune since the norm restriction and the
 # per-removal groups landed.)
