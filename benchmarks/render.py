@@ -210,8 +210,12 @@ def _minilm_headline() -> str:
     b, c = r["baseline"], r["compressed"]
     top = max(r["speedup"]["onnxruntime"], key=int)
     speed = r["speedup"]["onnxruntime"][top]
-    return (f"- **MiniLM on SST-2** (`recipes/minilm-sst2.yaml`): half the heads and FFN "
-            f"neurons removed in {r['apply_wall_s'] / 60:.1f} minutes on "
+    p = r.get("pruning")  # absent in results written before the recipe pruned FFN only
+    what = ("half the heads and FFN neurons removed" if p is None else
+            "FFN neurons only removed (heads kept, so hf/ stays stock-loadable)" if p["heads"] == 0
+            else f"heads {p['heads']}, FFN {p['ffn']}, hidden {p['hidden']} pruned")
+    return (f"- **MiniLM on SST-2** (`recipes/minilm-sst2.yaml`): {what} in "
+            f"{r['apply_wall_s'] / 60:.1f} minutes on "
             f"{r['machine']['cores']} CPU cores (load average "
             f"{_fmt_load(r['run']['load_before'])} before), {b['macs'] / c['macs']:.2f}× fewer "
             f"MACs → {speed:.2f}× faster at batch {top}, dev top-1 {_pct(b['accuracy'])} → "
