@@ -37,7 +37,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Clock", "code_version", "code_digest", "machine", "peak_rss_mib", "load_average"]
+__all__ = ["Clock", "code_version", "code_digest", "files_digest", "machine", "peak_rss_mib",
+           "load_average"]
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -84,13 +85,18 @@ def _hashed_files(extra: tuple[Path, ...] = ()) -> list[Path]:
     return sorted(f for f in files if f.is_file())
 
 
-def code_digest(extra: tuple[Path, ...] = ()) -> str:
-    """SHA-256 over the relative path and bytes of every hashed file (see the module doc)."""
+def files_digest(files: list[Path]) -> str:
+    """SHA-256 over the relative path and bytes of each file, in the order given."""
     h = hashlib.sha256()
-    for f in _hashed_files(extra):
+    for f in files:
         rel = f.relative_to(ROOT) if f.is_relative_to(ROOT) else f
         h.update(str(rel).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def code_digest(extra: tuple[Path, ...] = ()) -> str:
+    """SHA-256 over every hashed file (see the module doc)."""
+    return files_digest(_hashed_files(extra))
 
 
 def _git(*args: str) -> str | None:

@@ -19,7 +19,7 @@ from tests.conftest import ROOT, shared_path
 
 BENCH = ROOT / "benchmarks"
 SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency",
-           "minilm_sst2", "quickstart", "llama_1b", "proof_cost"]
+           "minilm_sst2", "quickstart", "llama_1b", "proof_cost", "decoder_model"]
 PROVENANCE = ("command", "code", "machine", "run")
 
 
