@@ -240,6 +240,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "minilm": (("minilm_sst2.json",), _table("minilm_sst2.json", "minilm_sst2")),
     "proof-cost": (("proof_cost.json",), _table("proof_cost.json", "proof_cost")),
     "decoder-model": (("decoder_model.json",), _table("decoder_model.json", "decoder_model")),
+    "llm-sparsity": (("llm_sparsity.json",), _table("llm_sparsity.json", "llm_sparsity")),
     "minilm-summary": (("minilm_sst2.json",), _minilm_summary),
     "quickstart-sample": (("quickstart.json",), _quickstart_sample),
     "headlines": (("peer_torch_pruning.json", "minilm_sst2.json", "regimes-per-step.json",
