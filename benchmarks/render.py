@@ -241,6 +241,8 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "proof-cost": (("proof_cost.json",), _table("proof_cost.json", "proof_cost")),
     "decoder-model": (("decoder_model.json",), _table("decoder_model.json", "decoder_model")),
     "llm-sparsity": (("llm_sparsity.json",), _table("llm_sparsity.json", "llm_sparsity")),
+    "llm-sparsity-1b": (("llm_sparsity_1b.json",),
+                        _table("llm_sparsity_1b.json", "llm_sparsity_1b")),
     "minilm-summary": (("minilm_sst2.json",), _minilm_summary),
     "quickstart-sample": (("quickstart.json",), _quickstart_sample),
     "headlines": (("peer_torch_pruning.json", "minilm_sst2.json", "regimes-per-step.json",

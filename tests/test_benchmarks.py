@@ -20,7 +20,7 @@ from tests.conftest import ROOT, shared_path
 BENCH = ROOT / "benchmarks"
 SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency",
            "minilm_sst2", "quickstart", "llama_1b", "proof_cost", "decoder_model",
-           "llm_sparsity"]
+           "llm_sparsity", "llm_sparsity_1b"]
 PROVENANCE = ("command", "code", "machine", "run")
 
 
@@ -180,11 +180,12 @@ def test_benchmarks_md_says_what_make_test_runs() -> None:
     ("minilm_sst2", []),
     ("quickstart", []),
     ("llm_sparsity", ["--threads", "1"]),
+    ("llm_sparsity_1b", ["--threads", "1"]),
 ])
 def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -> None:
     if script == "minilm_sst2":
         shared_path("data", "sst2")
-    elif script not in ("quickstart", "llm_sparsity"):
+    elif script not in ("quickstart", "llm_sparsity", "llm_sparsity_1b"):
         shared_path("models", "resnet-cifar10")
         shared_path("data", "cifar10-jpg")
     proc = _run(script, "--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "work"),
