@@ -19,7 +19,8 @@ from tests.conftest import ROOT, shared_path
 
 BENCH = ROOT / "benchmarks"
 SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency",
-           "minilm_sst2", "quickstart", "llama_1b", "proof_cost", "decoder_model"]
+           "minilm_sst2", "quickstart", "llama_1b", "proof_cost", "decoder_model",
+           "llm_sparsity", "llm_sparsity_1b"]
 PROVENANCE = ("command", "code", "machine", "run")
 
 
@@ -178,11 +179,13 @@ def test_benchmarks_md_says_what_make_test_runs() -> None:
     ("conv_efficiency", []),
     ("minilm_sst2", []),
     ("quickstart", []),
+    ("llm_sparsity", ["--threads", "1"]),
+    ("llm_sparsity_1b", ["--threads", "1"]),
 ])
 def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -> None:
     if script == "minilm_sst2":
         shared_path("data", "sst2")
-    elif script != "quickstart":
+    elif script not in ("quickstart", "llm_sparsity", "llm_sparsity_1b"):
         shared_path("models", "resnet-cifar10")
         shared_path("data", "cifar10-jpg")
     proc = _run(script, "--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "work"),
@@ -248,3 +251,16 @@ def test_a_missing_result_file_renders_no_figure(render, tmp_path: Path, monkeyp
     assert block.startswith("No result file `benchmarks/results/overheads.json`")
     assert "python benchmarks/overheads.py" in block and not re.search(r"\d\.\d", block)
     assert "overheads.json" not in render.render_block("sources")
+
+
+def test_llm_sparsity_target_is_a_third_of_magnitudes_increase() -> None:
+    mod = _import("llm_sparsity")
+    ppl = [10.0, 40.0, 20.0, 19.0, 10.0, 12.0, 9.0]  # magnitude's 2:4 increase: none
+    rows = [{"criterion": c, "kind": k, "perplexity": p} for (c, k), p in zip(mod.CELLS, ppl)]
+    check = mod.target_check(rows)
+    assert check["unstructured"]["wanda"]["met"] is True  # 10 / 30: exactly a third
+    assert check["unstructured"]["sparsegpt"]["ratio"] == pytest.approx(0.3)
+    assert check["n:m"]["wanda"] == {"increase": 2.0, "magnitude_increase": 0.0, "ratio": None,
+                                     "met": None}
+    rows[2]["perplexity"] = 20.5
+    assert mod.target_check(rows)["unstructured"]["wanda"]["met"] is False

@@ -11,7 +11,9 @@ their handler, their criteria and one line for ``compress list``:
   and :mod:`~compress.pruning.hf_hidden` (the transformer surgery);
 * ``unstructured`` (:mod:`~compress.pruning.unstructured`) and ``n:m``
   (:mod:`~compress.pruning.nm`): single weights under masks, sharing
-  :mod:`~compress.pruning.masks`.
+  :mod:`~compress.pruning.masks`; their calibrated criteria (wanda, sparsegpt) run block by
+  block in :mod:`~compress.pruning.calibrated` on :mod:`~compress.pruning.calibration`'s
+  streaming, with SparseGPT's numerics in :mod:`~compress.pruning.sparsegpt`.
 
 Beside them: :mod:`~compress.pruning.criteria` (the structured criteria),
 :mod:`~compress.pruning.selection` (which layers may be pruned) and
@@ -24,7 +26,7 @@ Example:
     >>> pruner = build_pruner(net, torch.randn(1, 8), PruningSpec(kind="unstructured", ratio=0.5),
     ...                       [0.5])
     >>> pruner.step_(0.5, torch.randn(4, 8)).unit, pruning_kind("n:m").criteria
-    ('weights', ('l1', 'l2', 'random'))
+    ('weights', ('l1', 'l2', 'random', 'wanda', 'sparsegpt'))
 """
 
 from __future__ import annotations
