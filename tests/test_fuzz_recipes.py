@@ -23,6 +23,7 @@ import contextlib
 import copy
 import math
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import UnionType
@@ -47,6 +48,19 @@ from tests.conftest import ROOT
 
 FACTORY = f"{ROOT}/examples/quickstart/digits_cnn.py:digits_cnn"
 CHECKPOINT = f"{ROOT}/examples/quickstart/digits_cnn.safetensors"
+
+
+def _image_splits() -> str:
+    """An image folder holding train/ and val/ class folders (validate checks the splits a
+    recipe names exist; nothing in them is read)."""
+    root = Path(tempfile.mkdtemp(prefix="fuzz-images-"))
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+    return str(root)
+
+
+IMAGES = _image_splits()
 
 # Deterministic for CI (derandomize, no example database); about 3 s per 200 examples.
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
@@ -150,7 +164,7 @@ POOLS: dict[str, list[dict[str, Any]]] = {
     "data": [{"source": "digits", "train_subset": 64, "val_subset": 32},
              {"source": "digits", "augment": ["random_crop"], "crop_padding": 1,
               "normalize": {"mean": [0.5], "std": [0.25]}, "val_subset": 10},
-             {"source": "imagefolder", "path": str(ROOT), "eval_split": "val", "val_subset": 5},
+             {"source": "imagefolder", "path": IMAGES, "eval_split": "val", "val_subset": 5},
              {"source": "torchvision", "name": "CIFAR10", "path": str(ROOT), "val_subset": 5}],
     "pruning": [{"ratio": 0.5}, {"target": {"macs": 0.5}, "ignored": ["conv1", "re:layer\\d"]},
                 {"kind": "n:m", "n": 2, "m": 4}, {"kind": "unstructured", "ratio": 0.9,

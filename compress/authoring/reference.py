@@ -8,7 +8,7 @@ Example:
     >>> from compress.authoring.reference import list_registries, render_recipe_reference
     >>> dict(list_registries()["Schedules (schedule.kind)"])["one-shot"][:32]
     'One-shot: a single step straight'
-    >>> "| `macs` | `float` | required |" in render_recipe_reference()
+    >>> "| `mean` | `list[float]` | required |" in render_recipe_reference()
     True
 """
 

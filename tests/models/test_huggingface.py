@@ -179,7 +179,7 @@ def test_global_scope_gives_per_block_widths_and_says_so(tiny_folders, tmp_path:
 def test_unsupported_criterion_and_unknown_architecture(tiny_folders) -> None:
     folder, task = tiny_folders["bert"]
     model = _build(folder, task)
-    with pytest.raises(InputError, match="available: l1, l2, random, taylor"):
+    with pytest.raises(InputError, match="available: activation, l1, l2, random, taylor"):
         TransformerPruner(model, example_input(model)[:1], PruningSpec(ratio=0.5,
                                                                        importance="lamp"))
     with pytest.raises(InputError, match="unknown transformer architecture 'nope'"):
