@@ -76,10 +76,11 @@ class HuggingFaceStarter:
         w.key("task", task, "Picked from the data source; the model is loaded with this task's "
               "AutoModel class.")
         fields: dict[str, Any] = {"name": arg, "task": task}
-        self.derives_head_size = _derives_head_size(arg)
+        config = _config(arg)  # read once: a 'module:function' name is called to find it
+        self.derives_head_size = _derives_head_size(config)
         if task == "causal-lm":
             return fields
-        has_head = _has_head(arg, task)
+        has_head = _has_head(config, task)
         classes = request.num_classes
         if classes is not None:
             fields["num_classes"] = classes
@@ -155,19 +156,20 @@ def _config(name: str) -> dict[str, Any] | None:
         return None
 
 
-def _derives_head_size(name: str) -> bool | None:
-    """Whether the model's config derives the head size from hidden_size / heads."""
+def _derives_head_size(config: dict[str, Any] | None) -> bool | None:
+    """Whether ``config`` derives the head size from hidden_size / heads; None when it cannot
+    be told (no local config, a model type without a layout)."""
     from compress.pruning.hf_layout import LAYOUTS
 
-    model_type = (_config(name) or {}).get("model_type")
+    model_type = (config or {}).get("model_type")
     if not isinstance(model_type, str) or model_type not in LAYOUTS:
         return None
     return not LAYOUTS.get(model_type).head_dim_in_config
 
 
-def _has_head(name: str, task: str) -> bool | None:
-    """Whether a local model folder has a head for ``task``; None when it cannot be told."""
-    config = _config(name)
+def _has_head(config: dict[str, Any] | None, task: str) -> bool | None:
+    """Whether the model of a local ``config`` has a head for ``task``; None when it cannot be
+    told (no local config)."""
     if config is None:
         return None
     suffix = {"sequence-classification": "ForSequenceClassification",
