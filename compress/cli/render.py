@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.report.figures import key_figures
+from compress.report.markdown import architecture_words
 from compress.report.proof import proof_cell
 
 __all__ = ["apply_summary", "print_inspection", "print_registries", "print_comparison"]
@@ -106,6 +107,20 @@ def print_inspection(info: dict[str, Any]) -> None:
     for g in info["groups"]:
         groups.add_row(g["root"], str(g["channels"]), ", ".join(g["members"]))
     console.print(groups)
+    searched = info.get("params_target")
+    if searched:
+        table = Table(title=f"pruning.target.params {searched['target']:g}: candidates "
+                            f"(score: {searched['score']}, lowest chosen)")
+        for col in ("candidate", "architecture", "params", "score", "skipped because"):
+            table.add_column(col)
+        for c in searched["candidates"]:
+            table.add_row(c["name"] + (" (chosen)" if c["name"] == searched["chosen"] else ""),
+                          architecture_words(c.get("architecture")),
+                          "n/a" if c.get("params") is None else
+                          f"{c['params']:,} (-{c['params_reduction']:.2%})",
+                          "n/a" if c.get("score") is None else f"{c['score']:.4g}",
+                          c.get("skipped") or "")
+        console.print(table)
     steps = Table(title="predicted after each step (no training)")
     timed = info.get("latency_table")
     for col in ("step", "target", "MACs", "params", "MACs reduction",

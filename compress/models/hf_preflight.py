@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from compress.recipe.pruning import PruningSpec
     from compress.recipe.sources import ModelSpec
 
-__all__ = ["hf_code", "hf_model_type", "hf_notes", "read_local_config"]
+__all__ = ["hf_code", "hf_model_type", "hf_notes", "read_local_config", "local_block_count"]
 
 
 def read_local_config(spec: ModelSpec, resolve: Callable[[str], Path]) -> dict[str, Any] | None:
@@ -50,6 +50,17 @@ def hf_model_type(spec: ModelSpec, pruning: PruningSpec,
     config = read_local_config(spec, resolve)
     model_type = config.get("model_type") if config is not None else None
     return model_type if isinstance(model_type, str) else None
+
+
+def local_block_count(spec: ModelSpec, resolve: Callable[[str], Path]) -> int | None:
+    """The number of blocks a local folder's ``config.json`` gives (the key GPT-2 and
+    DistilBERT use too); None when there is no local config or it names no count."""
+    config = read_local_config(spec, resolve)
+    for key in ("num_hidden_layers", "n_layer", "n_layers"):
+        value = (config or {}).get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _own_code(config: dict[str, Any]) -> list[str]:

@@ -29,9 +29,9 @@ from compress.errors import InputError
 from compress.hf_names import resolve_hf_name
 from compress.models import MODEL_SOURCES
 from compress.models.checkpoint import check_weights
-from compress.models.hf_preflight import hf_code, hf_model_type, hf_notes
+from compress.models.hf_preflight import hf_code, hf_model_type, hf_notes, local_block_count
 from compress.models.hf_starter import HuggingFaceStarter
-from compress.pruning.hf_depth import drop_blocks_
+from compress.pruning.hf_depth import block_count, drop_blocks_
 from compress.pruning.hf_hidden import cut_hidden_, stream
 from compress.pruning.hf_layout import LAYOUTS, blocks, remove_units_, unsupported_sentence
 
@@ -201,11 +201,16 @@ class HuggingFaceSource(HuggingFaceStarter):
 
     def check_pruning(self, spec: ModelSpec, pruning: PruningSpec,
                       resolve: Callable[[str], Path]) -> None:
-        """Refuse removing heads/neurons of a model type without a layout, before any run (a
-        local ``config.json`` is read; a hub id is checked once the model is built)."""
+        """Refuse removing heads/neurons of a model type without a layout, and more blocks
+        (``pruning.blocks``) than the model has, before any run (a local ``config.json`` is
+        read; a hub id is checked once the model is built)."""
         model_type = hf_model_type(spec, pruning, resolve)
         if model_type is not None and model_type not in LAYOUTS:
             raise InputError(unsupported_sentence(model_type))
+        if model_type is not None and pruning.blocks is not None:
+            layers = local_block_count(spec, resolve)
+            if layers is not None:
+                block_count(pruning.blocks, layers)  # the pruner's own sentence if refused
 
     def check(self, spec: Any) -> None:
         if spec.task not in TASKS:

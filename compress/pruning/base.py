@@ -148,11 +148,20 @@ def check_ratio_or_target(spec: Any) -> None:
 
 def check_transformer_fractions(spec: Any, *, structured: bool) -> None:
     """``heads``, ``ffn`` and ``hidden`` only with structured pruning; beside a MACs target,
-    the search needs one of ``heads`` and ``ffn`` left to it."""
+    the search needs one of ``heads`` and ``ffn`` left to it; a params target sets them all
+    (and the blocks), with local scope."""
     if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None
             or getattr(spec, "blocks", None) is not None) and not structured:
         raise ValueError("'heads', 'ffn', 'hidden' and 'blocks' need kind: structured (they "
                          "scale with the schedule like the ratio does)")
+    if spec.target is not None and spec.target.params is not None:
+        given = [k for k in ("heads", "ffn", "hidden", "blocks") if getattr(spec, k) is not None]
+        if given:
+            raise ValueError(f"with target params, leave {' and '.join(given)} out: the search "
+                             f"picks the width and depth that meet it")
+        if spec.scope != "local":
+            raise ValueError("target params needs scope: local (a stock transformers config "
+                             "holds one width for all blocks)")
     if spec.target is not None and spec.heads is not None and spec.ffn is not None:
         raise ValueError("with 'target', leave 'heads' or 'ffn' out: the search sets its "
                          "fraction to meet the target (a fraction given keeps its value)")

@@ -10,7 +10,8 @@ The proof's reference is the model run with those blocks bypassed (:func:`bypass
 returns its input unchanged); the drop (:func:`drop_blocks_`) must reproduce it. Dropping
 renumbers every ``layer_idx`` (the KV cache is indexed by it) and rewrites the config: the
 layer count and the per-layer lists (``layer_types``, ``no_rope_layers``; Qwen's
-``max_window_layers`` counts the kept layers below it).
+``max_window_layers`` counts the kept layers below it). :func:`block_count` turns
+``pruning.blocks`` into a count (``compress validate`` checks it against a local config too).
 
 Example:
     >>> from torch import nn
@@ -30,9 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.errors import InputError
 from compress.pruning.calibration import BlockInputs, stream_blocks
 
-__all__ = ["block_importance", "bypassed", "drop_blocks_", "PER_LAYER_LISTS"]
+__all__ = ["block_importance", "block_count", "bypassed", "drop_blocks_", "PER_LAYER_LISTS"]
 
 # Config lists with one entry per block.
 PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
@@ -118,3 +120,18 @@ def drop_blocks_(stack: nn.ModuleList, config: Any, drop: Sequence[int]) -> None
     window = getattr(config, "max_window_layers", None)
     if isinstance(window, int):
         config.max_window_layers = sum(1 for i in kept if i < window)
+
+
+def block_count(blocks: int | float | None, n: int) -> int:
+    """Blocks to remove by the end of the schedule: ``blocks`` as a count or a fraction of
+    ``n``; :class:`InputError` when none would be left."""
+    if blocks is None:
+        return 0
+    count = blocks if isinstance(blocks, int) else round(blocks * n)
+    if count == 0:  # a fraction too small to remove even one block would silently do nothing
+        raise InputError(f"pruning.blocks: {blocks} of the model's {n} blocks rounds to none; "
+                         f"give at least {1 / n:.3g} or a count")
+    if count >= n:
+        raise InputError(f"pruning.blocks: {blocks} would remove all {n} blocks of the model; "
+                         f"give at most {n - 1}")
+    return count

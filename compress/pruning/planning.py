@@ -184,7 +184,8 @@ def solve_ratio_for_macs(model: nn.Module, example_inputs: torch.Tensor, spec: P
     return best, cache[best]
 
 
-_WHAT = {"macs": "MACs", "latency": "latency predicted from the latency table"}
+_WHAT = {"macs": "MACs", "latency": "latency predicted from the latency table",
+         "params": "parameters"}
 
 
 def _advice(model: nn.Module, spec: PruningSpec) -> str:
@@ -238,6 +239,9 @@ def channel_ratios(model: nn.Module, example: torch.Tensor, pruning: PruningSpec
     which times layers and models: ``compress apply`` and ``compress inspect`` make one)."""
     if pruning.target is None:
         return list(targets)
+    if pruning.target.params is not None:  # it also picks the fractions: see params_plan
+        raise InputError("pruning.target.params is planned by compress apply and compress "
+                         "inspect; use pruning.target.macs here")
     if pruning.target.latency is not None:
         if latency is None:
             raise InputError("pruning.target.latency is planned from a latency table, which "

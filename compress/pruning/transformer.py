@@ -29,7 +29,7 @@ from compress.errors import InputError
 from compress.pruning.base import StepRecord, prove_removals_, scheduled_step
 from compress.pruning.criteria import IMPORTANCE, transformer_criteria
 from compress.pruning.hf_activation import ActivationStats, activation_stats
-from compress.pruning.hf_depth import bypassed, drop_blocks_
+from compress.pruning.hf_depth import block_count, bypassed, drop_blocks_
 from compress.pruning.hf_hidden import Stream, cut_hidden_, masked_norms, stream, zero_hidden_
 from compress.pruning.hf_layout import (
     LAYOUTS,
@@ -40,7 +40,7 @@ from compress.pruning.hf_layout import (
     unsupported_sentence,
     zero_units_,
 )
-from compress.pruning.transformer_plan import TransformerPlanner, block_count
+from compress.pruning.transformer_plan import TransformerPlanner
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["TransformerPruner", "is_transformer", "refuse_without_layout"]

@@ -32,7 +32,7 @@ from compress.pruning.hf_depth import block_importance
 from compress.pruning.hf_hidden import Stream, stream
 from compress.pruning.hf_layout import Block, blocks
 
-__all__ = ["TransformerPlanner", "block_count"]
+__all__ = ["TransformerPlanner"]
 
 log = logging.getLogger("compress.pruning.transformer")  # the pruner's log, one place
 
@@ -222,17 +222,3 @@ class TransformerPlanner:
             plan += [(b, kind, sorted(chosen[b.index])) for b in all_blocks if b.index in chosen]
         return plan
 
-
-def block_count(blocks: int | float | None, n: int) -> int:
-    """Blocks to remove by the end of the schedule: ``blocks`` as a count or a fraction of
-    ``n``; :class:`InputError` when none would be left."""
-    if blocks is None:
-        return 0
-    count = blocks if isinstance(blocks, int) else round(blocks * n)
-    if count == 0:  # a fraction too small to remove even one block would silently do nothing
-        raise InputError(f"pruning.blocks: {blocks} of the model's {n} blocks rounds to none; "
-                         f"give at least {1 / n:.3g} or a count")
-    if count >= n:
-        raise InputError(f"pruning.blocks: {blocks} would remove all {n} blocks of the model; "
-                         f"give at most {n - 1}")
-    return count

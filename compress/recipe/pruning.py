@@ -19,14 +19,23 @@ __all__ = ["Target", "PruningSpec", "ScheduleSpec"]
 
 
 class Target(Section):
-    # Exactly one resource to reduce: macs (counted) or latency (measured). No docstring: the
-    # schema takes the description of PruningSpec.target.
+    # Exactly one resource to reduce: macs or params (counted) or latency (measured). No
+    # docstring: the schema takes the description of PruningSpec.target.
     macs: float | None = Field(None, gt=0, lt=1, description="Fraction of MACs to remove (0.5 "
                                "halves them).", examples=[0.5])
     latency: float | None = Field(None, gt=0, lt=1, description="Fraction of the measured "
                                   "latency to remove (0.5 = 2x faster), timed on the engine, "
                                   "threads and largest batch size the report times "
                                   "(onnxruntime on the CPU).", examples=[0.5])
+    params: float | None = Field(None, gt=0, lt=1, description="Transformers: fraction of "
+                                 "the model's parameters to remove (0.5 halves them). A few "
+                                 "width/depth candidates that meet it (heads and FFN neurons; "
+                                 "FFN neurons only; with the hidden size; whole blocks; blocks "
+                                 "and width) are pruned on a copy and scored on the "
+                                 "calibration samples (perplexity for causal LMs, else the KL "
+                                 "divergence from the unpruned outputs), before any recovery; "
+                                 "the best is kept and every candidate is in the report.",
+                                 examples=[0.5])
     latency_table: str | None = Field(None, description="With latency: a JSON file of layer "
                                       "timings and the widths planned from them. Missing, it "
                                       "is measured here and written; given, another machine "
@@ -39,9 +48,9 @@ class Target(Section):
 
     @model_validator(mode="after")
     def _one_resource(self) -> Target:
-        if (self.macs is None) == (self.latency is None):
-            raise ValueError("give exactly one of 'macs' (e.g. 0.5) or 'latency' (e.g. 0.5: "
-                             "2x faster)")
+        if sum(v is not None for v in (self.macs, self.latency, self.params)) != 1:
+            raise ValueError("give exactly one of 'macs' (e.g. 0.5), 'latency' (e.g. 0.5: "
+                             "2x faster) or 'params' (e.g. 0.5)")
         if self.latency_table is not None and self.latency is None:
             raise ValueError("'latency_table' goes with a 'latency' target")
         return self
@@ -53,7 +62,7 @@ class Target(Section):
             >>> Target(latency=0.5).value()
             0.5
         """
-        value = self.macs if self.macs is not None else self.latency
+        value = next((v for v in (self.macs, self.latency, self.params) if v is not None), None)
         assert value is not None, "checked by _one_resource"
         return value
 
@@ -78,11 +87,13 @@ class PruningSpec(Section):
     ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of channels (weights "
                                 "for unstructured) to remove from each prunable group (local) "
                                 "or overall (global).", examples=[0.5])
-    target: Target | None = Field(None, description="Reach a resource target (MACs, or "
-                                  "latency measured on onnxruntime) instead of a ratio; the "
-                                  "channel ratio (transformers: the fraction of heads and FFN "
-                                  "neurons not given; MACs only) is found by search.",
-                                  examples=[{"macs": 0.5}, {"latency": 0.5}])
+    target: Target | None = Field(None, description="Reach a resource target (MACs, "
+                                  "latency measured on onnxruntime, or transformers' "
+                                  "parameters) instead of a ratio; the channel ratio "
+                                  "(transformers: the fraction of heads and FFN neurons not "
+                                  "given; MACs only) is found by search, and a params target "
+                                  "also picks the width/depth mix.",
+                                  examples=[{"macs": 0.5}, {"latency": 0.5}, {"params": 0.5}])
     ignored: list[str] = Field(default_factory=list, description="Module names whose output "
                                "channels are kept; 're:' prefixes a regular expression.",
                                examples=[["linear", "re:layer\\d\\.\\d+\\.conv2"]])

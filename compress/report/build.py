@@ -159,6 +159,8 @@ def build_report(recipe: Recipe, *, baseline: dict[str, Any], steps: list[dict[s
         "speedup_per_macs_reduction": headline / macs_ratio if headline else None,
         "finetune_epochs_total": sum(s["finetune_epochs"] for s in steps),
         "steps": steps,
+        **({"params_target": searched} if (searched := next(
+            (s["params_target"] for s in steps if s.get("params_target")), None)) else {}),
         **({"baseline_widths": widths} if widths else {}),
         "parity": {**exported["parity"],
                    **({"hf": hf["parity"]} if hf and hf.get("saved") else {})},

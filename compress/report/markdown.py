@@ -18,8 +18,8 @@ from typing import Any
 from compress.report.figures import environment_rows, human_count, megabytes, signed_points
 from compress.report.proof import proof_cell, tolerance_words
 
-__all__ = ["render_markdown", "gates_markdown", "latency_target_lines", "human_count",
-           "zeroes_weights"]
+__all__ = ["render_markdown", "gates_markdown", "latency_target_lines", "params_target_lines",
+           "architecture_words", "human_count", "zeroes_weights"]
 
 # The unit a step records when it masks weights inside dense tensors (unstructured, n:m); a
 # step that removes whole channels, heads or neurons records those instead.
@@ -93,6 +93,51 @@ def latency_target_lines(plan: Mapping[str, Any] | None) -> list[str]:
             lines.append(f"| {name} | {cells} |")
         lines.append("")
     return lines
+
+
+def architecture_words(arch: Mapping[str, Any] | None) -> str:
+    """A candidate's architecture in a few words (``n/a`` when it was not pruned).
+
+    Example:
+        >>> architecture_words({"blocks": 3, "heads": 8, "kv_heads": 2, "ffn": 96,
+        ...                     "hidden": 64})
+        '3 blocks, 8 heads (2 k/v), FFN 96, hidden 64'
+    """
+    if not arch:
+        return "n/a"
+    kv = f" ({arch['kv_heads']} k/v)" if arch.get("kv_heads") != arch.get("heads") else ""
+    hidden = f", hidden {arch['hidden']}" if arch.get("hidden") is not None else ""
+    return f"{arch['blocks']} blocks, {arch['heads']} heads{kv}, FFN {arch['ffn']}{hidden}"
+
+
+def params_target_lines(plan: Mapping[str, Any] | None) -> list[str]:
+    """The report's section on a params target: every width/depth candidate, its architecture,
+    parameters and calibration score before recovery (or why it was skipped), the chosen one
+    in bold.
+
+    Example:
+        >>> lines = params_target_lines({"target": 0.5, "chosen": "depth", "score": "s",
+        ...     "base_params": 10, "calibration_samples": 4, "candidates": [{"name": "depth",
+        ...     "architecture": None, "params": 5, "params_reduction": 0.5, "score": 2.0,
+        ...     "skipped": None}]})
+        >>> lines[-2]
+        '| **depth** | n/a | 5 (-50.00 %) | 2 |  |'
+    """
+    if not plan:
+        return []
+    lines = ["## Parameter target", "",
+             f"Remove {plan['target']:.1%} of the {human_count(plan['base_params'])} "
+             f"parameters; chosen: **{plan['chosen']}**, the lowest {plan['score']} "
+             f"({plan['calibration_samples']} samples, after pruning, before recovery).", "",
+             "| candidate | architecture | params | score | skipped because |",
+             "|---|---|---|---|---|"]
+    for c in plan["candidates"]:
+        name = f"**{c['name']}**" if c["name"] == plan["chosen"] else c["name"]
+        params = ("n/a" if c.get("params") is None else
+                  f"{human_count(c['params'])} ({-100 * c['params_reduction']:+.2f} %)")
+        lines.append(f"| {name} | {architecture_words(c.get('architecture'))} | {params} | "
+                     f"{_fmt(c.get('score'))} | {c.get('skipped') or ''} |")
+    return lines + [""]
 
 
 def _speed(value: float | None) -> str:
@@ -173,6 +218,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"Measured speedup ÷ MACs reduction: **{eff:.2f}** (1.0 = every MAC removed "
                   f"turned into time saved; onnxruntime, largest batch).", ""]
     lines += latency_target_lines(report.get("latency_target"))
+    lines += params_target_lines(report.get("params_target"))
     steps = report.get("steps") or []
     if steps:
         lines += ["## Pruning steps", "",

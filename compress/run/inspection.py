@@ -1,7 +1,8 @@
 """``compress inspect``: a dry run of a recipe, without training.
 
 It builds the model and the dependency graph, lists the pruning groups and what each ``ignored``
-pattern matched, and predicts per-layer widths, parameters and MACs after each scheduled step
+pattern matched (and a params target's width/depth candidates, scored as apply scores them),
+and predicts per-layer widths, parameters and MACs after each scheduled step
 by pruning a throw-away copy. With ``sensitivity`` it also prunes each group alone at a few
 ratios and measures the accuracy drop on a small evaluation subset.
 
@@ -24,12 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.data.calibration import calibration_batches
 from compress.errors import InputError
 from compress.measure.counts import count_macs_params
 from compress.measure.evaluate import evaluate
 from compress.progress import report_phase
 from compress.pruning import build_pruner
-from compress.pruning.planning import channel_ratios, gradient_free
+from compress.pruning.calibrated import Calibration
+from compress.pruning.params_plan import plan_pruning
+from compress.pruning.planning import gradient_free
 from compress.pruning.selection import resolve_ignored
 from compress.pruning.transformer import TransformerPruner, is_transformer
 from compress.recipe.pruning import PruningSpec
@@ -52,7 +56,10 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
                    eval_samples: int = 512) -> dict[str, Any]:
     """Groups, pattern matches and predicted per-step widths/params/MACs (no training)."""
     check_recipe(recipe)
-    prepared = prepare(recipe, train=False)
+    target = recipe.pruning.target
+    by_params = target is not None and target.params is not None
+    # A params target scores its candidates on the calibration samples (train split default).
+    prepared = prepare(recipe, train=by_params)
     bundle, model, example = prepared.bundle, prepared.model.eval(), prepared.probe[:1]
     macs, params = count_macs_params(model, example)
     pruning = gradient_free(recipe.pruning.model_copy(update={"verify": False}),
@@ -66,13 +73,20 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     trial = copy.deepcopy(model)
     # A latency target is planned from the layer table alone: a dry run times no model.
     planner = latency_planner(recipe, tuple(prepared.probe.shape[1:]), closed_loop=False)
-    ratios_per_step = channel_ratios(model, example, pruning, targets, planner)
+    calibration = (calibration_batches(bundle, recipe.calibration, recipe.seed) if by_params
+                   else None)
+    pruning, ratios_per_step, searched = plan_pruning(model, example, pruning, targets, planner,
+                                                      calibration)
+    if searched is not None:
+        info["params_target"] = searched
     pruner = build_pruner(trial, example, pruning, ratios_per_step)
+    if calibration and hasattr(pruner, "use_calibration"):
+        pruner.use_calibration(Calibration(calibration))  # blocks ranked as apply ranks them
     steps = []
-    for i, (target, ratio) in enumerate(zip(targets, ratios_per_step), start=1):
+    for i, (goal, ratio) in enumerate(zip(targets, ratios_per_step), start=1):
         record = pruner.step_(ratio, example)
         m, p = count_macs_params(trial, example)
-        steps.append({"step": i, "target": target, "ratio": ratio, "macs": m, "params": p,
+        steps.append({"step": i, "target": goal, "ratio": ratio, "macs": m, "params": p,
                       "macs_reduction": 1 - m / macs, "params_reduction": 1 - p / params,
                       "layers": record.layers})
         if planner is not None:

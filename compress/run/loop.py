@@ -32,7 +32,7 @@ from compress.pruning import build_pruner
 from compress.pruning.base import Pruner, StepRecord
 from compress.pruning.calibrated import Calibration
 from compress.pruning.masks import load_state_
-from compress.pruning.planning import channel_ratios
+from compress.pruning.params_plan import plan_pruning
 from compress.recipe.pruning import PruningSpec, ScheduleSpec
 from compress.recipe.stages import FinetuneSpec
 from compress.schedules import plan_targets
@@ -99,14 +99,21 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     activation) and for depth pruning, which ranks blocks on them;
     ``block_checkpoints(step)`` is the folder where such a step keeps its finished blocks, so
     that a killed step resumes from them.
-    ``latency``: the planner of a latency target (see :func:`channel_ratios`).
+    ``latency``: the planner of a latency target (see
+    :func:`~compress.pruning.planning.channel_ratios`). A params target picks its width/depth
+    mix on the calibration samples; the first step's row records every candidate it scored
+    (``params_target``).
     """
     base_macs, base_params = count_macs_params(model, example)
     targets = plan_targets(schedule, pruning.final_target())
-    if resume is not None and resume.ratios is not None and len(resume.ratios) == len(targets):
+    searched: dict[str, Any] | None = None  # a params target's candidates
+    by_params = pruning.target is not None and pruning.target.params is not None
+    if (resume is not None and resume.ratios is not None and len(resume.ratios) == len(targets)
+            and not by_params):  # a params target's choice is not in the ratios: redone
         ratios = list(resume.ratios)  # the search is deterministic: its result was kept
     else:
-        ratios = channel_ratios(model, example, pruning, targets, latency)
+        pruning, ratios, searched = plan_pruning(model, example, pruning, targets, latency,
+                                                 calibration)
         if on_ratios is not None:
             on_ratios(ratios)
     pruner = build_pruner(model, example, pruning, ratios)
@@ -167,6 +174,8 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
                 phase.result = f"top-1 {metrics['accuracy']:.2f} %"
         macs, params = count_macs_params(model, example)
         row = _row(i, target, ratio, record, stats, metrics, macs, params, base_macs, base_params)
+        if i == 1 and searched is not None:
+            row["params_target"] = searched
         rows.append(row)
         log.info("step %d/%d: target %.3f, MACs -%.1f%%, accuracy %s", i, len(targets), target,
                  100 * row["macs_reduction"],

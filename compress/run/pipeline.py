@@ -209,9 +209,12 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                           recipe.finetune.checkpoint_every)
 
     calibration = None
-    # Depth pruning ranks blocks on the calibration samples (else on the probe batch).
+    # Depth pruning ranks blocks on the calibration samples (else on the probe batch); a
+    # params target scores its candidates on them.
+    target = recipe.pruning.target
     if (criterion_of(recipe.pruning.importance).needs_calibration
-            or recipe.pruning.blocks is not None):
+            or recipe.pruning.blocks is not None
+            or (target is not None and target.params is not None)):
         calibration = calibration_batches(bundle, recipe.calibration, recipe.seed)
 
     planner = latency_planner(recipe, tuple(probe.shape[1:]))
