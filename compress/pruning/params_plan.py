@@ -6,18 +6,20 @@ The candidates that can meet the budget:
 * ``width``: heads and FFN neurons, one fraction found by the MACs target's search
   (:func:`~compress.pruning.planning.solve_ratio_for_macs`, counting parameters instead);
 * ``ffn``: FFN neurons only, the fraction searched the same way;
-* ``width+hidden``: the hidden size too, by half the target (configs that derive the head size
-  from hidden / heads lose heads by the same share, the FFN fraction is searched; Llama-style
-  configs search heads and FFN together);
+* ``width+hidden``: the hidden size by half the target (at least one ``round_to``) and the FFN
+  fraction searched; configs that derive the head size from hidden / heads lose heads by the
+  hidden size's share, Llama-style ones keep their heads (their config class wants the hidden
+  size a multiple of the head count);
 * ``depth``: the fewest whole blocks that hold the share;
 * ``depth+width``: half those blocks, heads and FFN searched for the rest.
 
 Each is pruned once more on a copy, with the recipe's criterion and the calibration samples,
 and scored on those samples before any recovery: a causal LM's perplexity, otherwise the KL
 divergence of the outputs from the unpruned model's. The lowest score wins. A candidate that
-cannot meet the budget, that the pruner refuses, or whose result a stock transformers config
-cannot express is skipped with its reason. Every candidate is recorded (the first step's row,
-``report.json``'s ``params_target``). Only the model and one pruned copy are held at a time.
+cannot meet the budget, that the pruner refuses, whose result a stock transformers config
+cannot express, or that prunes to an architecture already scored is skipped with its reason.
+Every candidate is recorded (the first step's row, ``report.json``'s ``params_target``).
+Only the model and one pruned copy are held at a time.
 
 Example:
     >>> depth_blocks([10, 12, 10, 10], total=60, share=0.3)  # 18 parameters: two blocks
@@ -90,9 +92,11 @@ def candidates(model: nn.Module, spec: PruningSpec, share: float) -> list[Candid
         out.append(Candidate("width+hidden", skipped=f"the hidden size of "
                              f"{model.hf.config.model_type} {model.task} models is not pruned"))
     else:
-        h = round(share / 2, 4)
-        out.append(Candidate("width+hidden", {"hidden": h} if model.layout.head_dim_in_config
-                             else {"heads": h, "hidden": h}))
+        # Half the target, but at least one round_to unit of channels (else it rounds away).
+        unit = 8 if spec.round_to == "auto" else spec.round_to
+        h = round(max(share / 2, unit / model.hidden_width()), 4)
+        out.append(Candidate("width+hidden", {"heads": 0.0 if model.layout.head_dim_in_config
+                                              else h, "hidden": h}))
     if depth is None:
         out.append(Candidate("depth", search=False, skipped=f"it would take every one of the "
                              f"{n} blocks"))
@@ -196,7 +200,11 @@ def plan_params(model: nn.Module, example: torch.Tensor, spec: PruningSpec,
                     params = count_params(trial)
                     row.update(ratio=ratio, architecture=_architecture(trial), params=params,
                                params_reduction=1 - params / total)
-                    if pruner.config_problems:
+                    twin = next((r["name"] for r in rows if r["skipped"] is None
+                                 and r["architecture"] == row["architecture"]), None)
+                    if twin is not None:  # e.g. a hidden share that rounds to no channel
+                        c.skipped = f"it prunes to the same architecture as {twin}"
+                    elif pruner.config_problems:
                         c.skipped = ("a stock transformers config cannot express it: "
                                      + "; ".join(pruner.config_problems))
                     else:

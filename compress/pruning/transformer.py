@@ -254,7 +254,8 @@ class TransformerPruner(TransformerPlanner):
         if width is not None:
             s = stream(model.hf, model.layout, blocks(model.hf, model.layout))
             members = ([names[m] for m in s.embeddings + s.norms]
-                       + [f"{names[m]} (in)" for m in s.readers + [s.square]]
+                       + [f"{names[m]} (in)" for m in s.readers + [s.square]
+                          if m is not None]  # decoders have no square head layer
                        + [f"{names[m]} (out)" for m in s.writers])
             out.append({"root": "hidden size (pruning.hidden)", "channels": width,
                         "members": sorted(members)})

@@ -107,7 +107,8 @@ def architecture_words(arch: Mapping[str, Any] | None) -> str:
         return "n/a"
     kv = f" ({arch['kv_heads']} k/v)" if arch.get("kv_heads") != arch.get("heads") else ""
     hidden = f", hidden {arch['hidden']}" if arch.get("hidden") is not None else ""
-    return f"{arch['blocks']} blocks, {arch['heads']} heads{kv}, FFN {arch['ffn']}{hidden}"
+    blocks = f"{arch['blocks']} block{'' if arch['blocks'] == 1 else 's'}"
+    return f"{blocks}, {arch['heads']} heads{kv}, FFN {arch['ffn']}{hidden}"
 
 
 def params_target_lines(plan: Mapping[str, Any] | None) -> list[str]:

@@ -52,9 +52,13 @@ def test_params_target_meets_the_budget_and_keeps_the_best_scored_candidate() ->
     for r in scored:  # the budget within the search's tolerance (channel rounding), stated
         assert r["params_reduction"] >= 0.3 - record["tolerance"] and r["skipped"] is None
         assert r["params"] == round(base * (1 - r["params_reduction"]))
-    # 6 of 8 query heads beside hidden 56 or 64: LlamaConfig refuses it, so no stock folder.
-    assert "config cannot express" in rows["width+hidden"]["skipped"]
-    assert rows["width+hidden"]["score"] is None
+    # 6 of 8 query heads beside hidden 64: LlamaConfig refuses it, so it is not scored.
+    assert rows["depth+width"]["architecture"]["heads"] == 6
+    assert "config cannot express" in rows["depth+width"]["skipped"]
+    assert rows["depth+width"]["score"] is None
+    # Llama-style configs keep their heads when the hidden size shrinks (at least round_to).
+    assert rows["width+hidden"]["architecture"]["hidden"] == 56
+    assert rows["width+hidden"]["architecture"]["heads"] == 8
     assert rows["depth"]["architecture"]["blocks"] == 2 and rows["depth"]["fixed"]["blocks"] == 2
 
     # The run prunes the chosen mix with the proof, and gets the architecture that was scored.
