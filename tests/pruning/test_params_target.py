@@ -119,3 +119,29 @@ def test_bad_params_targets_are_refused_at_their_path(pruning: dict, message: st
         parse_recipe({"version": 1, "model": {"source": "cifar_resnet", "name": "resnet20"},
                       "data": {"source": "digits"}, "pruning": pruning})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_classifier_is_scored_by_the_kl_divergence_from_its_unpruned_outputs(
+        tmp_path) -> None:
+    from tests.hf_models import build_tiny, example_input, save_tiny
+
+    model = build_tiny(*save_tiny("bert", tmp_path / "bert"))
+    x = example_input(model)
+    calibration = [x[:2], x[2:]]
+    with torch.no_grad():
+        before = [model(c).log_softmax(-1) for c in calibration]
+    chosen, ratios, record = plan_params(model, x[:1], PruningSpec(target={"params": 0.01}),
+                                         [0.01], calibration)
+    assert record["score"].startswith("KL divergence")
+    rows = {r["name"]: r for r in record["candidates"]}
+    # BERT derives the head size from hidden / heads: fewer heads alone is not expressible.
+    assert "derive the head size" in rows["width"]["skipped"]
+    best = rows[record["chosen"]]
+    assert best["score"] == min(r["score"] for r in rows.values() if r["score"] is not None)
+    pruner = TransformerPruner(model, x[:1], chosen, cumulative_ratios=ratios)
+    pruner.use_calibration(Calibration(calibration))
+    pruner.step_(ratios[-1], x)
+    with torch.no_grad():  # KL(before || after) per sample, summed over the classes
+        kl = sum(float((b.exp() * (b - model(c).log_softmax(-1))).sum())
+                 for b, c in zip(before, calibration)) / len(x)
+    assert best["score"] == pytest.approx(kl, rel=1e-5, abs=1e-7)
