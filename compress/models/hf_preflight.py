@@ -123,7 +123,9 @@ def hf_notes(spec: ModelSpec, pruning: PruningSpec, resolve: Callable[[str], Pat
     # With a MACs target the search sets the head fraction unless heads is given.
     heads = pruning.heads if pruning.heads is not None else (pruning.ratio or "searched")
     hidden = pruning.hidden or 0.0
-    if heads and heads != hidden and not layout.head_dim_in_config:
+    # A params target keeps only results a stock config can express (it picks the fractions).
+    by_params = pruning.target is not None and pruning.target.params is not None
+    if heads and heads != hidden and not layout.head_dim_in_config and not by_params:
         shown = heads if isinstance(heads, str) else f"{heads:g}"
         fix = ("Set pruning.hidden equal to pruning.heads (both shrink, the head size "
                "stays), or pruning.heads: 0 to prune FFN neurons only, to keep hf/"

@@ -97,3 +97,23 @@ def test_validate_refuses_more_blocks_than_the_local_config_has(tmp_path: Path) 
     recipe["pruning"]["blocks"] = 3
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     assert invoke(["validate", path], cwd=tmp_path).exit_code == 0
+
+
+def test_validate_does_not_warn_of_an_unloadable_head_size_under_a_params_target(
+        tmp_path: Path) -> None:
+    from compress.models.hf_preflight import hf_notes
+    from compress.recipe.pruning import PruningSpec
+    from compress.recipe.sources import ModelSpec
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert",
+                                                    "num_hidden_layers": 2}))
+    spec = ModelSpec(source="huggingface", name=str(folder), task="sequence-classification")
+
+    def notes(**pruning: object) -> str:
+        return " ".join(hf_notes(spec, PruningSpec(**pruning), Path))
+
+    assert "derive the head size" in notes(target={"macs": 0.5})
+    # The params target skips the mixes a stock config cannot express (and says which).
+    assert "derive the head size" not in notes(target={"params": 0.5})
