@@ -117,3 +117,40 @@ def test_validate_does_not_warn_of_an_unloadable_head_size_under_a_params_target
     assert "derive the head size" in notes(target={"macs": 0.5})
     # The params target skips the mixes a stock config cannot express (and says which).
     assert "derive the head size" not in notes(target={"params": 0.5})
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing catches it, so the status stays 'running'."""
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_first_step_resumes_with_the_same_choice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import compress.run.folder
+    from compress.run.folder import read_status
+
+    folder = _llama_folder(tmp_path)
+    recipe = _recipe(tmp_path, folder, {"target": {"params": 0.2}})
+    recipe["schedule"] = {"kind": "iterative", "steps": 2}
+    out = tmp_path / "run"
+    real = compress.run.folder.write_text_atomic
+
+    def write(path: Path, text: str) -> None:
+        real(path, text)
+        if path == out / "steps" / "01" / "state.json":
+            raise Killed(str(path))
+
+    monkeypatch.setattr(compress.run.folder, "write_text_atomic", write)
+    with pytest.raises(Killed):
+        run_recipe(parse_recipe(recipe, base_dir=tmp_path), out)
+    monkeypatch.undo()
+    first = json.loads((out / "steps" / "01" / "state.json").read_text())
+    result = run_recipe(parse_recipe(recipe, base_dir=tmp_path), out, resume=True)
+    assert read_status(out)["state"] == "done"
+    plan = result.report["params_target"]
+    best = next(c for c in plan["candidates"] if c["name"] == plan["chosen"])
+    # The search is redone on resume (the ratios alone do not say which mix was chosen) and
+    # chooses the same: the last step lands on the scored architecture.
+    assert result.report["compressed"]["params"] == best["params"]
+    assert [s["step"] for s in result.report["steps"]] == [1, 2]
+    assert first["rows"][0]["params_target"] == plan
