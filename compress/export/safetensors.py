@@ -71,17 +71,9 @@ def layer_attrs(module: nn.Module) -> dict[str, Any] | None:
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with pruning masks folded in (``w_orig * w_mask`` saved as ``w``)."""
-    state = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
-            continue
-        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
-            base = key[: -len("_orig")]
-            out[base] = value * state[base + "_mask"]
-        else:
-            out[key] = value
+    """The state dict as plain CPU tensors, one storage each (pruning masks are zeros in the
+    weights already: :mod:`compress.pruning.mask_store`)."""
+    out = model.state_dict()
     # Tied weights (e.g. embeddings shared with the LM head) share storage, which
     # safetensors refuses: later names get their own copy.
     seen: set[int] = set()

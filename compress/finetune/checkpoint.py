@@ -4,7 +4,7 @@ A step's fine-tune saves a :class:`Snapshot` every ``finetune.checkpoint_every``
 the training data, and when SIGINT/SIGTERM asks the run to stop (after the current batch), into
 ``steps/NN/finetune-SSSSSS/`` (``SSSSSS``: optimizer steps taken in that fine-tune):
 
-* ``model.safetensors``: the weights as trained (pruning masks not folded in);
+* ``model.safetensors``: the weights as trained (pruned ones zero);
 * ``weights.safetensors``: the patience best weights and the divergence rollback weights;
 * ``optimizer.pt``: optimizer and LR schedule state (read back with ``weights_only=True``);
 * ``rng.safetensors``: the random states now, and before the current pass's loader iterator;

@@ -125,9 +125,10 @@ def _load_block(path: Path, tensors: Sequence[Any]) -> dict[str, torch.Tensor] |
 
 def prune_in_blocks_(model: nn.Module, tensors: Sequence[Any], calibration: Calibration, *,
                      prune_one: PruneOne, restore_one: RestoreOne, hessian: bool,
-                     saves_weights: bool) -> dict[str, torch.Tensor]:
-    """Prune every tensor (``key``, ``module``, ``original()``), block by block; returns the
-    keep masks by key. ``hessian``: gather Hessians (SparseGPT) besides column norms;
+                     saves_weights: bool) -> int:
+    """Prune every tensor (``key``, ``module``, ``original()``), block by block; returns how
+    many. ``prune_one`` installs each mask as it is chosen: no more than one block's masks are
+    held here at a time. ``hessian``: gather Hessians (SparseGPT) besides column norms;
     ``saves_weights``: the criterion changes kept weights, so checkpoints hold them too."""
     owner: dict[int, int] = {}
     stack = model_blocks(model)
@@ -136,25 +137,25 @@ def prune_in_blocks_(model: nn.Module, tensors: Sequence[Any], calibration: Cali
     by_block: dict[int, list[Any]] = {}
     for t in tensors:
         by_block.setdefault(owner.get(id(t.module), -1), []).append(t)
-    keeps: dict[str, torch.Tensor] = {}
+    done = 0
     device = next(model.parameters()).device
     batches = [b.to(device) for b in calibration.batches]
 
     def visit(index: int, block: nn.Module, inputs: BlockInputs) -> None:
+        nonlocal done
         mine = by_block.get(index, [])
+        done += len(mine)
         path = calibration.checkpoints / f"{index:02d}.safetensors" \
             if calibration.checkpoints is not None else None
         saved = _load_block(path, mine) if path is not None and mine else None
         if saved is not None:
             for t in mine:
-                keeps[t.key] = saved[f"{t.key}.keep"].to(device)
-                restore_one(t, keeps[t.key], saved.get(f"{t.key}.weight"))
+                restore_one(t, saved[f"{t.key}.keep"].to(device), saved.get(f"{t.key}.weight"))
             log.debug("block %d: restored from %s", index, path)
             phase.advance(message=f"block {index} restored from its checkpoint")
             return
         stats = _gather(block, inputs, mine, hessian)
-        for t in mine:
-            keeps[t.key] = prune_one(t, stats.pop(t.key))
+        keeps = {t.key: prune_one(t, stats.pop(t.key)) for t in mine}
         if path is not None and mine:
             out = {f"{t.key}.keep": keeps[t.key].cpu().contiguous() for t in mine}
             if saves_weights:
@@ -180,10 +181,11 @@ def prune_in_blocks_(model: nn.Module, tensors: Sequence[Any], calibration: Cali
             finally:
                 model.train(was_training)
             for t in rest:
-                keeps[t.key] = prune_one(t, stats.pop(t.key))
+                prune_one(t, stats.pop(t.key))
+            done += len(rest)
             phase.advance(message=f"layers outside the blocks: {len(rest)}")
-        phase.result = f"{len(keeps)} layers pruned"
-    return keeps
+        phase.result = f"{done} layers pruned"
+    return done
 
 
 def weight_rows(t: Any) -> torch.Tensor:
@@ -203,16 +205,16 @@ class CalibratedCriteria:
         """The samples (and block checkpoint folder) of the next step."""
         self._calibration = calibration
 
-    def _calibrated_keeps(self, target_ratio: float) -> list[torch.Tensor]:
+    def _calibrated_prune_(self, target_ratio: float) -> None:
         """Every tensor's keep mask, chosen and installed block by block."""
         self_: Any = self
         assert self._calibration is not None, "use_calibration before the step"
         sparsegpt = self_.spec.importance == "sparsegpt"
-        keeps = prune_in_blocks_(
+        done = prune_in_blocks_(
             self_.model, self_._tensors, self._calibration,
             prune_one=lambda t, stats: self._prune_one(t, stats, target_ratio),
             restore_one=self._restore_one, hessian=sparsegpt, saves_weights=sparsegpt)
-        return [keeps[t.key] for t in self_._tensors]
+        assert done == len(self_._tensors), (done, len(self_._tensors))
 
     def _prune_one(self, t: Any, stats: LayerStats, target_ratio: float) -> torch.Tensor:
         self_: Any = self
@@ -226,7 +228,7 @@ class CalibratedCriteria:
             else:
                 assert stats.hessian is not None
                 try:
-                    keep = sparsegpt_(rows, stats.hessian.matrix, pattern,
+                    keep = sparsegpt_(rows, stats.hessian.matrix, pattern, consume=True,
                                       damping=spec.sparsegpt_damping, block=spec.sparsegpt_block)
                 except torch.linalg.LinAlgError:
                     raise InputError(f"sparsegpt: the Hessian of {t.key!r} is not positive "

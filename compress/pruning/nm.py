@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -77,15 +77,13 @@ class NMPruner(MaskPruner):
         w = w.movedim(self._in_dim(t.module), -1)
         return w.reshape(*w.shape[:-1], -1, self.spec.m)
 
-    def _keeps(self, target_ratio: float) -> list[torch.Tensor]:
-        keeps = []
-        for t in self._tensors:
+    def _keeps(self, target_ratio: float) -> Iterator[torch.Tensor]:
+        for t in self._tensors:  # one tensor's scores at a time
             blocks = self._blocks(t, self._scores(t))
             keep = torch.zeros_like(blocks, dtype=torch.bool)
             keep.scatter_(-1, blocks.topk(self.spec.n, dim=-1).indices, True)  # exactly n
             shape = t.original().movedim(self._in_dim(t.module), -1).shape
-            keeps.append(keep.reshape(shape).movedim(-1, self._in_dim(t.module)))
-        return keeps
+            yield keep.reshape(shape).movedim(-1, self._in_dim(t.module))
 
     def _check_pattern(self, target_ratio: float) -> None:
         for t in self._tensors:

@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -64,17 +66,20 @@ class UnstructuredPruner(MaskPruner):
         keep[scores.flatten().topk(k, largest=False).indices] = False
         return keep.view(scores.shape)
 
-    def _keeps(self, target_ratio: float) -> list[torch.Tensor]:
+    def _keeps(self, target_ratio: float) -> Iterator[torch.Tensor]:
+        if self.spec.scope == "local":  # one tensor's scores at a time
+            for t in self._tensors:
+                s = self._scores(t)
+                yield self._lowest_off(s, round(target_ratio * s.numel()))
+            return
         scores = [self._scores(t) for t in self._tensors]
-        if self.spec.scope == "local":
-            return [self._lowest_off(s, round(target_ratio * s.numel())) for s in scores]
         flat = torch.cat([s.flatten().to(scores[0].device) for s in scores])
         parts = self._lowest_off(flat, round(target_ratio * flat.numel())).split(
             [s.numel() for s in scores])
-        return [p.view(s.shape).to(s.device) for p, s in zip(parts, scores, strict=True)]
+        yield from (p.view(s.shape).to(s.device) for p, s in zip(parts, scores, strict=True))
 
     def _check_pattern(self, target_ratio: float) -> None:
-        counts = [(t.key, t.pruned(), t.original().numel()) for t in self._tensors]
+        counts = [(t.key, self._pruned(t), t.original().numel()) for t in self._tensors]
         if self.spec.scope == "global":
             counts = [("all prunable tensors", sum(c[1] for c in counts), self._total)]
         for key, pruned, n in counts:

@@ -42,7 +42,7 @@ from compress.measure.latency import Candidate, headline_speedup, measure_latenc
 from compress.progress import report_phase
 from compress.pruning.base import Pruner, StepRecord
 from compress.pruning.latency_plan import LatencyPlanner
-from compress.pruning.masks import folded_copy
+from compress.pruning.masks import export_copy
 from compress.pruning.transformer import is_transformer
 from compress.recipe.base import criterion_of
 from compress.recipe.spec import Recipe
@@ -193,7 +193,7 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
     def write_model(m: nn.Module) -> Callable[[Path], dict[str, Any] | None]:
         def write(step_dir: Path) -> dict[str, Any] | None:
             if recipe.export.steps == "all":
-                return export_model(folded_copy(m), step_dir, recipe.export, model_spec, probe,
+                return export_model(export_copy(m), step_dir, recipe.export, model_spec, probe,
                                     serving)
             save_safetensors(m, step_dir, model_spec, tuple(probe.shape[1:]))
             return None
