@@ -21,7 +21,7 @@ Writes ``benchmarks/results/llm_sparsity[-tiny].{json,md}``.
 the script, whose perplexities mean nothing.
 
 Example:
-    >>> ppl = [10.0, 40.0, 18.0, 16.0, 70.0, 40.0, 25.0]  # dense, then CELLS' order
+    >>> ppl = [10.0, 40.0, 18.0, 16.0, 70.0, 40.0, 25.0, 30.0]  # dense, then CELLS' order
     >>> rows = [{"criterion": c, "kind": k, "perplexity": p} for (c, k), p in zip(CELLS, ppl)]
     >>> check = target_check(rows)
     >>> round(check["unstructured"]["wanda"]["ratio"], 3), check["n:m"]["wanda"]["met"]
@@ -47,9 +47,13 @@ from provenance import peak_rss_mib  # noqa: E402
 
 __all__ = ["CELLS", "TARGET", "run_cell", "target_check", "render_result"]
 
+# "l2-row": magnitude ranked within each output row (scope: row), Wanda's comparison group
+# without the activation norms; it tells the group's share of Wanda's result from theirs.
 CELLS = [("dense", None), ("l2", "unstructured"), ("wanda", "unstructured"),
-         ("sparsegpt", "unstructured"), ("l2", "n:m"), ("wanda", "n:m"), ("sparsegpt", "n:m")]
-SHOWN = {"l2": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "dense": "dense"}
+         ("sparsegpt", "unstructured"), ("l2", "n:m"), ("wanda", "n:m"), ("sparsegpt", "n:m"),
+         ("l2-row", "unstructured")]
+SHOWN = {"l2": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "dense": "dense",
+         "l2-row": "magnitude per row"}
 TARGET = 1 / 3  # the papers' claim: a third of magnitude's perplexity increase, at most
 
 
@@ -78,7 +82,9 @@ def run_cell(model_dir: Path, corpus: Path, splits: tuple[str, str], criterion: 
     row: dict[str, Any] = {"criterion": criterion, "kind": kind, "prune_s": None,
                            "sparsity": 0.0, "proof": None}
     if kind is not None:
-        extra = {"ratio": 0.5} if kind == "unstructured" else {}
+        extra: dict[str, Any] = {"ratio": 0.5} if kind == "unstructured" else {}
+        if criterion == "l2-row":
+            criterion, extra["scope"] = "l2", "row"
         spec = PruningSpec(kind=kind, importance=criterion, **extra)
         probe = data.probe_batch(2)
         t = time.perf_counter()
@@ -161,7 +167,10 @@ def render_result(r: dict[str, Any]) -> str:
             f"tokens from the `{r['splits'][0]}` split; one step, no fine-tuning; every cell a "
             f"process of its own (its peak RSS is its own). Target (the papers'): the increase "
             f"of Wanda and SparseGPT at most a third of magnitude's at the same sparsity: "
-            f"{verdict}. Sparse engine: {r['sparse_engine']}.\n\n"
+            f"{verdict}. Magnitude per row ranks each output row's weights by magnitude, "
+            f"half of every row pruned: Wanda's comparison group without its activation "
+            f"norms, to tell the group's part in Wanda's result from theirs. Sparse engine: "
+            f"{r['sparse_engine']}.\n\n"
             + fmt_table(["criterion", "sparsity", "perplexity", "increase",
                          "increase ÷ magnitude's", "pruned-layer sparsity", "prune s",
                          "cell wall s", "peak RSS MiB"], table))

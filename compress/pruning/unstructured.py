@@ -1,5 +1,7 @@
 """The ``unstructured`` kind: the smallest (or random) single weights masked to zero, locally
-per tensor or globally, up to a cumulative fraction of the original.
+per tensor, per output row (``scope: row``, the comparison group of Wanda, here by magnitude
+alone: it tells what the group does apart from the activations) or globally, up to a
+cumulative fraction of the original.
 
 Example:
     >>> from torch import nn
@@ -21,7 +23,7 @@ from torch import nn
 
 from compress.errors import CheckFailed
 from compress.pruning.base import PRUNING_KINDS, check_ratio_or_target, check_transformer_fractions
-from compress.pruning.calibrated import weight_rows
+from compress.pruning.calibrated import is_conv1d, weight_rows
 from compress.pruning.masks import (
     NORM_LAYERS,
     MaskedTensor,
@@ -30,7 +32,7 @@ from compress.pruning.masks import (
     is_dense,
     mask_kind,
 )
-from compress.pruning.sparsegpt import RowPattern, row_counts
+from compress.pruning.sparsegpt import RowPattern, prune_lowest, row_counts
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["UnstructuredPruner"]
@@ -66,11 +68,23 @@ class UnstructuredPruner(MaskPruner):
         keep[scores.flatten().topk(k, largest=False).indices] = False
         return keep.view(scores.shape)
 
+    @staticmethod
+    def _row_keep(t: MaskedTensor, scores: torch.Tensor, target_ratio: float) -> torch.Tensor:
+        """The keep mask pruning the same share of every output row (a 1-D tensor is one
+        row; a convolution's row is an output channel's whole kernel)."""
+        conv1d = is_conv1d(t.module) and scores.dim() == 2
+        rows = (scores.T if conv1d else scores).reshape(scores.shape[-1] if conv1d else
+                                                        (scores.shape[0] if scores.dim() > 1
+                                                         else 1), -1)
+        keep = ~prune_lowest(rows, RowPattern(counts=row_counts(*rows.shape, target_ratio)))
+        return keep.T.contiguous() if conv1d else keep.view(scores.shape)
+
     def _keeps(self, target_ratio: float) -> Iterator[torch.Tensor]:
-        if self.spec.scope == "local":  # one tensor's scores at a time
+        if self.spec.scope in ("local", "row"):  # one tensor's scores at a time
             for t in self._tensors:
                 s = self._scores(t)
-                yield self._lowest_off(s, round(target_ratio * s.numel()))
+                yield self._row_keep(t, s, target_ratio) if self.spec.scope == "row" \
+                    else self._lowest_off(s, round(target_ratio * s.numel()))
             return
         scores = [self._scores(t) for t in self._tensors]
         flat = torch.cat([s.flatten().to(scores[0].device) for s in scores])

@@ -102,9 +102,11 @@ class PruningSpec(Section):
                                             "(onnxruntime's CPU block on AVX2; AVX-512 CPUs "
                                             "block by 16, see BENCHMARKS.md).",
                                             examples=[8, "auto"])
-    scope: Literal["local", "global"] = Field("local", description="Rank channels (or "
-                                              "weights) within each layer (local) or across "
-                                              "all layers (global).", examples=["global"])
+    scope: Literal["local", "global", "row"] = Field(
+        "local", description="Rank channels (or weights) within each layer (local), across all "
+        "layers (global), or, for unstructured magnitude and random, weights within each "
+        "output row (row: every row loses the same share, as wanda ranks).",
+        examples=["global"])
     n: int = Field(2, gt=0, description="n:m kind: weights kept in each block.", examples=[2])
     m: int = Field(4, gt=1, description="n:m kind: block size along the input dimension.",
                    examples=[4])
@@ -186,6 +188,11 @@ class PruningSpec(Section):
         if self.importance not in kind.criteria:
             raise ValueError(f"{self.kind} pruning supports importance "
                              f"{', '.join(kind.criteria)} (got {self.importance!r})")
+        if self.scope == "row" and (self.kind != "unstructured"
+                                    or self.importance not in ("l1", "l2", "random")):
+            raise ValueError("scope: row ranks single weights by magnitude (or at random) "
+                             "within each output row; it goes with kind: unstructured and "
+                             "importance l1, l2 or random")
         kind.check(self)
         return self
 

@@ -354,3 +354,38 @@ def test_finalize_leaves_positive_zeros_where_pruned():
     zeros = torch.cat([m.weight[m.weight == 0] for m in model.modules()
                        if isinstance(m, nn.Linear)])
     assert len(zeros) > 0 and not torch.signbit(zeros).any()
+
+
+@pytest.mark.parametrize("which", list(MODELS))
+def test_row_scope_prunes_the_same_share_of_every_output_row(which):
+    factory, shape, _ = MODELS[which]
+    model = factory().eval()
+    probe = _probe(shape)
+    spec = PruningSpec(kind="unstructured", ratio=0.75, scope="row", prune_biases=True)
+    pruner = UnstructuredPruner(model, probe[:1], spec, cumulative_ratios=[0.5, 0.75])
+    modules = dict(model.named_modules())
+    previous: dict[str, torch.Tensor] = {}
+    for target in (0.5, 0.75):
+        assert pruner.step_(target, probe).proof == "proven"
+        masked = _masked(pruner)
+        for name, was in masked.items():
+            weight = modules[name].weight
+            rows = was.reshape(weight.shape[0], -1)  # an output channel's whole kernel
+            per_row = rows.sum(dim=1)
+            assert int(per_row.max() - per_row.min()) <= 1
+            assert int(per_row.sum()) == round(target * weight.numel())
+            kept = weight.detach().abs().reshape(weight.shape[0], -1)
+            for r in range(len(rows)):  # the smallest of each row go
+                if rows[r].any() and (~rows[r]).any():
+                    assert kept[r][~rows[r]].min() >= kept[r][rows[r]].max()
+            if name in previous:
+                assert was[previous[name]].all()
+        previous = masked
+    assert any(k.endswith(".bias") for k in pruner.sparsity()["layers"])
+
+
+def test_row_scope_goes_with_unstructured_magnitude_only():
+    for bad in ({"kind": "n:m"}, {"kind": "structured", "ratio": 0.5},
+                {"kind": "unstructured", "ratio": 0.5, "importance": "wanda"}):
+        with pytest.raises(ValueError, match="scope: row ranks single weights"):
+            PruningSpec(scope="row", **bad)
