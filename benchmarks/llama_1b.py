@@ -1,12 +1,14 @@
 """Prune a ~1.1B-parameter Llama-style model on a CPU within a memory budget (issue: scale).
 
 Random init from a config (hidden 2048, 22 blocks, 32 query / 4 kv heads, FFN 5632), then:
-25 % of FFN neurons and 25 % of query heads removed in one proven step, ``save_pretrained``
+25 % of FFN neurons and 25 % of query heads (and, when asked, a share of the hidden size and
+whole blocks, ranked on the probe batch) removed in one proven step, ``save_pretrained``
 in safetensors shards with a stock ``from_pretrained`` reload compared on a probe, and ONNX
 export with external data (the model is over the 2 GB protobuf limit) checked by
 onnxruntime on a short sequence. Peak RSS is read from the kernel (``getrusage``) at the end.
 
     python benchmarks/llama_1b.py --heads 0.5 --ffn 0.25   # the real size (tens of minutes)
+    python benchmarks/llama_1b.py --hidden 0.25 --blocks 4  # hidden size and depth too
     python benchmarks/llama_1b.py --tiny --heads 0.5       # seconds; what the test runs
 
 Writes benchmarks/results/llama_1b[-tiny].{json,md} (command, code version, machine, load,
@@ -55,6 +57,8 @@ def render_result(r: dict[str, Any]) -> str:
             ["query / kv heads per block", f"{b['num_attention_heads']} / "
              f"{b['num_key_value_heads']}", f"{r['heads_after']} / {r['kv_heads_after']}"],
             ["FFN width", str(b["intermediate_size"]), str(r["ffn_after"])],
+            ["hidden size", str(b["hidden_size"]), str(a["hidden_size"])],
+            ["blocks", str(b["num_hidden_layers"]), str(a["num_hidden_layers"])],
             ["proof (zeroed ≡ removed), max abs diff", "", f"{r['proof_max_abs_diff']:.2e}"],
             ["stock `from_pretrained(hf/)` vs in memory", "",
              f"{r['hf']['parity']:.2e} ({len(r['shards'])} shards)" if r["hf"].get("saved")
@@ -66,7 +70,8 @@ def render_result(r: dict[str, Any]) -> str:
                                        for k, v in r["times"].items()).rstrip(",")]]
     return (f"Random init, hidden {b['hidden_size']}, {b['num_hidden_layers']} blocks, "
             f"head_dim {b['head_dim']}, vocab {b['vocab_size']}, fp32; after pruning: "
-            f"{a['num_attention_heads']} query heads, FFN {a['intermediate_size']}.\n\n"
+            f"{a['num_attention_heads']} query heads, FFN {a['intermediate_size']}, hidden "
+            f"{a['hidden_size']}, {a['num_hidden_layers']} blocks.\n\n"
             + fmt_table(["", "before", "after"], rows))
 
 
@@ -75,6 +80,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=16)
     parser.add_argument("--heads", type=float, default=0.25, help="query-head fraction removed")
     parser.add_argument("--ffn", type=float, default=0.25, help="FFN-neuron fraction removed")
+    parser.add_argument("--hidden", type=float, default=0.0,
+                        help="hidden-size fraction removed (0: kept)")
+    parser.add_argument("--blocks", type=int, default=0, help="whole blocks removed")
     add_common_args(parser)
     args = parser.parse_args()
     start(args)
@@ -106,8 +114,10 @@ def main() -> None:
     macs0, _ = count_macs_params(model, probe[:1])
 
     t = time.perf_counter()
+    extra: dict[str, Any] = {"hidden": args.hidden} if args.hidden else {}
+    extra |= {"blocks": args.blocks} if args.blocks else {}
     pruner = TransformerPruner(model, probe[:1], PruningSpec(ratio=0.25, heads=args.heads,
-                                                             ffn=args.ffn))
+                                                             ffn=args.ffn, **extra))
     record = pruner.step_(0.25, probe)
     times["prune_s"] = time.perf_counter() - t
     macs1, params1 = count_macs_params(model, probe[:1])
@@ -131,7 +141,8 @@ def main() -> None:
 
     rss = peak_rss_mib()
     result = {
-        "heads_removed": args.heads, "ffn_removed": args.ffn,
+        "heads_removed": args.heads, "ffn_removed": args.ffn, "hidden_removed": args.hidden,
+        "blocks_removed": args.blocks,
         "config_before": config_before, "config_after": _config_dict(model.hf.config),
         "params_before": params0, "params_after": params1, "fp32_gib_before": fp32_gib,
         "macs_before_seq": macs0, "macs_after_seq": macs1, "seq": args.seq,
