@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from compress.recipe.load import apply_overrides, load_recipe, parse_recipe
 from compress.recipe.pruning import PruningSpec, ScheduleSpec
 from compress.recipe.spec import Recipe
 from compress.recipe.stages import FinetuneSpec
-from compress.run.loop import run_schedule_
+from compress.run.loop import CALIBRATION_HINT, run_schedule_
 from compress.run.pipeline import Result, run_recipe
 
 __all__ = ["apply", "load", "prune", "save", "in_python_terms", "Result", "PruneResult"]
@@ -93,6 +93,18 @@ def in_python_terms(sentence: str) -> str:
     for flag, argument in _FLAG_ARGUMENTS:
         sentence = flag.sub(argument, sentence)
     return sentence
+
+
+@contextlib.contextmanager
+def _calibration_in_python_terms() -> Iterator[None]:
+    """prune()'s calibration batches are an argument, not a recipe section."""
+    try:
+        yield
+    except InputError as err:
+        if CALIBRATION_HINT not in str(err):
+            raise
+        raise InputError("prune(): " + str(err).replace(
+            CALIBRATION_HINT, "pass calibration=[input batches]")) from None
 
 
 def _listening(progress: ProgressFn | None) -> contextlib.AbstractContextManager[None]:
@@ -165,6 +177,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
           scope: str = "local", schedule: str | dict[str, Any] = "one-shot",
           heads: float | None = None, ffn: float | None = None, hidden: float | None = None,
           blocks: int | float | None = None,
+          kind: str = "structured", n: int = 2, m: int = 4,
+          calibration: Sequence[torch.Tensor] | None = None,
           train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
           eval_fn: Callable[[nn.Module], dict[str, float] | float] | None = None,
           finetune: dict[str, Any] | FinetuneSpec | None = None,
@@ -177,8 +191,11 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
     a metric (float, or a dict with ``accuracy``) after each step. ``schedule`` is a kind
     (``"one-shot"``) or a dict like the recipe's section
     (``{"kind": "iterative", "steps": 3}``). ``heads``, ``ffn``, ``hidden`` and ``blocks`` are
-    the recipe's transformers fractions (a transformers model is compress's ``HFModel``;
-    ``blocks`` are ranked on the probe). ``progress`` receives a
+    the recipe's transformers fractions (a transformers model is compress's ``HFModel``).
+    ``kind``: ``"structured"``, ``"unstructured"`` (with ``ratio``) or ``"n:m"`` (``n`` of
+    every ``m``). ``calibration``: model inputs (e.g. batches of token ids) for the criteria
+    that read activations (``activation``, ``wanda``, ``sparsegpt``) and to rank ``blocks``
+    (without it blocks are ranked on the probe). ``progress`` receives a
     :class:`~compress.progress.ProgressEvent` as fine-tuning advances.
 
     Example:
@@ -187,15 +204,22 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
         ...             train_loader=train, eval_fn=my_eval)  # doctest: +SKIP
     """
     try:
-        spec = PruningSpec(ratio=ratio, target={"macs": target_macs} if target_macs else None,
+        nm = {"n": n, "m": m} if kind == "n:m" else {}
+        spec = PruningSpec(kind=kind, ratio=ratio,
+                           target={"macs": target_macs} if target_macs else None,
                            importance=importance, ignored=list(ignored), round_to=round_to,
-                           scope=scope, heads=heads, ffn=ffn, hidden=hidden, blocks=blocks)
+                           scope=scope, heads=heads, ffn=ffn, hidden=hidden, blocks=blocks,
+                           **nm)
         sched = ScheduleSpec(kind=schedule) if isinstance(schedule, str) \
             else ScheduleSpec(**schedule)
         ft = finetune if isinstance(finetune, FinetuneSpec) else FinetuneSpec(
             **(finetune or {"epochs": 0}))
     except ValueError as err:
         raise InputError(f"prune(): {err}") from None
+    if calibration is not None and (isinstance(calibration, torch.Tensor) or not all(
+            isinstance(b, torch.Tensor) for b in calibration) or not calibration):
+        raise InputError("prune(): calibration= takes a non-empty list of input batches "
+                         "(tensors), e.g. list(token_ids.split(8))")
     dev = torch.device(device)
     model.to(dev)
     example = example_inputs.to(dev)
@@ -207,10 +231,12 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *,
         return dict(value) if isinstance(value, dict) else {"accuracy": float(value)}
 
     before, _ = count_macs_params(model, example[:1])
-    with _listening(progress):
+    with _listening(progress), _calibration_in_python_terms():
         steps, pruner = run_schedule_(model, example=example[:1],
                                       probe=(probe if probe is not None else example).to(dev),
                                       pruning=spec, schedule=sched, finetune=ft,
-                                      train=train_loader, evaluate_fn=metric, device=dev)
+                                      train=train_loader, evaluate_fn=metric, device=dev,
+                                      calibration=None if calibration is None
+                                      else [b.to(dev) for b in calibration])
     pruner.finalize_()
     return PruneResult(model, steps, before, steps[-1]["macs"], example.detach().cpu())

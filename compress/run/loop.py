@@ -38,7 +38,7 @@ from compress.recipe.stages import FinetuneSpec
 from compress.schedules import plan_targets
 from compress.signals import stop_requested
 
-__all__ = ["run_schedule_", "StepCallback", "CheckpointFactory", "ResumePoint"]
+__all__ = ["run_schedule_", "StepCallback", "CheckpointFactory", "ResumePoint", "CALIBRATION_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ class ResumePoint:
     record: StepRecord | None = None
     source: Path | None = None  # the checkpoint folder, for messages
     ratios: list[float] | None = None  # the interrupted run's MACs search result, if any
+
+
+# What the recipe's user is told to do; the Python API names its own argument instead.
+CALIBRATION_HINT = "provide them (the recipe's calibration section)"
 
 
 def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tensor,
@@ -123,7 +127,7 @@ def run_schedule_(model: nn.Module, *, example: torch.Tensor, probe: torch.Tenso
     calibrated = getattr(pruner, "needs_calibration", False)  # optional in a Pruner
     if calibrated and not calibration:
         raise InputError(f"importance {pruning.importance!r} needs calibration samples; "
-                         f"provide them (the recipe's calibration section)")
+                         f"{CALIBRATION_HINT}")
     rows: list[dict[str, Any]] = []
     done = 0
     if resume is not None:

@@ -176,3 +176,23 @@ def test_a_killed_run_resumes_from_its_blocks_bitwise(tmp_path: Path, monkeypatc
     assert resumed.ok and len(gathered) == 1  # block 0 restored, block 1 computed
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind, importance", [("unstructured", "wanda"), ("n:m", "sparsegpt")])
+def test_the_python_api_prunes_with_calibration_batches(kind, importance,
+                                                        tmp_path: Path) -> None:
+    import compress
+
+    model, x = _llama(tmp_path)
+    extra = {"ratio": 0.5} if kind == "unstructured" else {}
+    result = compress.prune(model, x[:1], kind=kind, importance=importance,
+                            calibration=[x[:3], x[3:]], **extra)
+    assert result.steps[0]["proof"] == "proven"
+    linears = [m for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and "lm_head" not in name]
+    assert all(int((m.weight == 0).sum()) == m.weight.numel() // 2 for m in linears)
+    with pytest.raises(compress.InputError, match=r"needs calibration samples; pass "
+                       r"calibration=\[input batches\]"):
+        compress.prune(model, x[:1], kind=kind, importance=importance, **extra)
+    with pytest.raises(compress.InputError, match="non-empty list of input batches"):
+        compress.prune(model, x[:1], kind=kind, importance=importance, calibration=x, **extra)
