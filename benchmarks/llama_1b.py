@@ -66,6 +66,9 @@ def render_result(r: dict[str, Any]) -> str:
             [f"ONNX ({r['onnx_bytes'] / 1e9:.2f} GB) vs torch", "", f"{r['onnx_parity']:.2e}"],
             ["peak RSS (getrusage)", "", f"{rss:.2f} GiB = {rss / r['fp32_gib_before']:.2f} × "
              "the fp32 model"],
+            ["peak RSS reached by the end of (GiB)", "",
+             ", ".join(f"{k} {v / 1024:.2f}" for k, v in r["peak_rss_after_mib"].items())
+             if r.get("peak_rss_after_mib") else "not measured"],
             ["wall time", "", " ".join(f"{k.removesuffix('_s')} {v:.0f} s,"
                                        for k, v in r["times"].items()).rstrip(",")]]
     return (f"Random init, hidden {b['hidden_size']}, {b['num_hidden_layers']} blocks, "
@@ -107,6 +110,8 @@ def main() -> None:
     model = HFModel(LlamaForCausalLM(config).eval(), "causal-lm")
     model.requires_grad_(False)
     times["init_s"] = time.perf_counter() - t
+    # The kernel's high-water mark after each phase: where the peak was reached.
+    peaks = {"init": peak_rss_mib()["self"]}
     params0 = sum(p.numel() for p in model.parameters())
     fp32_gib = params0 * 4 / 2**30
     probe = torch.randint(0, config.vocab_size, (2, args.seq),
@@ -120,12 +125,14 @@ def main() -> None:
                                                              ffn=args.ffn, **extra))
     record = pruner.step_(0.25, probe)
     times["prune_s"] = time.perf_counter() - t
+    peaks["prune"] = peak_rss_mib()["self"]
     macs1, params1 = count_macs_params(model, probe[:1])
     first = blocks(model.hf, model.layout)[0]
 
     t = time.perf_counter()
     hf_info = save_hf_(model, work, probe, max_shard_size="1GB")
     times["save_pretrained_and_reload_s"] = time.perf_counter() - t
+    peaks["save_pretrained_and_reload"] = peak_rss_mib()["self"]
     gc.collect()
 
     t = time.perf_counter()
@@ -136,6 +143,7 @@ def main() -> None:
     out = session.run(None, {session.get_inputs()[0].name: probe[:1].numpy()})[0]
     onnx_diff = check_parity(reference, out, what="ONNX", atol=1e-3, rtol=1e-3)
     times["onnx_export_and_parity_s"] = time.perf_counter() - t
+    peaks["onnx_export_and_parity"] = peak_rss_mib()["self"]
     del session
     gc.collect()
 
@@ -150,7 +158,7 @@ def main() -> None:
         "proof_max_abs_diff": record.max_abs_diff, "hf": hf_info, "onnx_parity": onnx_diff,
         "onnx_bytes": onnx_size(path),
         "shards": sorted(p.name for p in (work / "hf").glob("*.safetensors")),
-        "times": times, "peak_rss_mib": rss,
+        "times": times, "peak_rss_mib": rss, "peak_rss_after_mib": peaks,
         "peak_rss_over_fp32_size": rss["self"] / 1024 / fp32_gib,
     }
     finish("llama_1b", args.tiny, result, render_result(result), args.out)
