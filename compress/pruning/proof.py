@@ -11,7 +11,11 @@ that raises is named at once. Nothing is lost: every difference of the whole ste
 and a difference the bisection cannot pin on one group still fails the step.
 
 ``strategy="per-group"`` keeps the old way (one pass per group) for comparison
-(``benchmarks/proof_cost.py``) and for models that cannot be snapshotted.
+(``benchmarks/proof_cost.py``) and for models that cannot be snapshotted. A bisection also
+falls back to it when the snapshot (a copy of every parameter, and the parameters it replaces
+kept alive) would take more than a quarter of the memory the machine has available: the
+verdict and the culprit named are the same, at one pass per group instead of a model copy (a
+1.1B decoder's hidden-size step would otherwise hold three models at once).
 
 Example:
     >>> from torch import nn
@@ -24,9 +28,11 @@ Example:
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +43,10 @@ from compress.measure.tolerance import Tolerance, scaled_tolerance
 
 __all__ = ["Proof", "Snapshot", "run_proof", "remove_all_", "first_line", "STRATEGIES"]
 
+log = logging.getLogger(__name__)
+
 STRATEGIES = ("bisect", "per-group")
+SNAPSHOT_SHARE = 0.25  # of the memory available, at most, for a bisection's snapshot
 Removal = tuple[str, Callable[[], None]]
 
 
@@ -198,7 +207,8 @@ def run_proof(model: nn.Module, probe: torch.Tensor, removals: Sequence[Removal]
     with torch.no_grad():
         cmp = _Comparison(model, probe, atol, explain)
         # One group needs no search: the whole step's comparison names it.
-        snapshot = Snapshot(model, also) if strategy == "bisect" and len(removals) > 1 else None
+        bisect = strategy == "bisect" and len(removals) > 1 and _snapshot_fits(model)
+        snapshot = Snapshot(model, also) if bisect else None
         worst = 0.0
         for name, remove in removals:
             _remove(name, remove)
@@ -213,6 +223,31 @@ def run_proof(model: nn.Module, probe: torch.Tensor, removals: Sequence[Removal]
                 _bisect(cmp, snapshot, removals, diff)
             worst = diff
     return Proof(worst, cmp.tolerance, cmp.passes, time.perf_counter() - start, len(removals))
+
+
+def _available_bytes() -> int | None:
+    """The kernel's estimate of the memory available to a new allocation (Linux); None
+    elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _snapshot_fits(model: nn.Module) -> bool:
+    """Whether a :class:`Snapshot` of ``model`` stays within :data:`SNAPSHOT_SHARE` of the
+    available memory (unknown: assumed to)."""
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    available = _available_bytes()
+    if available is None or size <= SNAPSHOT_SHARE * available:
+        return True
+    log.info("proof: a snapshot of the model (%.2f GiB) would exceed %d%% of the %.2f GiB "
+             "available; comparing after every group instead", size / 2**30,
+             round(100 * SNAPSHOT_SHARE), available / 2**30)
+    return False
 
 
 def _bisect(cmp: _Comparison, snapshot: Snapshot, removals: Sequence[Removal],
