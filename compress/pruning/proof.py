@@ -12,10 +12,11 @@ and a difference the bisection cannot pin on one group still fails the step.
 
 ``strategy="per-group"`` keeps the old way (one pass per group) for comparison
 (``benchmarks/proof_cost.py``) and for models that cannot be snapshotted. A bisection also
-falls back to it when the snapshot (a copy of every parameter, and the parameters it replaces
-kept alive) would take more than a quarter of the memory the machine has available: the
-verdict and the culprit named are the same, at one pass per group instead of a model copy (a
-1.1B decoder's hidden-size step would otherwise hold three models at once).
+falls back to it for a model of more than :data:`SNAPSHOT_MAX_BYTES` of parameters and
+buffers, whose snapshot (a copy of every parameter, with the parameters the removals replace
+kept alive) would hold two to three models at once: the verdict and the culprit named are the
+same, at one pass of the small probe per group. The limit is a size, not a share of this
+machine's memory, so a recipe proves its steps the same way everywhere.
 
 Example:
     >>> from torch import nn
@@ -32,7 +33,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ __all__ = ["Proof", "Snapshot", "run_proof", "remove_all_", "first_line", "STRAT
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("bisect", "per-group")
-SNAPSHOT_SHARE = 0.25  # of the memory available, at most, for a bisection's snapshot
+SNAPSHOT_MAX_BYTES = 2**30  # larger models compare after every group (see the docstring)
 Removal = tuple[str, Callable[[], None]]
 
 
@@ -225,28 +225,14 @@ def run_proof(model: nn.Module, probe: torch.Tensor, removals: Sequence[Removal]
     return Proof(worst, cmp.tolerance, cmp.passes, time.perf_counter() - start, len(removals))
 
 
-def _available_bytes() -> int | None:
-    """The kernel's estimate of the memory available to a new allocation (Linux); None
-    elsewhere."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _snapshot_fits(model: nn.Module) -> bool:
-    """Whether a :class:`Snapshot` of ``model`` stays within :data:`SNAPSHOT_SHARE` of the
-    available memory (unknown: assumed to)."""
+    """Whether ``model`` is small enough (:data:`SNAPSHOT_MAX_BYTES`) for a bisection."""
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    available = _available_bytes()
-    if available is None or size <= SNAPSHOT_SHARE * available:
+    if size <= SNAPSHOT_MAX_BYTES:
         return True
-    log.info("proof: a snapshot of the model (%.2f GiB) would exceed %d%% of the %.2f GiB "
-             "available; comparing after every group instead", size / 2**30,
-             round(100 * SNAPSHOT_SHARE), available / 2**30)
+    log.info("proof: the model holds %.2f GiB, over the %.0f GiB a bisection's snapshot may "
+             "copy; comparing after every group instead", size / 2**30,
+             SNAPSHOT_MAX_BYTES / 2**30)
     return False
 
 

@@ -149,16 +149,16 @@ def test_snapshot_restores_shapes_identities_and_hooks() -> None:
     assert not bool((net(torch.ones(1, 4)) == 0).all())
 
 
-def test_a_snapshot_too_large_for_the_memory_compares_after_every_group(monkeypatch) -> None:
+def test_a_model_too_large_for_a_snapshot_compares_after_every_group(monkeypatch) -> None:
     """Same verdict, no model copy: one pass per group instead of a snapshot."""
     import compress.pruning.proof as proof
 
-    lin = nn.Linear(4, 4)
+    lin = nn.Linear(4, 4)  # 80 bytes of parameters
     removals = [(f"g{i}", lambda: None) for i in range(3)]
     assert run_proof(lin, torch.ones(1, 4), removals, atol=1e-6).passes == 2
-    monkeypatch.setattr(proof, "_available_bytes", lambda: 4 * 20 * 3)  # model: 80 bytes
+    monkeypatch.setattr(proof, "SNAPSHOT_MAX_BYTES", 79)
     monkeypatch.setattr(proof, "Snapshot", None)  # never built
     assert run_proof(lin, torch.ones(1, 4), removals, atol=1e-6).passes == 4
-    monkeypatch.setattr(proof, "_available_bytes", lambda: None)  # unknown: snapshot assumed
-    with pytest.raises(TypeError):
-        run_proof(lin, torch.ones(1, 4), removals, atol=1e-6)
+    bad = [("g0", lambda: None), ("g1", lambda: lin.weight.data.add_(1.0)), ("g2", lambda: None)]
+    with pytest.raises(CheckFailed, match="g1"):  # the culprit is still named
+        run_proof(lin, torch.ones(1, 4), bad, atol=1e-6)
