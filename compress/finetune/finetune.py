@@ -56,7 +56,7 @@ from compress.finetune.gpu import channels_last_, compiled
 from compress.finetune.patience import BestWeights, Monitor, ValidateFn
 from compress.finetune.stats import FinetuneStats
 from compress.finetune.trainloop import Fit, fit
-from compress.measure.evaluate import evaluate, task_loss
+from compress.measure.evaluate import IGNORE_INDEX, evaluate, task_loss
 from compress.recipe.stages import FinetuneSpec
 
 __all__ = ["finetune_", "distillation_loss"]
@@ -69,8 +69,11 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
     """``(1 - alpha) * CE(student, target) + alpha * T^2 * KL(p_teacher || p_student)``.
 
     Both distributions are softmaxes at temperature ``T``; the KL is summed over classes and
-    averaged over the batch. ``T^2`` keeps the soft term's gradients on the scale of the hard
-    term's as ``T`` grows (Hinton et al., 2015).
+    averaged over what the cross-entropy averages over: the samples of a classifier, the scored
+    next-token positions of a language model (``(batch, length, vocab)`` logits: position t
+    predicts token t + 1, targets of -100 are padding and not scored), so both terms keep their
+    scale whatever the sequence length. ``T^2`` keeps the soft term's gradients on the scale of
+    the hard term's as ``T`` grows (Hinton et al., 2015).
 
     Example:
         >>> s = torch.tensor([[2.0, 0.0]]); y = torch.tensor([0])
@@ -78,6 +81,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
         0.0
     """
     ce = task_loss(student, target, label_smoothing=label_smoothing)
+    if student.dim() == 3:
+        scored = (target[:, 1:] != IGNORE_INDEX).flatten()
+        student = student[:, :-1].flatten(0, 1)[scored]
+        teacher = teacher[:, :-1].flatten(0, 1)[scored]
     t = temperature
     # float32: a KL of two nearly equal bf16 distributions is mostly rounding error.
     kl = F.kl_div(F.log_softmax(student.float() / t, dim=-1),

@@ -228,6 +228,33 @@ def test_distillation_loss_matches_a_hand_computation() -> None:
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_language_model_distillation_averages_over_scored_next_tokens() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    y = torch.randint(0, 7, (2, 5))
+    y[1, 3:] = -100  # padding: its positions are not scored
+    temp = 2.0
+    kls = []
+    for b in range(2):
+        for pos in range(4):  # position t predicts token t + 1
+            if y[b, pos + 1] == -100:
+                continue
+            ps = torch.softmax(s[b, pos] / temp, -1).tolist()
+            pt = torch.softmax(t[b, pos] / temp, -1).tolist()
+            kls.append(sum(q * math.log(q / p) for p, q in zip(ps, pt)))
+    assert len(kls) == 6
+    expected = temp ** 2 * sum(kls) / len(kls)
+    got = distillation_loss(s, t, y, alpha=1.0, temperature=temp)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # the same tokens in a longer padded batch: the same loss (a mean, not a sum over tokens)
+    longer_s = torch.cat([s, torch.randn(2, 3, 7)], 1)
+    longer_t = torch.cat([t, torch.randn(2, 3, 7)], 1)
+    longer_y = torch.cat([y, torch.full((2, 3), -100)], 1)
+    longer_y[1, 3:] = -100
+    assert distillation_loss(longer_s, longer_t, longer_y, alpha=1.0,
+                             temperature=temp).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_finetune_trains_on_the_distillation_loss_and_never_moves_the_teacher() -> None:
     torch.manual_seed(1)
     teacher = tiny_cnn().train()  # train mode on purpose: BN buffers would move if used so
