@@ -45,7 +45,8 @@ from _common import ROOT, add_common_args, finish, fmt_table, make_parser, start
 from decoder_train import ensure_model  # noqa: E402
 from provenance import peak_rss_mib  # noqa: E402
 
-__all__ = ["CELLS", "TARGET", "run_cell", "target_check", "render_result"]
+__all__ = ["CELLS", "TARGET", "tiny_inputs", "trained_inputs", "run_cell", "target_check",
+           "render_result"]
 
 # "l2-row": magnitude ranked within each output row (scope: row), Wanda's comparison group
 # without the activation norms; it tells the group's share of Wanda's result from theirs.
@@ -124,7 +125,7 @@ def target_check(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return check
 
 
-def _tiny_inputs(work: Path) -> tuple[Path, Path]:
+def tiny_inputs(work: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(ROOT))
     from tests.hf_models import save_tiny
 
@@ -136,6 +137,16 @@ def _tiny_inputs(work: Path) -> tuple[Path, Path]:
     (text / "train.txt").write_text(readme[:half], encoding="utf-8")
     (text / "test.txt").write_text(readme[half:], encoding="utf-8")
     return model_dir, text
+
+
+def trained_inputs() -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
+    """The trained decoder's folder, its corpus, its settings and what a result file records
+    about it (trained first when missing)."""
+    model_dir, corpus, s = ensure_model()
+    training = json.loads((model_dir / "training.json").read_text(encoding="utf-8"))
+    return model_dir, corpus, s, {"kind": "trained decoder (decoder_model.py)", "settings": s,
+                                  "trained": training["trained"],
+                                  "tokens_seen": training["tokens_seen"]}
 
 
 def _met(c: dict[str, Any]) -> str:
@@ -189,15 +200,12 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, tuple[str, str], int,
     """Model folder, text folder, (calibration split, perplexity split), sequence length and
     what the result file records about the model."""
     if args.tiny:
-        model_dir, text = _tiny_inputs(args.work)
+        model_dir, text = tiny_inputs(args.work)
         return model_dir, text, ("train", "test"), 32, {"kind": "random tiny Llama"}
     if args.model is not None and args.corpus is not None:
         return args.model, args.corpus, tuple(args.splits), args.seq_len, {"kind": "given"}
-    model_dir, corpus, s = ensure_model()
-    training = json.loads((model_dir / "training.json").read_text(encoding="utf-8"))
-    return model_dir, corpus, ("calibration", "heldout"), args.seq_len or s["seq"], {
-        "kind": "trained decoder (decoder_model.py)", "settings": s,
-        "trained": training["trained"], "tokens_seen": training["tokens_seen"]}
+    model_dir, corpus, s, about = trained_inputs()
+    return model_dir, corpus, ("calibration", "heldout"), args.seq_len or s["seq"], about
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from tests.conftest import ROOT, shared_path
 BENCH = ROOT / "benchmarks"
 SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency",
            "minilm_sst2", "quickstart", "llama_1b", "proof_cost", "decoder_model",
-           "llm_sparsity", "llm_sparsity_1b"]
+           "llm_sparsity", "llm_sparsity_1b", "decoder_structured"]
 PROVENANCE = ("command", "code", "machine", "run")
 
 
@@ -181,11 +181,12 @@ def test_benchmarks_md_says_what_make_test_runs() -> None:
     ("quickstart", []),
     ("llm_sparsity", ["--threads", "1"]),
     ("llm_sparsity_1b", ["--threads", "1"]),
+    ("decoder_structured", ["--threads", "1"]),
 ])
 def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -> None:
     if script == "minilm_sst2":
         shared_path("data", "sst2")
-    elif script not in ("quickstart", "llm_sparsity", "llm_sparsity_1b"):
+    elif script not in ("quickstart", "llm_sparsity", "llm_sparsity_1b", "decoder_structured"):
         shared_path("models", "resnet-cifar10")
         shared_path("data", "cifar10-jpg")
     proc = _run(script, "--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "work"),
@@ -264,3 +265,34 @@ def test_llm_sparsity_target_is_a_third_of_magnitudes_increase() -> None:
                                      "met": None}
     rows[2]["perplexity"] = 20.5
     assert mod.target_check(rows)["unstructured"]["wanda"]["met"] is False
+
+
+def test_decoder_structured_verdicts_read_the_rows() -> None:
+    mod = _import("decoder_structured")
+    arch = {"blocks": 6}
+    rows = [{"part": "a", "candidate": "w", "importance": "activation", "perplexity": 30.0,
+             "architecture": arch},
+            {"part": "a", "candidate": "w", "importance": "l2", "perplexity": 45.0,
+             "architecture": arch},
+            {"part": "b", "fixed": {"blocks": 1}, "drop": "importance", "perplexity": 20.0,
+             "dropped": [2]},
+            {"part": "b", "fixed": {"blocks": 1}, "drop": "last", "perplexity": 25.0,
+             "dropped": [5]},
+            {"part": "b", "fixed": {"blocks": 2}, "drop": "importance", "perplexity": 26.0,
+             "dropped": [4, 5]},
+            {"part": "b", "fixed": {"blocks": 2}, "drop": "last", "perplexity": 26.0,
+             "dropped": [4, 5]},
+            {"part": "c", "init": "pruned", "candidate": "w", "perplexity": 14.0,
+             "block_losses": [2.6, 2.7, 2.5, 2.8]},
+            {"part": "c", "init": "pruned", "candidate": "d", "perplexity": 13.9,
+             "block_losses": [2.6, 2.6, 2.5, 2.8]},
+            {"part": "c", "init": "random", "candidate": "w", "perplexity": 60.0}]
+    v = mod.verdicts(rows, chosen="w")
+    assert v["importance_met_at_choice"] is True and v["importance"]["w"]["same_architecture"]
+    assert v["depth_met"] is True  # N=2: the same blocks were chosen, a tie is no defeat
+    assert v["distill"] == {"pruned": 14.0, "random": 60.0, "met": True}
+    assert v["choice"]["best"] == "d" and v["choice"]["within_noise"] is True
+    rows[3]["perplexity"] = 19.0  # the last block now beats the ranked one
+    rows[7]["block_losses"] = [2.0, 2.1, 1.9, 2.2]  # and 'd' is clearly better
+    v = mod.verdicts(rows, chosen="w")
+    assert v["depth_met"] is False and v["choice"]["met"] is False

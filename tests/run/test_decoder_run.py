@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -52,3 +53,61 @@ def test_blocks_and_hidden_from_a_recipe(tmp_path: Path, caplog: pytest.LogCaptu
     ids = torch.randint(1000, 2000, (2, 12))
     with torch.no_grad():
         assert (stock(input_ids=ids).logits - load(tmp_path / "run")(ids)).abs().max() < 1e-5
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing catches it."""
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_a_distillation_killed_inside_its_fine_tune_resumes_bitwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from safetensors.torch import load_file
+
+    import compress.finetune.checkpoint as checkpoint
+
+    model_dir, task = save_tiny("llama", tmp_path / "llama")
+    (tmp_path / "train.txt").write_text(" ".join(WORDS * 40), encoding="utf-8")
+    (tmp_path / "test.txt").write_text(" ".join(WORDS[::-1] * 12), encoding="utf-8")
+    recipe = {
+        "version": 1, "name": "tiny-distill",
+        "model": {"source": "huggingface", "name": str(model_dir), "task": task},
+        "data": {"source": "text_lm", "path": str(tmp_path), "max_length": 16,
+                 "batch_size": 8, "eval_batch_size": 16},
+        "calibration": {"samples": 6, "seq_len": 12, "batch_size": 4},
+        "pruning": {"ratio": 0.5, "heads": 0.0, "ffn": 0.5, "importance": "activation"},
+        "finetune": {"epochs": 3, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01,
+                     "checkpoint_every": 1, "distill": {"alpha": 0.5, "temperature": 2.0}},
+        "export": {"onnx": False},
+        "report": {"latency": False},
+    }
+    whole = run_recipe(parse_recipe(recipe, base_dir=tmp_path), tmp_path / "whole")
+    assert whole.ok
+    out = tmp_path / "killed"
+    real = checkpoint.write_snapshot
+    written: list[int] = []
+
+    def write_then_die(folder: Path, snap: Any) -> Any:
+        result = real(folder, snap)
+        written.append(snap.position.step)
+        if len(written) == 2:  # after the second pass over the text: inside the fine-tune
+            raise Killed("killed")
+        return result
+
+    monkeypatch.setattr(checkpoint, "write_snapshot", write_then_die)
+    with pytest.raises(Killed):
+        run_recipe(parse_recipe(recipe, base_dir=tmp_path), out)
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="compress"):
+        resumed = run_recipe(parse_recipe(recipe, base_dir=tmp_path), out, resume=True)
+    assert resumed.ok
+    assert (f"resumed after step 0 of 1, inside step 1's fine-tune after optimizer step "
+            f"{written[1]}\n") in caplog.text
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    first, second = (json.loads((d / "report.json").read_text())["steps"][0]
+                     for d in (tmp_path / "whole", out))
+    assert first["finetune_steps"] == second["finetune_steps"] > written[1]
