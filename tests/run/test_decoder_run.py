@@ -20,19 +20,23 @@ from tests.hf_models import save_tiny
 WORDS = "the cat sat on the mat and the dog ran to the park while a bird sang".split()
 
 
+def _llama_on_text(tmp_path: Path) -> dict[str, Any]:
+    """A tiny Llama, its text and its calibration: the recipe's model, data, calibration."""
+    model_dir, task = save_tiny("llama", tmp_path / "llama")
+    (tmp_path / "train.txt").write_text(" ".join(WORDS * 40), encoding="utf-8")
+    (tmp_path / "test.txt").write_text(" ".join(WORDS[::-1] * 12), encoding="utf-8")
+    return {"model": {"source": "huggingface", "name": str(model_dir), "task": task},
+            "data": {"source": "text_lm", "path": str(tmp_path), "max_length": 16,
+                     "batch_size": 8, "eval_batch_size": 16},
+            "calibration": {"samples": 6, "seq_len": 12, "batch_size": 4}}
+
+
 def test_blocks_and_hidden_from_a_recipe(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                          ) -> None:
     import transformers
 
-    model_dir, task = save_tiny("llama", tmp_path / "llama")
-    (tmp_path / "train.txt").write_text(" ".join(WORDS * 40), encoding="utf-8")
-    (tmp_path / "test.txt").write_text(" ".join(WORDS[::-1] * 12), encoding="utf-8")
-    recipe = {
+    recipe = {**_llama_on_text(tmp_path),
         "version": 1, "name": "tiny-depth",
-        "model": {"source": "huggingface", "name": str(model_dir), "task": task},
-        "data": {"source": "text_lm", "path": str(tmp_path), "max_length": 16,
-                 "batch_size": 8, "eval_batch_size": 16},
-        "calibration": {"samples": 6, "seq_len": 12, "batch_size": 4},
         "pruning": {"ratio": 0.5, "heads": 0.0, "ffn": 0.5, "hidden": 0.5, "blocks": 1,
                     "round_to": 8, "importance": "activation"},
         "finetune": {"epochs": 0},
@@ -67,15 +71,8 @@ def test_a_distillation_killed_inside_its_fine_tune_resumes_bitwise(
 
     import compress.finetune.checkpoint as checkpoint
 
-    model_dir, task = save_tiny("llama", tmp_path / "llama")
-    (tmp_path / "train.txt").write_text(" ".join(WORDS * 40), encoding="utf-8")
-    (tmp_path / "test.txt").write_text(" ".join(WORDS[::-1] * 12), encoding="utf-8")
-    recipe = {
+    recipe = {**_llama_on_text(tmp_path),
         "version": 1, "name": "tiny-distill",
-        "model": {"source": "huggingface", "name": str(model_dir), "task": task},
-        "data": {"source": "text_lm", "path": str(tmp_path), "max_length": 16,
-                 "batch_size": 8, "eval_batch_size": 16},
-        "calibration": {"samples": 6, "seq_len": 12, "batch_size": 4},
         "pruning": {"ratio": 0.5, "heads": 0.0, "ffn": 0.5, "importance": "activation"},
         "finetune": {"epochs": 3, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01,
                      "checkpoint_every": 1, "distill": {"alpha": 0.5, "temperature": 2.0}},
