@@ -14,7 +14,8 @@ own) and prunes through compress's library, the pruners and the proof ``compress
 * **plan**: ``pruning.target: {params: 0.5}`` with activation importance scores its width/depth
   candidates on the calibration samples (compress's params planner) and picks one;
 * **(a) importance**: every scored candidate that keeps all blocks, pruned by ``activation``
-  and by ``l2`` at the same fractions (so the same architecture, checked), no recovery;
+  and by ``l2`` at the same fractions (so the same architecture, checked), no recovery; and
+  each of its pruned dimensions (heads, FFN, hidden) alone at its fraction;
 * **(b) depth**: N blocks dropped as ranked by block importance (``1 - cos``), or the last N
   blocks, for N = 1, 2, half the blocks and the depth candidate's count, no recovery;
 * **(c) distillation**: every scored candidate pruned by activation and then distilled from the
@@ -139,7 +140,8 @@ def _distill(model: Any, teacher: Any, cell: dict[str, Any], corpus: Path, model
                         distill={"alpha": 1.0, "temperature": 1.0})
     torch.manual_seed(cell["seed"])
     stats = finetune_(model, train.train, spec, torch.device("cpu"), teacher=teacher)
-    return {"steps": stats.steps, "tokens": stats.samples * seq, "seconds": stats.seconds,
+    # The fine-tune counts the targets it trained on (y.numel()): a language model's tokens.
+    return {"steps": stats.steps, "tokens": stats.samples, "seconds": stats.seconds,
             "final_loss": stats.final_loss}
 
 
@@ -202,6 +204,18 @@ def run_cell(cell: dict[str, Any], model_dir: Path, corpus: Path, splits: dict[s
     return row
 
 
+def _parts(c: dict[str, Any]) -> list[tuple[str, dict[str, float], float]]:
+    """A width candidate's heads, FFN and hidden fractions one at a time (the others kept),
+    when it prunes more than one of them: which dimension an importance wins or loses on."""
+    fractions = {"heads": c["fixed"].get("heads", c["ratio"]),
+                 "ffn": c["fixed"].get("ffn", c["ratio"]), "hidden": c["fixed"].get("hidden", 0)}
+    pruned = {k: v for k, v in fractions.items() if v}
+    if len(pruned) < 2:
+        return []
+    return [(f"{c['name']}: {k} {v:g} only", {**dict.fromkeys(fractions, 0.0), k: v}, v)
+            for k, v in pruned.items()]
+
+
 def _cells_after(plan: dict[str, Any], steps: int, lr: float) -> list[dict[str, Any]]:
     """(a), (b) and (c)'s cells from the plan's candidates."""
     scored = [c for c in plan["record"]["candidates"] if c["score"] is not None]
@@ -211,9 +225,10 @@ def _cells_after(plan: dict[str, Any], steps: int, lr: float) -> list[dict[str, 
     for c in scored:
         if c["fixed"].get("heads") == 0 and c["fixed"].get("ffn") == 0:
             continue  # depth alone: no channel is ranked, (b) compares its blocks
-        for importance in ("activation", "l2"):
-            cells.append({"kind": "prune", "part": "a", "candidate": c["name"],
-                          "fixed": c["fixed"], "ratio": c["ratio"], "importance": importance})
+        for name, fixed, ratio in [(c["name"], c["fixed"], c["ratio"]), *_parts(c)]:
+            for importance in ("activation", "l2"):
+                cells.append({"kind": "prune", "part": "a", "candidate": name, "fixed": fixed,
+                              "ratio": ratio, "importance": importance})
     n = plan["architecture_before"]["blocks"]
     depth = next((c["fixed"]["blocks"] for c in scored if c["name"] == "depth"), None)
     for k in sorted({1, 2, n // 2, depth or 1} & set(range(1, n))):
@@ -276,7 +291,8 @@ def _widths(values: int | list[int]) -> str:
 def _arch(a: dict[str, Any] | None) -> str:
     if a is None:
         return "-"
-    return (f"{a['blocks']} blocks, {_widths(a['heads'])}/{_widths(a['kv_heads'])} heads, "
+    blocks = f"{a['blocks']} block{'' if a['blocks'] == 1 else 's'}"
+    return (f"{blocks}, {_widths(a['heads'])}/{_widths(a['kv_heads'])} heads, "
             f"FFN {_widths(a['ffn'])}, hidden {a['hidden']}")
 
 
@@ -337,6 +353,7 @@ def render_result(r: dict[str, Any]) -> str:
            + ("within noise" if ch["within_noise"] else "beyond noise"))
     s = r["settings"]
     budget = s["distill_steps"] * s["batch_size"] * s["seq_len"]
+    wins = sum(bool(x["activation_better"]) for x in v["importance"].values())
     return (
         f"Model `{Path(r['model']).name}`: {r['params']:,} parameters, held-out perplexity "
         f"{dense['perplexity']:.2f} ({dense['eval_tokens']:,} scored tokens). Target: "
@@ -352,7 +369,8 @@ def render_result(r: dict[str, Any]) -> str:
                      "calibration ppl", "held-out ppl after distillation"], t1)
         + f"\n**(a) importance at the same architecture**, held-out perplexity before "
         f"recovery: activation beats l2 at the chosen candidate: "
-        f"{_yes(v['importance_met_at_choice'])}.\n\n"
+        f"{_yes(v['importance_met_at_choice'])}; in {wins} of {len(v['importance'])} rows "
+        f"(a candidate's rows ending in 'only' prune one of its dimensions alone).\n\n"
         + fmt_table(["candidate", "architecture", "activation", "l2", "same architecture",
                      "activation better", "wall s", "peak RSS MiB", "l2 wall s",
                      "l2 peak RSS MiB"], t2)
