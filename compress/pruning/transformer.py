@@ -180,16 +180,19 @@ class TransformerPruner(TransformerPlanner):
                 # The reference: the dropped blocks bypassed (each returns its input).
                 with masking as release, bypassed([all_blocks[i].module for i in drop]) as keep:
                     removals = [removal(*p) for p in plan]
-                    if hidden_keep is not None:
-                        def remove_hidden() -> None:
-                            release()  # the cut model normalises over the kept channels itself
-                            self._cut_hidden(s, cut)
-                        removals.append(("hidden size", remove_hidden))
+                    # Blocks go before the hidden size: a dropped block keeps its full width,
+                    # and a proof comparing after every group (a big model) would run it,
+                    # bypassed but computed, on the narrower stream.
                     if drop:
                         def remove_blocks() -> None:
                             keep()
                             self._drop(drop)
                         removals.append((f"blocks {drop}", remove_blocks))
+                    if hidden_keep is not None:
+                        def remove_hidden() -> None:
+                            release()  # the cut model normalises over the kept channels itself
+                            self._cut_hidden(s, cut)
+                        removals.append(("hidden size", remove_hidden))
                     proof = prove_removals_(self.model, probe, removals, verify=self.spec.verify,
                                             atol=self.spec.verify_atol,
                                             also=[*all_blocks, self.model.hf.config])

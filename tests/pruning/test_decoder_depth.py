@@ -73,6 +73,21 @@ def test_blocks_dropped_proven_reloaded_generating_and_exported(arch: str, folde
     assert_stock_and_onnx(model, x, tmp_path, folder, task)
 
 
+def test_blocks_and_hidden_size_proven_group_by_group_as_on_a_big_model(
+        folders, monkeypatch, tmp_path: Path) -> None:
+    import compress.pruning.proof as proof
+
+    monkeypatch.setattr(proof, "SNAPSHOT_MAX_BYTES", 0)  # as for a model over 1 GiB
+    folder, task = folders["llama"]
+    model = build_tiny(folder, task)
+    x = example_input(model)
+    spec = PruningSpec(ratio=0.5, heads=0.0, ffn=0.5, hidden=0.5, blocks=2, round_to=1)
+    record = TransformerPruner(model, x[:1], spec).step_(0.5, x)
+    assert record.max_abs_diff is not None and record.max_abs_diff < 1e-4
+    assert model.hf.config.num_hidden_layers == 2
+    assert_stock_and_onnx(model, x, tmp_path, folder, task)
+
+
 def test_middle_blocks_keep_their_types_and_the_cache_its_indices(folders, monkeypatch,
                                                                   tmp_path: Path) -> None:
     folder, task = folders["qwen3"]
