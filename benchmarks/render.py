@@ -272,6 +272,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "llm-sparsity": (("llm_sparsity.json",), _table("llm_sparsity.json", "llm_sparsity")),
     "llm-sparsity-1b": (("llm_sparsity_1b.json",),
                         _table("llm_sparsity_1b.json", "llm_sparsity_1b")),
+    "llama-1b": (("llama_1b.json",), _table("llama_1b.json", "llama_1b")),
     "decoder-structured": (("decoder_structured.json",),
                            _table("decoder_structured.json", "decoder_structured")),
     "minilm-summary": (("minilm_sst2.json",), _minilm_summary),
