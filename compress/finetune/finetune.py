@@ -59,7 +59,7 @@ from compress.finetune.trainloop import Fit, fit
 from compress.measure.evaluate import IGNORE_INDEX, evaluate, task_loss
 from compress.recipe.stages import FinetuneSpec
 
-__all__ = ["finetune_", "distillation_loss"]
+__all__ = ["finetune_", "distillation_loss", "steps_for_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,25 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
                   F.log_softmax(teacher.float() / t, dim=-1),
                   reduction="batchmean", log_target=True)
     return (1 - alpha) * ce + alpha * t * t * kl
+
+
+def steps_for_tokens(loader: DataLoader, tokens: int, processes: int = 1) -> int:
+    """Optimizer steps that train on at least ``tokens`` tokens: ``loader``'s sequences are
+    blocks of one length (text_lm), a step takes a batch of them in each of ``processes``.
+
+    Example:
+        >>> blocks = torch.zeros(10, 8, dtype=torch.long)  # ten blocks of 8 tokens
+        >>> loader = DataLoader(list(zip(blocks, blocks)), batch_size=4)
+        >>> steps_for_tokens(loader, 64), steps_for_tokens(loader, 65, processes=2)
+        (2, 2)
+    """
+    target = loader.dataset[0][1]  # type: ignore[index]
+    if not isinstance(target, torch.Tensor) or target.dim() != 1:
+        raise InputError("finetune.max_tokens counts the tokens of a language model's training "
+                         "blocks; this data has one target per sample: use finetune.max_steps")
+    assert loader.batch_size, "a token budget needs batches of a fixed size"
+    per_step = loader.batch_size * target.numel() * processes
+    return max(1, -(-tokens // per_step))
 
 
 def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,
@@ -128,6 +147,7 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     restore_layout = channels_last_(model, device, spec)  # before DDP wraps the parameters
     # ``net`` is what the training forward runs through: the model, data-parallel under a
     # launcher (sharded ``loader``), compiled with finetune.compile. It shares the parameters.
+    tokens_loader = loader  # the process's own batches, before a launcher shards them
     net, loader = dist.prepare(model, loader)
     net = compiled(net, spec)
     steps_per_epoch = len(loader) if isinstance(loader, Sized) else None
@@ -135,6 +155,8 @@ def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: 
     total = steps_per_epoch * budget_epochs
     if spec.max_steps is not None:
         total = min(total, spec.max_steps)
+    if spec.max_tokens is not None:
+        total = min(total, steps_for_tokens(tokens_loader, spec.max_tokens, dist.world_size))
 
     distill = spec.distill if teacher is not None else None
     assert teacher is not model, "the teacher must be a separate (unpruned) model"

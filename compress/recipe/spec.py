@@ -97,6 +97,10 @@ class Recipe(Section):
         if criterion_of(self.pruning.importance).one_shot and self.schedule.kind != "one-shot":
             raise ValueError(f"importance {self.pruning.importance} chooses every weight from "
                              f"one calibration pass: use schedule.kind: one-shot")
+        if self.finetune.max_tokens is not None and self.data.source != "text_lm":
+            raise ValueError(f"finetune.max_tokens counts the tokens of text_lm data; "
+                             f"data.source {self.data.source} has none: use "
+                             f"finetune.max_steps")
         seq_len = self.calibration.seq_len
         if seq_len is not None and seq_len > self.data.max_length:
             raise ValueError(f"calibration.seq_len ({seq_len}) exceeds data.max_length "

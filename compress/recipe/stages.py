@@ -30,6 +30,11 @@ class FinetuneSpec(Section):
                         "(0 = none); unused with patience.", examples=[3])
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer "
                                   "steps per pruning step (a step budget).", examples=[500])
+    max_tokens: int | None = Field(None, gt=0, description="Stop after this many training "
+                                   "tokens per pruning step (text_lm data: every position of "
+                                   "every block, over all processes), rounded up to whole "
+                                   "optimizer steps; with max_steps, the smaller budget wins.",
+                                   examples=[1000000])
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimizer.",
                                                examples=["sgd"])
     lr: float = Field(0.01, gt=0, description="Peak learning rate.", examples=[0.01])

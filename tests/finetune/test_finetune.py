@@ -197,6 +197,21 @@ def test_fixed_budget_counts_epochs_and_steps_and_ignores_validation() -> None:
     assert same_state(state(model), before)
 
 
+def test_max_tokens_caps_a_language_models_budget_in_whole_steps() -> None:
+    from compress.data.text import TokenRows
+
+    torch.manual_seed(0)
+    blocks = torch.randint(0, 11, (40, 8))
+    loader = DataLoader(TokenRows(blocks, blocks), batch_size=4)  # 32 tokens a step
+    model = nn.Sequential(nn.Embedding(11, 6), nn.Linear(6, 11))
+    stats = finetune_(model, loader, spec(epochs=3, max_tokens=100), CPU)
+    assert (stats.steps, stats.samples) == (4, 128)  # ceil(100 / 32) steps, their tokens
+    capped = finetune_(model, loader, spec(epochs=3, max_tokens=10_000, max_steps=3), CPU)
+    assert capped.steps == 3  # the smaller budget wins
+    with pytest.raises(InputError, match="one target per sample: use finetune.max_steps"):
+        finetune_(tiny_cnn(), image_loader(), spec(max_tokens=100), CPU)
+
+
 def test_every_call_starts_a_fresh_optimizer_and_schedule() -> None:
     s = FinetuneSpec(max_steps=2, lr=0.05, momentum=0.9)  # momentum and cosine: both stateful
     twice = tiny_cnn()

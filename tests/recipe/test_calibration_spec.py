@@ -32,6 +32,8 @@ def test_defaults_are_the_papers() -> None:
     ({"calibration__seq_len": 1}, "'calibration.seq_len': Input should be greater than 1"),
     ({"calibration__seq_len": 4096}, "calibration.seq_len (4096) exceeds data.max_length (128)"),
     ({"calibration__seed": -3}, "'calibration.seed': Input should be greater than or equal"),
+    ({"finetune__max_tokens": 1000}, "finetune.max_tokens counts the tokens of text_lm data; "
+                                     "data.source"),
 ])
 def test_bad_keys_are_refused_by_path(changes, fragment) -> None:
     with pytest.raises(InputError) as err:
