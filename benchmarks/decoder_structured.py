@@ -87,16 +87,16 @@ def _architecture(model: Any) -> dict[str, Any]:
 def _block_losses(model: Any, loader: Any) -> list[float]:
     """Mean next-token loss of each held-out block (the perplexity is exp of their mean)."""
     import torch
-    import torch.nn.functional as F
+
+    from compress.measure.evaluate import IGNORE_INDEX, task_loss
 
     out: list[float] = []
     model.eval()
     with torch.no_grad():
         for x, y in loader:
-            logits = model(x).float()
-            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), y[:, 1:], reduction="none",
-                                   ignore_index=-100)
-            scored = (y[:, 1:] != -100).sum(1).clamp(min=1)
+            # task_loss shifts (token t predicts t + 1); unscored positions add nothing
+            loss = task_loss(model(x).float(), y, reduction="none").view(len(y), -1)
+            scored = (y[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
             out += (loss.sum(1) / scored).tolist()
     return out
 

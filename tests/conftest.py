@@ -35,6 +35,11 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing catches it, nothing after it runs (so a run's
+    status stays 'running')."""
+
+
 class TinyCNN(nn.Module):
     """conv-bn-relu x3 with a residual add and a linear head: enough to exercise groups."""
 

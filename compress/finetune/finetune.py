@@ -109,7 +109,7 @@ def steps_for_tokens(loader: DataLoader, tokens: int, processes: int = 1) -> int
                          "blocks; this data has one target per sample: use finetune.max_steps")
     assert loader.batch_size, "a token budget needs batches of a fixed size"
     per_step = loader.batch_size * target.numel() * processes
-    return max(1, -(-tokens // per_step))
+    return -(-tokens // per_step)  # ceil: tokens > 0, so at least one step
 
 
 def finetune_(model: nn.Module, loader: DataLoader, spec: FinetuneSpec, device: torch.device,

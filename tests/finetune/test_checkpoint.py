@@ -23,15 +23,11 @@ from compress.finetune.stats import FinetuneStats
 from compress.measure.evaluate import evaluate
 from compress.recipe.stages import FinetuneSpec
 from compress.signals import stop_on_signals
-from tests.conftest import tiny_cnn
+from tests.conftest import Killed, tiny_cnn
 from tests.finetune.test_finetune import Faulty, same_state, state
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing catches it, nothing after it runs."""
 
 
 def shuffled_loader(n: int = 48, batch: int = 8) -> DataLoader:

@@ -15,6 +15,7 @@ import torch
 from compress.api import load
 from compress.recipe.load import parse_recipe
 from compress.run.pipeline import run_recipe
+from tests.conftest import Killed
 from tests.hf_models import save_tiny
 
 WORDS = "the cat sat on the mat and the dog ran to the park while a bird sang".split()
@@ -57,10 +58,6 @@ def test_blocks_and_hidden_from_a_recipe(tmp_path: Path, caplog: pytest.LogCaptu
     ids = torch.randint(1000, 2000, (2, 12))
     with torch.no_grad():
         assert (stock(input_ids=ids).logits - load(tmp_path / "run")(ids)).abs().max() < 1e-5
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL in-process: nothing catches it."""
 
 
 @pytest.mark.usefixtures("single_thread")

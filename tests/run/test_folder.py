@@ -29,7 +29,7 @@ import compress.run.folder
 from compress.finetune.checkpoint import latest_snapshot
 from compress.run.folder import changed_keys, read_status
 from compress.signals import deferred_stop, stop_on_signals, stop_requested
-from tests.conftest import ROOT, tiny_recipe
+from tests.conftest import ROOT, Killed, tiny_recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -66,10 +66,6 @@ elif pause == "export":  # the compressed model's safetensors written, its parit
 compress.apply(recipe, out_dir=out, resume=mode == "resume")
 """
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL in-process: nothing catches it, so the status stays 'running'."""
 
 
 def _recipe(tmp_path: Path, **pruning: Any) -> Path:

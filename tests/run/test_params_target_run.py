@@ -13,6 +13,7 @@ import yaml
 
 from compress.recipe.load import parse_recipe
 from compress.run.pipeline import run_recipe
+from tests.conftest import Killed
 from tests.hf_models import MINILM_VOCAB, minilm_path
 from tests.hostile import Tree, assert_refused, invoke
 
@@ -117,10 +118,6 @@ def test_validate_does_not_warn_of_an_unloadable_head_size_under_a_params_target
     assert "derive the head size" in notes(target={"macs": 0.5})
     # The params target skips the mixes a stock config cannot express (and says which).
     assert "derive the head size" not in notes(target={"params": 0.5})
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL in-process: nothing catches it, so the status stays 'running'."""
 
 
 @pytest.mark.slow
