@@ -78,11 +78,11 @@ class LatencyTable:
 
     def __init__(self, key: dict[str, Any], *, measure: Measure | None = None,
                  entries: dict[str, float] | None = None,
-                 plans: dict[str, list[float]] | None = None, frozen: bool = False,
+                 plans: dict[str, list[Any]] | None = None, frozen: bool = False,
                  source: Path | None = None) -> None:
         self.key, self.measure, self.frozen, self.source = key, measure, frozen, source
         self.entries: dict[str, float] = dict(entries or {})
-        self.plans: dict[str, list[float]] = dict(plans or {})
+        self.plans: dict[str, list[Any]] = dict(plans or {})
         self.measured = 0  # entries this process measured
         self.dirty = False
 
@@ -119,8 +119,10 @@ class LatencyTable:
         return [*stairs, [full, ms[-1]]]
 
     def to_json(self) -> dict[str, Any]:
+        plans = {k: [r.to_json() if hasattr(r, "to_json") else r for r in v]
+                 for k, v in self.plans.items()}
         return {"format": TABLE_FORMAT, "key": self.key, "entries": self.entries,
-                "plans": self.plans}
+                "plans": plans}
 
     def save(self, path: Path) -> None:
         """Write the table whole (atomically) and mark it saved."""
@@ -129,13 +131,25 @@ class LatencyTable:
         self.dirty = False
 
 
+def _is_fraction(r: Any) -> bool:
+    return isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1
+
+
+def _is_ratio(r: Any) -> bool:
+    """A planned step: a channel ratio, or one with each group's own ratio (per-group plans)."""
+    if isinstance(r, dict):
+        groups = r.get("groups")
+        return (set(r) == {"ratio", "groups"} and _is_fraction(r["ratio"])
+                and isinstance(groups, dict) and all(map(_is_fraction, groups.values())))
+    return _is_fraction(r)
+
+
 def _parsed(data: dict[str, Any], path: Path) -> tuple[dict, dict, dict]:
     entries, plans, key = data.get("entries"), data.get("plans", {}), data.get("key")
     ok = (data.get("format") == TABLE_FORMAT and isinstance(key, dict)
           and isinstance(entries, dict) and isinstance(plans, dict)
           and all(isinstance(v, (int, float)) and v > 0 for v in entries.values())
-          and all(isinstance(v, list) and all(isinstance(r, (int, float)) and 0 <= r < 1
-                                              for r in v) for v in plans.values()))
+          and all(isinstance(v, list) and all(map(_is_ratio, v)) for v in plans.values()))
     if not ok:
         raise InputError(f"{str(path)!r} is not a compress latency table (format "
                          f"{TABLE_FORMAT}); delete it or name another file")

@@ -5,9 +5,14 @@ by timing the pruned model against the baseline (closed loop).
    :class:`~compress.measure.latency_table.LatencyTable` gives its time at any widths
    (measured on onnxruntime's CPU engine with the report's threads and largest batch size,
    cached on disk per machine).
-2. The predicted latency of a pruned copy is the sum of its layers' times; the channel ratio
-   is searched as for a MACs target (:func:`~compress.pruning.planning.solve_ratio_for_macs`
-   with the predicted reduction in place of the MACs').
+2. The predicted latency of a pruned copy is the sum of its layers' times. Every channel
+   group gets its own width (:mod:`~compress.pruning.group_widths`: the channels that cost
+   the least importance per millisecond saved go first, the table's staircase crossed where
+   the time drops), the steps of an iterative schedule nested in the last; the result is a
+   :class:`~compress.pruning.group_widths.GroupRatios` per step. A model pruned inside
+   closed blocks only gets one channel ratio, searched as for a MACs target
+   (:func:`~compress.pruning.planning.solve_ratio_for_macs` with the predicted reduction in
+   place of the MACs').
 3. Closed loop: the baseline and a copy pruned to the final ratio are exported and timed
    interleaved, as the report times them. When the measured reduction falls short of the
    target by more than ``target.tolerance``, the prediction is calibrated: it leaves out what
@@ -28,8 +33,9 @@ Example:
     >>> planner = LatencyPlanner(threads=1, batch=8, sample_shape=(3, 8, 8), measure_layers=ms,
     ...     measure_speedup=lambda base, pruned: 2.0, cache_folder=Path(tempfile.mkdtemp()))
     >>> spec = PruningSpec(target={"latency": 0.25}, round_to=1)
-    >>> planner.ratios(net, torch.zeros(1, 3, 8, 8), spec, [0.25])  # 4 of 16 channels
-    [0.2]
+    >>> [step] = planner.ratios(net, torch.zeros(1, 3, 8, 8), spec, [0.25])
+    >>> step.groups  # layer 0's own ratio: 4 of its 16 channels
+    {'0': 0.25}
     >>> round(planner.record["predicted_speedup"], 4), planner.record["measured_speedup"]
     (1.3333, 2.0)
 """
@@ -57,6 +63,8 @@ from compress.measure.latency_table import (
     table_key,
 )
 from compress.measure.layer_timing import capture_layers, layer_io_widths, time_layers
+from compress.pruning.group_widths import GroupRatios
+from compress.pruning.latency_groups import plan_group_ratios, plannable_groups
 from compress.pruning.planning import gradient_free, solve_ratio_for_macs
 from compress.pruning.structured import build_structured
 from compress.pruning.transformer import is_transformer
@@ -68,6 +76,7 @@ log = logging.getLogger(__name__)
 
 _STEP = 0.005  # after a shortfall, the next try predicts at least this much more (+ tolerance)
 
+_PLANNER = "per-group widths 1"  # in the plan key: another planner's plans are not reused
 SpeedupMeter = Callable[[nn.Module, nn.Module], float]  # (baseline, pruned) -> measured speedup
 
 
@@ -136,7 +145,17 @@ class LatencyPlanner:
         def reduction(ms: float) -> float:
             return 1 - (ms + rest[0]) / (full + rest[0])
 
+        cuts = plannable_groups(model, example, spec, names)
+        by_groups: dict[float, list[float]] = {}  # a group plan's last ratio -> all its steps
+
         def solve(want: float) -> tuple[float, float]:
+            if cuts is not None:  # every group its own width (see group_widths)
+                plan = plan_group_ratios(cuts, shapes, table, [*targets[:-1], want],
+                                         lambda t: (1 - t) * (full + rest[0]) - rest[0],
+                                         reduction, tol)
+                by_groups[plan[-1][0]] = [r for r, _ in plan]
+                ms_at[plan[-1][0]] = plan[-1][1]
+                return plan[-1][0], reduction(plan[-1][1])
             cache = {r: reduction(ms) for r, ms in ms_at.items()}  # trials kept across steps
             found = solve_ratio_for_macs(model, example, spec, want, tolerance=tol, cache=cache,
                                          reduction_of=lambda m: reduction(predict(m)),
@@ -146,7 +165,7 @@ class LatencyPlanner:
 
         attempts: list[dict[str, Any]] = []
         if plan_key in table.plans:
-            ratios, how = list(table.plans[plan_key]), "saved plan"
+            ratios, how = [GroupRatios.from_json(r) for r in table.plans[plan_key]], "saved plan"
             attempts.append({"ratio": ratios[-1], "predicted": None, "measured": None})
         else:
             for _ in range(self.max_tries):
@@ -163,7 +182,10 @@ class LatencyPlanner:
                                  "unaccounted_ms": rest[0]})
                 if not measure:
                     break
-                speedup = self._speedup(model, example, spec, ratio)
+                speedup, ms_at[ratio] = self._speedup(model, example, spec, ratio)
+                # The table's figure for the widths really cut (a concatenation's producers
+                # lose the channels the step ranks lowest, planned as their share).
+                attempts[-1]["predicted"] = reduction(ms_at[ratio])
                 attempts[-1]["measured"] = measured = 1 - 1 / speedup
                 if measured >= goal - tol:
                     break
@@ -173,8 +195,11 @@ class LatencyPlanner:
                 rest[0] = max(0.0, (full - speedup * ms_at[ratio]) / (speedup - 1))
             else:
                 raise InputError(_short(goal, attempts))
-            ratios = [min(solve(min(t, 0.999))[0], ratio) for t in targets[:-1]]
-            ratios.append(ratio)
+            if cuts is not None:  # the plan's earlier steps, nested in its last
+                ratios = by_groups[ratio]
+            else:
+                ratios = [min(solve(min(t, 0.999))[0], ratio) for t in targets[:-1]]
+                ratios.append(ratio)
             if measure:  # an open-loop plan is not what compress apply would keep
                 table.plans[plan_key] = ratios
         stairs = {n: table.staircase(s) for n, s in _distinct(shapes).items()}
@@ -205,13 +230,15 @@ class LatencyPlanner:
         return self._predict(model)
 
     def _speedup(self, model: nn.Module, example: torch.Tensor, spec: PruningSpec,
-                 ratio: float) -> float:
+                 ratio: float) -> tuple[float, float]:
+        """The measured speedup of ``model`` pruned to ``ratio``, and the table's ms of it."""
         pruned = copy.deepcopy(model).eval()
         trial = gradient_free(spec.model_copy(update={"verify": False}),
                               "pruning.target.latency (its closed loop prunes copies)")
         build_structured(pruned, example, trial, cumulative_ratios=[ratio]).step_(ratio, example)
         meter = self.measure_speedup or self._onnx_speedup
-        return meter(model, pruned)
+        assert self._predict is not None
+        return meter(model, pruned), self._predict(pruned)
 
     def _onnx_speedup(self, baseline: nn.Module, pruned: nn.Module) -> float:
         """Both models exported and timed interleaved on onnxruntime, as the report does."""
@@ -259,5 +286,5 @@ def _plan_key(spec: PruningSpec, targets: Sequence[float], shapes: dict[str, Any
     targets and the layers (a table file then reproduces widths only for the same model)."""
     settings = spec.model_dump(mode="json", exclude={"target": {"latency_table"}})
     layers = {n: s.signature(s.in_width, s.out_width) for n, s in shapes.items()}
-    blob = json.dumps([settings, list(targets), layers], sort_keys=True)
+    blob = json.dumps([_PLANNER, settings, list(targets), layers], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

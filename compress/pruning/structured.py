@@ -58,6 +58,7 @@ from compress.pruning.criteria import (
     structured_kind_criteria,
 )
 from compress.pruning.graph_errors import choose_groups, graph_errors, graph_state
+from compress.pruning.group_widths import GroupRatios
 from compress.pruning.groups import (
     GroupRoundingPruner,
     custom_pruners,
@@ -142,6 +143,8 @@ class StructuredPruner:
         modules = dict(model.named_modules())
         self.round_to = channel_round_to(model, spec.round_to)
         global_scope = spec.scope == "global"
+        # A latency plan gives every group its own ratio (GroupRatios); the others keep 0.
+        planned = sorted({n for r in ratios if isinstance(r, GroupRatios) for n in r.groups})
         self._pruner = GroupRoundingPruner(
             model,
             example_inputs,
@@ -149,13 +152,16 @@ class StructuredPruner:
             pruning_ratio=ratios[-1],
             iterative_steps=len(ratios),
             iterative_pruning_ratio_scheduler=lambda _r, _n: [0.0, *ratios],
-            global_pruning=global_scope,
+            global_pruning=global_scope and not planned,  # a plan ranks within groups
             max_pruning_ratio=spec.max_layer_ratio if global_scope else 1.0,
             ignored_layers=[modules[n] for n in ignored_names],
             round_to=self.round_to,
             customized_pruners=custom_pruners(model),
             out_channel_groups=heads_of(model),
+            pruning_ratio_dict={modules[n]: 0.0 for n in planned} or None,
         )
+        if planned:
+            self._plan_group_ratios_(ratios, {n: modules[n] for n in planned})
         self._ratios = ratios
         self.proof_strategy = "bisect"  # or "per-group" (benchmarks/proof_cost.py compares)
         self.protected: dict[str, str] = {}  # layers left unpruned: torch-pruning cannot map them
@@ -165,6 +171,18 @@ class StructuredPruner:
                                (n := self._pruner.DG.get_out_channels(m)) is not None}
         self.history: list[list[list[Any]]] = []  # per step: [root name, is_out, indices]
         model.train(was_training)
+
+    def _plan_group_ratios_(self, ratios: Sequence[float], roots: dict[str, nn.Module]) -> None:
+        """Each planned root's own cumulative ratio per step; every other group keeps its
+        width. torch-pruning keeps ``int(channels * (1 - ratio))``: half a channel under the
+        planned fraction makes that exactly the planned width."""
+        assert all(isinstance(r, GroupRatios) for r in ratios), ratios
+        self._pruner.per_step_pruning_ratio = [0.0] * (len(ratios) + 1)
+        dg = self._pruner.DG
+        for name, module in roots.items():
+            channels = dg.get_out_channels(module)
+            self._pruner.pruning_ratio_dict[module] = [0.0, *[
+                max(0.0, r.groups.get(name, 0.0) - 0.5 / channels) for r in ratios]]
 
     @property
     def steps_done(self) -> int:

@@ -48,6 +48,7 @@ from compress.finetune.checkpoint import (
 from compress.fsutil import save_tensors_atomic, write_text_atomic
 from compress.jsonio import read_json_object
 from compress.pruning.base import Pruner, StepRecord
+from compress.pruning.group_widths import GroupRatios
 from compress.rng import restore_rng_state, rng_state
 from compress.run.loop import ResumePoint
 from compress.run.owner import RunLock, claim, entries, this_process
@@ -270,17 +271,19 @@ class RunFolder:
     def save_ratios(self, ratios: list[float]) -> None:
         """Keep the per-step channel ratios (a MACs search's result) for a resume."""
         (self.path / "steps").mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path / "steps" / "ratios.json", json.dumps({"ratios": ratios}))
+        kept = [r.to_json() if isinstance(r, GroupRatios) else r for r in ratios]
+        write_text_atomic(self.path / "steps" / "ratios.json", json.dumps({"ratios": kept}))
 
     def saved_ratios(self) -> list[float] | None:
-        """What :meth:`save_ratios` kept, or None."""
+        """What :meth:`save_ratios` kept (a latency plan's per-group ratios too), or None."""
         path = self.path / "steps" / "ratios.json"
         if not path.is_file():
             return None
-        ratios = read_run_file(path, {"ratios": list})["ratios"]
-        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios):
-            raise _damaged(path, "'ratios' is not a list of numbers")
-        return [float(r) for r in ratios]
+        try:
+            kept = read_run_file(path, {"ratios": list})["ratios"]
+            return [GroupRatios.from_json(r) for r in kept]
+        except ValueError:
+            raise _damaged(path, "'ratios' is not a list of channel ratios") from None
 
     def resume_point(self, sampler: torch.Generator | None) -> ResumePoint | None:
         """Where to go on: inside the fine-tune after the last finished step, or after it.

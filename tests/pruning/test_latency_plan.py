@@ -186,9 +186,12 @@ def test_saved_table_plans_the_same_widths_on_a_second_run(tmp_path: Path) -> No
     # One-shot to the same target: no saved plan, planned from the table's timings alone.
     assert again.ratios(fresh, torch.zeros(1, *SHAPE), spec, [0.5]) == ratios[-1:]
     assert again.record["planned_by"] == "table" and again.record["measured_speedup"] is None
+    # A nearer target follows the same greedy path: its widths were all timed.
+    assert again.ratios(fresh, torch.zeros(1, *SHAPE), spec, [0.3])[-1] <= ratios[-1]
     # Widths the table never timed are refused in one sentence, not measured on this machine.
+    coarse = spec.model_copy(update={"round_to": 3})
     with pytest.raises(InputError, match=r"table\.json' has no timing for layer .* delete it"):
-        again.ratios(fresh, torch.zeros(1, *SHAPE), spec, [0.3])
+        again.ratios(fresh, torch.zeros(1, *SHAPE), coarse, [0.3])
 
 
 def test_latency_target_needs_a_planner() -> None:
