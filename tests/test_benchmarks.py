@@ -20,7 +20,7 @@ from tests.conftest import ROOT, shared_path
 BENCH = ROOT / "benchmarks"
 SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency",
            "minilm_sst2", "quickstart", "llama_1b", "proof_cost", "decoder_model",
-           "llm_sparsity", "llm_sparsity_1b", "decoder_structured"]
+           "llm_sparsity", "llm_sparsity_1b", "decoder_structured", "latency_target"]
 PROVENANCE = ("command", "code", "machine", "run")
 
 
@@ -182,6 +182,7 @@ def test_benchmarks_md_says_what_make_test_runs() -> None:
     ("llm_sparsity", ["--threads", "1"]),
     ("llm_sparsity_1b", ["--threads", "1"]),
     ("decoder_structured", ["--threads", "1"]),
+    ("latency_target", ["--threads", "1"]),
 ])
 def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -> None:
     if script == "minilm_sst2":
