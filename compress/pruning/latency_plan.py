@@ -256,8 +256,11 @@ class LatencyPlanner:
                                   spec=spec)
         return float(result["batches"][str(self.batch)]["pruned"]["speedup"])
 
-    def summary(self, report_speedup: float | None = None) -> dict[str, Any]:
-        """What the planner did, with the speedup the report measured on the final model."""
+    def summary(self, report_speedup: float | None = None) -> dict[str, Any] | None:
+        """What the planner did, with the speedup the report measured on the final model;
+        None when it planned nothing (a resumed run from a folder that kept no record)."""
+        if not self.record:
+            return None
         return {**self.record, "report_speedup": report_speedup}
 
 

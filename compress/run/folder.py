@@ -268,11 +268,23 @@ class RunFolder:
         return FinetuneCheckpoint(self.step_dir(step), every, context=context,
                                   tensors=pruner.get_tensors())
 
-    def save_ratios(self, ratios: list[float]) -> None:
-        """Keep the per-step channel ratios (a MACs search's result) for a resume."""
+    def save_ratios(self, ratios: list[float], plan: dict[str, Any] | None = None) -> None:
+        """Keep the per-step channel ratios (a MACs or latency target's plan) for a resume,
+        with what a latency target's planner recorded for the report (``plan``)."""
         (self.path / "steps").mkdir(parents=True, exist_ok=True)
         kept = [r.to_json() if isinstance(r, GroupRatios) else r for r in ratios]
-        write_text_atomic(self.path / "steps" / "ratios.json", json.dumps({"ratios": kept}))
+        body = {"ratios": kept, **({"latency_plan": plan} if plan else {})}
+        write_text_atomic(self.path / "steps" / "ratios.json", json.dumps(body, default=float))
+
+    def saved_latency_plan(self) -> dict[str, Any] | None:
+        """The latency planner's record :meth:`save_ratios` kept, or None."""
+        path = self.path / "steps" / "ratios.json"
+        if not path.is_file():
+            return None
+        plan = read_run_file(path, {"ratios": list}).get("latency_plan")
+        if plan is not None and not isinstance(plan, dict):
+            raise _damaged(path, "has no valid 'latency_plan'")
+        return plan
 
     def saved_ratios(self) -> list[float] | None:
         """What :meth:`save_ratios` kept (a latency plan's per-group ratios too), or None."""

@@ -223,6 +223,9 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
         raise InputError("pruning.target.latency is timed in one process: plan it with a "
                          "single-process compress apply first, its pruning.target.latency_table "
                          "naming the file to keep, then launch with that file")
+    if planner is not None and resume is not None:
+        # The plan is not redone on a resume (its ratios are kept): nor is its record.
+        planner.record = folder.saved_latency_plan() or {}
     t = time.perf_counter()
     steps, pruner = run_schedule_(model, example=example, probe=probe.to(ctx.device),
                                   pruning=recipe.pruning, schedule=recipe.schedule,
@@ -234,7 +237,8 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
                                   dist=dist, calibration=calibration,
                                   block_checkpoints=folder.block_dir if dist.is_main else None,
                                   latency=planner,
-                                  on_ratios=lambda r: dist.on_main(lambda: folder.save_ratios(r)))
+                                  on_ratios=lambda r: dist.on_main(lambda: folder.save_ratios(
+                                      r, planner.record if planner is not None else None)))
     timing["schedule_s"] = time.perf_counter() - t
     pruner.finalize_()
     return dist.on_main(lambda: _finish(recipe, ctx.out_dir, model, baseline_model, baseline_onnx,

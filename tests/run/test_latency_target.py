@@ -101,3 +101,53 @@ def test_inspect_predicts_latency_per_step_without_timing_models(
     assert last["predicted_latency_ms"] == pytest.approx(base / last["predicted_speedup"])
     assert info["latency_table"]["planned_by"] == "table"
     assert not (tmp_path / "t.json").exists()  # a dry run writes no file the recipe names
+
+
+def test_an_iterative_latency_run_killed_after_its_first_step_resumes_to_the_same_widths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-group plan (each group's own ratio per step) is kept in the run folder: the
+    resumed run prunes its second step to the widths the uninterrupted run reaches, without
+    planning or timing again."""
+    import json
+
+    import compress.run.folder
+    from compress.run.folder import read_status
+    from tests.conftest import Killed
+
+    monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", lambda *_: 2.0)
+
+    def recipe():
+        return parse_recipe(tiny_recipe(
+            tmp_path, report={"latency": False}, schedule={"kind": "iterative", "steps": 2},
+            finetune={"epochs": 0},
+            pruning={"ratio": None, "round_to": 1, "target": {"latency": 0.4}}))
+
+    whole = run_recipe(recipe(), tmp_path / "whole").report
+    out = tmp_path / "killed"
+    real = compress.run.folder.write_text_atomic
+
+    def write(path: Path, text: str) -> None:
+        real(path, text)
+        if path == out / "steps" / "01" / "state.json":
+            raise Killed(str(path))
+
+    monkeypatch.setattr(compress.run.folder, "write_text_atomic", write)
+    with pytest.raises(Killed):
+        run_recipe(recipe(), out)
+    monkeypatch.setattr(compress.run.folder, "write_text_atomic", real)
+    kept = json.loads((out / "steps" / "ratios.json").read_text())["ratios"]
+    assert all(set(r) == {"ratio", "groups"} for r in kept), kept  # per-group, not one ratio
+
+    def never(*_args):
+        raise AssertionError("the resumed run planned again")
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "ratios", never)
+    resumed = run_recipe(recipe(), out, resume=True).report
+    assert read_status(out)["state"] == "done"
+    assert [s["layers"] for s in resumed["steps"]] == [s["layers"] for s in whole["steps"]]
+    # The report's latency section comes back with the plan (kept beside the ratios).
+    assert resumed["latency_target"]["ratios"] == pytest.approx(whole["latency_target"]["ratios"])
+    assert "## Latency target" in (out / "report.md").read_text()
+    # Uneven: the plan cut some groups more than others (one ratio would not).
+    groups = kept[-1]["groups"]
+    assert len(set(groups.values())) > 1, groups
