@@ -222,6 +222,27 @@ def _minilm_headline() -> str:
             f"{_pct(c['accuracy'])}.")
 
 
+def _latency_target_summary() -> str:
+    """README's "Asking for speed": the benchmark's rows, the method in BENCHMARKS.md."""
+    rel = "latency_target.json"
+    if (note := _missing(rel)) is not None:
+        return note
+    r = _load(rel)
+    p, lat, macs = r["profile"], r["latency_run"], r["macs_run"]
+    rows = [f"| latency target {r['requested_speedup']:.1f}x | {lat['macs_reduction']:.1%} | "
+            f"{r['final_speedups']['latency']:.2f}x | {_pct(lat['top1'])} |"]
+    if macs is not None:
+        rows.append(f"| MACs target {r['macs_target']} | {macs['macs_reduction']:.1%} | "
+                    f"{r['final_speedups']['macs']:.2f}x | {_pct(macs['top1'])} |")
+    m = r["machine"]
+    return (f"{p['model']} on CIFAR-10 JPEG, onnxruntime CPU at batch {p['time_batch']} "
+            f"({r['threads']} thread, {m['cpu_capability']}, {r['run']['started'][:10]}); "
+            f"baseline top-1 {_pct(lat['baseline_top1'])}, both fine-tuned {p['steps']} steps "
+            f"of {p['batch']} images:\n\n"
+            "| run | MACs removed | speedup (one interleaved run) | top-1 |\n|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
 def _wall_over_one_shot(r: dict[str, Any]) -> dict[str, float]:
     wall: dict[str, float] = {}
     for c in r["cells"]:
@@ -275,7 +296,9 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "llama-1b": (("llama_1b.json",), _table("llama_1b.json", "llama_1b")),
     "decoder-structured": (("decoder_structured.json",),
                            _table("decoder_structured.json", "decoder_structured")),
+    "latency-target": (("latency_target.json",), _table("latency_target.json", "latency_target")),
     "minilm-summary": (("minilm_sst2.json",), _minilm_summary),
+    "latency-target-summary": (("latency_target.json",), _latency_target_summary),
     "minilm-expressible": (("minilm_expressible.json",), _minilm_expressible),
     "quickstart-sample": (("quickstart.json",), _quickstart_sample),
     "headlines": (("peer_torch_pruning.json", "minilm_sst2.json", "regimes-per-step.json",
