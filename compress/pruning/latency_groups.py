@@ -34,7 +34,9 @@ __all__ = ["plannable_groups", "plan_group_ratios", "group_cuts"]
 def plannable_groups(model: nn.Module, example: torch.Tensor, spec: PruningSpec,
                      names: Sequence[str]) -> list[GroupCut] | None:
     """The groups a per-group plan cuts; None for a model pruned inside closed blocks
-    (planned with one channel ratio, as a MACs target)."""
+    (planned with one channel ratio, as a MACs target). A gradient criterion (taylor) has
+    no gradients here: the groups are ranked by l2 magnitude, and the criterion still picks
+    which channels go when the run prunes."""
     trial = gradient_free(spec.model_copy(update={"verify": False}),
                           "pruning.target.latency (its plan ranks the groups' channels)")
     pruner = build_structured(copy.deepcopy(model).eval(), example, trial,

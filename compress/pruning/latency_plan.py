@@ -146,6 +146,9 @@ class LatencyPlanner:
             return 1 - (ms + rest[0]) / (full + rest[0])
 
         cuts = plannable_groups(model, example, spec, names)
+        # A gradient criterion has no gradients in the plan: the groups are ranked by l2.
+        ranked_by = (None if cuts is None
+                     else gradient_free(spec, "pruning.target.latency").importance)
         by_groups: dict[float, list[float]] = {}  # a group plan's last ratio -> all its steps
 
         def solve(want: float) -> tuple[float, float]:
@@ -211,6 +214,8 @@ class LatencyPlanner:
             "planned_by": how, "tolerance": tol, "baseline_predicted_ms": full,
             "predicted_speedup": _speedup(last["predicted"]),
             "measured_speedup": _speedup(last["measured"]),
+            "importance": spec.importance,
+            "widths_ranked_by": ranked_by if ranked_by != spec.importance else None,
             "attempts": attempts, "table": str(path), "table_entries": len(table.entries),
             "measured_entries": table.measured, "hardware": table.key,
             "fitted_to_this_machine": not table.frozen, "staircase": stairs}

@@ -71,6 +71,10 @@ def latency_target_lines(plan: Mapping[str, Any] | None) -> list[str]:
              f"{_speed(plan.get('report_speedup'))} (channel ratio "
              f"{plan['ratios'][-1]:.3f}, {plan['planned_by']}, {tries} "
              f"{'try' if tries == 1 else 'tries'}).", ""]
+    if plan.get("widths_ranked_by"):
+        lines += [f"Each group's width was planned from {plan['widths_ranked_by']} scores "
+                  f"(the plan has no gradients); {plan.get('importance')} chose which channels "
+                  f"went.", ""]
     rest = (plan.get("attempts") or [{}])[-1].get("unaccounted_ms")
     if rest:
         lines += [f"The prediction adds {rest:.3f} ms that the layer table leaves out (other "

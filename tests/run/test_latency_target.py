@@ -151,3 +151,20 @@ def test_an_iterative_latency_run_killed_after_its_first_step_resumes_to_the_sam
     # Uneven: the plan cut some groups more than others (one ratio would not).
     groups = kept[-1]["groups"]
     assert len(set(groups.values())) > 1, groups
+
+
+def test_a_gradient_criterion_s_widths_are_planned_from_l2_and_the_report_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan has no gradients: each group's width comes from l2 scores; taylor still picks
+    the channels when the run prunes, and the report's latency section names both."""
+    monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", lambda *_: 2.0)
+    recipe = parse_recipe(tiny_recipe(
+        tmp_path, report={"latency": False}, finetune={"epochs": 0},
+        pruning={"ratio": None, "round_to": 1, "importance": "taylor",
+                 "target": {"latency": 0.4}}))
+    report = run_recipe(recipe, tmp_path / "run").report
+    plan = report["latency_target"]
+    assert plan["importance"] == "taylor" and plan["widths_ranked_by"] == "l2"
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "planned from l2 scores (the plan has no gradients); taylor chose" in md
