@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,26 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 class Killed(BaseException):
     """Stands for SIGKILL in-process: nothing catches it, nothing after it runs (so a run's
     status stays 'running')."""
+
+
+@contextmanager
+def killed_after_writing(path: Path) -> Iterator[None]:
+    """Inside the block, the run folder's atomic write of ``path`` raises :class:`Killed`
+    right after the file is written (a run killed just after keeping that state)."""
+    import compress.run.folder
+
+    real = compress.run.folder.write_text_atomic
+
+    def write(target: Path, text: str) -> None:
+        real(target, text)
+        if target == path:
+            raise Killed(str(target))
+
+    compress.run.folder.write_text_atomic = write
+    try:
+        yield
+    finally:
+        compress.run.folder.write_text_atomic = real
 
 
 class TinyCNN(nn.Module):

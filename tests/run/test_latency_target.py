@@ -110,9 +110,8 @@ def test_an_iterative_latency_run_killed_after_its_first_step_resumes_to_the_sam
     planning or timing again."""
     import json
 
-    import compress.run.folder
     from compress.run.folder import read_status
-    from tests.conftest import Killed
+    from tests.conftest import Killed, killed_after_writing
 
     monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
     monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", lambda *_: 2.0)
@@ -125,17 +124,8 @@ def test_an_iterative_latency_run_killed_after_its_first_step_resumes_to_the_sam
 
     whole = run_recipe(recipe(), tmp_path / "whole").report
     out = tmp_path / "killed"
-    real = compress.run.folder.write_text_atomic
-
-    def write(path: Path, text: str) -> None:
-        real(path, text)
-        if path == out / "steps" / "01" / "state.json":
-            raise Killed(str(path))
-
-    monkeypatch.setattr(compress.run.folder, "write_text_atomic", write)
-    with pytest.raises(Killed):
+    with killed_after_writing(out / "steps" / "01" / "state.json"), pytest.raises(Killed):
         run_recipe(recipe(), out)
-    monkeypatch.setattr(compress.run.folder, "write_text_atomic", real)
     kept = json.loads((out / "steps" / "ratios.json").read_text())["ratios"]
     assert all(set(r) == {"ratio", "groups"} for r in kept), kept  # per-group, not one ratio
 

@@ -13,7 +13,7 @@ import yaml
 
 from compress.recipe.load import parse_recipe
 from compress.run.pipeline import run_recipe
-from tests.conftest import Killed
+from tests.conftest import Killed, killed_after_writing
 from tests.hf_models import MINILM_VOCAB, minilm_path
 from tests.hostile import Tree, assert_refused, invoke
 
@@ -122,25 +122,15 @@ def test_validate_does_not_warn_of_an_unloadable_head_size_under_a_params_target
 
 @pytest.mark.slow
 def test_a_run_killed_after_its_first_step_resumes_with_the_same_choice(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import compress.run.folder
+        tmp_path: Path) -> None:
     from compress.run.folder import read_status
 
     folder = _llama_folder(tmp_path)
     recipe = _recipe(tmp_path, folder, {"target": {"params": 0.2}})
     recipe["schedule"] = {"kind": "iterative", "steps": 2}
     out = tmp_path / "run"
-    real = compress.run.folder.write_text_atomic
-
-    def write(path: Path, text: str) -> None:
-        real(path, text)
-        if path == out / "steps" / "01" / "state.json":
-            raise Killed(str(path))
-
-    monkeypatch.setattr(compress.run.folder, "write_text_atomic", write)
-    with pytest.raises(Killed):
+    with killed_after_writing(out / "steps" / "01" / "state.json"), pytest.raises(Killed):
         run_recipe(parse_recipe(recipe, base_dir=tmp_path), out)
-    monkeypatch.undo()
     first = json.loads((out / "steps" / "01" / "state.json").read_text())
     result = run_recipe(parse_recipe(recipe, base_dir=tmp_path), out, resume=True)
     assert read_status(out)["state"] == "done"
