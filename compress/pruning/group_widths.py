@@ -3,15 +3,17 @@ millisecond saved go first (a greedy knapsack, as HALP, arXiv 2110.10811, does).
 
 Every prunable channel group (a root layer and the layers whose inputs or outputs follow it)
 gets its own width. A group's candidate widths are the multiples of its rounding step down to
-``1 - max_layer_ratio`` of its channels; its importance lost at a width is the sum of its
-lowest channel scores (torch-pruning's, normalised per group as global pruning ranks them),
-counted once for every timed layer the group narrows.
+``1 - max_layer_ratio`` of its channels; its cost at a width is what the caller says
+(:func:`~compress.pruning.latency_groups.keep_cost`: minus the log of the share of the
+group's importance kept, counted once for every timed layer the group narrows).
 The latency of a set of widths is the sum of the latency table's times of every timed layer at
 the widths the groups leave it. From the full model, the move that saves the most predicted
 milliseconds per unit of importance lost (a group narrowed by up to :data:`LOOKAHEAD` candidate
 widths at once, so a flat stretch of the hardware's staircase is crossed to the next drop) is
-taken until a move meets the budget; of those, the one losing the least importance ends the
-plan (no overshoot by a long jump). A move that saves no time is never taken. The widths
+taken until a move meets the budget; the one of those losing the least ends the plan (no
+overshoot by a long jump), unless it costs more than the move with the most milliseconds per
+cost (a jump that finishes at once may cost more than the few good steps it spares). A move that
+saves no time is never taken. The widths
 passed on the way give the earlier steps of an iterative schedule, so they nest.
 
 Example:
@@ -25,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -163,21 +164,23 @@ def plan_widths(groups: Sequence[GroupCut], full: Widths, depthwise: set[str],
                                     min(at[g.root] + 1 + LOOKAHEAD, len(g.candidates)))]
             trials = layer_ms([_io(groups, full, depthwise, {**at, g.root: j})
                                for g, j in moves])
-            best: tuple[float, GroupCut, int, float] | None = None
-            finishing = any(after <= budget for after in trials)
+            best: tuple[float, GroupCut, int, float, float] | None = None
+            last: tuple[float, GroupCut, int, float, float] | None = None
             for (g, j), after in zip(moves, trials, strict=True):
                 saved, cost = ms - after, g.lost[j] - g.lost[at[g.root]]
                 if saved <= 1e-9 * max(ms, 1.0):
                     continue
-                if finishing:  # the last move: the cheapest that meets the budget
-                    value = -cost if after <= budget else -math.inf
-                else:
-                    value = saved / max(cost, 1e-12)
+                value = saved / max(cost, 1e-12)
                 if best is None or value > best[0]:
-                    best = (value, g, j, after)
+                    best = (value, g, j, after, cost)
+                if after <= budget and (last is None or cost < last[4]):
+                    last = (-cost, g, j, after, cost)
             if best is None:
                 raise Unreachable(ms, budget)
-            _, g, j, after = best
+            # The last move: the cheapest that meets the budget, when it costs no more than
+            # the best step (a long jump that finishes at once may cost far more than a few
+            # good steps would).
+            _, g, j, after, _ = last if last is not None and last[4] <= best[4] else best
             ms = float(after)
             lost += g.lost[j] - g.lost[at[g.root]]
             at[g.root], width[g.root] = j, g.candidates[j]

@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 
 _STEP = 0.005  # after a shortfall, the next try predicts at least this much more (+ tolerance)
 
-_PLANNER = "per-group widths 1"  # in the plan key: another planner's plans are not reused
+_PLANNER = "per-group widths 2"  # in the plan key: another planner's plans are not reused
 SpeedupMeter = Callable[[nn.Module, nn.Module], float]  # (baseline, pruned) -> measured speedup
 
 

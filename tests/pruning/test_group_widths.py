@@ -14,7 +14,7 @@ from torch import nn
 from compress.measure.layer_timing import capture_layers, layer_io_widths
 from compress.models.cifar_resnet import cifar_resnet
 from compress.pruning.group_widths import GroupCut, GroupRatios, Unreachable, plan_widths
-from compress.pruning.latency_groups import plannable_groups
+from compress.pruning.latency_groups import keep_cost, plannable_groups
 from compress.pruning.structured import build_structured
 from compress.recipe.pruning import PruningSpec
 from tests.pruning.test_latency_plan import _macs_ms
@@ -46,6 +46,31 @@ def test_the_cheapest_importance_per_millisecond_goes_first_and_steps_nest() -> 
     with pytest.raises(Unreachable) as err:
         plan_widths([a, b], {"a": (1, 4), "b": (1, 4)}, set(), ms, [2.0])
     assert err.value.ms == 3.0  # both at their narrowest width: 1 + 2
+
+
+def test_the_cost_of_a_cut_is_the_share_of_importance_kept_so_cuts_spread() -> None:
+    """A 16-channel group at 4x the ms per channel of a 64-channel one (stage 1 against
+    stage 3 of a CIFAR ResNet), every channel scored 1 as per-group normalisation leaves them.
+    Summed scores made the small group's channels the cheapest per ms: it went to its
+    narrowest. The share kept compares across groups: both lose about as much."""
+    def cut(root: str, channels: int, cost) -> GroupCut:
+        widths = list(range(channels, 0, -1))
+        lost = cost(torch.arange(channels + 1, dtype=torch.float64))
+        return GroupCut(root, channels, widths, [float(lost[channels - w]) for w in widths],
+                        [(root, "out")])
+
+    ms = _sum(lambda n, i, o: (4.0 if n == "small" else 1.0) * o)  # 128 ms in full
+    full = {"small": (1, 16), "big": (1, 64)}
+    summed = plan_widths([cut("small", 16, lambda c: c), cut("big", 64, lambda c: c)],
+                         full, set(), ms, [64.0])
+    assert summed.widths == [{"small": 1, "big": 60}]  # the old cost: the small one emptied
+    shared = plan_widths([cut("small", 16, keep_cost), cut("big", 64, keep_cost)],
+                         full, set(), ms, [64.0])
+    [w] = shared.widths
+    assert shared.predicted_ms == [64.0]
+    assert abs(w["small"] / 16 - w["big"] / 64) <= 2 / 16, w  # about the same fraction kept
+    assert keep_cost(torch.tensor([0.0, 0.0, 2.0]))[1] == 0.0  # a zero-score channel is free
+    assert keep_cost(torch.zeros(3)).tolist()[:2] == [0.0, pytest.approx(0.6931, abs=1e-4)]
 
 
 def test_a_residual_stream_costs_once_per_layer_it_feeds() -> None:
