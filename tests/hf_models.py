@@ -124,29 +124,36 @@ def tiny_text_run(root: Path, gates: dict[str, Any] | None = None, **data: Any) 
     from compress.recipe.load import parse_recipe
     from compress.run.pipeline import run_recipe
 
+    recipe = tiny_text_recipe(root, gates=gates or {})
+    recipe["data"].update(data)
+    (Path(recipe["model"]["name"]) / "README.md").write_text(BASE_CARD, encoding="utf-8")
+    run_recipe(parse_recipe(recipe, base_dir=root), root / "run")
+    return root / "run"
+
+
+def tiny_text_recipe(root: Path, **sections: Any) -> dict[str, Any]:
+    """The recipe of :func:`tiny_text_run` (its model and TSV files written under ``root``),
+    ``sections`` replacing whole recipe sections."""
     model_dir, task = save_tiny("bert", root / "bert")
-    (model_dir / "README.md").write_text(BASE_CARD, encoding="utf-8")
     sst = root / "sst"
     sst.mkdir()
     for split, n in (("train", 32), ("dev", 16)):
         rows = ["sentence\tlabel"] + [f"{'a fine film' if i % 2 else 'a dull mess'} {i}\t{i % 2}"
                                       for i in range(n)]
         (sst / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    recipe = {
+    return {
         "version": 1, "name": "tiny-bert-sst",
         "model": {"source": "huggingface", "name": str(model_dir), "task": task,
                   "num_classes": 2, "head": "train"},
         "data": {"source": "text", "path": str(sst), "eval_split": "dev", "max_length": 16,
                  "batch_size": 8, "eval_batch_size": 16,
-                 "label_names": ["negative", "positive"], **data},
+                 "label_names": ["negative", "positive"]},
         "pruning": {"ratio": 0.5, "heads": 0.0, "round_to": 1},
         "finetune": {"epochs": 1, "optimizer": "adamw", "lr": 1e-3},
         "export": {"parity_batch": 2},
         "report": {"latency": False},
-        "gates": gates or {},
+        **sections,
     }
-    run_recipe(parse_recipe(recipe, base_dir=root), root / "run")
-    return root / "run"
 
 
 def save_all(root: Path, archs: Any) -> dict[str, tuple[Path, str]]:

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 ENGINES = ("onnxruntime", "torch")
 
 __all__ = ["Candidate", "ENGINES", "measure_latency", "compare_onnx", "latency_summary",
-           "headline_speedup", "quiet_timing"]
+           "headline_speedup", "quiet_timing", "timing_input"]
 
 
 @dataclass
@@ -102,6 +102,20 @@ def _ort_session(name: str, path: Path, threads: int, device: torch.device,
         raise InputError(f"the {name} ONNX input has shape {inputs[0].shape}, which does not "
                          f"fit (batch, *{tuple(sample_shape)})")
     return sess
+
+
+def timing_input(batch: int, sample_shape: tuple[int, ...], seed: int,
+                 vocab_size: int | None = None) -> torch.Tensor:
+    """The timed input: random floats of ``(batch, *sample_shape)``, or random token ids
+    below ``vocab_size`` (id 0, usually padding, excluded), the same for every model timed.
+
+    >>> timing_input(2, (3,), 0, vocab_size=5).dtype, timing_input(1, (3,), 0).shape
+    (torch.int64, torch.Size([1, 3]))
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if vocab_size is None:
+        return torch.randn((batch, *sample_shape), generator=gen, dtype=torch.float32)
+    return torch.randint(1, vocab_size, (batch, *sample_shape), generator=gen)
 
 
 def _ort_runner(name: str, sess: ort.InferenceSession, x: torch.Tensor) -> Callable[[], None]:
@@ -211,11 +225,7 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
                 providers = sessions["baseline"].get_providers()
             per_batch: dict[str, Any] = {}
             for batch in spec.batch_sizes:
-                gen = torch.Generator().manual_seed(seed)
-                if vocab_size is None:
-                    x = torch.randn((batch, *sample_shape), generator=gen, dtype=torch.float32)
-                else:
-                    x = torch.randint(1, vocab_size, (batch, *sample_shape), generator=gen)
+                x = timing_input(batch, sample_shape, seed, vocab_size)
                 if engine == "onnxruntime":
                     runs = {n: _ort_runner(n, sessions[n], x) for n in cands}
                 else:
@@ -245,15 +255,18 @@ def measure_latency(baseline: Candidate, compressed: Candidate, *,
 def compare_onnx(paths: dict[str, Path], *, reference: str | dict[str, str],
                  sample_shape: tuple[int, ...],
                  spec: ReportSpec, timer: Timer = time.perf_counter, seed: int = 0,
-                 optimization: dict[str, str] | None = None) -> dict[str, Any]:
+                 optimization: dict[str, str] | None = None,
+                 vocab_size: int | None = None) -> dict[str, Any]:
     """Time several ONNX models on the CPU in one interleaved run (rotating order per round).
 
     ``result["batches"][str(batch)][name]`` holds the latency stats of each model and, for every
     model but ``reference``, ``speedup`` (median over rounds of reference / model) with its
-    min and max. ``reference`` may instead map each compared model to its own reference. ``spec`` gives the protocol (batch sizes, rounds, warmup, threads, ...);
+    min and max. ``reference`` may instead map each compared model to its own reference.
+    ``spec`` gives the protocol (batch sizes, rounds, warmup, threads, ...);
     ``timer=time.thread_time`` with ``spec.threads == 1`` measures the CPU time of the calling
-    thread, which other processes on a busy machine barely disturb. ``optimization`` maps a
-    model name to an onnxruntime optimisation level other than ``all`` (for comparisons).
+    thread, which other processes on a busy machine barely disturb. ``vocab_size``: the models
+    take token ids (see :func:`timing_input`). ``optimization`` maps a model name to an
+    onnxruntime optimisation level other than ``all`` (for comparisons).
 
     Example:
         >>> r = compare_onnx({"base": Path("a.onnx"), "pruned": Path("b.onnx")},
@@ -282,10 +295,10 @@ def compare_onnx(paths: dict[str, Path], *, reference: str | dict[str, str],
     with quiet_timing(threads):
         levels = optimization or {}
         sessions = {n: _ort_session(n, Path(p), threads, device, tuple(sample_shape),
-                                    levels.get(n, "all")) for n, p in paths.items()}
+                                    levels.get(n, "all"), tokens=vocab_size is not None)
+                    for n, p in paths.items()}
         for batch in spec.batch_sizes:
-            gen = torch.Generator().manual_seed(seed)
-            x = torch.randn((batch, *sample_shape), generator=gen, dtype=torch.float32)
+            x = timing_input(batch, sample_shape, seed, vocab_size)
             runs = {n: _ort_runner(n, s, x) for n, s in sessions.items()}
             for run in runs.values():
                 run()  # first call allocates shape-dependent buffers; never timed

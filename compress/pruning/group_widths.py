@@ -102,10 +102,6 @@ class GroupRatios(float):
         return cls(removed / max(1, sum(channels.values())),
                    {n: (channels[n] - kept[n]) / channels[n] for n in sorted(channels)})
 
-    def kept(self, root: str, channels: int) -> int:
-        """The channels ``root``'s group keeps (exact: the ratios are quotients of widths)."""
-        return channels - round(self.groups.get(root, 0.0) * channels)
-
     def to_json(self) -> dict[str, object]:
         return {"ratio": float(self), "groups": self.groups}
 

@@ -10,7 +10,9 @@ by timing the pruned model against the baseline (closed loop).
    the least importance per millisecond saved go first, the table's staircase crossed where
    the time drops), the steps of an iterative schedule nested in the last; the result is a
    :class:`~compress.pruning.group_widths.GroupRatios` per step. A model pruned inside
-   closed blocks only gets one channel ratio, searched as for a MACs target
+   closed blocks only, and a transformers model (its heads and FFN neurons, its linear layers
+   timed at the report's sequence length on token ids), get one ratio, searched as for a
+   MACs target
    (:func:`~compress.pruning.planning.solve_ratio_for_macs` with the predicted reduction in
    place of the MACs').
 3. Closed loop: the baseline and a copy pruned to the final ratio are exported and timed
@@ -55,6 +57,7 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
+from compress.measure.latency import compare_onnx, timing_input
 from compress.measure.latency_table import (
     LatencyTable,
     Measure,
@@ -67,7 +70,6 @@ from compress.pruning.group_widths import GroupRatios
 from compress.pruning.latency_groups import plan_group_ratios, plannable_groups
 from compress.pruning.planning import gradient_free, solve_ratio_for_macs
 from compress.pruning.structured import build_structured
-from compress.pruning.transformer import is_transformer
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["LatencyPlanner", "SpeedupMeter"]
@@ -95,8 +97,10 @@ class LatencyPlanner:
                  table_file: Path | None = None, cache_folder: Path | None = None,
                  measure_layers: Measure | None = None,
                  measure_speedup: SpeedupMeter | None = None, max_tries: int = 4,
-                 protocol: Any = None, closed_loop: bool = True) -> None:
+                 protocol: Any = None, closed_loop: bool = True,
+                 vocab_size: int | None = None) -> None:
         self.threads, self.batch, self.sample_shape = threads, batch, tuple(sample_shape)
+        self.vocab_size = vocab_size  # a token-id model: timed on ids below it
         self.table_file, self.cache_folder, self.max_tries = table_file, cache_folder, max_tries
         self.measure_layers = measure_layers or (
             lambda reqs: time_layers(reqs, batch=batch, threads=threads))
@@ -122,11 +126,8 @@ class LatencyPlanner:
         latency to remove); the last one is checked by measurement unless the table is frozen.
         """
         assert spec.target is not None and spec.target.latency is not None
-        if is_transformer(model):
-            raise InputError("pruning.target.latency plans convolutional and linear layers "
-                             "through the dependency graph; transformers models take "
-                             "pruning.target.macs for now")
-        shapes = capture_layers(model, torch.zeros(1, *self.sample_shape, device=example.device))
+        shapes = capture_layers(model, timing_input(1, self.sample_shape, 0, self.vocab_size)
+                                .to(example.device))
         table, path = self._table()
         names = sorted(shapes)
 
@@ -248,17 +249,16 @@ class LatencyPlanner:
     def _onnx_speedup(self, baseline: nn.Module, pruned: nn.Module) -> float:
         """Both models exported and timed interleaved on onnxruntime, as the report does."""
         from compress.export.onnx import export_onnx
-        from compress.measure.latency import compare_onnx
         from compress.recipe.stages import ReportSpec
 
-        x = torch.randn(2, *self.sample_shape)
+        x = timing_input(2, self.sample_shape, 0, self.vocab_size)
         with tempfile.TemporaryDirectory(prefix="compress-latency-") as tmp:
             paths = {n: export_onnx(copy.deepcopy(m).cpu().eval(), Path(tmp) / f"{n}.onnx", x)
                      for n, m in (("baseline", baseline), ("pruned", pruned))}
             spec = (self.protocol or ReportSpec()).model_copy(
                 update={"batch_sizes": [self.batch], "threads": self.threads})
             result = compare_onnx(paths, reference="baseline", sample_shape=self.sample_shape,
-                                  spec=spec)
+                                  spec=spec, vocab_size=self.vocab_size)
         return float(result["batches"][str(self.batch)]["pruned"]["speedup"])
 
     def summary(self, report_speedup: float | None = None) -> dict[str, Any] | None:

@@ -91,8 +91,8 @@ class PruningSpec(Section):
                                   "latency measured on onnxruntime, or transformers' "
                                   "parameters) instead of a ratio; the channel ratio "
                                   "(transformers: the fraction of heads and FFN neurons not "
-                                  "given; MACs only) is found by search, and a params target "
-                                  "also picks the width/depth mix.",
+                                  "given; MACs and latency) is found by search, and a params "
+                                  "target also picks the width/depth mix.",
                                   examples=[{"macs": 0.5}, {"latency": 0.5}, {"params": 0.5}])
     ignored: list[str] = Field(default_factory=list, description="Module names whose output "
                                "channels are kept; 're:' prefixes a regular expression.",

@@ -40,7 +40,7 @@ from compress.recipe.pruning import PruningSpec
 from compress.recipe.spec import Recipe
 from compress.run.folder import read_status
 from compress.run.owner import describe_state
-from compress.run.pipeline import latency_planner
+from compress.run.pipeline import latency_planner, vocab_size_of
 from compress.run.preflight import check_recipe
 from compress.run.prepare import prepare
 from compress.schedules import plan_targets
@@ -72,7 +72,8 @@ def inspect_recipe(recipe: Recipe, *, sensitivity: bool = False,
     targets = plan_targets(recipe.schedule, pruning.final_target())
     trial = copy.deepcopy(model)
     # A latency target is planned from the layer table alone: a dry run times no model.
-    planner = latency_planner(recipe, tuple(prepared.probe.shape[1:]), closed_loop=False)
+    planner = latency_planner(recipe, tuple(prepared.probe.shape[1:]),
+                              vocab_size=vocab_size_of(model), closed_loop=False)
     calibration = (calibration_batches(bundle, recipe.calibration, recipe.seed) if by_params
                    else None)
     pruning, ratios_per_step, searched = plan_pruning(model, example, pruning, targets, planner,

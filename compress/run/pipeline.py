@@ -217,7 +217,7 @@ def _run(recipe: Recipe, folder: RunFolder, resuming: bool, dist: Processes) -> 
             or (target is not None and target.params is not None)):
         calibration = calibration_batches(bundle, recipe.calibration, recipe.seed)
 
-    planner = latency_planner(recipe, tuple(probe.shape[1:]))
+    planner = latency_planner(recipe, tuple(probe.shape[1:]), vocab_size=vocab_size_of(model))
     if planner is not None and dist.describe() is not None and not planner.frozen:
         # Each process would time on its own and could plan other widths than the others.
         raise InputError("pruning.target.latency is timed in one process: plan it with a "
@@ -277,7 +277,7 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
                                   sample_shape=tuple(recipe.report.sample_shape
                                                      or probe.shape[1:]), spec=recipe.report,
                                   device=where, seed=recipe.seed,
-                                  vocab_size=_vocab_size(model))
+                                  vocab_size=vocab_size_of(model))
     timing["measure_s"] = time.perf_counter() - t
     timing["total_s"] = time.perf_counter() - t0
     baseline = {**baseline_eval, "macs": base_macs, "params": base_params,
@@ -307,10 +307,12 @@ def _finish(recipe: Recipe, out_dir: Path, model: nn.Module, baseline_model: nn.
 
 
 def latency_planner(recipe: Recipe, probe_shape: tuple[int, ...], *,
+                    vocab_size: int | None = None,
                     closed_loop: bool = True) -> LatencyPlanner | None:
     """The planner of ``pruning.target.latency``, timing what the report times: onnxruntime,
-    the report's threads and its largest batch size. ``closed_loop=False`` (a dry run) plans
-    from the table alone and writes no table file the recipe names (only the cache)."""
+    the report's threads, its largest batch size and sample shape (token ids below
+    ``vocab_size`` for a text model). ``closed_loop=False`` (a dry run) plans from the table
+    alone and writes no table file the recipe names (only the cache)."""
     target = recipe.pruning.target
     if target is None or target.latency is None:
         return None
@@ -320,10 +322,11 @@ def latency_planner(recipe: Recipe, probe_shape: tuple[int, ...], *,
     return LatencyPlanner(threads=recipe.report.threads or os.cpu_count() or 1,
                           batch=max(recipe.report.batch_sizes),
                           sample_shape=tuple(recipe.report.sample_shape or probe_shape),
-                          table_file=table, protocol=recipe.report, closed_loop=closed_loop)
+                          table_file=table, protocol=recipe.report, closed_loop=closed_loop,
+                          vocab_size=vocab_size)
 
 
-def _vocab_size(model: nn.Module) -> int | None:
+def vocab_size_of(model: nn.Module) -> int | None:
     """Token-id models are timed on random ids below this; None for float inputs."""
     if getattr(model, "input_name", None) == "input_ids":
         return int(model.hf.config.vocab_size)

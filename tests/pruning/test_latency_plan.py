@@ -17,6 +17,7 @@ from compress.pruning.latency_plan import LatencyPlanner
 from compress.pruning.planning import channel_ratios
 from compress.pruning.structured import build_structured
 from compress.recipe.pruning import PruningSpec
+from compress.recipe.stages import ReportSpec
 from tests.conftest import tiny_cnn
 
 SHAPE = (3, 16, 16)
@@ -197,3 +198,35 @@ def test_saved_table_plans_the_same_widths_on_a_second_run(tmp_path: Path) -> No
 def test_latency_target_needs_a_planner() -> None:
     with pytest.raises(InputError, match="compress apply and compress inspect make"):
         channel_ratios(tiny_cnn().eval(), torch.zeros(1, *SHAPE), _spec(), [0.5])
+
+
+def test_a_transformer_is_planned_on_token_ids_and_timed_for_real(tmp_path: Path) -> None:
+    """A tiny BERT: its linear layers are captured at the timed sequence length (token ids,
+    not floats), the heads and FFN neurons get the one ratio whose predicted latency meets the
+    target, and the closed loop exports both models and times them on onnxruntime with token
+    ids (the speedup itself is this machine's and not asserted)."""
+    from tests.hf_models import build_tiny, save_tiny
+
+    model = build_tiny(*save_tiny("bert", tmp_path / "bert")).eval()
+    vocab = model.hf.config.vocab_size
+    synthetic = LatencyPlanner(threads=1, batch=2, sample_shape=(16,), vocab_size=vocab,
+                               cache_folder=tmp_path / "c", measure_layers=_macs_ms,
+                               measure_speedup=lambda base, pruned: 1.6)
+    example = torch.randint(1, vocab, (1, 16))
+    spec = PruningSpec(target={"latency": 0.3, "tolerance": 0.05}, round_to=1)
+    [ratio] = synthetic.ratios(model, example, spec, [0.3])
+    record = synthetic.record
+    assert 0 < ratio < 1 and record["planned_by"] == "closed loop"
+    assert 1 / 0.75 <= record["predicted_speedup"]  # within the tolerance of 1 / 0.7
+    linear = [k for k in record["staircase"] if "encoder" in k]
+    assert linear, record["staircase"]
+    real = LatencyPlanner(threads=1, batch=2, sample_shape=(16,), vocab_size=vocab,
+                          cache_folder=tmp_path / "r", measure_layers=_macs_ms, max_tries=1,
+                          protocol=ReportSpec(rounds=1, warmup=1, runs_per_round=1))
+    try:
+        real.ratios(model, example, spec, [0.3])
+    except InputError as err:  # this machine did not reach it: refused in one sentence
+        assert "cannot be reached on this machine" in str(err) and "\n" not in str(err)
+    else:
+        assert real.record["planned_by"] == "closed loop"
+        assert real.record["measured_speedup"] >= 1 / 0.75

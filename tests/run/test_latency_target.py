@@ -158,3 +158,30 @@ def test_a_gradient_criterion_s_widths_are_planned_from_l2_and_the_report_says_s
     assert plan["importance"] == "taylor" and plan["widths_ranked_by"] == "l2"
     md = (tmp_path / "run" / "report.md").read_text()
     assert "planned from l2 scores (the plan has no gradients); taylor chose" in md
+
+
+def test_a_text_transformer_takes_a_latency_target_and_inspect_predicts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiny BERT on sentences: the table's linear layers are captured at the report's
+    sequence length, the closed loop times token ids (here injected), heads and FFN neurons
+    are pruned to the one planned ratio; compress inspect predicts it without timing."""
+    from tests.hf_models import tiny_text_recipe
+
+    monkeypatch.setattr(latency_plan, "time_layers", _macs_ms)
+    seen: list[torch.dtype] = []
+
+    def meter(self, base: torch.nn.Module, pruned: torch.nn.Module) -> float:
+        seen.append(latency_plan.timing_input(2, self.sample_shape, 0, self.vocab_size).dtype)
+        return 1.5
+    monkeypatch.setattr(latency_plan.LatencyPlanner, "_onnx_speedup", meter)
+    recipe = tiny_text_recipe(
+        tmp_path, pruning={"round_to": 1, "ratio": None,
+                           "target": {"latency": 0.3, "tolerance": 0.05}},
+        report={"latency": False, "batch_sizes": [2], "sample_shape": [16]})
+    info = inspect_recipe(parse_recipe(recipe, base_dir=tmp_path))
+    assert info["steps"][-1]["predicted_speedup"] >= 1 / 0.75
+    report = run_recipe(parse_recipe(recipe, base_dir=tmp_path), tmp_path / "run").report
+    plan = report["latency_target"]
+    assert plan["planned_by"] == "closed loop" and plan["measured_speedup"] == 1.5
+    assert seen == [torch.int64]  # token ids, not floats
+    assert report["macs_reduction"] > 0.2 and report["steps"][-1]["proof"] == "proven"
