@@ -161,7 +161,7 @@ def plan_widths(groups: Sequence[GroupCut], full: Widths, depthwise: set[str],
             trials = layer_ms([_io(groups, full, depthwise, {**at, g.root: j})
                                for g, j in moves])
             best: tuple[float, GroupCut, int, float, float] | None = None
-            last: tuple[float, GroupCut, int, float, float] | None = None
+            last: tuple[GroupCut, int, float, float] | None = None
             for (g, j), after in zip(moves, trials, strict=True):
                 saved, cost = ms - after, g.lost[j] - g.lost[at[g.root]]
                 if saved <= 1e-9 * max(ms, 1.0):
@@ -169,14 +169,14 @@ def plan_widths(groups: Sequence[GroupCut], full: Widths, depthwise: set[str],
                 value = saved / max(cost, 1e-12)
                 if best is None or value > best[0]:
                     best = (value, g, j, after, cost)
-                if after <= budget and (last is None or cost < last[4]):
-                    last = (-cost, g, j, after, cost)
+                if after <= budget and (last is None or cost < last[3]):
+                    last = (g, j, after, cost)
             if best is None:
                 raise Unreachable(ms, budget)
             # The last move: the cheapest that meets the budget, when it costs no more than
             # the best step (a long jump that finishes at once may cost far more than a few
             # good steps would).
-            _, g, j, after, _ = last if last is not None and last[4] <= best[4] else best
+            g, j, after, _ = last if last is not None and last[3] <= best[4] else best[1:]
             ms = float(after)
             lost += g.lost[j] - g.lost[at[g.root]]
             at[g.root], width[g.root] = j, g.candidates[j]

@@ -137,7 +137,7 @@ def keep_cost(lost: torch.Tensor) -> torch.Tensor:
 
     torch-pruning's scores are normalised per group, so their sums do not compare across
     groups: summed, a plan cut whole stages to their narrowest where milliseconds per channel
-    are cheapest (ResNet-56 at 2x: 37.8 % top-1, against 73.3 % with this cost). A share is
+    are cheapest (ResNet-56 at 2x lost to even widths; BENCHMARKS.md section 10). A share is
     comparable: halving any group's importance costs the same wherever it is, and the last
     channels cost ever more (a group kept at 1/k of its importance costs log k), so the plan
     spreads its cuts as a uniform ratio would and moves them where the table says time drops.
