@@ -87,18 +87,19 @@ def source_line(r: dict[str, Any], rel: str) -> str:
             f"{m['torch']}, onnxruntime {m['onnxruntime']}; {load}; {wall}; {version}.")
 
 
-def _missing(rel: str) -> str | None:
-    """The block's text when its result file is not there: no figure, and how to make one."""
+def _missing(rel: str, command: str | None = None) -> str | None:
+    """The block's text when its result file is not there: no figure, and how to make one
+    (``command``; default: the script named like the file)."""
     if (RESULTS / rel).is_file():
         return None
     script = rel.split("/")[-1].split(".")[0].split("-")[0]
     return (f"No result file `benchmarks/results/{rel}` is committed, so no figure is shown: "
-            f"`python benchmarks/{script}.py` writes it.\n")
+            f"`{command or f'python benchmarks/{script}.py'}` writes it.\n")
 
 
-def _table(rel: str, script: str) -> Callable[[], str]:
+def _table(rel: str, script: str, command: str | None = None) -> Callable[[], str]:
     def render() -> str:
-        if (note := _missing(rel)) is not None:
+        if (note := _missing(rel, command)) is not None:
             return note
         r = _load(rel)
         return f"<sub>{source_line(r, rel)}</sub>\n\n" + _script(script)(r).strip() + "\n"
@@ -223,9 +224,15 @@ def _minilm_headline() -> str:
 
 
 def _latency_target_summary() -> str:
-    """README's "Asking for speed": the benchmark's rows, the method in BENCHMARKS.md."""
-    rel = "latency_target.json"
-    if (note := _missing(rel)) is not None:
+    """README's "Asking for speed": each benchmark's rows, the method in BENCHMARKS.md."""
+    return "\n".join(_latency_target_rows(rel, args) for rel, args in LATENCY_TARGETS)
+
+
+LATENCY_TARGETS = (("latency_target.json", ""), ("latency_target_minilm.json", " --model minilm"))
+
+
+def _latency_target_rows(rel: str, args: str) -> str:
+    if (note := _missing(rel, f"python benchmarks/latency_target.py{args}")) is not None:
         return note
     r = _load(rel)
     p, lat, macs = r["profile"], r["latency_run"], r["macs_run"]
@@ -235,10 +242,15 @@ def _latency_target_summary() -> str:
         rows.append(f"| MACs target {r['macs_target']} | {macs['macs_reduction']:.1%} | "
                     f"{r['final_speedups']['macs']:.2f}x | {_pct(macs['top1'])} |")
     m = r["machine"]
-    return (f"{p['model']} on CIFAR-10 JPEG, onnxruntime CPU at batch {p['time_batch']} "
-            f"({r['threads']} thread, {m['cpu_capability']}, {r['run']['started'][:10]}); "
-            f"baseline top-1 {_pct(lat['baseline_top1'])}, both fine-tuned {p['steps']} steps "
-            f"of {p['batch']} images:\n\n"
+    if p.get("kind") == "text":
+        what = (f"{p['model']} on SST-2 (heads and FFN neurons), onnxruntime CPU at batch "
+                f"{p['time_batch']} x {p['seq']} tokens")
+        budget = f"{p['epochs']} epoch(s) on {p['train_subset']} sentences"
+    else:
+        what = f"{p['model']} on CIFAR-10 JPEG, onnxruntime CPU at batch {p['time_batch']}"
+        budget = f"{p['steps']} steps of {p['batch']} images"
+    return (f"{what} ({r['threads']} thread, {m['cpu_capability']}, {r['run']['started'][:10]}); "
+            f"baseline top-1 {_pct(lat['baseline_top1'])}, both fine-tuned {budget}:\n\n"
             "| run | MACs removed | speedup (one interleaved run) | top-1 |\n|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
 
@@ -297,8 +309,12 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "decoder-structured": (("decoder_structured.json",),
                            _table("decoder_structured.json", "decoder_structured")),
     "latency-target": (("latency_target.json",), _table("latency_target.json", "latency_target")),
+    "latency-target-minilm": (("latency_target_minilm.json",),
+                              _table("latency_target_minilm.json", "latency_target",
+                                     "python benchmarks/latency_target.py --model minilm")),
     "minilm-summary": (("minilm_sst2.json",), _minilm_summary),
-    "latency-target-summary": (("latency_target.json",), _latency_target_summary),
+    "latency-target-summary": (tuple(rel for rel, _ in LATENCY_TARGETS),
+                               _latency_target_summary),
     "minilm-expressible": (("minilm_expressible.json",), _minilm_expressible),
     "quickstart-sample": (("quickstart.json",), _quickstart_sample),
     "headlines": (("peer_torch_pruning.json", "minilm_sst2.json", "regimes-per-step.json",

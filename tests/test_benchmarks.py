@@ -183,9 +183,11 @@ def test_benchmarks_md_says_what_make_test_runs() -> None:
     ("llm_sparsity_1b", ["--threads", "1"]),
     ("decoder_structured", ["--threads", "1"]),
     ("latency_target", ["--threads", "1"]),
+    ("latency_target", ["--model", "minilm", "--threads", "1"]),
 ])
 def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -> None:
-    if script == "minilm_sst2":
+    minilm = script == "minilm_sst2" or "minilm" in args
+    if minilm:
         shared_path("data", "sst2")
     elif script not in ("quickstart", "llm_sparsity", "llm_sparsity_1b", "decoder_structured"):
         shared_path("models", "resnet-cifar10")
@@ -193,7 +195,8 @@ def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -
     proc = _run(script, "--tiny", "--out", str(tmp_path), "--work", str(tmp_path / "work"),
                 *args, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    name = script + ("-per-step" if "--per-step" in args else "") + "-tiny"
+    name = (script + ("-per-step" if "--per-step" in args else "")
+            + ("_minilm" if script == "latency_target" and minilm else "") + "-tiny")
     written = {p.name for p in tmp_path.iterdir()}
     assert f"{name}.json" in written and f"{name}.md" in written
     result = json.loads((tmp_path / f"{name}.json").read_text())
