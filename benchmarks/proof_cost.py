@@ -82,7 +82,7 @@ def one_step(model: Any, x: Any, strategy: str, wrong: bool = False,
 
     from compress.errors import CompressError, InputError
     from compress.pruning import base, structured
-    from compress.pruning.structured import build_structured
+    from compress.pruning.structured_kind import build_structured
     from compress.recipe.pruning import PruningSpec
 
     passes = [0]

@@ -3,9 +3,11 @@
 The kinds, one module each, registered in :data:`~compress.pruning.base.PRUNING_KINDS` with
 their handler, their criteria and one line for ``compress list``:
 
-* ``structured`` (:mod:`~compress.pruning.structured`): whole channels through torch-pruning's
-  dependency graph (its groups zeroed, removed and named by :mod:`~compress.pruning.groups`,
-  norms over pruned channels restricted by :mod:`~compress.pruning.norms`); transformers
+* ``structured`` (:mod:`~compress.pruning.structured_kind`): whole channels through
+  torch-pruning's dependency graph (:mod:`~compress.pruning.structured`; its groups zeroed,
+  removed and named by :mod:`~compress.pruning.groups`, norms over pruned channels restricted
+  by :mod:`~compress.pruning.norms`, gradient criteria fed by
+  :mod:`~compress.pruning.gradients`); transformers
   models get heads, FFN neurons and the hidden size cut by
   :mod:`~compress.pruning.transformer` on the layouts of :mod:`~compress.pruning.hf_layout`
   and :mod:`~compress.pruning.hf_hidden` (the transformer surgery);
@@ -58,4 +60,4 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSp
 
 
 # Registering kinds is a side effect of importing their modules.
-from compress.pruning import nm, structured, unstructured  # noqa: E402,F401
+from compress.pruning import nm, structured_kind, unstructured  # noqa: E402,F401

@@ -25,7 +25,8 @@ from compress.measure.latency_table import LatencyTable
 from compress.measure.layer_timing import LayerShape
 from compress.pruning.group_widths import GroupCut, GroupRatios, Unreachable, plan_widths
 from compress.pruning.planning import gradient_free
-from compress.pruning.structured import StructuredPruner, build_structured
+from compress.pruning.structured import StructuredPruner
+from compress.pruning.structured_kind import build_structured
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["plannable_groups", "plan_group_ratios", "group_cuts", "keep_cost"]

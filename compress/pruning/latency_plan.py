@@ -69,7 +69,7 @@ from compress.measure.layer_timing import capture_layers, layer_io_widths, time_
 from compress.pruning.group_widths import GroupRatios
 from compress.pruning.latency_groups import plan_group_ratios, plannable_groups
 from compress.pruning.planning import gradient_free, solve_ratio_for_macs
-from compress.pruning.structured import build_structured
+from compress.pruning.structured_kind import build_structured
 from compress.recipe.pruning import PruningSpec
 
 __all__ = ["LatencyPlanner", "SpeedupMeter"]

@@ -48,7 +48,7 @@ from compress.progress import report_phase
 from compress.pruning.calibrated import Calibration
 from compress.pruning.hf_layout import blocks
 from compress.pruning.planning import channel_ratios, gradient_free, solve_ratio_for_macs
-from compress.pruning.structured import build_structured
+from compress.pruning.structured_kind import build_structured
 from compress.pruning.transformer import is_transformer
 from compress.recipe.pruning import PruningSpec
 

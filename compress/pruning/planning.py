@@ -32,7 +32,7 @@ from compress.measure.counts import count_macs_params
 from compress.progress import report_phase
 from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.proof import Snapshot
-from compress.pruning.structured import build_structured
+from compress.pruning.structured_kind import build_structured
 from compress.pruning.transformer import is_transformer
 from compress.recipe.pruning import PruningSpec
 

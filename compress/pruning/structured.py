@@ -40,24 +40,17 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.errors import InputError
-from compress.measure.evaluate import task_loss
 from compress.pruning.attention import heads_of, refuse_unfollowable_attention, sync_widths_
 from compress.pruning.base import (
-    PRUNING_KINDS,
-    PruningKind,
     StepRecord,
-    check_ratio_or_target,
-    check_transformer_fractions,
     prove_removals_,
     scheduled_step,
 )
 from compress.pruning.criteria import (
     IMPORTANCE,
-    structured_criteria,
-    structured_kind_criteria,
 )
-from compress.pruning.graph_errors import choose_groups, graph_errors, graph_state
+from compress.pruning.gradients import backprop_task_loss_
+from compress.pruning.graph_errors import choose_groups, graph_state
 from compress.pruning.group_widths import GroupRatios
 from compress.pruning.groups import (
     GroupRoundingPruner,
@@ -69,56 +62,16 @@ from compress.pruning.groups import (
     removal,
     zero_dep_,
 )
-from compress.pruning.local import BlockPruner, closed_blocks, layer_widths
+from compress.pruning.local import layer_widths
 from compress.pruning.norms import restricted_norms, suspect_cause
-from compress.pruning.selection import channel_round_to, protected_layers, resolve_ignored
+from compress.pruning.selection import channel_round_to, protected_layers
 from compress.recipe.pruning import PruningSpec
 
-__all__ = ["StructuredPruner", "build_structured"]
+__all__ = ["StructuredPruner"]
 
 log = logging.getLogger(__name__)
 
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # roots a diagnosis needs the width of
-
-
-def build_structured(model: nn.Module, example_inputs: torch.Tensor, spec: PruningSpec, *,
-                     cumulative_ratios: Sequence[float] | None = None) -> Any:
-    """Heads and FFN neurons for transformers models, torch-pruning's graph for the rest."""
-    from compress.pruning.transformer import (
-        TransformerPruner,
-        is_transformer,
-        refuse_without_layout,
-    )
-
-    if is_transformer(model):
-        return TransformerPruner(model, example_inputs, spec, cumulative_ratios=cumulative_ratios)
-    refuse_without_layout(model)  # never the generic graph: it breaks on unknown attention
-    if IMPORTANCE.get(spec.importance).factory is None:
-        raise InputError(f"pruning.importance {spec.importance!r} ranks the heads, FFN neurons "
-                         f"and hidden channels of transformers models; for this model use one "
-                         f"of {', '.join(structured_criteria())}")
-    if (spec.heads is not None or spec.ffn is not None or spec.hidden is not None
-            or spec.blocks is not None):
-        raise InputError("pruning.heads, pruning.ffn, pruning.hidden and pruning.blocks apply "
-                         "to transformers models only; remove them")
-    try:
-        with graph_errors(model, "while building the dependency graph"):
-            return StructuredPruner(model, example_inputs, spec,
-                                    cumulative_ratios=cumulative_ratios)
-    except InputError as err:
-        why = getattr(err, "untraceable", None)
-        if why is None:
-            raise
-        ignored = [n for hits in resolve_ignored(model, spec.ignored).values() for n in hits]
-        blocks = closed_blocks(model, ignored)
-        if not blocks:
-            raise
-        pruner = BlockPruner(model, example_inputs, spec, blocks, why=why,
-                             build=StructuredPruner, cumulative_ratios=cumulative_ratios)
-        if not pruner.blocks:
-            raise
-        log.warning("%s", pruner.note())
-        return pruner
 
 
 class StructuredPruner:
@@ -198,30 +151,16 @@ class StructuredPruner:
 
         ``model``: the whole model the batches are for, when this pruner prunes a block of it.
         """
-        model = self.model if model is None else model
-        was_training = model.training
-        model.eval()  # frozen BN statistics: gradients of the model being pruned
-        model.zero_grad(set_to_none=True)
-        n = 0
-        squares: dict[nn.Parameter, torch.Tensor] = {}
-        for x, y in batches:
-            if self.criterion.per_sample:
-                n += _accumulate_squares(model, x.to(device), y.to(device), squares)
-                continue
-            loss = task_loss(model(x.to(device)), y.to(device))
-            loss.backward()
-            n += 1
-        if self.criterion.per_sample and n:
+        n, squares = backprop_task_loss_(self.model if model is None else model, batches,
+                                         device, importance=self.spec.importance,
+                                         per_sample=self.criterion.per_sample)
+        if squares is not None:
             # torch-pruning's own accumulate_grad keys by parameter but tests by name, so it
             # keeps only the last sample; fill its accumulators directly instead.
             imp = self._pruner.importance
             imp.zero_grad()
             imp._accu_grad = squares
             imp._counter = {p: n for p in squares}
-        if n == 0:
-            raise InputError(f"importance {self.spec.importance!r} needs training batches; "
-                             f"configure data with a training split")
-        model.train(was_training)
 
     def share_scores_(self, other: StructuredPruner) -> None:
         """Take the per-sample gradient scores ``other`` accumulated over the same whole model
@@ -258,11 +197,14 @@ class StructuredPruner:
                     traced = self._traced_widths.get(group[0].dep.target.module, -1)
                     return suspect_cause(group_members(group, dg), name, traced)
 
+                def sync() -> None:
+                    sync_widths_(self.model)
+
                 # The pruned norms normalise over the kept channels: so must the reference.
                 with restricted_norms(norms, dg._module2name, roots) as note_removed:
                     proof = prove_removals_(
                         self.model, probe,
-                        [removal(g, dg, history, note_removed, after=lambda: sync_widths_(self.model))
+                        [removal(g, dg, history, note_removed, after=sync)
                          for g in groups],
                         verify=self.spec.verify, atol=self.spec.verify_atol, explain=explain,
                         strategy=self.proof_strategy,
@@ -342,27 +284,3 @@ class StructuredPruner:
         self._pruner.current_step = state["steps_done"]
         self._pruner._scope_initial_channels.update(state["scope_initial"])
         self.history = [list(h) for h in state["history"]]
-
-
-def _accumulate_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        squares: dict[nn.Parameter, torch.Tensor]) -> int:
-    losses = task_loss(model(x), y, reduction="none")
-    for i, loss in enumerate(losses):
-        model.zero_grad(set_to_none=True)
-        loss.backward(retain_graph=i < len(losses) - 1)
-        for p in model.parameters():
-            if p.grad is not None:
-                g2 = p.grad.detach().pow(2)
-                squares[p] = squares[p] + g2 if p in squares else g2
-    return len(losses)
-
-
-def _check(spec: PruningSpec) -> None:
-    check_ratio_or_target(spec)
-    check_transformer_fractions(spec, structured=True)
-
-
-PRUNING_KINDS.register("structured")(PruningKind(
-    build_structured, criteria=structured_kind_criteria(),
-    description="Structured pruning through torch-pruning's dependency graph, with a proof for "
-                "every step", check=_check, shrinks_shapes=True))

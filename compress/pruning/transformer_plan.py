@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
-from compress.measure.evaluate import task_loss
 from compress.pruning.calibrated import Calibration
+from compress.pruning.gradients import backprop_task_loss_
 from compress.pruning.hf_depth import block_importance
 from compress.pruning.hf_hidden import Stream, stream
 from compress.pruning.hf_layout import Block, blocks
@@ -44,19 +44,8 @@ class TransformerPlanner:
     def accumulate_gradients(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                              device: torch.device) -> None:
         """Fill ``.grad`` for the taylor criterion from a few training batches."""
-        if not self.needs_grad:
-            return
-        was_training = self.model.training
-        self.model.eval()
-        self.model.zero_grad(set_to_none=True)
-        n = 0
-        for x, y in batches:
-            task_loss(self.model(x.to(device)), y.to(device)).backward()
-            n += 1
-        if n == 0:
-            raise InputError("importance 'taylor' needs training batches; configure data with "
-                             "a training split")
-        self.model.train(was_training)
+        if self.needs_grad:
+            backprop_task_loss_(self.model, batches, device, importance=self.spec.importance)
 
     def _score(self, module: nn.Module, idx: torch.Tensor, dim: int) -> torch.Tensor:
         """Importance of slices ``idx`` (grouped in rows of the result) along ``dim``."""

@@ -15,7 +15,7 @@ from compress.measure.layer_timing import capture_layers, layer_io_widths
 from compress.models.cifar_resnet import cifar_resnet
 from compress.pruning.group_widths import GroupCut, GroupRatios, Unreachable, plan_widths
 from compress.pruning.latency_groups import keep_cost, plannable_groups
-from compress.pruning.structured import build_structured
+from compress.pruning.structured_kind import build_structured
 from compress.recipe.pruning import PruningSpec
 from tests.pruning.test_latency_plan import _macs_ms
 

@@ -15,7 +15,7 @@ from compress.errors import InputError
 from compress.measure.layer_timing import capture_layers, layer_io_widths
 from compress.pruning.latency_plan import LatencyPlanner
 from compress.pruning.planning import channel_ratios
-from compress.pruning.structured import build_structured
+from compress.pruning.structured_kind import build_structured
 from compress.recipe.pruning import PruningSpec
 from compress.recipe.stages import ReportSpec
 from tests.conftest import tiny_cnn

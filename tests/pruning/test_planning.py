@@ -9,7 +9,7 @@ from torch import nn
 from compress.measure.counts import count_macs_params
 from compress.models.cifar_resnet import cifar_resnet
 from compress.pruning import planning
-from compress.pruning.structured import build_structured
+from compress.pruning.structured_kind import build_structured
 from compress.recipe.pruning import PruningSpec
 from tests.conftest import tiny_cnn
 
