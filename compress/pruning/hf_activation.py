@@ -6,7 +6,8 @@ over the samples. A head's activation at a token is the L2 norm of its slice of 
 output (the input of the output projection, before it mixes the heads), an FFN neuron's its
 input to the FFN output layer, a hidden channel's its value in the normalised stream the block
 reads (the input of the query and of the first FFN layer: the RMSNorm / LayerNorm outputs of a
-pre-norm decoder), summed over the blocks. The blocks are streamed one at a time
+pre-norm decoder), summed over the blocks, and for a decoder also in its final norm's output
+(what the LM head reads; Minitron sums over every LayerNorm). The blocks are streamed one at a time
 (:func:`~compress.pruning.calibration.stream_blocks`), so memory stays near one block's
 activations.
 
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from compress.pruning.calibration import BlockInputs, run_hooked, stream_blocks
+from compress.pruning.hf_hidden import output_norm
 from compress.pruning.hf_layout import Block
 
 __all__ = ["ActivationStats", "activation_stats", "per_sample_l2"]
@@ -58,6 +60,7 @@ def activation_stats(model: nn.Module, block_list: Sequence[Block],
                      batches: Sequence[torch.Tensor]) -> ActivationStats:
     """The :class:`ActivationStats` of ``model`` (compress's wrapper of a transformers model
     whose blocks are ``block_list``) on the calibration ``batches``."""
+    final_norm = output_norm(model.hf, model.layout)
     stats = ActivationStats(samples=sum(len(b) for b in batches))
     sums: dict[tuple[int, str], torch.Tensor] = {}
 
@@ -80,11 +83,16 @@ def activation_stats(model: nn.Module, block_list: Sequence[Block],
         hooks = [(b.out, hook_for("heads", head_norms)), (b.ffn_out, hook_for("ffn", same)),
                  (b.qkv[0], hook_for("hidden", same)), (b.ffn_in[0], hook_for("hidden", same))]
         run_hooked(module, inputs, hooks, lambda tokens: mark.__setitem__(0, tokens))
+        if final_norm is not None and index == len(block_list) - 1:
+            with torch.no_grad():
+                for out, tokens in zip(inputs.run(module), inputs.tokens, strict=True):
+                    total = per_sample_l2(final_norm(out), tokens).sum(dim=0).cpu()
+                    sums[(index, "hidden_final")] = sums.get((index, "hidden_final"), 0) + total
 
     stream_blocks(model, batches, visit)
     n = max(stats.samples, 1)
     for (index, key), total in sums.items():
-        if key == "hidden":
+        if key in ("hidden", "hidden_final"):
             stats.hidden = total / n if stats.hidden is None else stats.hidden + total / n
         else:
             getattr(stats, key)[index] = total / n

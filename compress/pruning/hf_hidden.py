@@ -34,7 +34,8 @@ from torch import nn
 from compress.pruning.hf_surgery import dims, keep_in_, keep_out_, zero_in_, zero_out_
 from compress.pruning.norms import restricted_norms
 
-__all__ = ["HiddenLayout", "Stream", "stream", "zero_hidden_", "cut_hidden_", "masked_norms"]
+__all__ = ["HiddenLayout", "Stream", "stream", "output_norm", "zero_hidden_", "cut_hidden_",
+           "masked_norms"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,15 @@ class Stream:
 
     def _readers(self) -> list[nn.Module]:
         return self.readers + ([self.square] if self.square is not None else [])
+
+
+def output_norm(hf: nn.Module, layout: Any) -> nn.Module | None:
+    """A decoder's norm between its last block and its output layers (LM head, score), or
+    None (no hidden layout, or a model whose output layers read no such norm)."""
+    hidden: HiddenLayout | None = layout.hidden
+    if hidden is None or not hidden.outputs or not hidden.norms:
+        return None
+    return hf.base_model.get_submodule(hidden.norms[-1])
 
 
 def stream(hf: nn.Module, layout: Any, block_list: list[Any]) -> Stream:

@@ -29,6 +29,11 @@ def _by_hand(model, batches):
                        ("up", b.ffn_in[0])):
             handles.append(m.register_forward_hook(
                 lambda mod, a, out, k=(b.index, key): seen.setdefault(k, []).append(a[0])))
+    hidden = model.layout.hidden  # a decoder's output layers read its final norm's output
+    for name in hidden.outputs if hidden is not None else ():
+        if hasattr(model.hf, name):
+            handles.append(getattr(model.hf, name).register_forward_hook(
+                lambda mod, a, out: seen.setdefault((-1, "final"), []).append(a[0])))
     with torch.no_grad():
         for x in batches:
             model(x)
@@ -62,12 +67,16 @@ def _by_hand(model, batches):
             hid = torch.cat(seen[(b.index, key)])
             part = score(hid, (hid.shape[-1], lambda v, i: v[i]))
             result["hidden"] = result.get("hidden", 0) + part
+    if (-1, "final") in seen:
+        final = torch.cat(seen[(-1, "final")])
+        result["hidden"] += score(final, (final.shape[-1], lambda v, i: v[i]))
     return result
 
 
 @pytest.mark.parametrize("arch", ["llama", pytest.param("bert", marks=pytest.mark.slow)])
 def test_statistics_match_a_hand_computation(arch: str, tmp_path: Path) -> None:
-    """Llama (GQA, no padding) and BERT (padded rows: padding left out)."""
+    """Llama (GQA, no padding; its final norm's output counts for the hidden channels) and
+    BERT (padded rows: padding left out)."""
     model = build_tiny(*save_tiny(arch, tmp_path / arch)).eval()  # no dropout by hand
     x = example_input(model, batch=3, length=6)
     batches = [x[:2], x[2:]]
