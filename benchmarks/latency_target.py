@@ -137,7 +137,7 @@ class Timer:
         self.model, self.probe = prepared.model.eval(), prepared.probe
         self.pruning = rec["pruning"]
         self.p, self.threads = p, threads
-        self.shape = (p["seq"],) if p["kind"] == "text" else (3, 32, 32)
+        self.shape = (p["seq"],) if p["kind"] == "text" else tuple(p.get("shape", (3, 32, 32)))
         self.vocab = vocab_size_of(self.model)
 
     def export(self, model: Any, path: Path) -> Path:
@@ -159,12 +159,13 @@ class Timer:
         pruner.finalize_()
         return self.export(pruned, path)
 
-    def speedups(self, paths: dict[str, Path]) -> dict[str, float]:
-        """Speedup of each model over ``baseline``, all timed in one interleaved run."""
+    def speedups(self, paths: dict[str, Path], batch: int | None = None) -> dict[str, float]:
+        """Speedup of each model over ``baseline``, all timed in one interleaved run (at the
+        profile's batch size unless ``batch`` is given)."""
         from compress.measure.latency import compare_onnx
         from compress.recipe.stages import ReportSpec
 
-        batch = self.p["time_batch"]
+        batch = batch or self.p["time_batch"]
         spec = ReportSpec(batch_sizes=[batch], threads=self.threads, rounds=self.p["rounds"])
         out = compare_onnx(paths, reference="baseline", sample_shape=self.shape, spec=spec,
                            vocab_size=self.vocab)

@@ -20,7 +20,8 @@ from tests.conftest import ROOT, shared_path
 BENCH = ROOT / "benchmarks"
 SCRIPTS = ["regimes", "peer_torch_pruning", "overheads", "latency_levers", "conv_efficiency",
            "minilm_sst2", "quickstart", "llama_1b", "proof_cost", "decoder_model",
-           "llm_sparsity", "llm_sparsity_1b", "decoder_structured", "latency_target"]
+           "llm_sparsity", "llm_sparsity_1b", "decoder_structured", "latency_target",
+           "latency_target_resnet18"]
 PROVENANCE = ("command", "code", "machine", "run")
 
 
@@ -184,6 +185,7 @@ def test_benchmarks_md_says_what_make_test_runs() -> None:
     ("decoder_structured", ["--threads", "1"]),
     ("latency_target", ["--threads", "1"]),
     ("latency_target", ["--model", "minilm", "--threads", "1"]),
+    ("latency_target_resnet18", ["--threads", "1"]),
 ])
 def test_tiny_configuration_runs(script: str, args: list[str], tmp_path: Path) -> None:
     minilm = script == "minilm_sst2" or "minilm" in args
