@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BlockInputs", "model_blocks", "stream_blocks", "record_inputs", "real_tokens",
-           "capture_inputs", "run_hooked"]
+__all__ = ["BlockInputs", "hidden_states_of", "model_blocks", "stream_blocks", "record_inputs",
+           "real_tokens", "capture_inputs", "run_hooked"]
 
 
 def model_blocks(model: nn.Module) -> nn.ModuleList | None:
@@ -76,7 +76,8 @@ class BlockInputs:
     def run(self, block: nn.Module) -> list[torch.Tensor]:
         """``block``'s output hidden states for every batch."""
         with torch.no_grad():
-            return [_hidden(block(*a, **k)) for a, k in zip(self.args, self.kwargs, strict=True)]
+            return [hidden_states_of(block(*a, **k))
+                    for a, k in zip(self.args, self.kwargs, strict=True)]
 
     def advanced(self, block: nn.Module) -> BlockInputs:
         """The next block's inputs: ``block``'s outputs in place of the hidden states."""
@@ -92,7 +93,8 @@ class BlockInputs:
         return BlockInputs(args, kwargs, self.tokens)
 
 
-def _hidden(out: Any) -> torch.Tensor:
+def hidden_states_of(out: Any) -> torch.Tensor:
+    """A block's output hidden states (transformers blocks return a tensor or a tuple)."""
     # transformers blocks return the hidden states alone or first in a tuple.
     return out if isinstance(out, torch.Tensor) else out[0]
 

@@ -29,7 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.pruning.calibration import BlockInputs, run_hooked, stream_blocks
+from compress.pruning.calibration import (
+    BlockInputs,
+    hidden_states_of,
+    run_hooked,
+    stream_blocks,
+)
 from compress.pruning.hf_hidden import output_norm
 from compress.pruning.hf_layout import Block
 
@@ -68,9 +73,11 @@ def activation_stats(model: nn.Module, block_list: Sequence[Block],
         b = block_list[index]
         mark: list[torch.Tensor | None] = [None]
 
-        def hook_for(key: str, per_token: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-            def hook(m: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-                total = per_sample_l2(per_token(args[0].detach()), mark[0]).sum(dim=0).cpu()
+        def hook_for(key: str, per_token: Callable[[torch.Tensor], torch.Tensor], *,
+                     output: bool = False) -> Any:
+            def hook(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+                x = hidden_states_of(out) if output else args[0]
+                total = per_sample_l2(per_token(x.detach()), mark[0]).sum(dim=0).cpu()
                 sums[(index, key)] = sums.get((index, key), 0) + total
             return hook
 
@@ -82,17 +89,15 @@ def activation_stats(model: nn.Module, block_list: Sequence[Block],
 
         hooks = [(b.out, hook_for("heads", head_norms)), (b.ffn_out, hook_for("ffn", same)),
                  (b.qkv[0], hook_for("hidden", same)), (b.ffn_in[0], hook_for("hidden", same))]
-        run_hooked(module, inputs, hooks, lambda tokens: mark.__setitem__(0, tokens))
         if final_norm is not None and index == len(block_list) - 1:
-            with torch.no_grad():
-                for out, tokens in zip(inputs.run(module), inputs.tokens, strict=True):
-                    total = per_sample_l2(final_norm(out), tokens).sum(dim=0).cpu()
-                    sums[(index, "hidden_final")] = sums.get((index, "hidden_final"), 0) + total
+            # The last block's output as the output layers read it: from the same run.
+            hooks.append((module, hook_for("hidden", final_norm, output=True)))
+        run_hooked(module, inputs, hooks, lambda tokens: mark.__setitem__(0, tokens))
 
     stream_blocks(model, batches, visit)
     n = max(stats.samples, 1)
     for (index, key), total in sums.items():
-        if key in ("hidden", "hidden_final"):
+        if key == "hidden":
             stats.hidden = total / n if stats.hidden is None else stats.hidden + total / n
         else:
             getattr(stats, key)[index] = total / n

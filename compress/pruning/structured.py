@@ -41,14 +41,8 @@ import torch_pruning as tp
 from torch import nn
 
 from compress.pruning.attention import heads_of, refuse_unfollowable_attention, sync_widths_
-from compress.pruning.base import (
-    StepRecord,
-    prove_removals_,
-    scheduled_step,
-)
-from compress.pruning.criteria import (
-    IMPORTANCE,
-)
+from compress.pruning.base import StepRecord, prove_removals_, scheduled_step
+from compress.pruning.criteria import IMPORTANCE
 from compress.pruning.gradients import backprop_task_loss_
 from compress.pruning.graph_errors import choose_groups, graph_state
 from compress.pruning.group_widths import GroupRatios
