@@ -224,8 +224,11 @@ def main() -> None:
     finish(name, args.tiny, payload, render_result(payload), args.out)
 
 
-def _x(speedup: float | None) -> str:
-    return "not measured" if speedup is None else f"{speedup:.2f}x"
+def fmt_plan(plan: dict[str, Any]) -> str:
+    """A latency plan's predicted and closed-loop speedups, "not measured" where missing."""
+    shown = ["not measured" if x is None else f"{x:.2f}x"
+             for x in (plan.get("predicted_speedup"), plan.get("measured_speedup"))]
+    return " / ".join(shown)
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -248,7 +251,7 @@ def render_result(r: dict[str, Any]) -> str:
     plan = lat["latency_target"] or {}
     rows = [["baseline", "", "", f"{lat['baseline_top1']:.2f} %", "1.00x", ""]]
     rows.append([f"latency target {r['requested_speedup']:.1f}x", f"{lat['macs_reduction']:.1%}",
-                 f"{_x(plan.get('predicted_speedup'))} / {_x(plan.get('measured_speedup'))}",
+                 fmt_plan(plan),
                  f"{lat['top1']:.2f} %",
                  f"{r['final_speedups']['latency']:.2f}x", f"{lat['wall_s'] / 60:.1f}"])
     if macs is not None:
