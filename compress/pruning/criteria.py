@@ -64,9 +64,11 @@ IMPORTANCE.register("random")(Criterion(lambda: tp.importance.RandomImportance()
                                         description="random baseline", transformers=True))
 IMPORTANCE.register("activation")(Criterion(
     None, transformers=True, needs_calibration=True,
-    description="Minitron's activation importance: the size of what each head, FFN neuron or "
-                "hidden channel computes on the calibration samples (L2 over the sequence, "
-                "mean over the samples; transformers, structured)"))
+    description="Minitron's activation importance: the size of what each head or FFN neuron "
+                "computes on the calibration samples (L2 over the sequence, mean over the "
+                "samples), and of what each hidden channel contributes to the layers reading "
+                "it (its activation there times their weight columns; transformers, "
+                "structured)"))
 IMPORTANCE.register("wanda")(Criterion(
     None, needs_calibration=True, one_shot=True,
     description="Wanda: |weight| x L2 norm of its input over the calibration samples, compared "

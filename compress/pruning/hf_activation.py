@@ -1,15 +1,24 @@
 """Activation importance of heads, FFN neurons and hidden channels (Minitron, arXiv 2407.14679).
 
-Each unit's importance is the size of what it computes on the calibration samples, aggregated
-as Minitron does: per sample the L2 norm over the (real) tokens of the sequence, then the mean
-over the samples. A head's activation at a token is the L2 norm of its slice of the attention
-output (the input of the output projection, before it mixes the heads), an FFN neuron's its
-input to the FFN output layer, a hidden channel's its value in the normalised stream the block
-reads (the input of the query and of the first FFN layer: the RMSNorm / LayerNorm outputs of a
-pre-norm decoder), summed over the blocks, and for a decoder also in its final norm's output
-(what the LM head reads; Minitron sums over every LayerNorm). The blocks are streamed one at a time
-(:func:`~compress.pruning.calibration.stream_blocks`), so memory stays near one block's
-activations.
+Each head's and FFN neuron's importance is the size of what it computes on the calibration
+samples, aggregated as Minitron does: per sample the L2 norm over the (real) tokens of the
+sequence, then the mean over the samples. A head's activation at a token is the L2 norm of its
+slice of the attention output (the input of the output projection, before it mixes the heads),
+an FFN neuron's its input to the FFN output layer.
+
+A hidden channel is read by many layers, so its activation alone does not say what removing it
+costs. :func:`hidden_importance` weighs it: for every layer that reads the stream (a block's
+query, key and value layers and first FFN layers, a decoder's LM head or score layer), the
+channel's activation at that layer's input (the same aggregation) times the norm of the layer's
+weight column for the channel, summed over the layers. Per sample, that product is exactly the
+L2 norm over the tokens of the channel's contribution to the layer's output. The weights are
+read when the channels are ranked, after the same step has zeroed its heads and neurons, so a
+channel that only the removed units read counts for little. (Minitron ranks hidden channels by
+the normalised activations alone, which cannot see which of their readers the step keeps, nor
+tell a large activation read by small weights from the same function stored the other way
+round.) A classifier's square head layer is not counted: its input is not recorded. The blocks
+are streamed one at a time (:func:`~compress.pruning.calibration.stream_blocks`), so memory
+stays near one block's activations.
 
 Example:
     >>> a = torch.tensor([[[3.0, 1.0], [4.0, 1.0]], [[0.0, 2.0], [5.0, 2.0]]])  # 2 samples
@@ -37,8 +46,9 @@ from compress.pruning.calibration import (
 )
 from compress.pruning.hf_hidden import output_norm
 from compress.pruning.hf_layout import Block
+from compress.pruning.hf_surgery import dims
 
-__all__ = ["ActivationStats", "activation_stats", "per_sample_l2"]
+__all__ = ["ActivationStats", "activation_stats", "hidden_importance", "per_sample_l2"]
 
 
 def per_sample_l2(a: torch.Tensor, mark: torch.Tensor | None) -> torch.Tensor:
@@ -52,12 +62,14 @@ def per_sample_l2(a: torch.Tensor, mark: torch.Tensor | None) -> torch.Tensor:
 
 @dataclass
 class ActivationStats:
-    """Per block index: each head's and each FFN neuron's importance; the hidden channels'
-    importance summed over the blocks; the number of samples the means are over."""
+    """Per block index: each head's and each FFN neuron's importance. ``reads``: each hidden
+    channel's activation where the stream is read, keyed ``(block index, "attention" | "ffn")``
+    (the input of the block's query and first FFN layers) and ``(-1, "output")`` (a decoder's
+    final norm output, what its output layers read). The number of samples the means are over."""
 
     heads: dict[int, torch.Tensor] = field(default_factory=dict)
     ffn: dict[int, torch.Tensor] = field(default_factory=dict)
-    hidden: torch.Tensor | None = None
+    reads: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
     samples: int = 0
 
 
@@ -74,11 +86,11 @@ def activation_stats(model: nn.Module, block_list: Sequence[Block],
         mark: list[torch.Tensor | None] = [None]
 
         def hook_for(key: str, per_token: Callable[[torch.Tensor], torch.Tensor], *,
-                     output: bool = False) -> Any:
+                     output: bool = False, at: int = index) -> Any:
             def hook(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
                 x = hidden_states_of(out) if output else args[0]
                 total = per_sample_l2(per_token(x.detach()), mark[0]).sum(dim=0).cpu()
-                sums[(index, key)] = sums.get((index, key), 0) + total
+                sums[(at, key)] = sums.get((at, key), 0) + total
             return hook
 
         def head_norms(x: torch.Tensor) -> torch.Tensor:
@@ -88,17 +100,50 @@ def activation_stats(model: nn.Module, block_list: Sequence[Block],
             return x.abs()
 
         hooks = [(b.out, hook_for("heads", head_norms)), (b.ffn_out, hook_for("ffn", same)),
-                 (b.qkv[0], hook_for("hidden", same)), (b.ffn_in[0], hook_for("hidden", same))]
+                 (b.qkv[0], hook_for("attention", same)), (b.ffn_in[0], hook_for("ffn in", same))]
         if final_norm is not None and index == len(block_list) - 1:
             # The last block's output as the output layers read it: from the same run.
-            hooks.append((module, hook_for("hidden", final_norm, output=True)))
+            hooks.append((module, hook_for("output", final_norm, output=True, at=-1)))
         run_hooked(module, inputs, hooks, lambda tokens: mark.__setitem__(0, tokens))
 
     stream_blocks(model, batches, visit)
     n = max(stats.samples, 1)
     for (index, key), total in sums.items():
-        if key == "hidden":
-            stats.hidden = total / n if stats.hidden is None else stats.hidden + total / n
-        else:
+        if key in ("heads", "ffn"):
             getattr(stats, key)[index] = total / n
+        else:
+            stats.reads[(index, "ffn" if key == "ffn in" else key)] = total / n
     return stats
+
+
+def hidden_importance(stats: ActivationStats, block_list: Sequence[Block],
+                      outputs: Sequence[nn.Module]) -> torch.Tensor:
+    """Each hidden channel's importance (float64): over the query, key, value and first FFN
+    layers of ``block_list`` (the blocks kept) and the ``outputs`` layers, the channel's
+    activation at the layer's input (``stats.reads``) times the norm of the layer's weight
+    column for the channel, as the weights are now.
+
+    Example:
+        >>> layer = nn.Linear(2, 3, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[3.0, 0.0], [4.0, 1.0], [0.0, 0.0]]))
+        >>> stats = ActivationStats(reads={(-1, "output"): torch.tensor([1.0, 10.0])})
+        >>> hidden_importance(stats, [], [layer]).tolist()  # column norms 5 and 1
+        [5.0, 10.0]
+    """
+    total = torch.zeros(())
+
+    def add(key: tuple[int, str], layers: Sequence[nn.Module]) -> None:
+        nonlocal total
+        assert key in stats.reads, f"no activation statistic for {key}"
+        for m in layers:
+            w = m.weight.detach().double()
+            column = w.pow(2).sum(dim=dims(m)[0]).sqrt().cpu()
+            total = total + stats.reads[key].double() * column
+
+    for b in block_list:
+        add((b.index, "attention"), b.qkv)
+        add((b.index, "ffn"), b.ffn_in)
+    if outputs:
+        add((-1, "output"), outputs)
+    return total

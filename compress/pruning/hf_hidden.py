@@ -34,8 +34,8 @@ from torch import nn
 from compress.pruning.hf_surgery import dims, keep_in_, keep_out_, zero_in_, zero_out_
 from compress.pruning.norms import restricted_norms
 
-__all__ = ["HiddenLayout", "Stream", "stream", "output_norm", "zero_hidden_", "cut_hidden_",
-           "masked_norms"]
+__all__ = ["HiddenLayout", "Stream", "stream", "output_norm", "output_layers", "zero_hidden_",
+           "cut_hidden_", "masked_norms"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,13 @@ def output_norm(hf: nn.Module, layout: Any) -> nn.Module | None:
     return hf.base_model.get_submodule(hidden.norms[-1])
 
 
+def output_layers(hf: nn.Module, layout: Any) -> list[nn.Module]:
+    """A decoder's layers reading the stream's last state (LM head, score) that ``hf`` has;
+    none for an encoder (its square head layer is :class:`Stream`'s ``square``)."""
+    hidden: HiddenLayout | None = layout.hidden
+    return [hf.get_submodule(p) for p in (hidden.outputs if hidden else ()) if _has(hf, p)]
+
+
 def stream(hf: nn.Module, layout: Any, block_list: list[Any]) -> Stream:
     """Resolve ``layout.hidden`` on the transformers model ``hf`` over the blocks
     ``block_list`` (a sequence classifier, or a decoder with its LM head or score layer)."""
@@ -111,7 +118,7 @@ def stream(hf: nn.Module, layout: Any, block_list: list[Any]) -> Stream:
     norms = [base.get_submodule(p) for p in hidden.norms]
     norms += [b.module.get_submodule(p) for b in block_list for p in hidden.block_norms]
     readers = [m for b in block_list for m in b.qkv + b.ffn_in]
-    readers += [hf.get_submodule(p) for p in hidden.outputs if _has(hf, p)]
+    readers += output_layers(hf, layout)
     writers = [m for b in block_list for m in (b.out, b.ffn_out)]
     pair: tuple[nn.Module | None, nn.Module | None] = (None, None)
     for square, out in hidden.heads:

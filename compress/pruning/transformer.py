@@ -166,7 +166,7 @@ class TransformerPruner(TransformerPlanner):
                     self._apply(block, kind, units, zero=True)
                 # Hidden channels are scored once the heads and neurons above are zeroed.
                 s = self._stream(kept) if hidden_frac > 0 else None
-                cut = self._hidden_cut(s, hidden_frac) if s is not None else ([], [])
+                cut = self._hidden_cut(s, hidden_frac, kept) if s is not None else ([], [])
                 hidden_keep = None
                 if cut[0]:
                     zero_hidden_(s, torch.tensor(cut[0]), torch.tensor(cut[1]))

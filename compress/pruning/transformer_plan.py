@@ -28,8 +28,9 @@ from torch import nn
 from compress.errors import InputError
 from compress.pruning.calibrated import Calibration
 from compress.pruning.gradients import backprop_task_loss_
+from compress.pruning.hf_activation import hidden_importance
 from compress.pruning.hf_depth import block_importance
-from compress.pruning.hf_hidden import Stream, stream
+from compress.pruning.hf_hidden import Stream, output_layers, stream
 from compress.pruning.hf_layout import Block, blocks
 
 __all__ = ["TransformerPlanner"]
@@ -94,9 +95,11 @@ class TransformerPlanner:
             block_list = blocks(self.model.hf, self.layout)
         return stream(self.model.hf, self.layout, block_list)
 
-    def _hidden_cut(self, s: Stream, fraction: float) -> tuple[list[int], list[int]]:
+    def _hidden_cut(self, s: Stream, fraction: float,
+                    block_list: list[Block]) -> tuple[list[int], list[int]]:
         """(hidden channels, head square-layer outputs) to remove: the same count of each
-        (none of the latter without a square head layer: decoders)."""
+        (none of the latter without a square head layer: decoders). ``s`` is the stream over
+        ``block_list``, the blocks kept."""
         n_remove = s.width - self._keep_count(self._hidden0, fraction)
         if n_remove <= 0:
             return [], []
@@ -105,16 +108,18 @@ class TransformerPlanner:
             channel, head = torch.rand(s.width, generator=gen), torch.rand(s.width, generator=gen)
         else:
             everything = torch.arange(s.width)
-            channel = sum(self._score(m, everything, d) for m, d in s.slices())
             # A classifier's square layer's outputs are ranked by their weights' size (its
             # activations are not recorded).
             head = (self._score(s.square, everything, 0) + self._score(s.head_out, everything, 1)
                     if s.square is not None else torch.zeros(s.width))
             if self.spec.importance in ("l2", "activation"):
-                channel, head = channel.sqrt(), head.sqrt()
+                head = head.sqrt()
             if self.spec.importance == "activation":
-                assert self._activation.hidden is not None
-                channel = self._activation.hidden.float()
+                channel = hidden_importance(self._activation, block_list,
+                                            output_layers(self.model.hf, self.layout)).float()
+            else:
+                channel = sum(self._score(m, everything, d) for m, d in s.slices())
+                channel = channel.sqrt() if self.spec.importance == "l2" else channel
         head_cut = sorted(head.argsort()[:n_remove].tolist()) if s.square is not None else []
         return sorted(channel.argsort()[:n_remove].tolist()), head_cut
 

@@ -79,8 +79,9 @@ class PruningSpec(Section):
                             "(structured) or weights (unstructured, n:m: l1, l2, random, and "
                             "wanda or sparsegpt, which read the calibration section's samples "
                             "and prune in one step). Transformers also take activation "
-                            "(Minitron: heads, FFN neurons and hidden channels ranked by their "
-                            "activations on the calibration samples).",
+                            "(Minitron: heads and FFN neurons ranked by their activations on "
+                            "the calibration samples, hidden channels by what they contribute "
+                            "to the layers reading them).",
                             examples=["l2", "taylor"],
                             json_schema_extra=registered_names("compress.pruning.criteria",
                                                                "IMPORTANCE"))

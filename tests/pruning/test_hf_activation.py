@@ -1,6 +1,7 @@
-"""importance: activation (Minitron): heads, FFN neurons and hidden channels ranked by what they
-compute on calibration samples (L2 over the sequence, mean over the samples), streamed block by
-block; checked against a hand computation on the whole model's forward."""
+"""importance: activation (Minitron): heads and FFN neurons ranked by what they compute on
+calibration samples (L2 over the sequence, mean over the samples), hidden channels by what they
+contribute to the layers reading them, streamed block by block; checked against a hand
+computation on the whole model's forward."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 import compress
 from compress.errors import InputError
 from compress.pruning.calibrated import Calibration
-from compress.pruning.hf_activation import activation_stats
+from compress.pruning.hf_activation import activation_stats, hidden_importance
+from compress.pruning.hf_hidden import output_layers
 from compress.pruning.hf_layout import blocks
 from compress.pruning.transformer import TransformerPruner
 from compress.recipe.pruning import PruningSpec
@@ -63,14 +65,33 @@ def _by_hand(model, batches):
             heads, (b.heads, lambda v, h: v[h * d:(h + 1) * d].norm()))
         ffn = torch.cat(seen[(b.index, "ffn")])
         result[(b.index, "ffn")] = score(ffn, (ffn.shape[-1], lambda v, i: v[i]))
-        for key in ("q", "up"):
+        for key, name in (("q", "attention"), ("up", "ffn")):
             hid = torch.cat(seen[(b.index, key)])
-            part = score(hid, (hid.shape[-1], lambda v, i: v[i]))
-            result["hidden"] = result.get("hidden", 0) + part
+            result[("read", b.index, name)] = score(hid, (hid.shape[-1], lambda v, i: v[i]))
     if (-1, "final") in seen:
         final = torch.cat(seen[(-1, "final")])
-        result["hidden"] += score(final, (final.shape[-1], lambda v, i: v[i]))
+        result[("read", -1, "output")] = score(final, (final.shape[-1], lambda v, i: v[i]))
     return result
+
+
+def _hidden_by_hand(model, reads) -> torch.Tensor:
+    """Each channel: the sum over the layers reading the stream of its input statistic times
+    the norm of the layer's weight column for it, with explicit loops."""
+    pairs = [(reads[(b.index, "attention")], m) for b in blocks(model.hf, model.layout)
+             for m in b.qkv]
+    pairs += [(reads[(b.index, "ffn")], m) for b in blocks(model.hf, model.layout)
+              for m in b.ffn_in]
+    pairs += [(reads[(-1, "output")], m) for m in output_layers(model.hf, model.layout)]
+    width = model.hidden_width()
+    out = []
+    for c in range(width):
+        total = 0.0
+        for stat, m in pairs:
+            w = m.weight.detach().double()
+            column = w[:, c] if isinstance(m, torch.nn.Linear) else w[c, :]  # Conv1D: (in, out)
+            total += float(stat[c]) * float(column.pow(2).sum()) ** 0.5
+        out.append(total)
+    return torch.tensor(out, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("arch", ["llama", pytest.param("bert", marks=pytest.mark.slow)])
@@ -86,7 +107,42 @@ def test_statistics_match_a_hand_computation(arch: str, tmp_path: Path) -> None:
     for b in blocks(model.hf, model.layout):
         assert torch.allclose(stats.heads[b.index], expected[(b.index, "heads")], rtol=1e-4)
         assert torch.allclose(stats.ffn[b.index], expected[(b.index, "ffn")], rtol=1e-4)
-    assert torch.allclose(stats.hidden, expected["hidden"], rtol=1e-4)
+        for key in ("attention", "ffn"):
+            assert torch.allclose(stats.reads[(b.index, key)],
+                                  expected[("read", b.index, key)], rtol=1e-4)
+    assert ((-1, "output") in stats.reads) == (arch == "llama")
+    if arch == "llama":
+        assert torch.allclose(stats.reads[(-1, "output")], expected[("read", -1, "output")],
+                              rtol=1e-4)
+        found = blocks(model.hf, model.layout)
+        assert torch.allclose(hidden_importance(stats, found, output_layers(model.hf,
+                                                                             model.layout)),
+                              _hidden_by_hand(model, stats.reads), rtol=1e-6)
+
+
+def test_hidden_importance_ignores_a_rescaling_that_keeps_the_function(tmp_path: Path) -> None:
+    """Channel 3's norm weights up 100x and every block layer reading it down 100x: the same
+    model. Its activation where the stream is read grows 100x (what Minitron ranks by); its
+    importance, what it contributes to those layers, stays."""
+    model = build_tiny(*save_tiny("llama", tmp_path / "llama")).eval()
+    x = example_input(model, batch=3, length=6)
+    found = blocks(model.hf, model.layout)
+    outputs = output_layers(model.hf, model.layout)
+    with torch.no_grad():
+        logits = model(x)
+    before = activation_stats(model, found, [x])
+    importance = hidden_importance(before, found, outputs)
+    with torch.no_grad():
+        for b in found:
+            for norm in (b.module.input_layernorm, b.module.post_attention_layernorm):
+                norm.weight[3] *= 100
+            for m in (*b.qkv, *b.ffn_in):
+                m.weight[:, 3] /= 100
+        assert torch.allclose(model(x), logits, atol=1e-4)
+    after = activation_stats(model, found, [x])
+    key = (found[0].index, "attention")
+    assert torch.allclose(after.reads[key][3], 100 * before.reads[key][3], rtol=1e-4)
+    assert torch.allclose(hidden_importance(after, found, outputs), importance, rtol=1e-4)
 
 
 def test_activation_removes_the_neurons_that_compute_least_where_weights_disagree(
