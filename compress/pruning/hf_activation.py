@@ -63,7 +63,7 @@ def per_sample_l2(a: torch.Tensor, mark: torch.Tensor | None) -> torch.Tensor:
 @dataclass
 class ActivationStats:
     """Per block index: each head's and each FFN neuron's importance. ``reads``: each hidden
-    channel's activation where the stream is read, keyed ``(block index, "attention" | "ffn")``
+    channel's activation where the stream is read, keyed ``(block index, "attention" | "ffn in")``
     (the input of the block's query and first FFN layers) and ``(-1, "output")`` (a decoder's
     final norm output, what its output layers read). The number of samples the means are over."""
 
@@ -112,7 +112,7 @@ def activation_stats(model: nn.Module, block_list: Sequence[Block],
         if key in ("heads", "ffn"):
             getattr(stats, key)[index] = total / n
         else:
-            stats.reads[(index, "ffn" if key == "ffn in" else key)] = total / n
+            stats.reads[(index, key)] = total / n
     return stats
 
 
@@ -131,19 +131,13 @@ def hidden_importance(stats: ActivationStats, block_list: Sequence[Block],
         >>> hidden_importance(stats, [], [layer]).tolist()  # column norms 5 and 1
         [5.0, 10.0]
     """
-    total = torch.zeros(())
-
-    def add(key: tuple[int, str], layers: Sequence[nn.Module]) -> None:
-        nonlocal total
+    readers = [((b.index, key), layers) for b in block_list
+               for key, layers in (("attention", b.qkv), ("ffn in", b.ffn_in))]
+    readers += [((-1, "output"), outputs)] if outputs else []
+    total = torch.zeros((), dtype=torch.float64)
+    for key, layers in readers:
         assert key in stats.reads, f"no activation statistic for {key}"
         for m in layers:
-            w = m.weight.detach().double()
-            column = w.pow(2).sum(dim=dims(m)[0]).sqrt().cpu()
+            column = m.weight.detach().double().pow(2).sum(dim=dims(m)[0]).sqrt().cpu()
             total = total + stats.reads[key].double() * column
-
-    for b in block_list:
-        add((b.index, "attention"), b.qkv)
-        add((b.index, "ffn"), b.ffn_in)
-    if outputs:
-        add((-1, "output"), outputs)
     return total

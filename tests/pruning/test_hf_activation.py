@@ -65,7 +65,7 @@ def _by_hand(model, batches):
             heads, (b.heads, lambda v, h: v[h * d:(h + 1) * d].norm()))
         ffn = torch.cat(seen[(b.index, "ffn")])
         result[(b.index, "ffn")] = score(ffn, (ffn.shape[-1], lambda v, i: v[i]))
-        for key, name in (("q", "attention"), ("up", "ffn")):
+        for key, name in (("q", "attention"), ("up", "ffn in")):
             hid = torch.cat(seen[(b.index, key)])
             result[("read", b.index, name)] = score(hid, (hid.shape[-1], lambda v, i: v[i]))
     if (-1, "final") in seen:
@@ -79,7 +79,7 @@ def _hidden_by_hand(model, reads) -> torch.Tensor:
     the norm of the layer's weight column for it, with explicit loops."""
     pairs = [(reads[(b.index, "attention")], m) for b in blocks(model.hf, model.layout)
              for m in b.qkv]
-    pairs += [(reads[(b.index, "ffn")], m) for b in blocks(model.hf, model.layout)
+    pairs += [(reads[(b.index, "ffn in")], m) for b in blocks(model.hf, model.layout)
               for m in b.ffn_in]
     pairs += [(reads[(-1, "output")], m) for m in output_layers(model.hf, model.layout)]
     width = model.hidden_width()
@@ -107,7 +107,7 @@ def test_statistics_match_a_hand_computation(arch: str, tmp_path: Path) -> None:
     for b in blocks(model.hf, model.layout):
         assert torch.allclose(stats.heads[b.index], expected[(b.index, "heads")], rtol=1e-4)
         assert torch.allclose(stats.ffn[b.index], expected[(b.index, "ffn")], rtol=1e-4)
-        for key in ("attention", "ffn"):
+        for key in ("attention", "ffn in"):
             assert torch.allclose(stats.reads[(b.index, key)],
                                   expected[("read", b.index, key)], rtol=1e-4)
     assert ((-1, "output") in stats.reads) == (arch == "llama")
